@@ -1,0 +1,47 @@
+//! # crdt-core
+//!
+//! The replicated data at the heart of Tally: a PN-Counter CRDT and a map of
+//! named PN-Counters, shared by the native node (tokio) and the browser's
+//! observer replica (wasm32). It knows nothing of I/O.
+//!
+//! ## Invariants
+//! - An entry `(counter, actor)` holds that actor's running totals
+//!   `inc` and `dec` and the `seq` of the actor's operation that last changed
+//!   it. Only the actor itself ever raises its own entry; everyone else
+//!   learns it by merging.
+//! - Merge is a per-field maximum, so it is commutative, associative and
+//!   idempotent; replaying or re-receiving anything is harmless.
+//! - `value = Σinc − Σdec` is kept as running sums, so reading it is O(1).
+//!   Local operations refuse to overflow a per-actor `u64` total or push the
+//!   value outside `i64`; merged values are exact `i128`.
+//! - The digest is a wrapping sum of per-entry hashes, updated on every
+//!   change, and the same on every platform for equal states.
+//! - Every actor stamps its operations with a strictly increasing `seq`, so
+//!   a [`Summary`] (actor → highest seq known) describes a replica in
+//!   O(actors), and [`CounterMap::changes_since`] finds what a peer lacks in
+//!   O(changed entries).
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+mod actor;
+mod counter;
+mod digest;
+mod error;
+mod map;
+mod name;
+#[cfg(feature = "serde")]
+pub mod stream;
+#[cfg(feature = "serde")]
+pub mod wire;
+
+pub use actor::ActorId;
+pub use counter::{Entry, Op, PnCounter};
+pub use error::CrdtError;
+pub use map::{Change, CounterMap, Summary};
+pub use name::{CounterName, MAX_NAME_LEN};
+
+/// The name the single-counter API (`/counter`, `/increment`, `/decrement`) acts on.
+pub const DEFAULT_COUNTER: &str = "default";

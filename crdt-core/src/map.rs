@@ -1,0 +1,345 @@
+use alloc::{collections::BTreeMap, vec::Vec};
+use core::ops::Bound;
+
+use crate::{digest, ActorId, CounterName, CrdtError, Entry, Op, PnCounter};
+
+/// For each actor, the highest operation number a replica has seen.
+///
+/// Sent instead of the state: its size grows with the number of actors
+/// (node incarnations), never with the number of counters.
+pub type Summary = BTreeMap<ActorId, u64>;
+
+/// One entry that changed: `(counter, actor, entry)`.
+pub type Change = (CounterName, ActorId, Entry);
+
+/// Many named PN-Counters, merged entry by entry.
+///
+/// The same type serves as a full state and as a delta: a delta is just a
+/// map holding only the entries that changed, and merges like any state.
+#[derive(Debug, Clone, Default)]
+pub struct CounterMap {
+    counters: BTreeMap<CounterName, PnCounter>,
+    digest: u64,
+    /// actor → (seq → counter it last changed). Lets a replica list what
+    /// happened after a peer's [`Summary`] without scanning every counter.
+    changes_by_actor: BTreeMap<ActorId, BTreeMap<u64, CounterName>>,
+    entry_count: usize,
+}
+
+impl PartialEq for CounterMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.counters == other.counters
+    }
+}
+impl Eq for CounterMap {}
+
+impl CounterMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when no counter has any entry.
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty()
+    }
+
+    /// Number of counters.
+    pub fn len(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// Number of `(counter, actor)` entries: the size of a full transfer.
+    pub fn entry_count(&self) -> usize {
+        self.entry_count
+    }
+
+    /// One counter.
+    pub fn get(&self, name: &str) -> Option<&PnCounter> {
+        self.counters.get(name)
+    }
+
+    /// One counter's value, `None` when it was never written.
+    pub fn value(&self, name: &str) -> Option<i128> {
+        self.counters.get(name).map(PnCounter::value)
+    }
+
+    /// Counters in name order.
+    pub fn counters(&self) -> impl Iterator<Item = (&CounterName, &PnCounter)> {
+        self.counters.iter()
+    }
+
+    /// A page of counters whose names start with `prefix` and sort after `after`.
+    pub fn page<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&'a CounterName, &'a PnCounter)> + 'a {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        self.counters
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(move |(name, _)| name.as_str().starts_with(prefix))
+    }
+
+    /// The 64-bit digest of the whole map; equal states have equal digests on every platform.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// The highest operation number seen per actor.
+    pub fn summary(&self) -> Summary {
+        self.changes_by_actor
+            .iter()
+            .filter_map(|(actor, changes)| {
+                changes.keys().next_back().map(|seq| (actor.clone(), *seq))
+            })
+            .collect()
+    }
+
+    /// The highest operation number seen from one actor (0 when none).
+    pub fn last_seq(&self, actor: &str) -> u64 {
+        self.changes_by_actor
+            .get(actor)
+            .and_then(|changes| changes.keys().next_back().copied())
+            .unwrap_or(0)
+    }
+
+    /// Entries changed after `known`, actor by actor in seq order: what a peer
+    /// holding `known` lacks. O(result), whatever the number of counters.
+    pub fn changes_since<'a>(&'a self, known: &'a Summary) -> impl Iterator<Item = Change> + 'a {
+        self.changes_by_actor
+            .iter()
+            .flat_map(move |(actor, changes)| {
+                let after = known.get(actor).copied().unwrap_or(0);
+                changes
+                    .range((Bound::Excluded(after), Bound::Unbounded))
+                    .filter_map(move |(_, name)| {
+                        let entry = *self.counters.get(name)?.entry(actor.as_str())?;
+                        Some((name.clone(), actor.clone(), entry))
+                    })
+            })
+    }
+
+    /// Every entry: the full state as changes.
+    pub fn all_changes(&self) -> impl Iterator<Item = Change> + '_ {
+        self.counters.iter().flat_map(|(name, counter)| {
+            counter
+                .entries()
+                .map(move |(actor, entry)| (name.clone(), actor.clone(), *entry))
+        })
+    }
+
+    /// Applies a local operation by `actor` on `name`, stamped with the
+    /// actor's next seq. Returns the delta to persist and ship.
+    pub fn apply(
+        &mut self,
+        actor: &ActorId,
+        name: &CounterName,
+        op: Op,
+    ) -> Result<CounterMap, CrdtError> {
+        let entry = self.prepare(actor, name, op, self.last_seq(actor.as_str()) + 1)?;
+        self.merge_entry(name, actor, entry);
+        Ok(CounterMap::single(name, actor, entry))
+    }
+
+    /// The entry `actor` would hold in `name` after `op` stamped `seq`, without applying it.
+    pub fn prepare(
+        &self,
+        actor: &ActorId,
+        name: &CounterName,
+        op: Op,
+        seq: u64,
+    ) -> Result<Entry, CrdtError> {
+        match self.counters.get(name) {
+            Some(counter) => counter.prepare(actor.as_str(), op, seq),
+            None => PnCounter::new().prepare(actor.as_str(), op, seq),
+        }
+    }
+
+    /// A map holding one entry.
+    pub fn single(name: &CounterName, actor: &ActorId, entry: Entry) -> CounterMap {
+        let mut delta = CounterMap::new();
+        delta.merge_entry(name, actor, entry);
+        delta
+    }
+
+    /// Merges one entry; returns the joined entry when anything changed.
+    pub fn merge_entry(
+        &mut self,
+        name: &CounterName,
+        actor: &ActorId,
+        entry: Entry,
+    ) -> Option<Entry> {
+        let counter = match self.counters.get_mut(name) {
+            Some(counter) => counter,
+            None => self.counters.entry(name.clone()).or_default(),
+        };
+        let old_seq = counter.entry(actor.as_str()).map(|e| e.seq);
+        let old_contribution = contribution(name, counter);
+        let joined = counter.merge_entry(actor, entry);
+        let Some(joined) = joined else {
+            if counter.actors() == 0 {
+                self.counters.remove(name);
+            }
+            return None;
+        };
+        let new_contribution = digest::named_hash(name.as_str(), counter.digest());
+        self.digest = self
+            .digest
+            .wrapping_sub(old_contribution)
+            .wrapping_add(new_contribution);
+        if old_seq.is_none() {
+            self.entry_count += 1;
+        }
+        if old_seq != Some(joined.seq) {
+            let changes = self.changes_by_actor.entry(actor.clone()).or_default();
+            if let Some(old_seq) = old_seq {
+                changes.remove(&old_seq);
+            }
+            changes.insert(joined.seq, name.clone());
+        }
+        Some(joined)
+    }
+
+    /// Merges another replica or delta; true when anything changed.
+    pub fn merge(&mut self, other: &CounterMap) -> bool {
+        !self.merge_changed(other.all_changes()).is_empty()
+    }
+
+    /// Merges changes and returns the ones that were news here, as a delta.
+    pub fn merge_changed(&mut self, changes: impl IntoIterator<Item = Change>) -> CounterMap {
+        let mut news = CounterMap::new();
+        for (name, actor, entry) in changes {
+            if let Some(joined) = self.merge_entry(&name, &actor, entry) {
+                news.merge_entry(&name, &actor, joined);
+            }
+        }
+        news
+    }
+}
+
+/// What a counter adds to its map's digest (0 for a counter with no entries).
+fn contribution(name: &CounterName, counter: &PnCounter) -> u64 {
+    if counter.actors() == 0 {
+        0
+    } else {
+        digest::named_hash(name.as_str(), counter.digest())
+    }
+}
+
+#[cfg(feature = "serde")]
+mod serde_impl {
+    //! A map travels as `[(name, [(actor, entry)])]`; decoding re-merges, so
+    //! indexes, sums and digest are rebuilt and duplicates are harmless.
+    use alloc::vec::Vec;
+
+    use super::*;
+
+    impl serde::Serialize for CounterMap {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let mut seq = s.serialize_seq(Some(self.counters.len()))?;
+            for (name, counter) in &self.counters {
+                let entries: Vec<(&ActorId, &Entry)> = counter.entries().collect();
+                seq.serialize_element(&(name, entries))?;
+            }
+            seq.end()
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for CounterMap {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let wire = <Vec<(CounterName, Vec<(ActorId, Entry)>)>>::deserialize(d)?;
+            let mut map = CounterMap::new();
+            for (name, entries) in wire {
+                for (actor, entry) in entries {
+                    map.merge_entry(&name, &actor, entry);
+                }
+            }
+            Ok(map)
+        }
+    }
+}
+
+impl FromIterator<Change> for CounterMap {
+    fn from_iter<I: IntoIterator<Item = Change>>(changes: I) -> Self {
+        let mut map = CounterMap::new();
+        for (name, actor, entry) in changes {
+            map.merge_entry(&name, &actor, entry);
+        }
+        map
+    }
+}
+
+impl CounterMap {
+    /// The changes as a list, for callers that want to chunk them.
+    pub fn into_changes(self) -> Vec<Change> {
+        self.all_changes().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> CounterName {
+        CounterName::new(text).unwrap()
+    }
+    fn actor(text: &str) -> ActorId {
+        ActorId::new(text).unwrap()
+    }
+
+    #[test]
+    fn changes_since_lists_only_what_a_peer_lacks() {
+        let mut map = CounterMap::new();
+        let a = actor("a");
+        for i in 0..10 {
+            map.apply(&a, &name(&alloc::format!("c{i}")), Op::Increment(1))
+                .unwrap();
+        }
+        map.apply(&a, &name("c0"), Op::Increment(1)).unwrap();
+        let mut known = Summary::new();
+        known.insert(a.clone(), 8);
+        let lacking: Vec<_> = map
+            .changes_since(&known)
+            .map(|(n, _, e)| (n, e.seq))
+            .collect();
+        assert_eq!(
+            lacking,
+            [(name("c8"), 9), (name("c9"), 10), (name("c0"), 11)]
+        );
+        assert_eq!(map.summary().get("a"), Some(&11));
+    }
+
+    #[test]
+    fn digest_follows_state_not_history() {
+        let (a, b) = (actor("a"), actor("b"));
+        let mut left = CounterMap::new();
+        left.apply(&a, &name("x"), Op::Increment(2)).unwrap();
+        left.apply(&b, &name("y"), Op::Decrement(1)).unwrap();
+        let mut right = CounterMap::new();
+        right.apply(&b, &name("y"), Op::Decrement(1)).unwrap();
+        assert_ne!(left.digest(), right.digest());
+        right.apply(&a, &name("x"), Op::Increment(2)).unwrap();
+        assert_eq!(left.digest(), right.digest());
+        assert_eq!(left, right);
+    }
+
+    #[test]
+    fn page_respects_prefix_and_cursor() {
+        let mut map = CounterMap::new();
+        let a = actor("a");
+        for text in ["a/1", "a/2", "a/3", "b/1"] {
+            map.apply(&a, &name(text), Op::Increment(1)).unwrap();
+        }
+        let names = |it: &mut dyn Iterator<Item = (&CounterName, &PnCounter)>| {
+            it.map(|(n, _)| n.as_str().to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(names(&mut map.page("a/", None)), ["a/1", "a/2", "a/3"]);
+        assert_eq!(names(&mut map.page("a/", Some("a/1"))), ["a/2", "a/3"]);
+        assert_eq!(names(&mut map.page("", Some("a/3"))), ["b/1"]);
+    }
+}
