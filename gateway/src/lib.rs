@@ -1,1 +1,71 @@
-//! placeholder
+//! The Tally gateway: one address in front of a cluster of nodes.
+//!
+//! * proxies the counter API round-robin over healthy nodes, failing over
+//!   only when that cannot count a write twice (`proxy`);
+//! * keeps the node table true with active and passive health checks and
+//!   discovery (`balancer`, `health`);
+//! * follows every node's live stream and merges them (`stream`), and
+//!   fans the cluster's state out to browsers on `/ws` (`browser`);
+//! * runs the demo's crash/restart/partition/heal buttons (`demo`);
+//! * serves the web page.
+mod api;
+mod balancer;
+mod browser;
+mod config;
+mod demo;
+mod error;
+mod health;
+mod proxy;
+mod state;
+mod stream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tally_discovery::DiscoveryClient;
+use tokio::net::TcpListener;
+
+pub use api::NodeView;
+pub use config::{default_web_dir, GatewayConfig, MAX_BODY_BYTES};
+pub use demo::DemoControls;
+pub use error::GatewayError;
+pub use stream::Lag;
+
+use state::Shared;
+
+/// Serves the gateway on `listener` until `shutdown` completes.
+///
+/// Background work (health checks, discovery, node streams, browser
+/// sessions) stops with it.
+pub async fn serve(
+    listener: TcpListener,
+    config: GatewayConfig,
+    controls: Option<Arc<dyn DemoControls>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let discovery = match config.discovery.is_empty() {
+        true => None,
+        false => Some(DiscoveryClient::new(config.discovery.clone())?),
+    };
+    let shared = Shared::new(config, controls)?;
+    let stop = shared.shutdown.clone();
+    shared.follow_new_nodes();
+    tokio::spawn(
+        stop.clone()
+            .run_until_cancelled_owned(health::check_nodes(Arc::clone(&shared))),
+    );
+    if let Some(client) = discovery {
+        let following = health::follow_discovery(Arc::clone(&shared), client);
+        tokio::spawn(stop.clone().run_until_cancelled_owned(following));
+    }
+    let app = api::router(Arc::clone(&shared));
+    let stopping = stop.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.cancel();
+        })
+        .await;
+    stop.cancel();
+    Ok(served?)
+}

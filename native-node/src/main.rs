@@ -1,1 +1,83 @@
-fn main() {}
+//! The `tally` binary: parses the command line and runs the chosen part.
+use anyhow::Context;
+use clap::Parser;
+mod bench;
+mod dev;
+
+use tally::cli::{Cli, Command, DiscoveryArgs, NodeArgs};
+use tally::gossip::GossipConfig;
+use tally::node::{self, NodeConfig};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Node(args)) => run_node(args).await,
+            Some(Command::Discovery(args)) => run_discovery(args).await,
+            Some(Command::Gateway(args)) => dev::run_gateway(args).await,
+            Some(Command::Bench(args)) => bench::run(args).await,
+            Some(Command::Dev(args)) => dev::run(args).await,
+            None => dev::run(dev::default_args()).await,
+        }
+    })
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| match &args.id {
+        Some(id) => format!("./data/{id}").into(),
+        None => "./data/node".into(),
+    });
+    if let Some(id) = &args.id {
+        tally::identity::validate_id(id).map_err(anyhow::Error::msg)?;
+    }
+    let config = NodeConfig {
+        id: args.id,
+        gossip_addr: args.gossip_addr,
+        http_addr: args.http_addr,
+        discovery: args.discovery,
+        seeds: args.seed,
+        data_dir,
+        gossip: GossipConfig {
+            interval: args.gossip_interval,
+            fanout: usize::from(args.fanout),
+            full_sync_every: args.full_sync_every,
+        },
+        heartbeat: args.heartbeat,
+        cluster: args.cluster,
+        cluster_key: args.cluster_key,
+        allow_fault_injection: args.allow_fault_injection,
+        max_frame: args.max_frame as usize,
+        segment_bytes: args.segment_bytes,
+        snapshot_bytes: args.snapshot_bytes,
+    };
+    node::run(config, |_| {}, tally::shutdown::signal())
+        .await
+        .context("node failed")
+}
+
+async fn run_discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is port {} in use?)",
+                args.addr,
+                args.addr.port()
+            )
+        })?;
+    tracing::info!(addr = %args.addr, ttl_ms = args.ttl.as_millis() as u64, "discovery serving");
+    tally_discovery::serve(listener, args.ttl, tally::shutdown::signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Equality that goes beyond `==`: equal states must also agree on every
+//! field kept incrementally (digest, sums, summary, change index).
+use crdt_core::{CounterMap, PnCounter, Summary};
+
+/// `left` and `right` are the same state, down to their derived fields.
+#[track_caller]
+pub fn assert_maps_same(left: &CounterMap, right: &CounterMap, context: &str) {
+    assert_eq!(left, right, "{context}");
+    assert_eq!(left.digest(), right.digest(), "{context}: digests differ");
+    assert_eq!(
+        left.summary(),
+        right.summary(),
+        "{context}: summaries differ"
+    );
+    assert_eq!(
+        left.entry_count(),
+        right.entry_count(),
+        "{context}: entry counts differ"
+    );
+    for (name, counter) in left.counters() {
+        assert_eq!(
+            Some(counter.value()),
+            right.value(name.as_str()),
+            "{context}: {name:?}"
+        );
+    }
+}
+
+/// Every incrementally kept field of `map` matches a recomputation from its entries.
+#[track_caller]
+pub fn assert_map_consistent(map: &CounterMap) {
+    let entries: Vec<_> = map.all_changes().collect();
+    assert_eq!(map.entry_count(), entries.len(), "entry count");
+
+    // Rebuilding in the opposite order must land on the same digest: it
+    // depends on the state, not on the history.
+    let rebuilt: CounterMap = entries.iter().rev().cloned().collect();
+    assert_eq!(&rebuilt, map);
+    assert_eq!(rebuilt.digest(), map.digest(), "digest depends on history");
+
+    for (_, counter) in map.counters() {
+        assert_counter_consistent(counter);
+    }
+
+    let mut highest_seq = Summary::new();
+    for (_, actor, entry) in &entries {
+        let seq = highest_seq.entry(actor.clone()).or_default();
+        *seq = (*seq).max(entry.seq);
+    }
+    assert_eq!(map.summary(), highest_seq, "summary");
+
+    // The change index must reach every entry, or anti-entropy would miss it.
+    let everything: Vec<_> = map.changes_since(&Summary::new()).collect();
+    assert_eq!(
+        everything.len(),
+        entries.len(),
+        "change index misses entries"
+    );
+}
+
+/// `left` and `right` are the same counter, down to their derived fields.
+#[track_caller]
+pub fn assert_counters_same(left: &PnCounter, right: &PnCounter, context: &str) {
+    assert_eq!(left, right, "{context}");
+    assert_eq!(left.digest(), right.digest(), "{context}: digests differ");
+    assert_eq!(left.value(), right.value(), "{context}: values differ");
+    assert_counter_consistent(left);
+}
+
+/// The counter's O(1) value is the sum of its entries.
+#[track_caller]
+pub fn assert_counter_consistent(counter: &PnCounter) {
+    let sum: i128 = counter
+        .entries()
+        .map(|(_, entry)| i128::from(entry.inc) - i128::from(entry.dec))
+        .sum();
+    assert_eq!(counter.value(), sum, "value is not Σinc − Σdec");
+    assert_eq!(counter.actors(), counter.entries().count());
+}

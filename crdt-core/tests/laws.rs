@@ -1,0 +1,149 @@
+//! Property tests of the CRDT laws (native only: proptest does not run on
+//! wasm32; `tests/wasm.rs` runs the same checks there on generated cases).
+#![cfg(not(target_arch = "wasm32"))]
+
+#[macro_use]
+mod common;
+
+use common::{
+    laws,
+    scenario::{
+        run_map, Scenario, Step, ACTORS_PER_REPLICA, LARGE_AMOUNTS, MAX_REPLICAS, MAX_STEPS, NAMES,
+    },
+};
+use crdt_core::{wire, ActorId, CounterMap, CounterName, Entry, Op, MAX_NAME_LEN};
+use proptest::prelude::*;
+
+// The deterministic cases wasm32 runs, run natively too.
+common::generated_case_tests!(test);
+
+fn amount() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        6 => 1..=1000u64,
+        1 => Just(0u64),
+        2 => proptest::sample::select(LARGE_AMOUNTS.to_vec()),
+        1 => any::<u64>(),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    (any::<bool>(), amount()).prop_map(|(increment, amount)| {
+        if increment {
+            Op::Increment(amount)
+        } else {
+            Op::Decrement(amount)
+        }
+    })
+}
+
+fn step(replicas: usize) -> impl Strategy<Value = Step> {
+    let apply = (0..replicas, 0..ACTORS_PER_REPLICA, 0..NAMES.len(), op()).prop_map(
+        |(replica, actor, name, op)| Step::Apply {
+            replica,
+            actor,
+            name,
+            op,
+        },
+    );
+    let sync = (0..replicas, 0..replicas).prop_map(|(from, to)| Step::Sync { from, to });
+    prop_oneof![4 => apply, 1 => sync]
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (1..=MAX_REPLICAS).prop_flat_map(|replicas| {
+        proptest::collection::vec(step(replicas), 0..=MAX_STEPS)
+            .prop_map(move |steps| Scenario { replicas, steps })
+    })
+}
+
+/// Text that is not a valid name or actor id.
+fn invalid_text() -> impl Strategy<Value = String> {
+    let control = prop_oneof![
+        proptest::char::range('\0', '\u{1f}'),
+        proptest::char::range('\u{7f}', '\u{9f}'),
+    ];
+    prop_oneof![
+        Just(String::new()),
+        "[a-zé🦀]{129,200}".prop_filter("over 128 bytes", |s| s.len() > MAX_NAME_LEN),
+        ("\\PC{0,20}", control, "\\PC{0,20}").prop_map(|(a, c, b)| format!("{a}{c}{b}")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn map_merge_is_commutative(s in scenario()) {
+        laws::map_merge_commutes(&run_map(&s));
+    }
+
+    #[test]
+    fn map_merge_is_associative(s in scenario()) {
+        laws::map_merge_associates(&run_map(&s));
+    }
+
+    #[test]
+    fn map_merge_is_idempotent(s in scenario()) {
+        laws::map_merge_is_idempotent(&run_map(&s));
+    }
+
+    #[test]
+    fn map_value_is_conserved(s in scenario()) {
+        laws::map_value_is_conserved(&run_map(&s));
+    }
+
+    #[test]
+    fn map_deltas_merge_like_full_states(s in scenario()) {
+        laws::map_deltas_merge_like_states(&run_map(&s));
+    }
+
+    #[test]
+    fn map_joined_deltas_merge_like_single_deltas(s in scenario()) {
+        laws::map_joined_deltas_merge_like_single_ones(&run_map(&s));
+    }
+
+    #[test]
+    fn map_anti_entropy_is_complete(s in scenario()) {
+        laws::map_anti_entropy_is_complete(&run_map(&s));
+    }
+
+    #[test]
+    fn map_wire_round_trips(s in scenario()) {
+        laws::map_wire_round_trips(&run_map(&s));
+    }
+
+    #[test]
+    fn pn_counter_laws_hold(s in scenario()) {
+        laws::check_pn_laws(&s);
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        laws::decoding_never_panics(&bytes);
+    }
+
+    #[test]
+    fn decoding_damaged_encodings_never_panics(
+        s in scenario(),
+        damage in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+    ) {
+        laws::damaged_encodings_are_handled(&run_map(&s).union(), &damage);
+    }
+
+    #[test]
+    fn invalid_names_and_actors_are_rejected(text in invalid_text()) {
+        prop_assert!(CounterName::new(&text).is_err());
+        prop_assert!(ActorId::new(&text).is_err());
+        let entry = Entry { inc: 1, dec: 0, seq: 1 };
+        let smuggled = vec![(text, vec![("node-1".to_owned(), entry)])];
+        prop_assert!(wire::decode::<CounterMap>(&wire::encode(&smuggled)).is_err());
+    }
+
+    #[test]
+    fn valid_names_are_accepted(text in "\\PC{1,40}".prop_filter("≤ 128 bytes", |s| s.len() <= MAX_NAME_LEN)) {
+        let name = CounterName::new(&text).expect("valid name");
+        prop_assert_eq!(name.as_str(), text.as_str());
+        let decoded: CounterName = wire::decode(&wire::encode(&name)).expect("round trip");
+        prop_assert_eq!(decoded, name);
+    }
+}

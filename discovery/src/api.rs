@@ -1,0 +1,216 @@
+//! HTTP surface of the discovery server. Every error is JSON: `{"error": "..."}`.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::registry::{validate_id, Registry, RegistryError, DEFAULT_CAPACITY};
+use crate::Member;
+
+/// Largest accepted request body; real ones are a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Why the server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("discovery server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The registry shared by all request handlers and the sweeper.
+#[derive(Clone)]
+pub struct DiscoveryState {
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl DiscoveryState {
+    pub fn new(ttl: Duration) -> Self {
+        Self::with_capacity(ttl, DEFAULT_CAPACITY)
+    }
+
+    pub fn with_capacity(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            registry: Arc::new(Mutex::new(Registry::new(ttl, capacity))),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // The table stays consistent even if a holder panicked: every update is a single insert/remove.
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops expired members now (the server also does this periodically).
+    pub fn sweep(&self) {
+        for id in self.lock().sweep(Instant::now()) {
+            tracing::info!(%id, "discovery member expired");
+        }
+    }
+}
+
+/// The discovery routes over `state`.
+pub fn router(state: DiscoveryState) -> Router {
+    Router::new()
+        .route("/register", post(register))
+        .route("/heartbeat", post(heartbeat))
+        .route("/peers", get(peers))
+        .route("/peers/{id}", delete(deregister))
+        .route("/health", get(health))
+        // Must come after the routes: it applies to the routes registered so far.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves discovery on an already-bound `listener` until `shutdown` resolves,
+/// then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    ttl: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DiscoveryError> {
+    let state = DiscoveryState::new(ttl);
+    let sweeper = tokio::spawn(sweep_forever(state.clone(), sweep_interval(ttl)));
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sweeper.abort();
+    Ok(result?)
+}
+
+/// Reads already hide expired members; sweeping only frees their memory, so it need not be eager.
+fn sweep_interval(ttl: Duration) -> Duration {
+    (ttl / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+async fn sweep_forever(state: DiscoveryState, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        state.sweep();
+    }
+}
+
+#[derive(Deserialize)]
+struct HeartbeatRequest {
+    id: String,
+}
+
+async fn register(
+    State(state): State<DiscoveryState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let member: Member = parse_json(body)?;
+    let id = member.id.clone();
+    let mut registry = state.lock();
+    registry.register(member, Instant::now())?;
+    tracing::debug!(%id, "discovery member registered");
+    Ok(Json(
+        json!({ "id": id, "ttl_ms": registry.ttl().as_millis() }),
+    ))
+}
+
+async fn heartbeat(
+    State(state): State<DiscoveryState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let HeartbeatRequest { id } = parse_json(body)?;
+    validate_id(&id)?;
+    let mut registry = state.lock();
+    if !registry.heartbeat(&id, Instant::now()) {
+        return Err(ApiError::unknown_member(&id));
+    }
+    Ok(Json(
+        json!({ "id": id, "ttl_ms": registry.ttl().as_millis() }),
+    ))
+}
+
+async fn peers(State(state): State<DiscoveryState>) -> impl IntoResponse {
+    Json(state.lock().peers(Instant::now()))
+}
+
+async fn deregister(
+    State(state): State<DiscoveryState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.lock().remove(&id, Instant::now()) {
+        tracing::info!(%id, "discovery member deregistered");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::unknown_member(&id))
+    }
+}
+
+async fn health(State(state): State<DiscoveryState>) -> impl IntoResponse {
+    let members = state.lock().live_count(Instant::now());
+    Json(json!({ "status": "ok", "members": members }))
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {method} {uri}"),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    let message = format!("method {method} not allowed on {}", uri.path());
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, message)
+}
+
+/// Parses JSON ourselves so a missing `Content-Type` is not an error and every
+/// failure maps to our JSON error body (oversized bodies → 413, malformed → 400).
+fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes =
+        body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {err}")))
+}
+
+/// An error answer: a status plus `{"error": message}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn unknown_member(id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("unknown member {id:?}"))
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(err: RegistryError) -> Self {
+        let status = match err {
+            RegistryError::InvalidId(_) => StatusCode::BAD_REQUEST,
+            RegistryError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}

@@ -1,0 +1,226 @@
+//! Client used by nodes and the gateway. It knows several discovery servers and
+//! uses the first one that answers, so one server going down is not an outage.
+
+use std::time::Duration;
+
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
+use serde_json::Value;
+
+use crate::{Member, Peer};
+
+/// Per-request limit (connect + answer): discovery is on the critical path of startup.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a heartbeat found out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    /// The server knows the member and refreshed it.
+    Known,
+    /// The server does not know the member (expired, restarted, or another server): re-register.
+    Unknown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no discovery URLs given")]
+    NoUrls,
+    #[error("invalid discovery URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("could not build HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+    #[error("discovery server {url} unreachable: {source}")]
+    Unreachable { url: Url, source: reqwest::Error },
+    #[error("discovery server {url} answered {status}: {message}")]
+    Rejected {
+        url: Url,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("unreadable answer from discovery server {url}: {source}")]
+    BadResponse { url: Url, source: reqwest::Error },
+}
+
+/// Talks to a list of discovery servers, in order, failing over on network errors and 5xx.
+#[derive(Debug, Clone)]
+pub struct DiscoveryClient {
+    http: Client,
+    bases: Vec<Url>,
+}
+
+impl DiscoveryClient {
+    /// `urls` are base URLs such as `http://127.0.0.1:8000`.
+    pub fn new(urls: Vec<String>) -> Result<Self, ClientError> {
+        Self::with_timeout(urls, DEFAULT_TIMEOUT)
+    }
+
+    pub fn with_timeout(urls: Vec<String>, timeout: Duration) -> Result<Self, ClientError> {
+        if urls.is_empty() {
+            return Err(ClientError::NoUrls);
+        }
+        let bases = urls
+            .iter()
+            .map(|url| parse_base(url))
+            .collect::<Result<_, _>>()?;
+        let http = Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // Discovery runs inside the cluster; an ambient HTTP_PROXY must not reroute it.
+            .no_proxy()
+            .build()
+            .map_err(ClientError::Build)?;
+        Ok(Self { http, bases })
+    }
+
+    /// The servers this client tries, in order.
+    pub fn urls(&self) -> &[Url] {
+        &self.bases
+    }
+
+    /// Announces (or re-announces) `member`.
+    pub async fn register(&self, member: &Member) -> Result<(), ClientError> {
+        let (url, response) = self
+            .first_answer(Method::POST, &["register"], |req| req.json(member))
+            .await?;
+        expect_success(url, response).await.map(drop)
+    }
+
+    /// Keeps `id` alive; [`HeartbeatOutcome::Unknown`] means "register again".
+    pub async fn heartbeat(&self, id: &str) -> Result<HeartbeatOutcome, ClientError> {
+        let body = serde_json::json!({ "id": id });
+        let (url, response) = self
+            .first_answer(Method::POST, &["heartbeat"], |req| req.json(&body))
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(HeartbeatOutcome::Unknown);
+        }
+        expect_success(url, response).await?;
+        Ok(HeartbeatOutcome::Known)
+    }
+
+    /// Live members according to the first reachable server.
+    pub async fn peers(&self) -> Result<Vec<Peer>, ClientError> {
+        let (url, response) = self
+            .first_answer(Method::GET, &["peers"], |req| req)
+            .await?;
+        let response = expect_success(url.clone(), response).await?;
+        response
+            .json()
+            .await
+            .map_err(|source| ClientError::BadResponse { url, source })
+    }
+
+    /// Removes `id`. Idempotent: an id the server does not know counts as removed.
+    pub async fn deregister(&self, id: &str) -> Result<(), ClientError> {
+        let (url, response) = self
+            .first_answer(Method::DELETE, &["peers", id], |req| req)
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        expect_success(url, response).await.map(drop)
+    }
+
+    /// Sends the request to each server in turn; returns the first answer that is
+    /// not a server error, or the last failure if none qualifies.
+    async fn first_answer(
+        &self,
+        method: Method,
+        path: &[&str],
+        finish: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<(Url, Response), ClientError> {
+        let mut last_error = ClientError::NoUrls;
+        for base in &self.bases {
+            let url = endpoint(base, path);
+            let request = finish(self.http.request(method.clone(), url.clone()));
+            match request.send().await {
+                Ok(response) if response.status().is_server_error() => {
+                    last_error = rejection(url, response).await;
+                }
+                Ok(response) => return Ok((url, response)),
+                Err(source) => last_error = ClientError::Unreachable { url, source },
+            }
+            tracing::debug!(error = %last_error, "discovery server failed, trying the next");
+        }
+        Err(last_error)
+    }
+}
+
+fn parse_base(url: &str) -> Result<Url, ClientError> {
+    let invalid = |reason: String| ClientError::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let parsed = Url::parse(url).map_err(|err| invalid(err.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
+        return Err(invalid(
+            "expected an http:// or https:// base URL".to_owned(),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// `base` + path segments, each percent-encoded (ids may hold `/` or spaces).
+fn endpoint(base: &Url, segments: &[&str]) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
+async fn expect_success(url: Url, response: Response) -> Result<Response, ClientError> {
+    if response.status().is_success() {
+        Ok(response)
+    } else {
+        Err(rejection(url, response).await)
+    }
+}
+
+/// Turns a non-success answer into an error, keeping the server's `{"error"}` message.
+async fn rejection(url: Url, response: Response) -> ClientError {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|json| json.get("error")?.as_str().map(str::to_owned))
+        .unwrap_or(body);
+    ClientError::Rejected {
+        url,
+        status,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_join_and_encode_segments() {
+        let base = parse_base("http://127.0.0.1:8000/").unwrap();
+        assert_eq!(
+            endpoint(&base, &["peers", "a/b c"]).as_str(),
+            "http://127.0.0.1:8000/peers/a%2Fb%20c"
+        );
+        let nested = parse_base("http://host:1/disc").unwrap();
+        assert_eq!(
+            endpoint(&nested, &["peers"]).as_str(),
+            "http://host:1/disc/peers"
+        );
+    }
+
+    #[test]
+    fn bad_base_urls_are_refused() {
+        assert!(matches!(
+            DiscoveryClient::new(vec![]),
+            Err(ClientError::NoUrls)
+        ));
+        for bad in ["127.0.0.1:8000", "ftp://host", "not a url"] {
+            let result = DiscoveryClient::new(vec![bad.to_owned()]);
+            assert!(
+                matches!(result, Err(ClientError::InvalidUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The real discovery server on 127.0.0.1:0, driven by the real client and by raw HTTP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tally_discovery::{
+    router, serve, ClientError, DiscoveryClient, DiscoveryState, HeartbeatOutcome, Member,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running server; `stop` shuts it down gracefully and checks it exited cleanly.
+struct TestServer {
+    url: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tally_discovery::DiscoveryError>>,
+}
+
+impl TestServer {
+    async fn start(ttl: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, ttl, async {
+            let _ = stopped.await;
+        }));
+        Self { url, stop, task }
+    }
+
+    fn client(&self) -> DiscoveryClient {
+        DiscoveryClient::new(vec![self.url.clone()]).unwrap()
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        exit.expect("server did not shut down").unwrap().unwrap();
+    }
+}
+
+fn member(id: &str, port: u16) -> Member {
+    Member {
+        id: id.to_owned(),
+        gossip_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        http_addr: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+    }
+}
+
+/// A port nothing listens on: bind it, then let it go.
+async fn closed_port_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn post_raw(url: &str, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    let request = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .header("content-type", "application/json")
+        .body(body);
+    send(request).await
+}
+
+fn assert_json_error(status: StatusCode, body: &Value, expected: StatusCode) {
+    assert_eq!(status, expected, "body: {body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "expected a JSON error, got {body}");
+}
+
+#[tokio::test]
+async fn members_register_heartbeat_list_and_leave() {
+    let server = TestServer::start(Duration::from_secs(5)).await;
+    let client = server.client();
+
+    client.register(&member("node-b", 7002)).await.unwrap();
+    client.register(&member("node-a", 7000)).await.unwrap();
+    assert_eq!(
+        client.heartbeat("node-a").await.unwrap(),
+        HeartbeatOutcome::Known
+    );
+
+    let peers = client.peers().await.unwrap();
+    let ids: Vec<_> = peers.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["node-a", "node-b"]);
+    assert_eq!(peers[0].gossip_addr, member("node-a", 7000).gossip_addr);
+    assert_eq!(peers[0].http_addr, member("node-a", 7000).http_addr);
+    assert!(peers[0].last_seen_ms_ago < 5000);
+
+    let (status, health) = send(reqwest::Client::new().get(format!("{}/health", server.url))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health, json!({ "status": "ok", "members": 2 }));
+
+    client.deregister("node-b").await.unwrap();
+    client.deregister("node-b").await.unwrap(); // idempotent for the client
+    let (status, body) =
+        send(reqwest::Client::new().delete(format!("{}/peers/node-b", server.url))).await;
+    assert_json_error(status, &body, StatusCode::NOT_FOUND);
+    assert_eq!(client.peers().await.unwrap().len(), 1);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeat_from_an_unknown_member_asks_it_to_register() {
+    let server = TestServer::start(Duration::from_secs(5)).await;
+    let client = server.client();
+
+    assert_eq!(
+        client.heartbeat("newcomer").await.unwrap(),
+        HeartbeatOutcome::Unknown
+    );
+    client.register(&member("newcomer", 7000)).await.unwrap();
+    assert_eq!(
+        client.heartbeat("newcomer").await.unwrap(),
+        HeartbeatOutcome::Known
+    );
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let server = TestServer::start(Duration::from_secs(5)).await;
+    let url = server.url.as_str();
+    let valid =
+        json!({ "id": "n1", "gossip_addr": "127.0.0.1:7000", "http_addr": "127.0.0.1:7001" });
+    let with = |field: &str, value: &str| {
+        let mut body = valid.clone();
+        body[field] = json!(value);
+        body.to_string()
+    };
+
+    let bad_bodies = [
+        ("/register", "{not json".to_owned()),
+        ("/register", String::new()),
+        ("/register", json!({ "id": "n1" }).to_string()),
+        ("/register", with("id", "")),
+        ("/register", with("gossip_addr", "localhost")),
+        ("/register", with("http_addr", "127.0.0.1:99999")),
+        ("/heartbeat", "[]".to_owned()),
+        ("/heartbeat", json!({ "id": "" }).to_string()),
+    ];
+    for (path, body) in bad_bodies {
+        let (status, answer) = post_raw(url, path, body.clone()).await;
+        assert_json_error(status, &answer, StatusCode::BAD_REQUEST);
+    }
+
+    let oversized = format!(r#"{{"id":"{}"}}"#, "x".repeat(64 * 1024));
+    let (status, answer) = post_raw(url, "/register", oversized).await;
+    assert_json_error(status, &answer, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let (status, answer) = send(reqwest::Client::new().get(format!("{url}/nope"))).await;
+    assert_json_error(status, &answer, StatusCode::NOT_FOUND);
+
+    let (status, answer) = send(reqwest::Client::new().get(format!("{url}/register"))).await;
+    assert_json_error(status, &answer, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, answer) = send(reqwest::Client::new().post(format!("{url}/peers"))).await;
+    assert_json_error(status, &answer, StatusCode::METHOD_NOT_ALLOWED);
+
+    // None of that registered anything.
+    assert!(server.client().peers().await.unwrap().is_empty());
+    // A well-formed body without a content type is still accepted.
+    let plain = reqwest::Client::new()
+        .post(format!("{url}/register"))
+        .body(valid.to_string());
+    assert_eq!(send(plain).await.0, StatusCode::OK);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_members_expire_after_the_ttl() {
+    let ttl = Duration::from_millis(300);
+    let server = TestServer::start(ttl).await;
+    let client = server.client();
+    client.register(&member("quiet", 7000)).await.unwrap();
+    assert_eq!(client.peers().await.unwrap().len(), 1);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !client.peers().await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "member never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        client.heartbeat("quiet").await.unwrap(),
+        HeartbeatOutcome::Unknown
+    );
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_fails_over_past_a_dead_server() {
+    let server = TestServer::start(Duration::from_secs(5)).await;
+    let client = DiscoveryClient::new(vec![closed_port_url().await, server.url.clone()]).unwrap();
+
+    client.register(&member("n1", 7000)).await.unwrap();
+    assert_eq!(
+        client.heartbeat("n1").await.unwrap(),
+        HeartbeatOutcome::Known
+    );
+    assert_eq!(client.peers().await.unwrap().len(), 1);
+    client.deregister("n1").await.unwrap();
+
+    let nobody = DiscoveryClient::new(vec![closed_port_url().await]).unwrap();
+    assert!(matches!(
+        nobody.peers().await,
+        Err(ClientError::Unreachable { .. })
+    ));
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn full_registry_answers_503_and_the_client_reports_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let state = DiscoveryState::with_capacity(Duration::from_secs(5), 1);
+    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let client = DiscoveryClient::new(vec![url]).unwrap();
+
+    client.register(&member("first", 7000)).await.unwrap();
+    match client.register(&member("second", 7002)).await {
+        Err(ClientError::Rejected {
+            status, message, ..
+        }) => {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(message.contains("full"), "{message}");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // Members already in can still refresh themselves.
+    client.register(&member("first", 7004)).await.unwrap();
+
+    server.abort();
+}

@@ -1,0 +1,94 @@
+//! The gateway's `/ws` for browsers: the cluster's state on connect, then
+//! every change as it happens.
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use crdt_core::wire;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::error::ApiError;
+use crate::state::Shared;
+
+/// A browser that cannot take one frame in this long is dropped, so a
+/// stalled socket never holds its task (and slot) forever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(not_ws) => return ApiError::new(not_ws.status(), not_ws.body_text()).into_response(),
+    };
+    let Ok(slot) = Arc::clone(&shared.browser_slots).try_acquire_owned() else {
+        let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many live viewers");
+        return error.into_response();
+    };
+    // Browsers only listen; anything they send is tiny or a mistake.
+    upgrade
+        .max_message_size(4 * 1024)
+        .on_upgrade(move |socket| async move {
+            let _slot: OwnedSemaphorePermit = slot;
+            if let Err(error) = session(socket, &shared).await {
+                tracing::debug!(%error, "browser stream ended");
+            }
+        })
+}
+
+async fn session(mut socket: WebSocket, shared: &Shared) -> Result<(), axum::Error> {
+    // Subscribe before taking the snapshot, so nothing falls between the
+    // two; anything seen twice is harmless (merges are idempotent).
+    let mut events = shared.events.subscribe();
+    send_all(&mut socket, catch_up(shared)).await?;
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Ok(_)) => {}
+            },
+            event = events.recv() => match event {
+                Ok(frame) => send(&mut socket, frame).await?,
+                // Too slow to keep up: the missed events are gone, so resend
+                // the whole state instead; the queue never grows per browser.
+                Err(RecvError::Lagged(_)) => send_all(&mut socket, catch_up(shared)).await?,
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+    // Best effort: the browser may already be gone.
+    let _ = socket.send(Message::Close(None)).await;
+    Ok(())
+}
+
+/// `Nodes` then one `NodeState` per node, encoded.
+fn catch_up(shared: &Shared) -> Vec<Bytes> {
+    let nodes = shared.nodes_event();
+    let states = shared.replicas().node_states();
+    std::iter::once(nodes)
+        .chain(states)
+        .map(|event| Bytes::from(wire::encode(&event)))
+        .collect()
+}
+
+async fn send_all(socket: &mut WebSocket, frames: Vec<Bytes>) -> Result<(), axum::Error> {
+    for frame in frames {
+        send(socket, frame).await?;
+    }
+    Ok(())
+}
+
+async fn send(socket: &mut WebSocket, frame: Bytes) -> Result<(), axum::Error> {
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Binary(frame))).await {
+        Ok(sent) => sent,
+        Err(_) => Err(axum::Error::new("browser too slow: send timed out")),
+    }
+}

@@ -1,0 +1,248 @@
+//! Each node's live stream: one replica per node, their merge, and the
+//! task that follows a node's `/ws` (reconnecting with backoff).
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crdt_core::stream::{ClusterEvent, NodeEvent};
+use crdt_core::{wire, CounterMap, DEFAULT_COUNTER};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::state::Shared;
+
+/// Every node's replica, as its stream told us, and the merge of them all.
+#[derive(Debug, Default)]
+pub struct Replicas {
+    /// By HTTP address: `(node id, its replica)`.
+    nodes: HashMap<String, (String, CounterMap)>,
+    merged: CounterMap,
+}
+
+impl Replicas {
+    /// Applies a state event from the node at `http_addr`; returns what browsers should see.
+    pub fn apply(&mut self, http_addr: &str, event: NodeEvent) -> Option<ClusterEvent> {
+        match event {
+            NodeEvent::Snapshot { node, state } => {
+                self.merged.merge(&state);
+                let replaced = (node.clone(), state.clone());
+                self.nodes.insert(http_addr.to_owned(), replaced);
+                Some(ClusterEvent::NodeState { node, state })
+            }
+            NodeEvent::Delta {
+                node,
+                delta,
+                via_gossip,
+            } => {
+                self.merged.merge(&delta);
+                let (id, replica) = self.nodes.entry(http_addr.to_owned()).or_default();
+                id.clone_from(&node);
+                replica.merge(&delta);
+                Some(ClusterEvent::NodeDelta {
+                    node,
+                    delta,
+                    via_gossip,
+                })
+            }
+            NodeEvent::Members { .. } => None,
+        }
+    }
+
+    /// Forgets a node's replica (what it contributed to the merge stays: merges only grow).
+    pub fn remove(&mut self, http_addr: &str) {
+        self.nodes.remove(http_addr);
+    }
+
+    /// One `NodeState` per node: what a browser needs to catch up.
+    pub fn node_states(&self) -> Vec<ClusterEvent> {
+        self.nodes
+            .values()
+            .map(|(node, state)| ClusterEvent::NodeState {
+                node: node.clone(),
+                state: state.clone(),
+            })
+            .collect()
+    }
+
+    /// The node's value of the default counter (0 when never written),
+    /// `None` before its stream delivered anything.
+    pub fn default_value(&self, http_addr: &str) -> Option<i128> {
+        let (_, replica) = self.nodes.get(http_addr)?;
+        Some(replica.value(DEFAULT_COUNTER).unwrap_or(0))
+    }
+
+    /// How far the node trails the merged view, `None` before its stream delivered anything.
+    pub fn lag(&self, http_addr: &str) -> Option<Lag> {
+        let (_, replica) = self.nodes.get(http_addr)?;
+        Some(lag(&self.merged, replica))
+    }
+}
+
+/// How far a node trails the gateway's merged view.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lag {
+    /// Increments plus decrements of the default counter the node has not seen yet.
+    pub default: u64,
+    /// The same over every counter.
+    pub total: u64,
+    /// `(counter, actor)` entries where the node is behind.
+    pub entries_behind: u64,
+}
+
+/// Compares a node's replica with the merged view, entry by entry.
+///
+/// Counters whose digests match are skipped, so an up-to-date node costs
+/// one comparison per counter.
+pub fn lag(merged: &CounterMap, node: &CounterMap) -> Lag {
+    let mut lag = Lag::default();
+    for (name, counter) in merged.counters() {
+        let theirs = node.get(name.as_str());
+        if theirs.is_some_and(|theirs| theirs.digest() == counter.digest()) {
+            continue;
+        }
+        for (actor, ours) in counter.entries() {
+            let seen = theirs
+                .and_then(|theirs| theirs.entry(actor.as_str()))
+                .copied()
+                .unwrap_or_default();
+            let missing = ours
+                .inc
+                .saturating_sub(seen.inc)
+                .saturating_add(ours.dec.saturating_sub(seen.dec));
+            if missing > 0 || ours.seq > seen.seq {
+                lag.entries_behind += 1;
+            }
+            lag.total = lag.total.saturating_add(missing);
+            if name.as_str() == DEFAULT_COUNTER {
+                lag.default = lag.default.saturating_add(missing);
+            }
+        }
+    }
+    lag
+}
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const LONGEST_RETRY: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Follows the node's `/ws` until the task is aborted: a node that is down
+/// is retried with exponential backoff, reset once a connection succeeds.
+pub async fn follow_node(shared: Arc<Shared>, http_addr: String) {
+    let mut retry_in = FIRST_RETRY;
+    loop {
+        match subscribe(&shared, &http_addr).await {
+            Ok(()) => retry_in = FIRST_RETRY,
+            Err(error) => tracing::debug!(node = %http_addr, %error, "node stream unavailable"),
+        }
+        tokio::time::sleep(retry_in).await;
+        retry_in = (retry_in * 2).min(LONGEST_RETRY);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error(transparent)]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("bad event: {0}")]
+    Decode(#[from] crdt_core::CrdtError),
+}
+
+/// One connection's life; `Ok` means it connected (and later closed).
+async fn subscribe(shared: &Arc<Shared>, http_addr: &str) -> Result<(), StreamError> {
+    let url = format!("ws://{http_addr}/ws");
+    let connecting = tokio_tungstenite::connect_async(url);
+    let (mut socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| StreamError::ConnectTimeout)??;
+    tracing::info!(node = %http_addr, "following node stream");
+    while let Some(message) = socket.next().await {
+        match message {
+            Ok(Message::Binary(bytes)) => {
+                shared.on_node_event(http_addr, wire::decode::<NodeEvent>(&bytes)?);
+            }
+            Ok(Message::Close(_)) => break,
+            // Pings are answered by tungstenite; text frames are not part of the protocol.
+            Ok(_) => {}
+            // A broken stream after connecting is an ordinary reconnect, not an error to report.
+            Err(error) => {
+                tracing::debug!(node = %http_addr, %error, "node stream broke");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crdt_core::{ActorId, CounterName, Op};
+
+    fn write(map: &mut CounterMap, actor: &str, counter: &str, op: Op) -> CounterMap {
+        let actor = ActorId::new(actor).unwrap();
+        map.apply(&actor, &CounterName::new(counter).unwrap(), op)
+            .unwrap()
+    }
+
+    #[test]
+    fn an_up_to_date_node_has_no_lag() {
+        let mut merged = CounterMap::new();
+        write(&mut merged, "a", "default", Op::Increment(3));
+        assert_eq!(lag(&merged, &merged.clone()), Lag::default());
+    }
+
+    #[test]
+    fn lag_counts_unseen_increments_and_decrements_per_counter() {
+        let mut node = CounterMap::new();
+        write(&mut node, "a", "default", Op::Increment(2));
+        let mut merged = node.clone();
+        write(&mut merged, "a", "default", Op::Increment(5));
+        write(&mut merged, "b", "default", Op::Decrement(1));
+        write(&mut merged, "b", "other", Op::Increment(4));
+        let lag = lag(&merged, &node);
+        assert_eq!(
+            lag,
+            Lag {
+                default: 5 + 1,
+                total: 5 + 1 + 4,
+                entries_behind: 3
+            }
+        );
+    }
+
+    #[test]
+    fn replicas_replace_on_snapshot_and_merge_deltas() {
+        let mut state = CounterMap::new();
+        write(&mut state, "a", "default", Op::Increment(2));
+        let mut replicas = Replicas::default();
+        let snapshot = NodeEvent::Snapshot {
+            node: "n1".into(),
+            state: state.clone(),
+        };
+        let shown = replicas.apply("h:1", snapshot);
+        assert!(matches!(shown, Some(ClusterEvent::NodeState { .. })));
+        let delta = write(&mut state, "b", "default", Op::Increment(1));
+        let event = NodeEvent::Delta {
+            node: "n2".into(),
+            delta,
+            via_gossip: false,
+        };
+        replicas.apply("h:2", event);
+        assert_eq!(replicas.default_value("h:1"), Some(2));
+        assert_eq!(replicas.default_value("h:2"), Some(1));
+        assert_eq!(replicas.lag("h:1").map(|l| l.default), Some(1));
+        assert_eq!(replicas.lag("h:2").map(|l| l.default), Some(2));
+        replicas.apply(
+            "h:1",
+            NodeEvent::Snapshot {
+                node: "n1".into(),
+                state,
+            },
+        );
+        assert_eq!(replicas.lag("h:1"), Some(Lag::default()));
+        assert_eq!(replicas.node_states().len(), 2);
+    }
+}

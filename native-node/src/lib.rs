@@ -1,0 +1,16 @@
+//! The Tally node. See ARCHITECTURE.md for the map.
+pub mod api;
+pub mod cli;
+pub mod gossip;
+pub mod identity;
+pub mod journal;
+pub mod membership;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod registration;
+pub mod replica;
+pub mod shutdown;
+pub mod transport;
+pub mod wal;
+pub mod writer;

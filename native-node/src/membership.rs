@@ -1,0 +1,273 @@
+//! Who is in the cluster, and who seems to be up.
+//!
+//! Members spread by gossip: every exchange carries the sender's member
+//! list, and a record with a higher heartbeat replaces an older one. Each
+//! node raises its own heartbeat every round, so a member whose heartbeat
+//! stops rising — seen directly or through anyone else — is failing.
+//!
+//! Failure detection is φ-accrual over heartbeat inter-arrival times
+//! (exponential model: φ = Δt / (mean · ln 10)): above `SUSPECT_PHI` a member
+//! is *suspect* (still gossiped with), above `DEAD_PHI` it is *dead* (not
+//! chosen for gossip, but probed now and then so a healed partition is
+//! noticed). Any newer heartbeat makes it alive again.
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::protocol::MemberRecord;
+
+const SUSPECT_PHI: f64 = 5.0;
+const DEAD_PHI: f64 = 10.0;
+const WINDOW: usize = 32;
+/// Chance per round of probing one dead member.
+const DEAD_PROBE_CHANCE: f64 = 0.25;
+
+/// How a member seems from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Heartbeats arrive as expected.
+    Alive,
+    /// Heartbeats are late.
+    Suspect,
+    /// Heartbeats stopped.
+    Dead,
+}
+
+impl Status {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Alive => "alive",
+            Status::Suspect => "suspect",
+            Status::Dead => "dead",
+        }
+    }
+}
+
+struct Member {
+    record: MemberRecord,
+    last_heard: Instant,
+    intervals: VecDeque<f64>,
+    status: Status,
+}
+
+impl Member {
+    fn phi(&self, now: Instant, min_interval: f64) -> f64 {
+        let mean = if self.intervals.is_empty() {
+            min_interval
+        } else {
+            (self.intervals.iter().sum::<f64>() / self.intervals.len() as f64).max(min_interval)
+        };
+        now.duration_since(self.last_heard).as_secs_f64() / (mean * std::f64::consts::LN_10)
+    }
+}
+
+/// The membership table of one node.
+pub struct Membership {
+    me: MemberRecord,
+    members: HashMap<String, Member>,
+    min_interval: f64,
+}
+
+impl Membership {
+    /// A table holding only `me`; `interval` is the gossip interval, the
+    /// shortest heartbeat spacing the detector assumes.
+    pub fn new(me: MemberRecord, interval: Duration) -> Self {
+        Self {
+            me,
+            members: HashMap::new(),
+            min_interval: interval.as_secs_f64(),
+        }
+    }
+
+    /// This node's own record.
+    pub fn me(&self) -> &MemberRecord {
+        &self.me
+    }
+
+    /// Raises our heartbeat and re-evaluates everyone; true when a status changed.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        self.me.heartbeat += 1;
+        let mut changed = false;
+        for member in self.members.values_mut() {
+            let phi = member.phi(now, self.min_interval);
+            let status = if phi >= DEAD_PHI {
+                Status::Dead
+            } else if phi >= SUSPECT_PHI {
+                Status::Suspect.max_with(member.status)
+            } else {
+                member.status
+            };
+            if status != member.status {
+                tracing::info!(peer = %member.record.id, from = member.status.as_str(), to = status.as_str(), "member status changed");
+                member.status = status;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Merges gossiped records; true when a member appeared or changed status.
+    pub fn merge(&mut self, records: &[MemberRecord], now: Instant) -> bool {
+        let mut changed = false;
+        for record in records {
+            if record.id == self.me.id {
+                // Someone remembers an older boot of ours with a higher
+                // heartbeat: jump past it so our news wins again.
+                self.me.heartbeat = self.me.heartbeat.max(record.heartbeat + 1);
+                continue;
+            }
+            changed |= self.observe(record, now);
+        }
+        changed
+    }
+
+    fn observe(&mut self, record: &MemberRecord, now: Instant) -> bool {
+        match self.members.get_mut(&record.id) {
+            None => {
+                tracing::info!(peer = %record.id, gossip = %record.gossip_addr, "new member");
+                self.members.insert(
+                    record.id.clone(),
+                    Member {
+                        record: record.clone(),
+                        last_heard: now,
+                        intervals: VecDeque::new(),
+                        status: Status::Alive,
+                    },
+                );
+                true
+            }
+            Some(member) if record.heartbeat > member.record.heartbeat => {
+                let gap = now.duration_since(member.last_heard).as_secs_f64();
+                if member.intervals.len() == WINDOW {
+                    member.intervals.pop_front();
+                }
+                member.intervals.push_back(gap);
+                member.last_heard = now;
+                member.record = record.clone();
+                let revived = member.status != Status::Alive;
+                if revived {
+                    tracing::info!(peer = %record.id, "member is alive");
+                    member.status = Status::Alive;
+                }
+                revived
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Every known record, ours included: what we gossip.
+    pub fn records(&self) -> Vec<MemberRecord> {
+        let mut records: Vec<MemberRecord> =
+            self.members.values().map(|m| m.record.clone()).collect();
+        records.push(self.me.clone());
+        records
+    }
+
+    /// Up to `fanout` gossip partners: random live members, and sometimes a dead one to probe.
+    pub fn gossip_targets(&self, fanout: usize, rng: &mut impl Rng) -> Vec<MemberRecord> {
+        let live: Vec<&Member> = self
+            .members
+            .values()
+            .filter(|m| m.status != Status::Dead)
+            .collect();
+        let mut targets: Vec<MemberRecord> = live
+            .choose_multiple(rng, fanout)
+            .map(|m| m.record.clone())
+            .collect();
+        if rng.gen_bool(DEAD_PROBE_CHANCE) {
+            let dead: Vec<&Member> = self
+                .members
+                .values()
+                .filter(|m| m.status == Status::Dead)
+                .collect();
+            if let Some(member) = dead.choose(rng) {
+                targets.push(member.record.clone());
+            }
+        }
+        targets
+    }
+
+    /// Number of members (not us) currently alive.
+    pub fn alive(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.status == Status::Alive)
+            .count()
+    }
+
+    /// Every member but us, with its status, sorted by id.
+    pub fn peers(&self) -> Vec<(MemberRecord, Status)> {
+        let mut peers: Vec<_> = self
+            .members
+            .values()
+            .map(|m| (m.record.clone(), m.status))
+            .collect();
+        peers.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        peers
+    }
+
+    /// Members by status.
+    pub fn count(&self, status: Status) -> usize {
+        self.members.values().filter(|m| m.status == status).count()
+    }
+}
+
+impl Status {
+    /// Suspicion never downgrades a dead member: only a heartbeat revives it.
+    fn max_with(self, current: Status) -> Status {
+        if current == Status::Dead {
+            Status::Dead
+        } else {
+            self
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, heartbeat: u64) -> MemberRecord {
+        MemberRecord {
+            id: id.into(),
+            gossip_addr: format!("{id}:1"),
+            http_addr: format!("{id}:2"),
+            heartbeat,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_members_become_suspect_then_dead_and_revive_on_news() {
+        let interval = Duration::from_millis(100);
+        let mut table = Membership::new(record("me", 1), interval);
+        table.merge(&[record("b", 1)], Instant::now());
+        for beat in 2..20 {
+            tokio::time::advance(interval).await;
+            table.merge(&[record("b", beat)], Instant::now());
+            table.tick(Instant::now());
+        }
+        assert_eq!(table.peers()[0].1, Status::Alive);
+        let mut seen = vec![];
+        for _ in 0..30 {
+            tokio::time::advance(interval).await;
+            table.tick(Instant::now());
+            seen.push(table.peers()[0].1);
+        }
+        assert!(seen.contains(&Status::Suspect));
+        assert_eq!(seen.last(), Some(&Status::Dead));
+        table.merge(&[record("b", 99)], Instant::now());
+        assert_eq!(table.peers()[0].1, Status::Alive);
+    }
+
+    #[test]
+    fn our_own_old_heartbeat_is_overtaken() {
+        let mut table = Membership::new(record("me", 5), Duration::from_millis(100));
+        table.merge(&[record("me", 50)], Instant::now());
+        assert_eq!(table.me().heartbeat, 51);
+        assert!(table.peers().is_empty());
+    }
+}

@@ -1,0 +1,174 @@
+//! Counters the node exposes on `GET /metrics` in Prometheus text format.
+//! Plain atomics: cheap on hot paths, no registry to configure.
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Message kinds, indexing the per-kind gossip counters.
+pub const KINDS: [&str; 4] = ["pull", "ack", "push", "delta"];
+
+/// Gossip traffic of one direction.
+#[derive(Default)]
+pub struct Traffic {
+    frames: [AtomicU64; 4],
+    bytes: [AtomicU64; 4],
+}
+
+impl Traffic {
+    /// Counts one frame of `kind` and `size` bytes.
+    pub fn record(&self, kind: &str, size: usize) {
+        if let Some(index) = KINDS.iter().position(|k| *k == kind) {
+            self.frames[index].fetch_add(1, Relaxed);
+            self.bytes[index].fetch_add(size as u64, Relaxed);
+        }
+    }
+
+    /// Total bytes over all kinds.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes.iter().map(|b| b.load(Relaxed)).sum()
+    }
+}
+
+/// Every metric of a node.
+#[derive(Default)]
+pub struct Metrics {
+    /// Local increments acknowledged.
+    pub increments: AtomicU64,
+    /// Local decrements acknowledged.
+    pub decrements: AtomicU64,
+    /// Operations refused (bad amount, overflow).
+    pub rejected_ops: AtomicU64,
+    /// Remote messages that brought news.
+    pub merges: AtomicU64,
+    /// Gossip received.
+    pub gossip_in: Traffic,
+    /// Gossip sent.
+    pub gossip_out: Traffic,
+    /// Frames or connections rejected: bad MAC, failed handshake, malformed or oversized frames.
+    pub rejected_frames: AtomicU64,
+    /// Messages dropped because a peer's queue was full or it is partitioned away.
+    pub dropped_messages: AtomicU64,
+    /// WAL fsyncs.
+    pub wal_fsyncs: AtomicU64,
+    /// WAL bytes written.
+    pub wal_bytes: AtomicU64,
+    /// Snapshots taken.
+    pub snapshots: AtomicU64,
+}
+
+/// Peer counts by status, sampled when rendering.
+pub struct PeerCounts {
+    /// Alive peers.
+    pub alive: usize,
+    /// Suspect peers.
+    pub suspect: usize,
+    /// Dead peers.
+    pub dead: usize,
+}
+
+impl Metrics {
+    /// Renders Prometheus text exposition format.
+    pub fn render(&self, node: &str, counters: usize, peers: PeerCounts) -> String {
+        let mut out = String::new();
+        let mut put = |name: &str, help: &str, kind: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(
+                out,
+                "# HELP tally_{name} {help}\n# TYPE tally_{name} {kind}"
+            );
+            for (labels, value) in samples {
+                let _ = writeln!(out, "tally_{name}{{node=\"{node}\"{labels}}} {value}");
+            }
+        };
+        let one = |v: &AtomicU64| vec![(String::new(), v.load(Relaxed))];
+        put(
+            "increments_total",
+            "Local increments acknowledged.",
+            "counter",
+            &one(&self.increments),
+        );
+        put(
+            "decrements_total",
+            "Local decrements acknowledged.",
+            "counter",
+            &one(&self.decrements),
+        );
+        put(
+            "rejected_ops_total",
+            "Operations refused.",
+            "counter",
+            &one(&self.rejected_ops),
+        );
+        put(
+            "merges_total",
+            "Gossip messages that brought news.",
+            "counter",
+            &one(&self.merges),
+        );
+        for (direction, traffic) in [("in", &self.gossip_in), ("out", &self.gossip_out)] {
+            let frames: Vec<_> = KINDS
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (format!(",type=\"{k}\""), traffic.frames[i].load(Relaxed)))
+                .collect();
+            let bytes: Vec<_> = KINDS
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (format!(",type=\"{k}\""), traffic.bytes[i].load(Relaxed)))
+                .collect();
+            put(
+                &format!("gossip_frames_{direction}_total"),
+                "Gossip frames by type.",
+                "counter",
+                &frames,
+            );
+            put(
+                &format!("gossip_bytes_{direction}_total"),
+                "Gossip bytes by type.",
+                "counter",
+                &bytes,
+            );
+        }
+        put(
+            "rejected_frames_total",
+            "Frames or connections rejected.",
+            "counter",
+            &one(&self.rejected_frames),
+        );
+        put(
+            "dropped_messages_total",
+            "Gossip messages dropped.",
+            "counter",
+            &one(&self.dropped_messages),
+        );
+        put(
+            "wal_fsyncs_total",
+            "WAL fsyncs.",
+            "counter",
+            &one(&self.wal_fsyncs),
+        );
+        put(
+            "wal_bytes_total",
+            "WAL bytes written.",
+            "counter",
+            &one(&self.wal_bytes),
+        );
+        put(
+            "snapshots_total",
+            "Snapshots taken.",
+            "counter",
+            &one(&self.snapshots),
+        );
+        put(
+            "counters",
+            "Named counters held.",
+            "gauge",
+            &[(String::new(), counters as u64)],
+        );
+        let by_status = [
+            (",status=\"alive\"".to_string(), peers.alive as u64),
+            (",status=\"suspect\"".to_string(), peers.suspect as u64),
+            (",status=\"dead\"".to_string(), peers.dead as u64),
+        ];
+        put("peers", "Peers by status.", "gauge", &by_status);
+        out
+    }
+}

@@ -1,0 +1,222 @@
+//! Puts a node together: identity → WAL recovery → replica → write path →
+//! gossip → discovery → HTTP API, and takes it down gracefully.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiState};
+use crate::gossip::{Gossip, GossipConfig, RemoteSink};
+use crate::identity::{Identity, IdentityError};
+use crate::journal::{self, JournalError};
+use crate::metrics::Metrics;
+use crate::protocol::MemberRecord;
+use crate::registration;
+use crate::replica::{Replica, ReplicaState};
+use crate::transport::{ClusterKey, PeerIdentity, Tcp};
+use crate::wal::{Wal, WalOptions};
+use crate::writer::{self, WriterConfig};
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node id; generated and kept in the data dir when absent.
+    pub id: Option<String>,
+    /// Where to accept gossip.
+    pub gossip_addr: SocketAddr,
+    /// Where to serve HTTP.
+    pub http_addr: SocketAddr,
+    /// Discovery server base URLs.
+    pub discovery: Vec<String>,
+    /// Static peers' gossip addresses.
+    pub seeds: Vec<String>,
+    /// Data directory (identity + WAL).
+    pub data_dir: PathBuf,
+    /// Gossip tuning.
+    pub gossip: GossipConfig,
+    /// Discovery heartbeat period.
+    pub heartbeat: Duration,
+    /// Cluster name (peers of another cluster are refused).
+    pub cluster: String,
+    /// Shared secret; empty means unauthenticated.
+    pub cluster_key: Option<String>,
+    /// Enables `/admin/partition`.
+    pub allow_fault_injection: bool,
+    /// Largest gossip frame.
+    pub max_frame: usize,
+    /// WAL segment size.
+    pub segment_bytes: u64,
+    /// Snapshot after this many log bytes.
+    pub snapshot_bytes: u64,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A port could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source} (is another process using port {port}?)", port = addr.port())]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The data directory's identity.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The WAL could not be replayed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Any other I/O failure.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The discovery URLs are unusable.
+    #[error("discovery: {0}")]
+    Discovery(String),
+}
+
+/// A running node's listening addresses.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Node id.
+    pub id: String,
+    /// Bound gossip address.
+    pub gossip_addr: SocketAddr,
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+}
+
+/// Runs a node until `shutdown` resolves. `on_ready` hears the bound addresses.
+pub async fn run(
+    config: NodeConfig,
+    on_ready: impl FnOnce(&Running),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let identity = Identity::load_or_create(&config.data_dir, config.id.as_deref())?;
+    let started = std::time::Instant::now();
+    let (wal, state) = recover(
+        config.data_dir.join("wal"),
+        WalOptions {
+            segment_bytes: config.segment_bytes,
+        },
+    )
+    .await?;
+    tracing::info!(
+        node = %identity.id,
+        actor = %identity.actor(),
+        counters = state.map.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered from the write-ahead log"
+    );
+
+    let gossip_listener = bind("gossip", config.gossip_addr).await?;
+    let http_listener = bind("HTTP", config.http_addr).await?;
+    let running = Running {
+        id: identity.id.clone(),
+        gossip_addr: gossip_listener.local_addr()?,
+        http_addr: http_listener.local_addr()?,
+    };
+
+    let metrics = Arc::new(Metrics::default());
+    let replica = Arc::new(Replica::new(identity.actor(), state));
+    let writer = writer::start(
+        wal,
+        Arc::clone(&replica),
+        Arc::clone(&metrics),
+        WriterConfig {
+            snapshot_bytes: config.snapshot_bytes,
+        },
+    );
+    let key = config.cluster_key.clone().unwrap_or_default();
+    if key.is_empty() {
+        tracing::warn!("no --cluster-key: gossip is not authenticated; anyone who can reach the gossip port can join");
+    }
+    let me = PeerIdentity {
+        cluster: config.cluster.clone(),
+        key: ClusterKey::new(key.as_bytes()),
+        member: MemberRecord {
+            id: identity.id.clone(),
+            gossip_addr: running.gossip_addr.to_string(),
+            http_addr: running.http_addr.to_string(),
+            heartbeat: boot_heartbeat(),
+        },
+        max_frame: config.max_frame,
+        idle_timeout: Duration::from_secs(30).max(config.gossip.interval * 20),
+    };
+    let sink: Arc<dyn RemoteSink> = Arc::new(writer.clone());
+    let gossip = Gossip::new(
+        Tcp,
+        me,
+        config.gossip.clone(),
+        Arc::clone(&replica),
+        config.seeds.clone(),
+        Some(sink),
+        Arc::clone(&metrics),
+    );
+    gossip.start(gossip_listener);
+
+    let discovery = if config.discovery.is_empty() {
+        None
+    } else {
+        let client = tally_discovery::DiscoveryClient::new(config.discovery.clone())
+            .map_err(|e| NodeError::Discovery(e.to_string()))?;
+        let member = registration::member(&identity.id, running.gossip_addr, running.http_addr);
+        tokio::spawn(registration::run(
+            client.clone(),
+            member,
+            config.heartbeat,
+            Arc::clone(&gossip),
+        ));
+        Some(client)
+    };
+
+    let app = api::router(ApiState {
+        node: identity.id.clone(),
+        replica,
+        writer,
+        gossip,
+        metrics,
+        allow_fault_injection: config.allow_fault_injection,
+    });
+    on_ready(&running);
+    tracing::info!(node = %running.id, gossip = %running.gossip_addr, http = %running.http_addr, "node is serving");
+    axum::serve(http_listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    if let Some(client) = discovery {
+        registration::leave(&client, &identity.id).await;
+    }
+    tracing::info!(node = %running.id, "node stopped");
+    Ok(())
+}
+
+/// Opens the WAL and replays it into a fresh replica state.
+async fn recover(dir: PathBuf, options: WalOptions) -> Result<(Wal, ReplicaState), NodeError> {
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut state = ReplicaState::default();
+        let wal =
+            Wal::open::<JournalError>(&dir, options, |record| journal::replay(&mut state, record))?;
+        Ok::<_, NodeError>((wal, state))
+    })
+    .await;
+    joined.map_err(|e| NodeError::Io(std::io::Error::other(e.to_string())))?
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+/// Heartbeats start at boot time in ms, so a restarted node's are newer than its old ones.
+fn boot_heartbeat() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+}

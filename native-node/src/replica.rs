@@ -1,0 +1,109 @@
+//! The node's replica: the counter map, the anti-entropy watermarks, and
+//! the stream of changes everyone else (gossip, WebSocket, WAL) follows.
+//!
+//! Only the [writer](crate::writer) applies local operations, and only
+//! after they are durable; gossip merges remote changes directly.
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crdt_core::{ActorId, CounterMap, Summary};
+use tokio::sync::broadcast;
+
+/// How many change events a slow follower may fall behind before it must
+/// resynchronise from a snapshot.
+const CHANGE_BACKLOG: usize = 4096;
+
+/// A set of entries that changed, and how.
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    /// The changed entries (their new values).
+    pub delta: CounterMap,
+    /// The peer it came from, `None` for local writes.
+    pub from_peer: Option<String>,
+}
+
+/// What the lock protects: the map and the watermarks must be read together,
+/// or a pull answer could claim watermarks its chunks do not cover.
+#[derive(Debug, Default)]
+pub struct ReplicaState {
+    /// Every counter.
+    pub map: CounterMap,
+    /// Actor → highest seq this replica holds *every* change up to.
+    /// Advanced by local writes and by completed pulls, never by eager deltas.
+    pub watermarks: Summary,
+}
+
+impl ReplicaState {
+    /// Raises watermarks to at least `other`'s.
+    pub fn adopt_watermarks(&mut self, other: &Summary) {
+        for (actor, seq) in other {
+            let mine = self.watermarks.entry(actor.clone()).or_default();
+            *mine = (*mine).max(*seq);
+        }
+    }
+}
+
+/// The shared replica of one node.
+pub struct Replica {
+    actor: ActorId,
+    state: RwLock<ReplicaState>,
+    changes: broadcast::Sender<Arc<ChangeEvent>>,
+}
+
+impl Replica {
+    /// A replica acting as `actor`, starting from recovered `state`.
+    pub fn new(actor: ActorId, state: ReplicaState) -> Self {
+        let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
+        Self {
+            actor,
+            state: RwLock::new(state),
+            changes,
+        }
+    }
+
+    /// The actor this node writes as.
+    pub fn actor(&self) -> &ActorId {
+        &self.actor
+    }
+
+    /// Shared access. A poisoned lock means a panic elsewhere already broke
+    /// the process's invariants; carrying on with the data is still correct
+    /// for a CRDT (every state is a valid state), so we take it.
+    pub fn read(&self) -> RwLockReadGuard<'_, ReplicaState> {
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Exclusive access.
+    pub fn write(&self) -> RwLockWriteGuard<'_, ReplicaState> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Follows every change from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChangeEvent>> {
+        self.changes.subscribe()
+    }
+
+    /// Tells followers about a change (no-op for an empty delta).
+    pub fn publish(&self, delta: CounterMap, from_peer: Option<String>) {
+        if !delta.is_empty() {
+            // An error only means nobody is listening yet.
+            let _ = self
+                .changes
+                .send(Arc::new(ChangeEvent { delta, from_peer }));
+        }
+    }
+
+    /// Merges changes learned from `peer`; returns what was news here.
+    /// With `done`, a completed pull also raises the watermarks.
+    pub fn merge_remote(&self, changes: &CounterMap, done: Option<&Summary>) -> CounterMap {
+        let mut state = self.write();
+        let news = state.map.merge_changed(changes.all_changes());
+        if let Some(summary) = done {
+            state.adopt_watermarks(summary);
+        }
+        news
+    }
+}

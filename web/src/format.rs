@@ -1,0 +1,87 @@
+//! Text the page shows for numbers and durations, kept apart from the DOM
+//! so it can be tested natively.
+
+/// A counter value with thin-space thousands separators: `-1 234 567`.
+pub fn value(value: i128) -> String {
+    let digits = value.unsigned_abs().to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3 * 3 + 1);
+    if value < 0 {
+        grouped.push('−');
+    }
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push('\u{2009}');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+/// A short duration: `850 ms`, `1.5 s`, `2 min 5 s`.
+pub fn duration(ms: f64) -> String {
+    if !ms.is_finite() || ms < 0.0 {
+        return "—".to_owned();
+    }
+    if ms < 1000.0 {
+        format!("{} ms", ms.round())
+    } else if ms < 60_000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else {
+        let seconds = (ms / 1000.0).round() as u64;
+        format!("{} min {} s", seconds / 60, seconds % 60)
+    }
+}
+
+/// How far a node is behind the observer, for its card: the selected
+/// counter's value difference and the operations it has not seen yet.
+pub fn lag(value_behind: i128, ops_behind: u64, in_sync: bool) -> String {
+    if in_sync {
+        return "in sync".to_owned();
+    }
+    if value_behind == 0 && ops_behind == 0 {
+        // Same value and same latest operations, yet a different digest:
+        // an older entry of some counter is still on its way.
+        return "catching up".to_owned();
+    }
+    let ops = match ops_behind {
+        0 => String::new(),
+        1 => " · 1 op behind".to_owned(),
+        n => format!(" · {n} ops behind"),
+    };
+    let sign = if value_behind > 0 { "+" } else { "" };
+    format!("Δ {sign}{}{ops}", value(value_behind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_grouped_by_thousands() {
+        assert_eq!(value(0), "0");
+        assert_eq!(value(999), "999");
+        assert_eq!(value(1000), "1\u{2009}000");
+        assert_eq!(value(-1_234_567), "−1\u{2009}234\u{2009}567");
+        assert_eq!(
+            value(i128::from(i64::MIN)),
+            "−9\u{2009}223\u{2009}372\u{2009}036\u{2009}854\u{2009}775\u{2009}808"
+        );
+    }
+
+    #[test]
+    fn durations_pick_a_readable_unit() {
+        assert_eq!(duration(12.4), "12 ms");
+        assert_eq!(duration(1500.0), "1.5 s");
+        assert_eq!(duration(125_000.0), "2 min 5 s");
+        assert_eq!(duration(f64::NAN), "—");
+    }
+
+    #[test]
+    fn lag_reads_naturally() {
+        assert_eq!(lag(0, 0, true), "in sync");
+        assert_eq!(lag(0, 0, false), "catching up");
+        assert_eq!(lag(3, 2, false), "Δ +3 · 2 ops behind");
+        assert_eq!(lag(0, 1, false), "Δ 0 · 1 op behind");
+        assert_eq!(lag(-2, 1, false), "Δ −2 · 1 op behind");
+    }
+}

@@ -1,0 +1,506 @@
+//! The observer replica: everything the page knows about the cluster, with
+//! no DOM in sight, so it is tested natively and in the browser alike.
+//!
+//! ## Invariants
+//! - `merged` is the join of every state and delta received from any node.
+//!   Merging is idempotent and order-free, so duplicates, reordering and a
+//!   node's fresh state after a reconnect never lose anything; it only grows.
+//! - A node's view is its latest `NodeState` joined with every `NodeDelta`
+//!   since: a state *replaces* the view (the node says "this is all I have"),
+//!   a delta *merges* into it.
+//! - The cluster is converged when every healthy node's digest equals the
+//!   observer's. Digests are equal exactly for equal states (up to 64-bit
+//!   hash collisions), so this costs O(nodes), not O(keyspace).
+//! - Bad bytes are logged and dropped; nothing here panics on input.
+mod log;
+mod ranking;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crdt_core::stream::{ClusterEvent, NodeHealth};
+use crdt_core::{wire, CounterMap, CrdtError};
+
+pub use log::{CounterList, EventLog, LogEntry, LogKind, Tone, LOG_CAPACITY};
+pub use ranking::{busiest, CounterRow, RecentActivity, ACTIVITY_WINDOW};
+
+/// A node's health as the gateway reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// In the gateway's rotation.
+    Healthy,
+    /// Out of rotation: crashed, stopped or failing its health checks.
+    Unhealthy,
+    /// Cut off from its peers by the demo.
+    Partitioned,
+    /// Streamed its state but not (yet) listed by the gateway.
+    Unknown,
+}
+
+impl Health {
+    fn of(node: &NodeHealth) -> Self {
+        // A partition is the more specific story: the node may still serve.
+        if node.partitioned {
+            Health::Partitioned
+        } else if node.healthy {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        }
+    }
+
+    /// One lowercase word, also used as a CSS class.
+    pub fn label(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Partitioned => "partitioned",
+            Health::Unknown => "unknown",
+        }
+    }
+}
+
+/// How a node's view last changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// A whole state replaced it.
+    Snapshot,
+    /// A client wrote to the node.
+    LocalWrite,
+    /// The node learned entries from a peer.
+    Gossip,
+}
+
+/// What the page knows of one node.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    id: String,
+    http_addr: String,
+    health: Health,
+    state: CounterMap,
+    last_update: Option<Update>,
+    updates: u64,
+}
+
+impl NodeView {
+    fn new(id: &str) -> Self {
+        NodeView {
+            id: id.to_owned(),
+            http_addr: String::new(),
+            health: Health::Unknown,
+            state: CounterMap::new(),
+            last_update: None,
+            updates: 0,
+        }
+    }
+
+    fn touched(&mut self, update: Update) {
+        self.last_update = Some(update);
+        self.updates += 1;
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Where it serves HTTP (empty until the gateway lists it).
+    pub fn http_addr(&self) -> &str {
+        &self.http_addr
+    }
+
+    /// Its health.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Its own replica, as far as the page has heard.
+    pub fn state(&self) -> &CounterMap {
+        &self.state
+    }
+
+    /// Its own value of `counter` (0 when it never saw a write).
+    pub fn value(&self, counter: &str) -> i128 {
+        self.state.value(counter).unwrap_or(0)
+    }
+
+    /// How its view last changed.
+    pub fn last_update(&self) -> Option<Update> {
+        self.last_update
+    }
+
+    /// Grows by one on every change of its view: the view flashes the card
+    /// when this moves.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+}
+
+/// How far one node is behind the observer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lag {
+    /// Observer's value of the counter minus the node's.
+    pub value_behind: i128,
+    /// Operations, across all counters, the observer has seen and the node has not
+    /// (per actor: the observer's latest seq minus the node's).
+    pub ops_behind: u64,
+    /// The node holds exactly the observer's state.
+    pub in_sync: bool,
+}
+
+/// Whether the healthy nodes agree with the observer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Convergence {
+    /// No node is healthy, so there is nothing to compare.
+    NoHealthyNodes,
+    /// Every healthy node holds the observer's state.
+    Converged,
+    /// Some healthy nodes lack something the observer has.
+    Diverged {
+        /// How many healthy nodes differ from the observer.
+        behind: usize,
+        /// How many nodes are healthy.
+        healthy: usize,
+    },
+}
+
+/// The page's model of the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Observer {
+    merged: CounterMap,
+    nodes: BTreeMap<String, NodeView>,
+    controls: bool,
+    log: EventLog,
+    activity: RecentActivity,
+    diverged_since: Option<f64>,
+    revision: u64,
+}
+
+impl Observer {
+    /// An observer that has heard nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes one WebSocket message and applies it. Garbage is logged and
+    /// returned as an error; the model is left as it was.
+    pub fn receive(&mut self, bytes: &[u8], now_ms: f64) -> Result<(), CrdtError> {
+        match wire::decode::<ClusterEvent>(bytes) {
+            Ok(event) => {
+                self.apply(event, now_ms);
+                Ok(())
+            }
+            Err(error) => {
+                self.note(now_ms, LogKind::BadMessage(error.to_string()));
+                Err(error)
+            }
+        }
+    }
+
+    /// Applies one event from the gateway.
+    pub fn apply(&mut self, event: ClusterEvent, now_ms: f64) {
+        // States arrive in a burst on connect; the divergence between the
+        // first and the last is the page catching up, not the cluster.
+        let is_change = !matches!(event, ClusterEvent::NodeState { .. });
+        match event {
+            ClusterEvent::NodeState { node, state } => self.node_state(&node, state, now_ms),
+            ClusterEvent::NodeDelta {
+                node,
+                delta,
+                via_gossip,
+            } => self.node_delta(&node, delta, via_gossip, now_ms),
+            ClusterEvent::Nodes { nodes, controls } => self.set_nodes(&nodes, controls, now_ms),
+        }
+        self.track_convergence(now_ms, is_change);
+        self.revision += 1;
+    }
+
+    /// Adds a line to the activity log (connection changes, action results).
+    pub fn note(&mut self, now_ms: f64, kind: LogKind) {
+        self.log.push(now_ms, kind);
+        self.revision += 1;
+    }
+
+    fn node_state(&mut self, node: &str, state: CounterMap, now_ms: f64) {
+        // A state's news is not "recent activity": on connect it is the whole history.
+        self.merged.merge(&state);
+        self.log.push(
+            now_ms,
+            LogKind::Snapshot {
+                node: node.to_owned(),
+                counters: state.len(),
+                entries: state.entry_count(),
+            },
+        );
+        let view = self.view_mut(node);
+        view.state = state;
+        view.touched(Update::Snapshot);
+    }
+
+    fn node_delta(&mut self, node: &str, delta: CounterMap, via_gossip: bool, now_ms: f64) {
+        let news = self.merged.merge_changed(delta.all_changes());
+        for (name, _) in news.counters() {
+            self.activity.record(name);
+        }
+        let view = self.view_mut(node);
+        let learned = view.state.merge_changed(delta.into_changes());
+        if learned.is_empty() {
+            return; // a duplicate: nothing to show
+        }
+        let (update, kind) = {
+            let counters = CounterList::from_names(learned.counters().map(|(n, _)| n.as_str()));
+            let node = node.to_owned();
+            if via_gossip {
+                (Update::Gossip, LogKind::Gossip { node, counters })
+            } else {
+                (Update::LocalWrite, LogKind::LocalWrite { node, counters })
+            }
+        };
+        view.touched(update);
+        self.log.push(now_ms, kind);
+    }
+
+    fn set_nodes(&mut self, nodes: &[NodeHealth], controls: bool, now_ms: f64) {
+        self.controls = controls;
+        let listed: BTreeSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|id| !listed.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.nodes.remove(&id);
+            self.log.push(
+                now_ms,
+                LogKind::Health {
+                    node: id,
+                    now: None,
+                },
+            );
+        }
+        for info in nodes {
+            let health = Health::of(info);
+            let view = self.view_mut(&info.id);
+            view.http_addr.clone_from(&info.http_addr);
+            if view.health != health {
+                view.health = health;
+                let node = info.id.clone();
+                self.log.push(
+                    now_ms,
+                    LogKind::Health {
+                        node,
+                        now: Some(health),
+                    },
+                );
+            }
+        }
+    }
+
+    fn view_mut(&mut self, node: &str) -> &mut NodeView {
+        self.nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeView::new(node))
+    }
+
+    /// Logs how long the cluster took to agree again after a change made it diverge.
+    fn track_convergence(&mut self, now_ms: f64, is_change: bool) {
+        match self.convergence() {
+            Convergence::Diverged { .. } => {
+                if is_change {
+                    self.diverged_since.get_or_insert(now_ms);
+                }
+            }
+            Convergence::Converged => {
+                if let Some(since) = self.diverged_since.take() {
+                    self.log.push(
+                        now_ms,
+                        LogKind::Converged {
+                            after_ms: now_ms - since,
+                        },
+                    );
+                }
+            }
+            Convergence::NoHealthyNodes => {}
+        }
+    }
+
+    /// The join of everything every node ever reported.
+    pub fn merged(&self) -> &CounterMap {
+        &self.merged
+    }
+
+    /// The converged value of `counter` (0 when never written).
+    pub fn value(&self, counter: &str) -> i128 {
+        self.merged.value(counter).unwrap_or(0)
+    }
+
+    /// Every known node, by id.
+    pub fn nodes(&self) -> impl ExactSizeIterator<Item = &NodeView> {
+        self.nodes.values()
+    }
+
+    /// One node.
+    pub fn node(&self, id: &str) -> Option<&NodeView> {
+        self.nodes.get(id)
+    }
+
+    /// Whether the gateway offers demo controls (partition, crash, …).
+    pub fn controls(&self) -> bool {
+        self.controls
+    }
+
+    /// How far `node` is behind the observer, for `counter` and overall.
+    pub fn lag(&self, node: &NodeView, counter: &str) -> Lag {
+        let ops_behind = self
+            .merged
+            .summary()
+            .iter()
+            .map(|(actor, seq)| seq.saturating_sub(node.state.last_seq(actor.as_str())))
+            .fold(0u64, u64::saturating_add);
+        Lag {
+            value_behind: self.value(counter) - node.value(counter),
+            ops_behind,
+            in_sync: node.state.digest() == self.merged.digest(),
+        }
+    }
+
+    /// Whether every healthy node holds the observer's state.
+    pub fn convergence(&self) -> Convergence {
+        let digest = self.merged.digest();
+        let healthy = self.nodes.values().filter(|n| n.health == Health::Healthy);
+        let (count, behind) = healthy.fold((0, 0), |(count, behind), node| {
+            (
+                count + 1,
+                behind + usize::from(node.state.digest() != digest),
+            )
+        });
+        match (count, behind) {
+            (0, _) => Convergence::NoHealthyNodes,
+            (_, 0) => Convergence::Converged,
+            (healthy, behind) => Convergence::Diverged { behind, healthy },
+        }
+    }
+
+    /// The `limit` busiest counters whose names contain `filter`.
+    pub fn busiest(&self, filter: &str, limit: usize) -> Vec<CounterRow> {
+        busiest(&self.merged, &self.activity, filter, limit)
+    }
+
+    /// The activity log, newest first.
+    pub fn log(&self) -> impl ExactSizeIterator<Item = &LogEntry> {
+        self.log.entries()
+    }
+
+    /// Grows with every log line, so the view redraws the log only then.
+    pub fn log_version(&self) -> u64 {
+        self.log.pushed()
+    }
+
+    /// Grows on every change, so the view can skip work when nothing moved.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crdt_core::{ActorId, CounterName, Op};
+
+    fn write(map: &mut CounterMap, actor: &str, counter: &str, op: Op) -> CounterMap {
+        let actor = ActorId::new(actor).expect("valid actor");
+        let name = CounterName::new(counter).expect("valid name");
+        map.apply(&actor, &name, op).expect("applies")
+    }
+
+    fn health(id: &str, healthy: bool, partitioned: bool) -> NodeHealth {
+        NodeHealth {
+            id: id.to_owned(),
+            http_addr: format!("127.0.0.1:80{}", id.len()),
+            healthy,
+            partitioned,
+        }
+    }
+
+    #[test]
+    fn duplicate_delta_neither_flashes_nor_logs() {
+        let mut node = CounterMap::new();
+        let delta = write(&mut node, "n1", "default", Op::Increment(2));
+        let mut observer = Observer::new();
+        let event = ClusterEvent::NodeDelta {
+            node: "n1".into(),
+            delta,
+            via_gossip: false,
+        };
+        observer.apply(event.clone(), 1.0);
+        observer.apply(event, 2.0);
+        let view = observer.node("n1").expect("known");
+        assert_eq!(view.updates(), 1);
+        assert_eq!(view.last_update(), Some(Update::LocalWrite));
+        assert_eq!(observer.log().len(), 1);
+        assert_eq!(observer.busiest("", 5)[0].recent_changes, 1);
+    }
+
+    #[test]
+    fn nodes_event_sets_health_and_drops_unlisted_nodes() {
+        let mut observer = Observer::new();
+        let nodes = vec![health("a", true, false), health("b", true, true)];
+        observer.apply(
+            ClusterEvent::Nodes {
+                nodes,
+                controls: true,
+            },
+            0.0,
+        );
+        assert_eq!(
+            observer.node("b").map(NodeView::health),
+            Some(Health::Partitioned)
+        );
+        assert!(observer.controls());
+        let nodes = vec![health("a", false, false)];
+        observer.apply(
+            ClusterEvent::Nodes {
+                nodes,
+                controls: false,
+            },
+            1.0,
+        );
+        assert!(observer.node("b").is_none());
+        assert_eq!(
+            observer.node("a").map(NodeView::health),
+            Some(Health::Unhealthy)
+        );
+        assert_eq!(observer.convergence(), Convergence::NoHealthyNodes);
+        let lines: Vec<String> = observer.log().map(|e| e.kind.to_string()).collect();
+        assert_eq!(lines[..2], ["a is unhealthy", "b left the cluster"]);
+    }
+
+    #[test]
+    fn convergence_time_is_logged_once_agreement_returns() {
+        let mut observer = Observer::new();
+        let nodes = vec![health("a", true, false), health("b", true, false)];
+        observer.apply(
+            ClusterEvent::Nodes {
+                nodes,
+                controls: false,
+            },
+            0.0,
+        );
+        let mut a = CounterMap::new();
+        let delta = write(&mut a, "a", "default", Op::Increment(1));
+        for (node, at, via_gossip) in [("a", 100.0, false), ("b", 350.0, true)] {
+            observer.apply(
+                ClusterEvent::NodeDelta {
+                    node: node.into(),
+                    delta: delta.clone(),
+                    via_gossip,
+                },
+                at,
+            );
+        }
+        assert_eq!(observer.convergence(), Convergence::Converged);
+        let newest = observer.log().next().expect("logged");
+        assert_eq!(newest.kind, LogKind::Converged { after_ms: 250.0 });
+        assert_eq!(newest.kind.to_string(), "converged ✓ after 250 ms");
+    }
+}
