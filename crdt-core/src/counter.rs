@@ -129,8 +129,14 @@ impl PnCounter {
                 next.dec = current.dec.checked_add(amount).ok_or(CrdtError::Overflow)?
             }
         }
+        // Only refuse moving *further* out of i64: a value pushed past the
+        // range by concurrent merges must still accept operations toward it.
         let value_after = self.value() + op.signed();
-        if value_after > i128::from(i64::MAX) || value_after < i128::from(i64::MIN) {
+        let leaves_range = match op {
+            Op::Increment(_) => value_after > i128::from(i64::MAX),
+            Op::Decrement(_) => value_after < i128::from(i64::MIN),
+        };
+        if leaves_range {
             return Err(CrdtError::Overflow);
         }
         Ok(next)

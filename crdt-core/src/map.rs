@@ -1,4 +1,7 @@
-use alloc::{collections::BTreeMap, vec::Vec};
+use alloc::{
+    collections::{BTreeMap, BTreeSet},
+    vec::Vec,
+};
 use core::ops::Bound;
 
 use crate::{digest, ActorId, CounterName, CrdtError, Entry, Op, PnCounter};
@@ -22,7 +25,9 @@ pub struct CounterMap {
     digest: u64,
     /// actor → (seq → counter it last changed). Lets a replica list what
     /// happened after a peer's [`Summary`] without scanning every counter.
-    changes_by_actor: BTreeMap<ActorId, BTreeMap<u64, CounterName>>,
+    /// (A set of pairs, not a map by seq: a damaged or hostile peer may send
+    /// two counters with one seq, and neither may vanish from the index.)
+    changes_by_actor: BTreeMap<ActorId, BTreeSet<(u64, CounterName)>>,
     entry_count: usize,
 }
 
@@ -94,7 +99,7 @@ impl CounterMap {
         self.changes_by_actor
             .iter()
             .filter_map(|(actor, changes)| {
-                changes.keys().next_back().map(|seq| (actor.clone(), *seq))
+                changes.last().map(|(seq, _)| (actor.clone(), *seq))
             })
             .collect()
     }
@@ -103,7 +108,7 @@ impl CounterMap {
     pub fn last_seq(&self, actor: &str) -> u64 {
         self.changes_by_actor
             .get(actor)
-            .and_then(|changes| changes.keys().next_back().copied())
+            .and_then(|changes| changes.last().map(|(seq, _)| *seq))
             .unwrap_or(0)
     }
 
@@ -115,7 +120,9 @@ impl CounterMap {
             .flat_map(move |(actor, changes)| {
                 let after = known.get(actor).copied().unwrap_or(0);
                 changes
-                    .range((Bound::Excluded(after), Bound::Unbounded))
+                    // (after + 1, "") sorts before every entry with a higher seq.
+                    .range((after.saturating_add(1), CounterName::lowest())..)
+                    .filter(move |(seq, _)| *seq > after)
                     .filter_map(move |(_, name)| {
                         let entry = *self.counters.get(name)?.entry(actor.as_str())?;
                         Some((name.clone(), actor.clone(), entry))
@@ -197,9 +204,9 @@ impl CounterMap {
         if old_seq != Some(joined.seq) {
             let changes = self.changes_by_actor.entry(actor.clone()).or_default();
             if let Some(old_seq) = old_seq {
-                changes.remove(&old_seq);
+                changes.remove(&(old_seq, name.clone()));
             }
-            changes.insert(joined.seq, name.clone());
+            changes.insert((joined.seq, name.clone()));
         }
         Some(joined)
     }

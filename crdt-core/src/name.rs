@@ -19,6 +19,12 @@ impl CounterName {
         Ok(Self(Arc::from(name)))
     }
 
+    /// The empty name: invalid as a counter, but it sorts before every
+    /// valid one, which makes it a range bound for the change index.
+    pub(crate) fn lowest() -> Self {
+        Self(Arc::from(""))
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -147,3 +147,47 @@ proptest! {
         prop_assert_eq!(decoded, name);
     }
 }
+
+fn counter_name(text: &str) -> CounterName {
+    CounterName::new(text).expect("valid name")
+}
+
+/// Summaries describe a replica only while its knowledge of each actor has
+/// no gaps. A replica that merged a later delta before an earlier one (lost
+/// or still in flight) reports a summary that hides the gap, so
+/// `changes_since` cannot fill it; the digests still differ, which is the
+/// signal to fall back to a full-state exchange.
+#[test]
+fn a_summary_hides_a_gap_that_the_digest_reveals() {
+    let actor = ActorId::new("node-1~x").expect("valid actor");
+    let mut origin = CounterMap::new();
+    let _lost = origin.apply(&actor, &counter_name("c1"), Op::Increment(1));
+    let later = origin
+        .apply(&actor, &counter_name("c2"), Op::Increment(1))
+        .expect("in range");
+    let mut peer = CounterMap::new();
+    peer.merge(&later);
+    assert_eq!(origin.changes_since(&peer.summary()).count(), 0);
+    assert_ne!(origin.digest(), peer.digest());
+    peer.merge(&origin);
+    assert_eq!(origin.digest(), peer.digest());
+}
+
+// A value beyond i64 is reachable only by merging concurrent operations;
+// local operations that move it back toward the range must still be accepted.
+#[test]
+fn a_decrement_towards_the_i64_range_is_accepted_after_a_merge() {
+    let (a, b) = (
+        ActorId::new("node-a").expect("valid"),
+        ActorId::new("node-b").expect("valid"),
+    );
+    let name = counter_name("default");
+    let (mut left, mut right) = (CounterMap::new(), CounterMap::new());
+    left.apply(&a, &name, Op::Increment(i64::MAX as u64))
+        .expect("in range");
+    right
+        .apply(&b, &name, Op::Increment(i64::MAX as u64))
+        .expect("in range");
+    left.merge(&right);
+    assert!(left.apply(&b, &name, Op::Decrement(1)).is_ok());
+}

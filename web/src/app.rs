@@ -68,7 +68,14 @@ pub(crate) fn start() -> Result<(), JsValue> {
     listen_to_user(&app)?;
     connect(&app);
     request_frame(&mut app.borrow_mut());
+    // Callbacks hold only weak references; this is the one strong one.
+    PAGE.with(|page| page.replace(Some(app)));
     Ok(())
+}
+
+thread_local! {
+    /// The running page, alive as long as the tab.
+    static PAGE: RefCell<Option<Shared>> = const { RefCell::new(None) };
 }
 
 fn now_ms() -> f64 {

@@ -47,6 +47,7 @@ pub(crate) struct View {
     pub(crate) decrement: Element,
     status: Element,
     pub(crate) nodes: Element,
+    no_nodes: HtmlElement,
     cards: BTreeMap<String, Card>,
     pub(crate) filter: HtmlInputElement,
     pub(crate) counters: Element,
@@ -70,6 +71,7 @@ struct Card {
     lag: Element,
     meta: Element,
     controls: HtmlElement,
+    buttons: Vec<(DemoAction, Element)>,
     drawn_health: Option<Health>,
     seen_updates: u64,
 }
@@ -110,6 +112,9 @@ impl View {
 
         dom.text(root, "h2", "section-title", "Nodes")?;
         let nodes = dom.child(root, "section", "nodes")?;
+        let no_nodes: HtmlElement = dom
+            .text(&nodes, "p", "empty", "waiting for the gateway's node list…")?
+            .dyn_into()?;
 
         let split = dom.child(root, "section", "split")?;
         let busiest = dom.child(&split, "div", "card")?;
@@ -134,6 +139,7 @@ impl View {
             decrement,
             status,
             nodes,
+            no_nodes,
             cards: BTreeMap::new(),
             filter,
             counters,
@@ -251,6 +257,7 @@ impl View {
                 card.render(observer, node, counter)?;
             }
         }
+        self.no_nodes.set_hidden(!self.cards.is_empty());
         Ok(())
     }
 
@@ -337,9 +344,11 @@ impl Card {
         let lag = dom.child(&root, "div", "node-lag")?;
         let meta = dom.child(&root, "div", "node-meta")?;
         let controls: HtmlElement = dom.child(&root, "div", "node-controls")?.dyn_into()?;
+        let mut buttons = Vec::with_capacity(DemoAction::ALL.len());
         for action in DemoAction::ALL {
             let button = dom.text(&controls, "button", "btn small", action.verb())?;
             button.set_attribute("data-action", action.verb())?;
+            buttons.push((action, button));
         }
         Ok(Card {
             root,
@@ -348,6 +357,7 @@ impl Card {
             lag,
             meta,
             controls,
+            buttons,
             drawn_health: None,
             seen_updates: 0,
         })
@@ -372,6 +382,7 @@ impl Card {
             classes.add_1(node.health().label())?;
             set_text(&self.health, node.health().label());
             set_class(&self.health, &format!("pill {}", node.health().label()));
+            self.render_controls(node.health())?;
             self.drawn_health = Some(node.health());
         }
         set_text(&self.value, &format::value(node.value(counter)));
@@ -412,6 +423,23 @@ impl Card {
                 self.root.class_list().remove_1(class)?;
             }
             restart_animation(&self.root, flash)?;
+        }
+        Ok(())
+    }
+}
+
+impl Card {
+    /// Shows the two actions that make sense now: heal a partitioned node,
+    /// partition the others; restart an unhealthy node, crash the others.
+    fn render_controls(&self, health: Health) -> Result<(), JsValue> {
+        for (action, button) in &self.buttons {
+            let wanted = match action {
+                DemoAction::Heal => health == Health::Partitioned,
+                DemoAction::Partition => health != Health::Partitioned,
+                DemoAction::Restart => health == Health::Unhealthy,
+                DemoAction::Crash => health != Health::Unhealthy,
+            };
+            button.toggle_attribute_with_force("hidden", !wanted)?;
         }
         Ok(())
     }

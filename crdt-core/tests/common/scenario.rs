@@ -168,8 +168,8 @@ fn refusal_for(inc: u64, dec: u64, value: i128, op: Op) -> Option<CrdtError> {
     if amount == 0 {
         Some(CrdtError::ZeroAmount)
     } else if total.checked_add(amount).is_none()
-        || value_after > i128::from(i64::MAX)
-        || value_after < i128::from(i64::MIN)
+        || (matches!(op, Op::Increment(_)) && value_after > i128::from(i64::MAX))
+        || (matches!(op, Op::Decrement(_)) && value_after < i128::from(i64::MIN))
     {
         Some(CrdtError::Overflow)
     } else {
