@@ -1,6 +1,13 @@
 //! Client used by nodes and the gateway. It knows several discovery servers and
 //! uses the first one that answers, so one server going down is not an outage.
+//!
+//! The client sticks to the server that answered last: a dead server is paid for
+//! once (at failover), not on every request. That matters when a dead server
+//! swallows packets instead of refusing them: paying the connect timeout on
+//! every heartbeat could outlast the TTL and make a healthy node expire.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
@@ -40,11 +47,14 @@ pub enum ClientError {
     BadResponse { url: Url, source: reqwest::Error },
 }
 
-/// Talks to a list of discovery servers, in order, failing over on network errors and 5xx.
+/// Talks to a list of discovery servers, failing over on network errors and 5xx.
+/// Clones share the memory of which server answered last.
 #[derive(Debug, Clone)]
 pub struct DiscoveryClient {
     http: Client,
     bases: Vec<Url>,
+    /// Index into `bases` of the server that answered last; tried first.
+    preferred: Arc<AtomicUsize>,
 }
 
 impl DiscoveryClient {
@@ -68,10 +78,14 @@ impl DiscoveryClient {
             .no_proxy()
             .build()
             .map_err(ClientError::Build)?;
-        Ok(Self { http, bases })
+        Ok(Self {
+            http,
+            bases,
+            preferred: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
-    /// The servers this client tries, in order.
+    /// The servers this client knows, in the order given (it starts with the one that answered last).
     pub fn urls(&self) -> &[Url] {
         &self.bases
     }
@@ -109,19 +123,32 @@ impl DiscoveryClient {
             .map_err(|source| ClientError::BadResponse { url, source })
     }
 
-    /// Removes `id`. Idempotent: an id the server does not know counts as removed.
+    /// Removes `id` from every server at once: after failovers a member may be
+    /// listed by a server it no longer heartbeats. Idempotent: a server that does
+    /// not know `id` counts as done. Succeeds when at least one server confirmed.
     pub async fn deregister(&self, id: &str) -> Result<(), ClientError> {
-        let (url, response) = self
-            .first_answer(Method::DELETE, &["peers", id], |req| req)
-            .await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Ok(());
+        let mut requests = tokio::task::JoinSet::new();
+        for base in &self.bases {
+            let url = endpoint(base, &["peers", id]);
+            let request = self.http.delete(url.clone());
+            requests.spawn(async move { confirm_removal(url, request.send().await).await });
         }
-        expect_success(url, response).await.map(drop)
+        let mut outcome = Err(ClientError::NoUrls);
+        while let Some(joined) = requests.join_next().await {
+            match joined {
+                Ok(Ok(())) => outcome = Ok(()),
+                Ok(Err(error)) if outcome.is_err() => outcome = Err(error),
+                Ok(Err(_)) => {}
+                // A request task cannot panic short of a reqwest bug; treat it as unreachable.
+                Err(join_error) => tracing::debug!(%join_error, "deregistration task failed"),
+            }
+        }
+        outcome
     }
 
-    /// Sends the request to each server in turn; returns the first answer that is
-    /// not a server error, or the last failure if none qualifies.
+    /// Sends the request to each server in turn, starting with the one that
+    /// answered last; returns the first answer that is not a server error, or
+    /// the last failure if none qualifies.
     async fn first_answer(
         &self,
         method: Method,
@@ -129,20 +156,39 @@ impl DiscoveryClient {
         finish: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<(Url, Response), ClientError> {
         let mut last_error = ClientError::NoUrls;
-        for base in &self.bases {
-            let url = endpoint(base, path);
+        let start = self.preferred.load(Ordering::Relaxed);
+        for index in (0..self.bases.len()).map(|i| (start + i) % self.bases.len()) {
+            let url = endpoint(&self.bases[index], path);
             let request = finish(self.http.request(method.clone(), url.clone()));
             match request.send().await {
                 Ok(response) if response.status().is_server_error() => {
                     last_error = rejection(url, response).await;
                 }
-                Ok(response) => return Ok((url, response)),
+                Ok(response) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok((url, response));
+                }
                 Err(source) => last_error = ClientError::Unreachable { url, source },
             }
             tracing::debug!(error = %last_error, "discovery server failed, trying the next");
         }
         Err(last_error)
     }
+}
+
+/// A deregistration answer: removed (2xx) or never known there (404) both count as done.
+async fn confirm_removal(
+    url: Url,
+    sent: Result<Response, reqwest::Error>,
+) -> Result<(), ClientError> {
+    let response = sent.map_err(|source| ClientError::Unreachable {
+        url: url.clone(),
+        source,
+    })?;
+    if response.status() == StatusCode::NOT_FOUND {
+        return Ok(());
+    }
+    expect_success(url, response).await.map(drop)
 }
 
 fn parse_base(url: &str) -> Result<Url, ClientError> {

@@ -246,3 +246,72 @@ async fn full_registry_answers_503_and_the_client_reports_it() {
 
     server.abort();
 }
+
+/// A server whose registry is full from the start: every registration gets a 503.
+async fn full_server() -> (String, JoinHandle<std::io::Result<()>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let state = DiscoveryState::with_capacity(Duration::from_secs(5), 0);
+    let task = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    (url, task)
+}
+
+#[tokio::test]
+async fn client_sticks_to_the_server_that_answered_last() {
+    let (full, full_task) = full_server().await;
+    let server = TestServer::start(Duration::from_secs(5)).await;
+    let client = DiscoveryClient::new(vec![full, server.url.clone()]).unwrap();
+
+    // The first server refuses (503), so the member lands on the second…
+    client.register(&member("n1", 7000)).await.unwrap();
+    // …and the heartbeat goes there too: asking the first one again would
+    // answer "unknown" (404) and make the node re-register every period.
+    assert_eq!(
+        client.heartbeat("n1").await.unwrap(),
+        HeartbeatOutcome::Known
+    );
+    assert_eq!(client.peers().await.unwrap().len(), 1);
+
+    full_task.abort();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn deregister_removes_the_member_from_every_server() {
+    let first = TestServer::start(Duration::from_secs(60)).await;
+    let second = TestServer::start(Duration::from_secs(60)).await;
+    // After a failover a member can be listed by both servers.
+    first.client().register(&member("n1", 7000)).await.unwrap();
+    second.client().register(&member("n1", 7000)).await.unwrap();
+    second.client().register(&member("n2", 7002)).await.unwrap();
+
+    let urls = vec![
+        closed_port_url().await,
+        first.url.clone(),
+        second.url.clone(),
+    ];
+    DiscoveryClient::new(urls)
+        .unwrap()
+        .deregister("n1")
+        .await
+        .unwrap();
+    assert!(first.client().peers().await.unwrap().is_empty());
+    let left: Vec<String> = second
+        .client()
+        .peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(left, ["n2"]);
+
+    let nobody = DiscoveryClient::new(vec![closed_port_url().await]).unwrap();
+    assert!(matches!(
+        nobody.deregister("n1").await,
+        Err(ClientError::Unreachable { .. })
+    ));
+
+    first.stop().await;
+    second.stop().await;
+}

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crdt_core::{CounterMap, Summary};
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -63,6 +65,8 @@ pub struct Gossip<N: Network> {
     sink: Option<Arc<dyn RemoteSink>>,
     metrics: Arc<Metrics>,
     member_changes: watch::Sender<u64>,
+    /// Picks gossip partners; seedable so simulations are reproducible.
+    rng: Mutex<StdRng>,
 }
 
 impl<N: Network> Gossip<N> {
@@ -89,7 +93,19 @@ impl<N: Network> Gossip<N> {
             sink,
             metrics,
             member_changes: watch::channel(0).0,
+            rng: Mutex::new(StdRng::from_entropy()),
         })
+    }
+
+    /// Makes partner choice reproducible (deterministic simulation tests).
+    pub fn seed_rng(&self, seed: u64) {
+        *self.rng() = StdRng::seed_from_u64(seed);
+    }
+
+    fn rng(&self) -> std::sync::MutexGuard<'_, StdRng> {
+        self.rng
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs the accept loop, the rounds and the eager pusher until the process ends.
@@ -221,7 +237,10 @@ impl<N: Network> Gossip<N> {
         };
         let writing = async {
             loop {
+                // `biased`: answers first, and a fixed polling order keeps
+                // simulations reproducible (tokio picks at random otherwise).
                 let message = tokio::select! {
+                    biased;
                     Some(reply) = reply_rx.recv() => reply,
                     queued = next_queued(&mut outbox) => match queued {
                         Some(message) => message,
@@ -236,6 +255,7 @@ impl<N: Network> Gossip<N> {
             }
         };
         tokio::select! {
+            biased;
             result = reading => result,
             result = writing => result,
         }
@@ -363,10 +383,10 @@ impl<N: Network> Gossip<N> {
 
     /// Gossip partners for a round; seeds while we know no live member.
     fn round_targets(&self) -> Vec<String> {
-        let mut rng = rand::thread_rng();
+        let mut rng = self.rng();
         let members = self.members();
         let mut targets: Vec<String> = members
-            .gossip_targets(self.config.fanout, &mut rng)
+            .gossip_targets(self.config.fanout, &mut *rng)
             .into_iter()
             .filter(|m| !self.is_partitioned(&m.id))
             .map(|m| m.gossip_addr)
@@ -377,7 +397,7 @@ impl<N: Network> Gossip<N> {
                 .iter()
                 .filter(|s| **s != self.me.member.gossip_addr)
                 .collect();
-            targets.extend(others.choose(&mut rng).map(|s| (*s).clone()));
+            targets.extend(others.choose(&mut *rng).map(|s| (*s).clone()));
         }
         targets
     }
@@ -400,9 +420,9 @@ impl<N: Network> Gossip<N> {
                 continue;
             }
             let targets = {
-                let mut rng = rand::thread_rng();
+                let mut rng = self.rng();
                 self.members()
-                    .gossip_targets(self.config.fanout + 1, &mut rng)
+                    .gossip_targets(self.config.fanout + 1, &mut *rng)
             };
             let message = Message::Delta { changes: delta };
             targets

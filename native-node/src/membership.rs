@@ -10,7 +10,7 @@
 //! is *suspect* (still gossiped with), above `DEAD_PHI` it is *dead* (not
 //! chosen for gossip, but probed now and then so a healed partition is
 //! noticed). Any newer heartbeat makes it alive again.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -68,7 +68,9 @@ impl Member {
 /// The membership table of one node.
 pub struct Membership {
     me: MemberRecord,
-    members: HashMap<String, Member>,
+    /// Ordered so that a seeded partner choice is reproducible (a HashMap's
+    /// iteration order differs from process to process).
+    members: BTreeMap<String, Member>,
     min_interval: f64,
 }
 
@@ -78,7 +80,7 @@ impl Membership {
     pub fn new(me: MemberRecord, interval: Duration) -> Self {
         Self {
             me,
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             min_interval: interval.as_secs_f64(),
         }
     }

@@ -14,7 +14,7 @@ use crate::identity::{Identity, IdentityError};
 use crate::journal::{self, JournalError};
 use crate::metrics::Metrics;
 use crate::protocol::MemberRecord;
-use crate::registration;
+use crate::registration::{self, Registration};
 use crate::replica::{Replica, ReplicaState};
 use crate::transport::{ClusterKey, PeerIdentity, Tcp};
 use crate::wal::{Wal, WalOptions};
@@ -160,19 +160,18 @@ pub async fn run(
     );
     gossip.start(gossip_listener);
 
-    let discovery = if config.discovery.is_empty() {
+    let registration = if config.discovery.is_empty() {
         None
     } else {
         let client = tally_discovery::DiscoveryClient::new(config.discovery.clone())
             .map_err(|e| NodeError::Discovery(e.to_string()))?;
         let member = registration::member(&identity.id, running.gossip_addr, running.http_addr);
-        tokio::spawn(registration::run(
-            client.clone(),
+        Some(Registration::start(
+            client,
             member,
             config.heartbeat,
             Arc::clone(&gossip),
-        ));
-        Some(client)
+        ))
     };
 
     let app = api::router(ApiState {
@@ -188,8 +187,8 @@ pub async fn run(
     axum::serve(http_listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
-    if let Some(client) = discovery {
-        registration::leave(&client, &identity.id).await;
+    if let Some(registration) = registration {
+        registration.leave().await;
     }
     tracing::info!(node = %running.id, "node stopped");
     Ok(())

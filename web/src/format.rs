@@ -32,6 +32,15 @@ pub fn duration(ms: f64) -> String {
     }
 }
 
+/// `1 entry`, `3 entries`: a count with the noun in the right number.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 /// How far a node is behind the observer, for its card: the selected
 /// counter's value difference and the operations it has not seen yet.
 pub fn lag(value_behind: i128, ops_behind: u64, in_sync: bool) -> String {
@@ -74,6 +83,13 @@ mod tests {
         assert_eq!(duration(1500.0), "1.5 s");
         assert_eq!(duration(125_000.0), "2 min 5 s");
         assert_eq!(duration(f64::NAN), "—");
+    }
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(count(0, "entry", "entries"), "0 entries");
+        assert_eq!(count(1, "counter", "counters"), "1 counter");
+        assert_eq!(count(12, "actor", "actors"), "12 actors");
     }
 
     #[test]

@@ -214,8 +214,8 @@ impl View {
                     .filter(|n| n.value(name.as_str()) == value)
                     .count();
                 format!(
-                    "{} actors · {agreeing}/{} nodes show this value",
-                    counter.actors(),
+                    "{} · {agreeing}/{} nodes show this value",
+                    format::count(counter.actors(), "actor", "actors"),
                     observer.nodes().len()
                 )
             }
@@ -401,13 +401,13 @@ impl Card {
         );
         let state = node.state();
         let meta = format!(
-            "{} · {} counters · digest {:08x}",
+            "{} · {} · digest {:08x}",
             if node.http_addr().is_empty() {
                 "?"
             } else {
                 node.http_addr()
             },
-            state.len(),
+            format::count(state.len(), "counter", "counters"),
             state.digest() >> 32
         );
         set_text(&self.meta, &meta);

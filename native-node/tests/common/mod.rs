@@ -199,3 +199,87 @@ impl Cluster {
         .await
     }
 }
+
+impl NodeProcess {
+    /// SIGINT (Ctrl-C), then waits for the exit.
+    pub fn interrupt(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One `tally discovery` process on a fixed loopback port (so it can be restarted in place).
+pub struct DiscoveryProcess {
+    pub port: u16,
+    ttl: String,
+    child: Option<Child>,
+}
+
+impl DiscoveryProcess {
+    /// Starts discovery on a fresh port with members expiring after `ttl` (e.g. "1s").
+    pub async fn start(ttl: &str) -> Self {
+        Self::start_on(free_port(), ttl).await
+    }
+
+    /// Starts discovery on `port` and waits until it answers.
+    pub async fn start_on(port: u16, ttl: &str) -> Self {
+        let mut discovery = Self { port, ttl: ttl.into(), child: None };
+        discovery.spawn_and_wait().await;
+        discovery
+    }
+
+    /// Its base URL, as given to `--discovery`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: the registry is lost.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn_and_wait().await;
+    }
+
+    /// Ids listed by its `GET /peers` (None while it does not answer).
+    pub async fn peer_ids(&self) -> Option<Vec<String>> {
+        let response = http().get(format!("{}/peers", self.url())).send().await.ok()?;
+        let peers: Vec<Value> = response.error_for_status().ok()?.json().await.ok()?;
+        peers.iter().map(|p| p["id"].as_str().map(str::to_owned)).collect()
+    }
+
+    async fn spawn_and_wait(&mut self) {
+        let log = std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let addr = format!("127.0.0.1:{}", self.port);
+        let child = Command::new(TALLY)
+            .args(["discovery", "--addr", &addr, "--ttl", &self.ttl])
+            .env("TALLY_LOG", log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn tally discovery");
+        self.child = Some(child);
+        let url = format!("{}/health", self.url());
+        let http = http();
+        let ready = wait_until(Duration::from_secs(20), || {
+            let request = http.get(&url).send();
+            async move { matches!(request.await, Ok(r) if r.status().is_success()) }
+        })
+        .await;
+        let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        assert!(ready, "discovery on port {} did not come up (exit status: {exited:?})", self.port);
+    }
+}
+
+impl Drop for DiscoveryProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

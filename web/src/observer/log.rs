@@ -112,7 +112,9 @@ impl fmt::Display for LogKind {
                 entries,
             } => write!(
                 f,
-                "{node} sent its state: {counters} counters, {entries} entries"
+                "{node} sent its state: {}, {}",
+                crate::format::count(*counters, "counter", "counters"),
+                crate::format::count(*entries, "entry", "entries")
             ),
             LogKind::LocalWrite { node, counters } => write!(f, "{node} wrote {counters}"),
             LogKind::Gossip { node, counters } => write!(f, "{node} learned {counters} by gossip"),

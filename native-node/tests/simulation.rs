@@ -1,0 +1,584 @@
+//! Deterministic network simulation of the gossip layer (turmoil).
+//!
+//! Every simulated host runs the real gossip engine — handshake, framed and
+//! MAC'd messages, membership and failure detection, anti-entropy rounds,
+//! eager push — over turmoil's simulated TCP, with simulated time. Only the
+//! WAL and the HTTP API are left out: the test driver plays the writer,
+//! applying local operations straight to a node's replica the way
+//! `writer.rs` does once they are durable.
+//!
+//! State model for crashes: a node's replica outlives its crash, as if its
+//! WAL had kept everything (acknowledged writes are durable in the real
+//! node, so this is what a restart recovers). Crashed nodes are restarted
+//! with that state before the final heal, so every acknowledged write must
+//! end up in every live replica. Nodes lost for good take no writes, so
+//! the expected values do not depend on what they managed to spread.
+//!
+//! Everything — latencies, faults, writes, gossip partner choice — comes
+//! from fixed seeds, so a run is reproducible: the same seed gives the same
+//! convergence time to the millisecond (checked below).
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crdt_core::{ActorId, CounterName, Op};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tally::gossip::{Gossip, GossipConfig};
+use tally::membership::Status;
+use tally::metrics::Metrics;
+use tally::protocol::MemberRecord;
+use tally::replica::{Replica, ReplicaState};
+use tally::transport::{ClusterKey, Network, PeerIdentity, DEFAULT_MAX_FRAME};
+
+const GOSSIP_PORT: u16 = 7000;
+/// The node's defaults (`tally node --help`).
+const INTERVAL: Duration = Duration::from_millis(200);
+const FANOUT: usize = 3;
+const FULL_SYNC_EVERY: u64 = 50;
+/// Simulated time per step: fine enough for 200 ms rounds and 0–50 ms latencies.
+const TICK: Duration = Duration::from_millis(5);
+const COUNTERS: [&str; 4] = ["default", "visits", "stock", "likes"];
+
+/// turmoil's simulated TCP as the gossip engine's network.
+#[derive(Debug, Clone, Copy)]
+struct SimNet;
+
+impl Network for SimNet {
+    type Stream = turmoil::net::TcpStream;
+    type Listener = turmoil::net::TcpListener;
+
+    async fn connect(&self, addr: &str) -> io::Result<Self::Stream> {
+        turmoil::net::TcpStream::connect(addr).await
+    }
+
+    async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        listener.accept().await
+    }
+}
+
+fn host_name(index: usize) -> String {
+    format!("n{index}")
+}
+
+fn gossip_addr(index: usize) -> String {
+    format!("{}:{GOSSIP_PORT}", host_name(index))
+}
+
+/// One simulated node: what survives its crashes, and its current incarnation.
+struct SimNode {
+    actor: ActorId,
+    /// The durable state (see the module docs): shared by every incarnation.
+    replica: Arc<Replica>,
+    /// The gossip engine of the running incarnation, `None` while crashed.
+    gossip: Rc<RefCell<Option<Arc<Gossip<SimNet>>>>>,
+}
+
+/// A simulated cluster and the test's bookkeeping.
+struct SimCluster {
+    sim: turmoil::Sim<'static>,
+    nodes: Vec<SimNode>,
+    /// Drives the test's own choices (writes, faults); turmoil has its own seed.
+    rng: StdRng,
+    /// Counter → sum of every acknowledged operation.
+    expected: BTreeMap<String, i128>,
+    /// Nodes currently crashed.
+    down: Vec<bool>,
+}
+
+impl SimCluster {
+    /// Boots `size` nodes; each is given the gossip addresses of `seeds`.
+    fn start(size: usize, seeds: &[usize], seed: u64) -> Self {
+        let mut sim = turmoil::Builder::new()
+            .rng_seed(seed)
+            .tick_duration(TICK)
+            .min_message_latency(Duration::from_millis(1))
+            .max_message_latency(Duration::from_millis(50))
+            // The test bounds every phase itself; this is only a backstop.
+            .simulation_duration(Duration::from_secs(3600))
+            .build();
+        let seeds: Vec<String> = seeds.iter().map(|&i| gossip_addr(i)).collect();
+        let nodes = (0..size)
+            .map(|index| boot_node(&mut sim, index, seeds.clone(), seed))
+            .collect();
+        Self {
+            sim,
+            nodes,
+            rng: StdRng::seed_from_u64(seed ^ 0x7a11_7a11),
+            expected: BTreeMap::new(),
+            down: vec![false; size],
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.sim.elapsed()
+    }
+
+    /// Advances simulated time by `span`.
+    fn run_for(&mut self, span: Duration) {
+        let until = self.now() + span;
+        while self.now() < until {
+            self.step();
+        }
+    }
+
+    fn step(&mut self) {
+        if let Err(error) = self.sim.step() {
+            panic!("simulated host failed: {error}");
+        }
+    }
+
+    /// Runs until `done` holds (checked every step), for at most `limit`;
+    /// returns how long it took.
+    fn run_until(&mut self, limit: Duration, done: impl Fn(&Self) -> bool) -> Option<Duration> {
+        let start = self.now();
+        loop {
+            if done(self) {
+                return Some(self.now() - start);
+            }
+            if self.now() - start >= limit {
+                return None;
+            }
+            self.step();
+        }
+    }
+
+    /// A local write on node `index`, done as the writer does after its
+    /// fsync: apply, raise our own watermark, publish for gossip.
+    fn write(&mut self, index: usize, counter: &str, op: Op) {
+        assert!(!self.down[index], "writes go to running nodes only");
+        let node = &self.nodes[index];
+        let name = CounterName::new(counter).expect("valid counter name");
+        let delta = {
+            let mut state = node.replica.write();
+            let delta = state
+                .map
+                .apply(&node.actor, &name, op)
+                .expect("small amounts never overflow");
+            let last = state.map.last_seq(node.actor.as_str());
+            state.watermarks.insert(node.actor.clone(), last);
+            delta
+        };
+        node.replica.publish(delta, None);
+        *self.expected.entry(counter.to_owned()).or_default() += op.signed();
+    }
+
+    /// A random increment or decrement of a random counter on one of `nodes`.
+    fn random_write(&mut self, nodes: &[usize]) {
+        let running: Vec<usize> = nodes.iter().copied().filter(|&i| !self.down[i]).collect();
+        let Some(&index) = running.choose(&mut self.rng) else {
+            return;
+        };
+        let counter = *COUNTERS.choose(&mut self.rng).expect("counters");
+        let amount = self.rng.gen_range(1..=5);
+        let op = if self.rng.gen_bool(0.7) {
+            Op::Increment(amount)
+        } else {
+            Op::Decrement(amount)
+        };
+        self.write(index, counter, op);
+    }
+
+    /// Cuts every link between the two groups.
+    fn partition(&self, a: &[usize], b: &[usize]) {
+        for &x in a {
+            for &y in b {
+                self.sim.partition(host_name(x), host_name(y));
+            }
+        }
+    }
+
+    /// Repairs every link.
+    fn heal(&self) {
+        for x in 0..self.nodes.len() {
+            for y in x + 1..self.nodes.len() {
+                self.sim.repair(host_name(x), host_name(y));
+            }
+        }
+    }
+
+    fn crash(&mut self, index: usize) {
+        self.sim.crash(host_name(index));
+        *self.nodes[index].gossip.borrow_mut() = None;
+        self.down[index] = true;
+    }
+
+    /// Starts a crashed node again, with the state it had (see the module docs).
+    fn restart(&mut self, index: usize) {
+        self.sim.bounce(host_name(index));
+        self.down[index] = false;
+    }
+
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|&i| !self.down[i])
+    }
+
+    /// Counter values on one node.
+    fn values(&self, index: usize) -> BTreeMap<String, i128> {
+        let state = self.nodes[index].replica.read();
+        state
+            .map
+            .counters()
+            .map(|(name, counter)| (name.as_str().to_owned(), counter.value()))
+            .collect()
+    }
+
+    /// True when the nodes in `group` hold identical maps whose values are `expected`.
+    fn agree(&self, group: &[usize], expected: &BTreeMap<String, i128>) -> bool {
+        let Some((&first, rest)) = group.split_first() else {
+            return true;
+        };
+        let digest = self.nodes[first].replica.read().map.digest();
+        rest.iter()
+            .all(|&i| self.nodes[i].replica.read().map.digest() == digest)
+            && self.values(first) == *expected
+    }
+
+    /// Every live node holds every acknowledged write.
+    fn converged(&self) -> bool {
+        let live: Vec<usize> = self.live().collect();
+        self.agree(&live, &self.expected)
+    }
+
+    /// Asserts full map equality (not just digests) across live nodes.
+    fn assert_converged(&self) {
+        let live: Vec<usize> = self.live().collect();
+        let first = self.nodes[live[0]].replica.read().map.clone();
+        for &i in &live[1..] {
+            assert!(
+                self.nodes[i].replica.read().map == first,
+                "n{i} differs from n{}",
+                live[0]
+            );
+        }
+        assert_eq!(self.values(live[0]), self.expected);
+    }
+
+    /// How `observer` sees `peer` (`None` if it does not know it, or is down).
+    fn status(&self, observer: usize, peer: usize) -> Option<Status> {
+        let gossip = self.nodes[observer].gossip.borrow();
+        let members = gossip.as_ref()?.members();
+        let peer_id = host_name(peer);
+        members
+            .peers()
+            .into_iter()
+            .find(|(record, _)| record.id == peer_id)
+            .map(|(_, status)| status)
+    }
+
+    /// Every node in `observers` sees every node in `peers` as `status`.
+    fn all_see(&self, observers: &[usize], peers: &[usize], status: Status) -> bool {
+        observers.iter().all(|&o| {
+            peers
+                .iter()
+                .filter(|&&p| p != o)
+                .all(|&p| self.status(o, p) == Some(status))
+        })
+    }
+}
+
+/// Registers host `n{index}`; every (re)start builds a fresh gossip engine
+/// over the node's surviving replica.
+fn boot_node(
+    sim: &mut turmoil::Sim<'static>,
+    index: usize,
+    seeds: Vec<String>,
+    seed: u64,
+) -> SimNode {
+    let actor = ActorId::new(&format!("{}~1", host_name(index))).expect("valid actor");
+    let replica = Arc::new(Replica::new(actor.clone(), ReplicaState::default()));
+    let slot: Rc<RefCell<Option<Arc<Gossip<SimNet>>>>> = Rc::default();
+    let boots = Rc::new(Cell::new(0u64));
+    let node = SimNode {
+        actor,
+        replica: Arc::clone(&replica),
+        gossip: Rc::clone(&slot),
+    };
+    sim.host(host_name(index), move || {
+        let replica = Arc::clone(&replica);
+        let slot = Rc::clone(&slot);
+        let seeds = seeds.clone();
+        boots.set(boots.get() + 1);
+        let rng_seed = seed ^ ((index as u64) << 32) ^ boots.get();
+        async move {
+            let listener = turmoil::net::TcpListener::bind(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                GOSSIP_PORT,
+            ))
+            .await?;
+            let gossip = Gossip::new(
+                SimNet,
+                identity(index),
+                GossipConfig {
+                    interval: INTERVAL,
+                    fanout: FANOUT,
+                    full_sync_every: FULL_SYNC_EVERY,
+                },
+                replica,
+                seeds,
+                None,
+                Arc::new(Metrics::default()),
+            );
+            gossip.seed_rng(rng_seed);
+            gossip.start(listener);
+            *slot.borrow_mut() = Some(gossip);
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+    node
+}
+
+fn identity(index: usize) -> PeerIdentity {
+    PeerIdentity {
+        cluster: "sim".into(),
+        key: ClusterKey::new(b"simulated cluster key"),
+        member: MemberRecord {
+            id: host_name(index),
+            gossip_addr: gossip_addr(index),
+            http_addr: format!("{}:8080", host_name(index)),
+            // As in node.rs: boot time in ms, so a restart's heartbeats are newer.
+            heartbeat: turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64 + 1,
+        },
+        max_frame: DEFAULT_MAX_FRAME,
+        idle_timeout: Duration::from_secs(30).max(INTERVAL * 20),
+    }
+}
+
+fn rounds(span: Duration) -> f64 {
+    span.as_secs_f64() / INTERVAL.as_secs_f64()
+}
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Steps of the 5-node partition scenario; returns how long healing took.
+fn partition_and_heal(seed: u64) -> Duration {
+    let all = [0, 1, 2, 3, 4];
+    let (minority, majority) = ([0, 1], [2, 3, 4]);
+
+    // 1. Five nodes that only know n0 find each other.
+    let mut cluster = SimCluster::start(5, &[0], seed);
+    let found = cluster.run_until(SETTLE, |c| c.all_see(&all, &all, Status::Alive));
+    assert!(found.is_some(), "membership never completed");
+
+    // 2. A write on every node reaches every node.
+    for i in all {
+        cluster.write(i, "default", Op::Increment(i as u64 + 1));
+    }
+    assert!(cluster.run_until(SETTLE, SimCluster::converged).is_some());
+    assert_eq!(cluster.expected["default"], 15);
+
+    // 3. Cut {n0,n1} from {n2,n3,n4}; both sides keep taking writes.
+    cluster.partition(&minority, &majority);
+    cluster.write(0, "default", Op::Increment(10));
+    cluster.write(1, "stock", Op::Decrement(3));
+    cluster.write(2, "default", Op::Increment(100));
+    cluster.write(4, "stock", Op::Increment(7));
+    let sides_apart = cluster.run_until(SETTLE, |c| {
+        c.all_see(&minority, &majority, Status::Dead)
+            && c.all_see(&majority, &minority, Status::Dead)
+    });
+    assert!(
+        sides_apart.is_some(),
+        "the sides never saw each other as dead"
+    );
+    let minority_view = BTreeMap::from([("default".into(), 25), ("stock".into(), -3)]);
+    let majority_view = BTreeMap::from([("default".into(), 115), ("stock".into(), 7)]);
+    assert!(cluster.agree(&minority, &minority_view));
+    assert!(cluster.agree(&majority, &majority_view));
+
+    // 4. Heal: everyone ends with every write, and sees everyone alive.
+    cluster.heal();
+    let healed = cluster
+        .run_until(SETTLE, SimCluster::converged)
+        .expect("no convergence after heal");
+    cluster.assert_converged();
+    assert_eq!(cluster.values(3)["default"], 125);
+    assert_eq!(cluster.values(3)["stock"], 4);
+    assert!(cluster
+        .run_until(SETTLE, |c| c.all_see(&all, &all, Status::Alive))
+        .is_some());
+    println!(
+        "5-node partition: sides marked dead after {sides_apart:?}; converged {} ms ({:.1} rounds) after heal",
+        healed.as_millis(),
+        rounds(healed),
+    );
+    healed
+}
+
+#[test]
+fn five_nodes_partition_then_heal_converge() {
+    partition_and_heal(1);
+}
+
+#[test]
+fn same_seed_gives_the_same_run() {
+    assert_eq!(partition_and_heal(7), partition_and_heal(7));
+}
+
+#[test]
+fn lost_nodes_are_detected_and_a_restarted_node_catches_up() {
+    let all = [0, 1, 2, 3, 4];
+    let (survivors, lost, restarted) = ([0, 1, 2], 3, 4);
+
+    // 1. Five nodes (seeded with n0 and n1) agree on a first write.
+    let mut cluster = SimCluster::start(5, &[0, 1], 2);
+    assert!(cluster
+        .run_until(SETTLE, |c| c.all_see(&all, &all, Status::Alive))
+        .is_some());
+    cluster.write(3, "default", Op::Increment(5));
+    assert!(cluster.run_until(SETTLE, SimCluster::converged).is_some());
+
+    // 2. n3 and n4 crash; the survivors mark them dead and go on converging.
+    cluster.write(4, "default", Op::Increment(1000)); // may or may not escape before the crash
+    cluster.crash(lost);
+    cluster.crash(restarted);
+    for i in 0..30 {
+        cluster.write(survivors[i % 3], "likes", Op::Increment(1));
+    }
+    let detected = cluster
+        .run_until(SETTLE, |c| {
+            c.all_see(&survivors, &[lost, restarted], Status::Dead)
+        })
+        .expect("crashed nodes never marked dead");
+    let mut survivors_view = cluster.expected.clone();
+    survivors_view.insert("default".into(), 5); // n4's write may still be only on n4
+    assert!(cluster
+        .run_until(SETTLE, |c| {
+            c.agree(&survivors, &c.values(0)) && c.values(0)["likes"] == 30
+        })
+        .is_some());
+    let survivors_default = cluster.values(0)["default"];
+    assert!(survivors_default == 5 || survivors_default == 1005);
+
+    // 3. n4 restarts with its state: it learns what it missed, and its
+    //    write reaches everyone.
+    cluster.restart(restarted);
+    cluster.write(restarted, "stock", Op::Decrement(2));
+    let caught_up = cluster
+        .run_until(SETTLE, SimCluster::converged)
+        .expect("restarted node never caught up");
+    cluster.assert_converged();
+    assert_eq!(cluster.values(0)["default"], 1005);
+    assert!(cluster
+        .run_until(SETTLE, |c| {
+            c.all_see(&[0, 1, 2, 4], &[0, 1, 2, 4], Status::Alive)
+        })
+        .is_some());
+
+    // 4. n3 stays dead in everyone's view (probes find nobody), and the
+    //    live nodes keep converging without it.
+    cluster.write(1, "visits", Op::Increment(9));
+    assert!(cluster.run_until(SETTLE, SimCluster::converged).is_some());
+    cluster.run_for(Duration::from_secs(5));
+    assert!(cluster.all_see(&[0, 1, 2, 4], &[lost], Status::Dead));
+    println!(
+        "node loss: dead after {} ms; restarted node caught up in {} ms ({:.1} rounds)",
+        detected.as_millis(),
+        caught_up.as_millis(),
+        rounds(caught_up),
+    );
+    let _ = survivors_view;
+}
+
+/// Random writes, partitions and crashes on `size` nodes, then a full heal;
+/// returns how long convergence took after the heal.
+fn random_faults(size: usize, seed: u64, epochs: usize) -> Duration {
+    let everyone: Vec<usize> = (0..size).collect();
+    let mut cluster = SimCluster::start(size, &[0, 1, 2], seed);
+    // Nodes lost for good; they take no writes (see the module docs).
+    let doomed: Vec<usize> = everyone
+        .choose_multiple(&mut cluster.rng, size / 16 + 1)
+        .copied()
+        .collect();
+    let writers: Vec<usize> = everyone
+        .iter()
+        .copied()
+        .filter(|i| !doomed.contains(i))
+        .collect();
+    cluster.run_for(Duration::from_secs(3));
+
+    let epoch = Duration::from_secs(2);
+    for number in 0..epochs {
+        // A fresh random partition into 1–3 groups.
+        cluster.heal();
+        let groups = cluster.rng.gen_range(1..=3);
+        let mut shuffled = everyone.clone();
+        shuffled.shuffle(&mut cluster.rng);
+        let parts: Vec<&[usize]> = shuffled.chunks(size.div_ceil(groups)).collect();
+        for (i, a) in parts.iter().enumerate() {
+            for b in &parts[i + 1..] {
+                cluster.partition(a, b);
+            }
+        }
+        // Some crashes, some restarts.
+        for _ in 0..cluster.rng.gen_range(0..=size / 10) {
+            let victim = *writers.choose(&mut cluster.rng).expect("writers");
+            if !cluster.down[victim] {
+                cluster.crash(victim);
+            }
+        }
+        let down: Vec<usize> = writers
+            .iter()
+            .copied()
+            .filter(|&i| cluster.down[i])
+            .collect();
+        for &i in &down {
+            if cluster.rng.gen_bool(0.5) {
+                cluster.restart(i);
+            }
+        }
+        if number == epochs / 2 {
+            for &i in &doomed {
+                cluster.crash(i);
+            }
+        }
+        // Writes spread over the epoch.
+        let until = cluster.now() + epoch;
+        while cluster.now() < until {
+            if cluster.rng.gen_bool(0.1) {
+                cluster.random_write(&writers);
+            }
+            cluster.step();
+        }
+    }
+
+    // Heal everything; restart every node that is not lost for good.
+    cluster.heal();
+    let down: Vec<usize> = writers
+        .iter()
+        .copied()
+        .filter(|&i| cluster.down[i])
+        .collect();
+    for i in down {
+        cluster.restart(i);
+    }
+    let healed = cluster
+        .run_until(Duration::from_secs(120), SimCluster::converged)
+        .expect("no convergence after heal");
+    cluster.assert_converged();
+    let writes: i128 = cluster.expected.values().map(|v| v.abs()).sum();
+    println!(
+        "{size} nodes, seed {seed}: {} lost for good, counters {:?} (|Σ| {writes}); converged {} ms ({:.1} rounds) after heal",
+        doomed.len(),
+        cluster.expected,
+        healed.as_millis(),
+        rounds(healed),
+    );
+    healed
+}
+
+#[test]
+fn ten_nodes_random_faults_converge() {
+    random_faults(10, 3, 6);
+}
+
+#[test]
+fn fifty_nodes_random_faults_converge() {
+    random_faults(50, 4, 6);
+}
