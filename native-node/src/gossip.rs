@@ -34,6 +34,10 @@ const LINK_QUEUE: usize = 256;
 /// Deltas larger than this are left to anti-entropy rather than pushed eagerly.
 const MAX_EAGER_ENTRIES: usize = 4096;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// An outbound link whose pull goes unanswered for this many rounds (but
+/// at least [`MIN_REPLY_TIMEOUT`]) is presumed broken and redialled.
+const REPLY_TIMEOUT_ROUNDS: u32 = 10;
+const MIN_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Tuning of the gossip layer.
 #[derive(Debug, Clone)]
@@ -218,6 +222,10 @@ impl<N: Network> Gossip<N> {
             mut writer,
         } = connection;
         let (reply_tx, mut reply_rx) = mpsc::channel::<Message>(LINK_QUEUE);
+        let outbound = outbox.is_some();
+        // Since when a pull we sent on this link waits for its answer.
+        let awaiting_reply: Mutex<Option<Instant>> = Mutex::new(None);
+        let awaiting = || awaiting_reply.lock().unwrap_or_else(|p| p.into_inner());
         let reading = async {
             loop {
                 let (message, size) = reader.recv().await?;
@@ -226,6 +234,13 @@ impl<N: Network> Gossip<N> {
                         .dropped_messages
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     continue;
+                }
+                {
+                    let mut awaiting = awaiting();
+                    *awaiting = match message {
+                        Message::Ack { .. } | Message::Push { done: Some(_), .. } => None,
+                        _ => awaiting.map(|_| Instant::now()),
+                    };
                 }
                 self.metrics.gossip_in.record(message.kind(), size);
                 for reply in self.handle(peer, message) {
@@ -251,13 +266,34 @@ impl<N: Network> Gossip<N> {
                     continue;
                 }
                 let size = writer.send(&message).await?;
+                if matches!(message, Message::Pull { .. }) {
+                    awaiting().get_or_insert_with(Instant::now);
+                }
                 self.metrics.gossip_out.record(message.kind(), size);
+            }
+        };
+        // A connection can stay open while nothing gets through (frames lost
+        // in a partition, a peer that vanished without closing): writes
+        // succeed, and the idle timeout takes far longer than a round. An
+        // unanswered pull is the sign; dropping the link makes it redial.
+        let watchdog = async {
+            if !outbound {
+                return std::future::pending().await;
+            }
+            let timeout = (self.config.interval * REPLY_TIMEOUT_ROUNDS).max(MIN_REPLY_TIMEOUT);
+            loop {
+                tokio::time::sleep(timeout / 4).await;
+                let waited = awaiting().map(|since| since.elapsed());
+                if waited.is_some_and(|waited| waited >= timeout) {
+                    return Err(TransportError::Timeout("pull reply"));
+                }
             }
         };
         tokio::select! {
             biased;
             result = reading => result,
             result = writing => result,
+            result = watchdog => result,
         }
     }
 

@@ -19,7 +19,12 @@ async fn concurrent_writes_on_different_nodes_converge() {
         writers.push(tokio::spawn(async move {
             let http = common::http();
             for _ in 0..50 {
-                let ok = http.post(&url).body(format!("{{\"amount\": {}}}", i + 1)).send().await.unwrap();
+                let ok = http
+                    .post(&url)
+                    .body(format!("{{\"amount\": {}}}", i + 1))
+                    .send()
+                    .await
+                    .unwrap();
                 assert!(ok.status().is_success());
                 assert!(http.post(&dec).send().await.unwrap().status().is_success());
             }
@@ -37,16 +42,31 @@ async fn concurrent_writes_on_different_nodes_converge() {
 async fn a_partitioned_node_catches_up_after_heal() {
     let cluster = Cluster::start(3, &["--allow-fault-injection"]).await;
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
-    assert!(wait_until(CONVERGE, || async { a.get_json("/health").await["peers_alive"] == 2 }).await);
-    let (status, _) = c.post("/admin/partition", r#"{"peers": ["n1", "n2"]}"#).await;
+    assert!(
+        wait_until(CONVERGE, || async {
+            a.get_json("/health").await["peers_alive"] == 2
+        })
+        .await
+    );
+    let (status, _) = c
+        .post("/admin/partition", r#"{"peers": ["n1", "n2"]}"#)
+        .await;
     assert_eq!(status, 200);
     for _ in 0..10 {
         assert_eq!(a.post("/increment", "").await.0, 200);
     }
     assert_eq!(c.post("/increment", r#"{"amount": 100}"#).await.0, 200);
     assert!(wait_until(CONVERGE, || async { b.value().await == 10 }).await);
-    assert_eq!(c.value().await, 100, "the partitioned node must not hear the others");
-    let healed = common::http().delete(c.url("/admin/partition")).send().await.unwrap();
+    assert_eq!(
+        c.value().await,
+        100,
+        "the partitioned node must not hear the others"
+    );
+    let healed = common::http()
+        .delete(c.url("/admin/partition"))
+        .send()
+        .await
+        .unwrap();
     assert!(healed.status().is_success());
     assert!(cluster.converge(None, 110, CONVERGE).await);
 }
@@ -62,25 +82,48 @@ async fn hostile_gossip_input_leaves_the_node_serving() {
     send(b"GET / HTTP/1.1\r\n\r\n garbage \xff\xfe");
     send(&[0, 0, 0, 200, 1, 2, 3]); // half a frame, then hang up
     send(&[0xff, 0xff, 0xff, 0xff]); // a frame far over the limit
-    // A node with the wrong key.
+                                     // A node with the wrong key.
     let intruder_dir = tempfile::tempdir().unwrap();
     let intruder = common::NodeProcess::start(
         "intruder",
         intruder_dir.path(),
-        &["--cluster-key".into(), "wrong".into(), "--seed".into(), target.gossip_addr.clone()],
+        &[
+            "--cluster-key".into(),
+            "wrong".into(),
+            "--seed".into(),
+            target.gossip_addr.clone(),
+        ],
     );
     intruder.wait_ready().await;
     assert_eq!(intruder.post("/increment", r#"{"amount": 7}"#).await.0, 200);
     assert_eq!(target.post("/increment", "").await.0, 200);
     assert!(cluster.converge(None, 1, CONVERGE).await);
     // The intruder never got in: no member, no value, and the rejections are counted.
-    assert!(wait_until(CONVERGE, || async {
-        let metrics = common::http().get(target.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        metrics.lines().any(|l| l.starts_with("tally_rejected_frames_total") && !l.ends_with(" 0"))
-    })
-    .await);
+    assert!(
+        wait_until(CONVERGE, || async {
+            let metrics = common::http()
+                .get(target.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metrics
+                .lines()
+                .any(|l| l.starts_with("tally_rejected_frames_total") && !l.ends_with(" 0"))
+        })
+        .await
+    );
     let peers = target.get_json("/peers").await;
-    assert!(peers.as_array().unwrap().iter().all(|p| p["id"] != "intruder"), "{peers}");
+    assert!(
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["id"] != "intruder"),
+        "{peers}"
+    );
     assert_eq!(intruder.value().await, 7);
     assert_eq!(target.value().await, 1);
 }
@@ -89,12 +132,20 @@ async fn hostile_gossip_input_leaves_the_node_serving() {
 async fn bad_http_input_gets_json_errors() {
     let cluster = Cluster::start(1, &[]).await;
     let node = &cluster.nodes[0];
-    for body in ["abc", r#"{"amount": "abc"}"#, r#"{"amount": 0}"#, r#"{"amount": -3}"#, r#"{"amount": 1e3}"#] {
+    for body in [
+        "abc",
+        r#"{"amount": "abc"}"#,
+        r#"{"amount": 0}"#,
+        r#"{"amount": -3}"#,
+        r#"{"amount": 1e3}"#,
+    ] {
         let (status, answer) = node.post("/increment", body).await;
         assert_eq!(status, 400, "{body}");
         assert!(answer["error"].is_string());
     }
-    let (status, _) = node.post("/increment", &format!("{{\"amount\": {}}}", i64::MAX)).await;
+    let (status, _) = node
+        .post("/increment", &format!("{{\"amount\": {}}}", i64::MAX))
+        .await;
     assert_eq!(status, 200);
     let (status, answer) = node.post("/increment", "").await;
     assert_eq!(status, 400, "overflow must be refused: {answer}");

@@ -222,7 +222,17 @@ async fn empty_node_catches_up(count: usize, extra: &[&str]) -> u64 {
     newcomer.wait_ready().await;
     assert_all_hold(&[&newcomer], "bulk/", &expected).await;
     eprintln!("caught up after {:?}", started.elapsed());
-    eprintln!("{}", common::http().get(newcomer.url("/metrics")).send().await.unwrap().text().await.unwrap());
+    eprintln!(
+        "{}",
+        common::http()
+            .get(newcomer.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    );
 
     for node in cluster.nodes.iter().chain([&newcomer]) {
         let rejected = metric(node, "tally_rejected_frames_total", "").await;

@@ -172,6 +172,8 @@ mod browser {
         let reason = event.reason();
         match (event.code(), reason.is_empty()) {
             (1000, true) => "closed".to_owned(),
+            (1001, true) => "closed: the gateway is going away".to_owned(),
+            (1005, true) => "closed by the gateway".to_owned(),
             (1006, true) => "connection lost".to_owned(),
             (code, true) => format!("closed (code {code})"),
             (code, false) => format!("closed (code {code}: {reason})"),

@@ -158,7 +158,9 @@ impl View {
         now_ms: f64,
     ) -> Result<bool, JsValue> {
         self.render_link(link)?;
-        self.render_convergence(observer.convergence())?;
+        // Offline, the last known agreement may no longer hold: don't claim it.
+        let convergence = (link == LinkState::Online).then(|| observer.convergence());
+        self.render_convergence(convergence);
         self.render_counter(observer, ui)?;
         self.render_nodes(observer, ui.selected.as_str())?;
         let list_pending = self.render_counters(observer, ui, now_ms)?;
@@ -187,18 +189,18 @@ impl View {
         Ok(())
     }
 
-    fn render_convergence(&self, convergence: Convergence) -> Result<(), JsValue> {
+    fn render_convergence(&self, convergence: Option<Convergence>) {
         let (class, text) = match convergence {
-            Convergence::Converged => ("badge good", "converged ✓".to_owned()),
-            Convergence::Diverged { behind, healthy } => (
+            Some(Convergence::Converged) => ("badge good", "converged ✓".to_owned()),
+            Some(Convergence::Diverged { behind, healthy }) => (
                 "badge warn",
                 format!("diverged · {behind}/{healthy} behind"),
             ),
-            Convergence::NoHealthyNodes => ("badge", "no healthy nodes".to_owned()),
+            Some(Convergence::NoHealthyNodes) => ("badge", "no healthy nodes".to_owned()),
+            None => ("badge", "waiting for data".to_owned()),
         };
         set_class(&self.convergence, class);
         set_text(&self.convergence, &text);
-        Ok(())
     }
 
     fn render_counter(&mut self, observer: &Observer, ui: &UiState) -> Result<(), JsValue> {

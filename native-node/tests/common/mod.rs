@@ -13,7 +13,10 @@ pub const TALLY: &str = env!("CARGO_BIN_EXE_tally");
 
 /// A port nobody listens on right now (the OS picks it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
@@ -34,7 +37,11 @@ where
 
 /// An HTTP client that never goes through a proxy.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).no_proxy().build().expect("client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .expect("client")
 }
 
 /// One `tally node` process.
@@ -69,7 +76,14 @@ impl NodeProcess {
         args.push("--data-dir".into());
         args.push(data_dir.display().to_string());
         args.extend(extra.iter().cloned());
-        let mut node = Self { id: id.into(), http_addr, gossip_addr, data_dir: data_dir.into(), args, child: None };
+        let mut node = Self {
+            id: id.into(),
+            http_addr,
+            gossip_addr,
+            data_dir: data_dir.into(),
+            args,
+            child: None,
+        };
         node.spawn();
         node
     }
@@ -113,7 +127,10 @@ impl NodeProcess {
     /// SIGTERM, then waits for the exit.
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let _ = child.wait();
         }
     }
@@ -126,12 +143,18 @@ impl NodeProcess {
 
     /// The `default` counter's value.
     pub async fn value(&self) -> i64 {
-        self.get_json("/counter").await["value"].as_i64().expect("value")
+        self.get_json("/counter").await["value"]
+            .as_i64()
+            .expect("value")
     }
 
     /// A named counter's value (None when 404).
     pub async fn named(&self, name: &str) -> Option<i64> {
-        let response = http().get(self.url(&format!("/counters/{name}"))).send().await.ok()?;
+        let response = http()
+            .get(self.url(&format!("/counters/{name}")))
+            .send()
+            .await
+            .ok()?;
         if !response.status().is_success() {
             return None;
         }
@@ -140,12 +163,24 @@ impl NodeProcess {
 
     /// GET `path` as JSON.
     pub async fn get_json(&self, path: &str) -> Value {
-        http().get(self.url(path)).send().await.expect("GET").json().await.expect("JSON")
+        http()
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON")
     }
 
     /// POST `body` to `path`; returns status and JSON.
     pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let response = http().post(self.url(path)).body(body.to_owned()).send().await.expect("POST");
+        let response = http()
+            .post(self.url(path))
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("POST");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -174,7 +209,11 @@ impl Cluster {
             if let Some(first) = nodes.first() {
                 args.extend(["--seed".to_string(), first.gossip_addr.clone()]);
             }
-            nodes.push(NodeProcess::start(&format!("n{i}"), &dir.path().join(format!("n{i}")), &args));
+            nodes.push(NodeProcess::start(
+                &format!("n{i}"),
+                &dir.path().join(format!("n{i}")),
+                &args,
+            ));
         }
         for node in &nodes {
             node.wait_ready().await;
@@ -204,7 +243,10 @@ impl NodeProcess {
     /// SIGINT (Ctrl-C), then waits for the exit.
     pub fn interrupt(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(child.id().to_string())
+                .status();
             let _ = child.wait();
         }
     }
@@ -225,7 +267,11 @@ impl DiscoveryProcess {
 
     /// Starts discovery on `port` and waits until it answers.
     pub async fn start_on(port: u16, ttl: &str) -> Self {
-        let mut discovery = Self { port, ttl: ttl.into(), child: None };
+        let mut discovery = Self {
+            port,
+            ttl: ttl.into(),
+            child: None,
+        };
         discovery.spawn_and_wait().await;
         discovery
     }
@@ -251,9 +297,16 @@ impl DiscoveryProcess {
 
     /// Ids listed by its `GET /peers` (None while it does not answer).
     pub async fn peer_ids(&self) -> Option<Vec<String>> {
-        let response = http().get(format!("{}/peers", self.url())).send().await.ok()?;
+        let response = http()
+            .get(format!("{}/peers", self.url()))
+            .send()
+            .await
+            .ok()?;
         let peers: Vec<Value> = response.error_for_status().ok()?.json().await.ok()?;
-        peers.iter().map(|p| p["id"].as_str().map(str::to_owned)).collect()
+        peers
+            .iter()
+            .map(|p| p["id"].as_str().map(str::to_owned))
+            .collect()
     }
 
     async fn spawn_and_wait(&mut self) {
@@ -273,8 +326,15 @@ impl DiscoveryProcess {
             async move { matches!(request.await, Ok(r) if r.status().is_success()) }
         })
         .await;
-        let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        assert!(ready, "discovery on port {} did not come up (exit status: {exited:?})", self.port);
+        let exited = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        assert!(
+            ready,
+            "discovery on port {} did not come up (exit status: {exited:?})",
+            self.port
+        );
     }
 }
 
