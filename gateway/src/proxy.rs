@@ -1,15 +1,44 @@
 //! Forwarding the counter API to a healthy node, with failover.
+//!
+//! The hop goes through a bare pooled hyper client rather than reqwest:
+//! the request line is already in hand (method, path, bytes), so there is
+//! no URL to parse, no redirect or retry layer to pass through, and the
+//! body is forwarded as the same `Bytes` both ways, never re-encoded.
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::error::ApiError;
 use crate::state::Shared;
+
+/// Pooled keep-alive connections to the nodes, for proxied requests.
+pub type NodeClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The proxy's client: keep-alive pool, `connect_timeout` per connection,
+/// Nagle off (requests and answers are single small writes).
+pub fn node_client(connect_timeout: Duration) -> NodeClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
 
 /// The handler behind every counter route: the request goes to a node
 /// unchanged (method, path, query, body) and its answer comes back unchanged.
@@ -27,11 +56,13 @@ pub async fn forward(
             return ApiError::new(rejection.status(), rejection.body_text()).into_response()
         }
     };
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let request = NodeRequest {
         method,
-        path,
-        content_type: headers.get(CONTENT_TYPE),
+        path: uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        content_type: headers.get(CONTENT_TYPE).cloned(),
         body,
     };
     match request.send_to_any(&shared).await {
@@ -40,39 +71,29 @@ pub async fn forward(
     }
 }
 
-struct NodeRequest<'a> {
+struct NodeRequest {
     method: Method,
-    path: &'a str,
-    content_type: Option<&'a axum::http::HeaderValue>,
+    path: PathAndQuery,
+    content_type: Option<HeaderValue>,
     body: Bytes,
 }
 
-/// How a node failed to answer.
+/// How a node failed to answer (the message is for the client).
 enum Failure {
     /// The connection failed before the request left: nothing was applied.
-    NotSent(reqwest::Error),
+    NotSent(String),
     /// The request left, then the answer did not come in time.
-    TimedOut(reqwest::Error),
+    TimedOut,
     /// The request left, then the connection or the answer broke.
-    Broken(reqwest::Error),
+    Broken(String),
 }
 
 impl Failure {
-    fn classify(error: reqwest::Error) -> Self {
-        if error.is_connect() {
-            Failure::NotSent(error)
-        } else if error.is_timeout() {
-            Failure::TimedOut(error)
-        } else {
-            Failure::Broken(error)
-        }
-    }
-
-    fn into_api_error(self, addr: &str) -> ApiError {
+    fn into_api_error(self, addr: &str, timeout: Duration) -> ApiError {
         match self {
-            Failure::TimedOut(error) => ApiError::new(
+            Failure::TimedOut => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("node {addr} did not answer in time: {error}"),
+                format!("node {addr} did not answer within {timeout:?}"),
             ),
             Failure::NotSent(error) | Failure::Broken(error) => ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -82,7 +103,7 @@ impl Failure {
     }
 }
 
-impl NodeRequest<'_> {
+impl NodeRequest {
     /// Tries healthy nodes in round-robin order. A node that fails leaves
     /// the rotation at once.
     ///
@@ -104,7 +125,7 @@ impl NodeRequest<'_> {
             tracing::warn!(node = %addr, "proxied request failed; node leaves the rotation");
             shared.mark_unhealthy(&addr);
             let may_have_applied = !matches!(failure, Failure::NotSent(_));
-            last_error = failure.into_api_error(&addr);
+            last_error = failure.into_api_error(&addr, shared.config.request_timeout);
             if is_write && may_have_applied {
                 break;
             }
@@ -113,28 +134,70 @@ impl NodeRequest<'_> {
     }
 
     async fn send(&self, shared: &Shared, addr: &str) -> Result<Response, Failure> {
-        let url = format!("http://{addr}{}", self.path);
-        let mut request = shared.http.request(self.method.clone(), url);
-        if let Some(content_type) = self.content_type {
-            request = request.header(CONTENT_TYPE, content_type);
+        let request = self.to_node(addr)?;
+        tokio::time::timeout(
+            shared.config.request_timeout,
+            exchange(&shared.proxy, request),
+        )
+        .await
+        .map_err(|_elapsed| Failure::TimedOut)?
+    }
+
+    /// The same request, addressed to the node at `addr`.
+    fn to_node(&self, addr: &str) -> Result<Request<Full<Bytes>>, Failure> {
+        // A bad address in the node table means the request cannot leave.
+        let not_sent = |error: axum::http::Error| Failure::NotSent(error.to_string());
+        let authority = Authority::try_from(addr).map_err(|e| not_sent(e.into()))?;
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(self.path.clone())
+            .build()
+            .map_err(not_sent)?;
+        let mut request = Request::builder().method(self.method.clone()).uri(uri);
+        if let Some(content_type) = &self.content_type {
+            request = request.header(CONTENT_TYPE, content_type.clone());
         }
-        if !self.body.is_empty() {
-            request = request.body(self.body.clone());
-        }
-        let response = request.send().await.map_err(Failure::classify)?;
-        relay(response).await.map_err(Failure::classify)
+        request.body(Full::new(self.body.clone())).map_err(not_sent)
+    }
+}
+
+/// Sends `request` and reads the whole answer (node answers are small).
+async fn exchange(client: &NodeClient, request: Request<Full<Bytes>>) -> Result<Response, Failure> {
+    let answer = client.request(request).await.map_err(classify)?;
+    let (head, body) = answer.into_parts();
+    let body = body.collect().await;
+    let body = body.map_err(|error| Failure::Broken(error.to_string()))?;
+    Ok(as_gateway_answer(
+        head.status,
+        head.headers,
+        body.to_bytes(),
+    ))
+}
+
+fn classify(error: hyper_util::client::legacy::Error) -> Failure {
+    match error.is_connect() {
+        true => Failure::NotSent(error.to_string()),
+        false => Failure::Broken(error.to_string()),
     }
 }
 
 /// A node's answer as the gateway's: same status, content type and body.
-pub async fn relay(response: reqwest::Response) -> Result<Response, reqwest::Error> {
-    let status = response.status();
-    let content_type = response.headers().get(CONTENT_TYPE).cloned();
-    let body = response.bytes().await?;
+fn as_gateway_answer(status: StatusCode, headers: HeaderMap, body: Bytes) -> Response {
     let mut answer = Response::new(Body::from(body));
     *answer.status_mut() = status;
-    if let Some(content_type) = content_type {
-        answer.headers_mut().insert(CONTENT_TYPE, content_type);
+    if let Some(content_type) = headers.get(CONTENT_TYPE) {
+        answer
+            .headers_mut()
+            .insert(CONTENT_TYPE, content_type.clone());
     }
-    Ok(answer)
+    answer
+}
+
+/// A node's answer fetched with reqwest (the demo's admin calls) as the gateway's.
+pub async fn relay(response: reqwest::Response) -> Result<Response, reqwest::Error> {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.bytes().await?;
+    Ok(as_gateway_answer(status, headers, body))
 }

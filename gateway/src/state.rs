@@ -13,12 +13,16 @@ use tokio_util::sync::CancellationToken;
 use crate::balancer::Balancer;
 use crate::config::GatewayConfig;
 use crate::demo::DemoControls;
+use crate::proxy::{self, NodeClient};
 use crate::stream::{self, Replicas};
 use crate::GatewayError;
 
 pub struct Shared {
     pub config: GatewayConfig,
+    /// For health checks and the demo's admin calls.
     pub http: reqwest::Client,
+    /// For proxied requests: the hot path.
+    pub proxy: NodeClient,
     pub controls: Option<Arc<dyn DemoControls>>,
     /// Encoded `ClusterEvent`s for browsers, encoded once for all of them.
     pub events: broadcast::Sender<Bytes>,
@@ -49,12 +53,14 @@ impl Shared {
             // Nodes are reached directly; an ambient HTTP_PROXY must not reroute them.
             .no_proxy()
             .build()?;
+        let proxy = proxy::node_client(config.health_timeout);
         let (events, _) = broadcast::channel(config.event_buffer.max(1));
         Ok(Arc::new(Self {
             balancer: Mutex::new(Balancer::new(&config.nodes, Instant::now())),
             browser_slots: Arc::new(Semaphore::new(config.max_browsers)),
             config,
             http,
+            proxy,
             controls,
             events,
             shutdown: CancellationToken::new(),

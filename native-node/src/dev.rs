@@ -326,7 +326,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
 
     let exe = std::env::current_exe().context("locating the tally executable")?;
-    let mut discovery = spawn_discovery(&exe, args.discovery_addr)?;
+    let discovery = spawn_discovery(&exe, args.discovery_addr)?;
     let supervisor = Arc::new(Supervisor {
         exe,
         discovery_url: format!("http://{}", args.discovery_addr),
