@@ -189,12 +189,21 @@ impl<N: Network> Gossip<N> {
     }
 
     fn reject(&self, from: &str, error: &TransportError) {
-        if !matches!(error, TransportError::Closed) {
+        // Only what the peer sent counts as a rejection; a handshake that
+        // times out or is reset is the network failing, not a bad peer.
+        if matches!(
+            error,
+            TransportError::Malformed(_)
+                | TransportError::Unauthenticated(_)
+                | TransportError::Incompatible(_)
+        ) {
             self.metrics
                 .rejected_frames
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%from, %error, "gossip connection rejected");
+        } else {
+            tracing::debug!(%from, %error, "gossip handshake failed");
         }
-        tracing::warn!(%from, %error, "gossip connection rejected");
     }
 
     fn log_end(&self, peer: &str, result: Result<(), TransportError>) {
