@@ -12,11 +12,29 @@ use serde_json::Value;
 pub const TALLY: &str = env!("CARGO_BIN_EXE_tally");
 
 /// A port nobody listens on right now (the OS picks it).
+///
+/// Ports come from 20000–32767, below Linux's ephemeral range: a port the
+/// OS hands to some outgoing connection can then never steal one we picked
+/// between this check and the node's bind. Each test process starts at a
+/// different offset, and threads take turns through one counter.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
