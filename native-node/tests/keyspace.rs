@@ -36,9 +36,14 @@ fn encode_segment(name: &str) -> String {
         .collect()
 }
 
-/// Sends every write with bounded concurrency; panics unless all are acknowledged,
-/// so the returned sums are exactly what the cluster must hold.
+/// Sends every write, [`IN_FLIGHT`] at a time; panics unless all are
+/// acknowledged, so the returned sums are exactly what the cluster must hold.
 async fn write_all(nodes: &[NodeProcess], writes: Vec<Write>) -> Expected {
+    write_all_with(nodes, writes, IN_FLIGHT).await
+}
+
+/// [`write_all`] with `in_flight` requests at a time.
+async fn write_all_with(nodes: &[NodeProcess], writes: Vec<Write>, in_flight: usize) -> Expected {
     let http = common::http();
     let urls: Vec<String> = nodes.iter().map(|n| n.url("/counters/")).collect();
     let answers: Vec<(String, i64, Result<u16, String>)> = stream::iter(writes)
@@ -59,7 +64,7 @@ async fn write_all(nodes: &[NodeProcess], writes: Vec<Write>) -> Expected {
                 (name, amount, status)
             }
         })
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(in_flight)
         .collect()
         .await;
     let mut expected = Expected::new();
@@ -201,66 +206,101 @@ async fn ten_thousand_counters_written_on_three_nodes_converge_everywhere() {
     assert_all_hold(&nodes, "many/", &expected).await;
 }
 
-/// Loads `count` counters spread over a 3-node cluster started with `extra`,
-/// then starts an empty node seeded with the first and waits until it holds
-/// them all. Returns the push frames the newcomer received.
-async fn empty_node_catches_up(count: usize, extra: &[&str]) -> u64 {
-    let cluster = Cluster::start(3, extra).await;
-    let started = std::time::Instant::now();
-    let writes: Vec<Write> = (0..count)
-        .map(|i| (i % 3, format!("bulk/{i:06}"), (i % 3 + 1) as i64))
-        .collect();
-    let expected = write_all(&cluster.nodes, writes).await;
-    let old: Vec<&NodeProcess> = cluster.nodes.iter().collect();
-    eprintln!("loaded {count} in {:?}", started.elapsed());
-    assert_all_hold(&old, "bulk/", &expected).await;
-    eprintln!("converged after {:?}", started.elapsed());
+/// Counters the catch-up test loads: 40k by default, because loading goes
+/// through HTTP one write at a time and takes most of the test's time in a
+/// debug build on 2 cores; `TALLY_KEYSPACE_COUNTERS=100000` runs the full
+/// size (the release benchmark `examples/keyspace_bench.rs` goes to 1M).
+fn catch_up_counters() -> usize {
+    std::env::var("TALLY_KEYSPACE_COUNTERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(40_000)
+}
+/// Requests in flight while bulk loading: bigger group commits, fewer deltas.
+const BULK_IN_FLIGHT: usize = 128;
+const SMALL_FRAME: &str = "65536";
 
+/// Starts an empty node seeded with `seed` and waits until it lists exactly
+/// `expected`; returns it with the push frames it received.
+async fn join_empty_node(
+    cluster: &Cluster,
+    id: &str,
+    seed: &str,
+    extra: &[&str],
+    expected: &Expected,
+) -> (NodeProcess, u64) {
     let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    args.extend(["--seed".into(), cluster.nodes[0].gossip_addr.clone()]);
-    let newcomer = NodeProcess::start("joiner", &cluster.dir.path().join("joiner"), &args);
+    args.extend(["--seed".into(), seed.to_owned()]);
+    let newcomer = NodeProcess::start(id, &cluster.dir.path().join(id), &args);
     newcomer.wait_ready().await;
-    assert_all_hold(&[&newcomer], "bulk/", &expected).await;
-    eprintln!("caught up after {:?}", started.elapsed());
-    eprintln!(
-        "{}",
-        common::http()
-            .get(newcomer.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    );
+    assert_all_hold(&[&newcomer], "bulk/", expected).await;
+    let pushes = metric(&newcomer, "tally_gossip_frames_in_total", "type=\"push\"").await;
+    (newcomer, pushes)
+}
 
-    for node in cluster.nodes.iter().chain([&newcomer]) {
+/// Replaces every node of `cluster` by a fresh process on the same data
+/// directory (same id, new ports) started with `extra`, seeded with the first.
+async fn restart_all_with(cluster: &mut Cluster, extra: &[&str]) {
+    let mut restarted: Vec<NodeProcess> = Vec::new();
+    for old in &mut cluster.nodes {
+        old.terminate();
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(first) = restarted.first() {
+            args.extend(["--seed".into(), first.gossip_addr.clone()]);
+        }
+        restarted.push(NodeProcess::start(&old.id, &old.data_dir, &args));
+    }
+    for node in &restarted {
+        node.wait_ready().await;
+    }
+    cluster.nodes = restarted;
+}
+
+async fn assert_no_rejected_frames(nodes: &[&NodeProcess]) {
+    for node in nodes {
         let rejected = metric(node, "tally_rejected_frames_total", "").await;
         assert_eq!(rejected, 0, "{} rejected frames", node.id);
     }
-    metric(&newcomer, "tally_gossip_frames_in_total", "type=\"push\"").await
 }
 
-const CATCH_UP_COUNTERS: usize = 100_000;
-
+/// One large keyspace, loaded once, joined twice: first through 64 KiB
+/// frames on every node (dozens of chunks), then, after the cluster restarts
+/// from its logs with the default 1 MiB frames, through a few big chunks.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_empty_node_catches_up_on_a_hundred_thousand_counters() {
-    let pushes = empty_node_catches_up(CATCH_UP_COUNTERS, &[]).await;
-    // 100k entries of ≥ 30 bytes each do not fit one 1 MiB frame's half.
-    assert!(
-        pushes >= 2,
-        "the state must arrive in several chunks, got {pushes} push frames"
-    );
-}
+async fn an_empty_node_catches_up_on_a_large_keyspace() {
+    let small = ["--max-frame", SMALL_FRAME];
+    let mut cluster = Cluster::start(3, &small).await;
+    let writes =
+        (0..catch_up_counters()).map(|i| (i % 3, format!("bulk/{i:06}"), (i % 3 + 1) as i64));
+    let expected = write_all_with(&cluster.nodes, writes.collect(), BULK_IN_FLIGHT).await;
+    let old: Vec<&NodeProcess> = cluster.nodes.iter().collect();
+    assert_all_hold(&old, "bulk/", &expected).await;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_empty_node_catches_up_through_small_frames() {
-    let pushes = empty_node_catches_up(CATCH_UP_COUNTERS, &["--max-frame", "65536"]).await;
-    // At most 32 KiB of entries per chunk: 100k entries need dozens of them.
+    let seed = cluster.nodes[0].gossip_addr.clone();
+    let (joiner, pushes) =
+        join_empty_node(&cluster, "small-joiner", &seed, &small, &expected).await;
+    // Chunks hold at most 32 KiB of estimated entries (~70 bytes each here).
     assert!(
         pushes >= 50,
         "expected many chunks under a 64 KiB frame limit, got {pushes}"
     );
+    let mut everyone: Vec<&NodeProcess> = cluster.nodes.iter().collect();
+    everyone.push(&joiner);
+    assert_no_rejected_frames(&everyone).await;
+    drop(joiner);
+
+    restart_all_with(&mut cluster, &[]).await;
+    let old: Vec<&NodeProcess> = cluster.nodes.iter().collect();
+    assert_all_hold(&old, "bulk/", &expected).await;
+    let seed = cluster.nodes[0].gossip_addr.clone();
+    let (joiner, pushes) = join_empty_node(&cluster, "joiner", &seed, &[], &expected).await;
+    assert!(
+        pushes >= 2,
+        "the keyspace exceeds one 1 MiB frame's half; got {pushes} push frames"
+    );
+    let mut everyone: Vec<&NodeProcess> = cluster.nodes.iter().collect();
+    everyone.push(&joiner);
+    assert_no_rejected_frames(&everyone).await;
 }
 
 /// GET `path` on `node`; returns status and JSON body.
