@@ -1,4 +1,4 @@
-use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 
 use crate::{digest, ActorId, CrdtError};
 
@@ -49,7 +49,10 @@ impl Op {
 /// `value()` is O(1): the sums and the digest are updated on every change.
 #[derive(Debug, Clone, Default)]
 pub struct PnCounter {
-    entries: BTreeMap<ActorId, Entry>,
+    /// Sorted by actor. A counter has few actors (nodes × incarnations), and
+    /// a sorted vector costs ~40 bytes per entry where a B-tree node costs
+    /// ~450: it matters with a million counters.
+    entries: Vec<(ActorId, Entry)>,
     total_inc: u128,
     total_dec: u128,
     digest: u64,
@@ -75,6 +78,11 @@ impl PnCounter {
         (self.total_inc as i128).wrapping_sub(self.total_dec as i128)
     }
 
+    fn position(&self, actor: &str) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by(|(known, _)| known.as_str().cmp(actor))
+    }
+
     /// The 64-bit digest of this counter's entries.
     pub fn digest(&self) -> u64 {
         self.digest
@@ -82,12 +90,14 @@ impl PnCounter {
 
     /// Every actor's entry, ordered by actor id.
     pub fn entries(&self) -> impl Iterator<Item = (&ActorId, &Entry)> {
-        self.entries.iter()
+        self.entries.iter().map(|(actor, entry)| (actor, entry))
     }
 
     /// One actor's entry.
     pub fn entry(&self, actor: &str) -> Option<&Entry> {
-        self.entries.get(actor)
+        self.position(actor)
+            .ok()
+            .map(|index| &self.entries[index].1)
     }
 
     /// Number of actors that ever touched this counter.
@@ -106,7 +116,7 @@ impl PnCounter {
     }
 
     fn apply_next(&mut self, actor: &ActorId, op: Op) -> Result<PnCounter, CrdtError> {
-        let seq = self.entries.get(actor.as_str()).map_or(0, |e| e.seq) + 1;
+        let seq = self.entry(actor.as_str()).map_or(0, |e| e.seq) + 1;
         let entry = self.prepare(actor.as_str(), op, seq)?;
         self.merge_entry(actor, entry);
         let mut delta = PnCounter::new();
@@ -118,7 +128,7 @@ impl PnCounter {
     ///
     /// Fails on a zero amount or on overflow, and then nothing changes.
     pub fn prepare(&self, actor: &str, op: Op, seq: u64) -> Result<Entry, CrdtError> {
-        let current = self.entries.get(actor).copied().unwrap_or_default();
+        let current = self.entry(actor).copied().unwrap_or_default();
         let mut next = Entry { seq, ..current };
         match op {
             Op::Increment(0) | Op::Decrement(0) => return Err(CrdtError::ZeroAmount),
@@ -144,16 +154,19 @@ impl PnCounter {
 
     /// Merges one actor's entry; returns the joined entry when anything changed.
     pub fn merge_entry(&mut self, actor: &ActorId, incoming: Entry) -> Option<Entry> {
-        let old = self
-            .entries
-            .get(actor.as_str())
-            .copied()
+        let position = self.position(actor.as_str());
+        let old = position
+            .ok()
+            .map(|index| self.entries[index].1)
             .unwrap_or_default();
         let joined = old.join(incoming);
         if joined == old {
             return None;
         }
-        self.entries.insert(actor.clone(), joined);
+        match position {
+            Ok(index) => self.entries[index].1 = joined,
+            Err(index) => self.entries.insert(index, (actor.clone(), joined)),
+        }
         self.total_inc += u128::from(joined.inc - old.inc);
         self.total_dec += u128::from(joined.dec - old.dec);
         let was_new = old == Entry::default();
@@ -171,7 +184,7 @@ impl PnCounter {
     /// Merges another replica (or a delta) into this one; true when anything changed.
     pub fn merge(&mut self, other: &PnCounter) -> bool {
         let mut changed = false;
-        for (actor, entry) in &other.entries {
+        for (actor, entry) in other.entries() {
             changed |= self.merge_entry(actor, *entry).is_some();
         }
         changed

@@ -98,9 +98,7 @@ impl CounterMap {
     pub fn summary(&self) -> Summary {
         self.changes_by_actor
             .iter()
-            .filter_map(|(actor, changes)| {
-                changes.last().map(|(seq, _)| (actor.clone(), *seq))
-            })
+            .filter_map(|(actor, changes)| changes.last().map(|(seq, _)| (actor.clone(), *seq)))
             .collect()
     }
 
@@ -180,16 +178,23 @@ impl CounterMap {
         actor: &ActorId,
         entry: Entry,
     ) -> Option<Entry> {
-        let counter = match self.counters.get_mut(name) {
-            Some(counter) => counter,
-            None => self.counters.entry(name.clone()).or_default(),
+        // Share one allocation per actor id and per name across the map and
+        // its index, however many decoded copies arrive from the wire.
+        let actor = match self.changes_by_actor.get_key_value(actor.as_str()) {
+            Some((known, _)) => known.clone(),
+            None => actor.clone(),
         };
+        let name = match self.counters.get_key_value(name.as_str()) {
+            Some((known, _)) => known.clone(),
+            None => name.clone(),
+        };
+        let counter = self.counters.entry(name.clone()).or_default();
         let old_seq = counter.entry(actor.as_str()).map(|e| e.seq);
-        let old_contribution = contribution(name, counter);
-        let joined = counter.merge_entry(actor, entry);
+        let old_contribution = contribution(&name, counter);
+        let joined = counter.merge_entry(&actor, entry);
         let Some(joined) = joined else {
             if counter.actors() == 0 {
-                self.counters.remove(name);
+                self.counters.remove(&name);
             }
             return None;
         };
@@ -213,7 +218,13 @@ impl CounterMap {
 
     /// Merges another replica or delta; true when anything changed.
     pub fn merge(&mut self, other: &CounterMap) -> bool {
-        !self.merge_changed(other.all_changes()).is_empty()
+        let mut changed = false;
+        for (name, counter) in other.counters() {
+            for (actor, entry) in counter.entries() {
+                changed |= self.merge_entry(name, actor, *entry).is_some();
+            }
+        }
+        changed
     }
 
     /// Merges changes and returns the ones that were news here, as a delta.

@@ -64,7 +64,7 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub fanout: u16,
     /// Every this many rounds, one pull asks for the full state (a backstop; free when digests agree).
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(1..))]
     pub full_sync_every: u64,
     /// Discovery heartbeat period.
     #[arg(long, default_value = "1s", value_parser = humantime_duration)]

@@ -1,9 +1,14 @@
 //! Anti-entropy and eager push over persistent peer connections.
 //!
 //! - **Rounds**: every `interval`, raise our heartbeat, re-check members,
-//!   and send a `Pull` to `fanout` random live peers (every
-//!   `full_sync_every` rounds one of them gets a `Pull` with no watermarks,
-//!   a full-state backstop; it still costs nothing when digests agree).
+//!   and send a `Pull` to `fanout` random live peers — never a second one
+//!   to a peer whose answer is still coming (every `full_sync_every` rounds
+//!   one of them gets a `Pull` with no watermarks, a full-state backstop; it
+//!   still costs nothing when digests agree).
+//! - **Answers** are built chunk by chunk as the connection drains them,
+//!   each chunk under the frame budget and under the read lock only while it
+//!   is collected, so a peer far behind costs bounded memory and never
+//!   stalls writers.
 //! - **Eager push**: every change to the replica (a durable local write, or
 //!   news from a peer) goes out at once as a `Delta` to `fanout` peers
 //!   other than the one it came from; since only news is forwarded, the
@@ -16,7 +21,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crdt_core::{CounterMap, Summary};
+use std::iter::Peekable;
+
+use crdt_core::{ActorId, Change, CounterMap, CounterName, Summary};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -31,8 +38,14 @@ use crate::transport::{self, Connection, Network, PeerIdentity, TransportError};
 
 /// Messages queued per outbound link before new ones are dropped.
 const LINK_QUEUE: usize = 256;
+/// Replies buffered per connection: small, so a long answer is produced
+/// only as fast as the peer reads it.
+const REPLY_QUEUE: usize = 4;
 /// Deltas larger than this are left to anti-entropy rather than pushed eagerly.
 const MAX_EAGER_ENTRIES: usize = 4096;
+/// Encoded bytes of one entry beyond its name and actor id: three varints
+/// and the sequence lengths (at most ~30; measured ~20).
+const ENTRY_OVERHEAD: usize = 32;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// An outbound link whose pull goes unanswered for this many rounds (but
 /// at least [`MIN_REPLY_TIMEOUT`]) is presumed broken and redialled.
@@ -56,6 +69,100 @@ pub trait RemoteSink: Send + Sync + 'static {
     fn persist(&self, news: CounterMap, watermarks: Option<Summary>);
 }
 
+/// Since when a pull sent on a link waits for its answer (`None`: nothing pending).
+type Awaiting = Arc<Mutex<Option<Instant>>>;
+
+fn lock_awaiting(awaiting: &Awaiting) -> std::sync::MutexGuard<'_, Option<Instant>> {
+    awaiting.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The sending side of one outbound link.
+struct Link {
+    queue: mpsc::Sender<Message>,
+    awaiting: Awaiting,
+}
+
+/// An answer to a pull, produced one chunk at a time.
+pub struct PullAnswer {
+    /// Actor → last seq already sent (starts as the puller's watermarks).
+    cursor: Summary,
+    /// Our watermarks when the answer began; sent with the last chunk.
+    watermarks: Option<Summary>,
+    members: Vec<MemberRecord>,
+    budget: usize,
+    /// The digests agreed: the whole answer is one `Ack`.
+    ack: bool,
+}
+
+impl PullAnswer {
+    /// The next message of the answer, `None` once the last one went out.
+    ///
+    /// The cursor advances per actor in seq order, so entries changed while
+    /// the answer is under way (they get new, higher seqs) are still sent;
+    /// the watermarks were taken first, so they never claim more than the
+    /// chunks carry.
+    pub fn next_message(&mut self, replica: &Replica) -> Option<Message> {
+        if std::mem::take(&mut self.ack) {
+            return Some(Message::Ack {
+                members: std::mem::take(&mut self.members),
+            });
+        }
+        self.watermarks.as_ref()?;
+        let chunk = {
+            let state = replica.read();
+            let mut changes = state.map.changes_since(&self.cursor).peekable();
+            take_chunk(&mut changes, self.budget)
+        };
+        if chunk.is_empty() {
+            return Some(Message::Push {
+                changes: chunk,
+                done: self.watermarks.take(),
+                members: std::mem::take(&mut self.members),
+            });
+        }
+        for (actor, seq) in chunk.summary() {
+            let sent = self.cursor.entry(actor).or_default();
+            *sent = (*sent).max(seq);
+        }
+        Some(Message::Push {
+            changes: chunk,
+            done: None,
+            members: vec![],
+        })
+    }
+}
+
+fn entry_size(name: &CounterName, actor: &ActorId) -> usize {
+    name.as_str().len() + actor.as_str().len() + ENTRY_OVERHEAD
+}
+
+/// Takes changes into one map of at most `budget` estimated bytes (at
+/// least one entry); what does not fit stays in the iterator.
+fn take_chunk<I: Iterator<Item = Change>>(changes: &mut Peekable<I>, budget: usize) -> CounterMap {
+    let mut chunk = CounterMap::new();
+    let mut bytes = 0;
+    loop {
+        let (room, first) = (budget.saturating_sub(bytes), chunk.is_empty());
+        let Some((name, actor, entry)) =
+            changes.next_if(|(name, actor, _)| first || entry_size(name, actor) <= room)
+        else {
+            return chunk;
+        };
+        bytes += entry_size(&name, &actor);
+        chunk.merge_entry(&name, &actor, entry);
+    }
+}
+
+/// Splits a delta into maps of at most `budget` estimated bytes each.
+fn split(delta: &CounterMap, budget: usize) -> Vec<CounterMap> {
+    let mut chunks = Vec::new();
+    let mut changes = delta.all_changes().peekable();
+    while changes.peek().is_some() {
+        chunks.push(take_chunk(&mut changes, budget));
+    }
+    chunks
+}
+
 /// The gossip engine of one node.
 pub struct Gossip<N: Network> {
     net: N,
@@ -63,7 +170,7 @@ pub struct Gossip<N: Network> {
     config: GossipConfig,
     replica: Arc<Replica>,
     members: Mutex<Membership>,
-    links: Mutex<HashMap<String, mpsc::Sender<Message>>>,
+    links: Mutex<HashMap<String, Link>>,
     partitioned: RwLock<HashSet<String>>,
     seeds: Vec<String>,
     sink: Option<Arc<dyn RemoteSink>>,
@@ -172,7 +279,9 @@ impl<N: Network> Gossip<N> {
                         match transport::accept(stream, &gossip.me).await {
                             Ok((connection, hello)) => {
                                 gossip.add_members(std::slice::from_ref(&hello.member));
-                                let result = gossip.drive(connection, &hello.member.id, None).await;
+                                let result = gossip
+                                    .drive(connection, &hello.member.id, None, &Awaiting::default())
+                                    .await;
                                 gossip.log_end(&hello.member.id, result);
                             }
                             Err(error) => gossip.reject(&from.to_string(), &error),
@@ -225,16 +334,15 @@ impl<N: Network> Gossip<N> {
         connection: Connection<N::Stream>,
         peer: &str,
         mut outbox: Option<&mut mpsc::Receiver<Message>>,
+        awaiting_reply: &Awaiting,
     ) -> Result<(), TransportError> {
         let Connection {
             mut reader,
             mut writer,
         } = connection;
-        let (reply_tx, mut reply_rx) = mpsc::channel::<Message>(LINK_QUEUE);
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Message>(REPLY_QUEUE);
         let outbound = outbox.is_some();
-        // Since when a pull we sent on this link waits for its answer.
-        let awaiting_reply: Mutex<Option<Instant>> = Mutex::new(None);
-        let awaiting = || awaiting_reply.lock().unwrap_or_else(|p| p.into_inner());
+        let awaiting = || lock_awaiting(awaiting_reply);
         let reading = async {
             loop {
                 let (message, size) = reader.recv().await?;
@@ -252,10 +360,21 @@ impl<N: Network> Gossip<N> {
                     };
                 }
                 self.metrics.gossip_in.record(message.kind(), size);
-                for reply in self.handle(peer, message) {
-                    if reply_tx.send(reply).await.is_err() {
-                        return Ok(());
+                if let Message::Pull {
+                    digest,
+                    known,
+                    members,
+                } = message
+                {
+                    self.add_members(&members);
+                    let mut answer = self.answer_pull(digest, known);
+                    while let Some(reply) = answer.next_message(&self.replica) {
+                        if reply_tx.send(reply).await.is_err() {
+                            return Ok(());
+                        }
                     }
+                } else {
+                    self.handle(peer, message);
                 }
             }
         };
@@ -274,11 +393,17 @@ impl<N: Network> Gossip<N> {
                 if self.is_partitioned(peer) {
                     continue;
                 }
-                let size = writer.send(&message).await?;
-                if matches!(message, Message::Pull { .. }) {
-                    awaiting().get_or_insert_with(Instant::now);
+                match writer.send(&message).await {
+                    Ok(size) => self.metrics.gossip_out.record(message.kind(), size),
+                    // Our own bug, not the peer's: drop the message, keep the link.
+                    Err(TransportError::TooLarge(size)) => {
+                        tracing::warn!(%peer, size, kind = message.kind(), "message over the frame limit dropped");
+                        self.metrics
+                            .dropped_messages
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(error) => return Err(error),
                 }
-                self.metrics.gossip_out.record(message.kind(), size);
             }
         };
         // A connection can stay open while nothing gets through (frames lost
@@ -306,21 +431,11 @@ impl<N: Network> Gossip<N> {
         }
     }
 
-    /// Handles one message from `peer`; returns the replies.
-    pub fn handle(&self, peer: &str, message: Message) -> Vec<Message> {
+    /// Handles one message from `peer` that needs no answer (pulls are
+    /// answered by [`Gossip::answer_pull`], chunk by chunk).
+    pub fn handle(&self, peer: &str, message: Message) {
         match message {
-            Message::Pull {
-                digest,
-                known,
-                members,
-            } => {
-                self.add_members(&members);
-                self.answer_pull(digest, &known)
-            }
-            Message::Ack { members } => {
-                self.add_members(&members);
-                vec![]
-            }
+            Message::Pull { members, .. } | Message::Ack { members } => self.add_members(&members),
             Message::Push {
                 changes,
                 done,
@@ -328,12 +443,8 @@ impl<N: Network> Gossip<N> {
             } => {
                 self.add_members(&members);
                 self.absorb(peer, &changes, done);
-                vec![]
             }
-            Message::Delta { changes } => {
-                self.absorb(peer, &changes, None);
-                vec![]
-            }
+            Message::Delta { changes } => self.absorb(peer, &changes, None),
         }
     }
 
@@ -355,42 +466,19 @@ impl<N: Network> Gossip<N> {
 
     /// `Ack` when digests agree; otherwise what the puller lacks, in chunks
     /// that each fit a frame, the last one carrying our watermarks.
-    fn answer_pull(&self, digest: u64, known: &Summary) -> Vec<Message> {
+    pub fn answer_pull(&self, digest: u64, known: Summary) -> PullAnswer {
         let members = self.members().records();
         let state = self.replica.read();
-        if state.map.digest() == digest {
-            return vec![Message::Ack { members }];
-        }
-        let budget = self.me.max_frame / 2;
-        let mut chunks = Vec::new();
-        let mut chunk = CounterMap::new();
-        let mut chunk_bytes = 0;
-        for (name, actor, entry) in state.map.changes_since(known) {
-            // Conservative size estimate: names, actor id, three varints, framing.
-            let size = name.as_str().len() + actor.as_str().len() + 40;
-            if chunk_bytes + size > budget && !chunk.is_empty() {
-                chunks.push(std::mem::take(&mut chunk));
-                chunk_bytes = 0;
-            }
-            chunk.merge_entry(&name, &actor, entry);
-            chunk_bytes += size;
-        }
+        let agreed = state.map.digest() == digest;
         let watermarks = state.watermarks.clone();
         drop(state);
-        let mut replies: Vec<Message> = chunks
-            .into_iter()
-            .map(|changes| Message::Push {
-                changes,
-                done: None,
-                members: vec![],
-            })
-            .collect();
-        replies.push(Message::Push {
-            changes: chunk,
-            done: Some(watermarks),
+        PullAnswer {
+            cursor: known,
+            watermarks: (!agreed).then_some(watermarks),
             members,
-        });
-        replies
+            budget: self.me.max_frame / 2,
+            ack: agreed,
+        }
     }
 
     fn pull(&self, full: bool) -> Message {
@@ -421,7 +509,7 @@ impl<N: Network> Gossip<N> {
             let targets = self.round_targets();
             let full_sync_target = (round % self.config.full_sync_every.max(1) == 0).then_some(0);
             for (index, addr) in targets.iter().enumerate() {
-                self.send(addr, self.pull(full_sync_target == Some(index)));
+                self.send_pull(addr, full_sync_target == Some(index));
             }
         }
     }
@@ -469,26 +557,57 @@ impl<N: Network> Gossip<N> {
                 self.members()
                     .gossip_targets(self.config.fanout + 1, &mut *rng)
             };
-            let message = Message::Delta { changes: delta };
+            let messages: Vec<Message> = split(&delta, self.me.max_frame / 2)
+                .into_iter()
+                .map(|changes| Message::Delta { changes })
+                .collect();
             targets
                 .into_iter()
                 .filter(|m| !sources.contains(&Some(m.id.clone())) && !self.is_partitioned(&m.id))
                 .take(self.config.fanout)
-                .for_each(|m| self.send(&m.gossip_addr, message.clone()));
+                .for_each(|m| {
+                    messages
+                        .iter()
+                        .for_each(|message| self.send(&m.gossip_addr, message.clone()))
+                });
         }
     }
 
     /// Queues `message` for the peer at `addr`, opening its link if needed.
     fn send(self: &Arc<Self>, addr: &str, message: Message) {
+        self.with_link(addr, |link| link.queue.try_send(message).is_ok());
+    }
+
+    /// Queues a pull for the peer at `addr`, unless the answer to the last
+    /// one is still coming: a peer far behind must not be sent the same
+    /// large answer several times over.
+    fn send_pull(self: &Arc<Self>, addr: &str, full: bool) {
+        self.with_link(addr, |link| {
+            let mut awaiting = lock_awaiting(&link.awaiting);
+            if awaiting.is_some() {
+                return true;
+            }
+            let queued = link.queue.try_send(self.pull(full)).is_ok();
+            if queued {
+                *awaiting = Some(Instant::now());
+            }
+            queued
+        });
+    }
+
+    /// Runs `enqueue` on the link to `addr` (opening it first if needed);
+    /// counts a drop when it returns false.
+    fn with_link(self: &Arc<Self>, addr: &str, enqueue: impl FnOnce(&Link) -> bool) {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         let link = links.entry(addr.to_owned()).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(LINK_QUEUE);
+            let (queue, rx) = mpsc::channel(LINK_QUEUE);
+            let awaiting = Awaiting::default();
             let gossip = Arc::clone(self);
-            let addr = addr.to_owned();
-            tokio::spawn(async move { gossip.run_link(addr, rx).await });
-            tx
+            let (addr, link_awaiting) = (addr.to_owned(), Arc::clone(&awaiting));
+            tokio::spawn(async move { gossip.run_link(addr, rx, link_awaiting).await });
+            Link { queue, awaiting }
         });
-        if link.try_send(message).is_err() {
+        if !enqueue(link) {
             self.metrics
                 .dropped_messages
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -496,7 +615,12 @@ impl<N: Network> Gossip<N> {
     }
 
     /// Keeps one outbound connection to `addr` up while there is anything to send.
-    async fn run_link(self: Arc<Self>, addr: String, mut outbox: mpsc::Receiver<Message>) {
+    async fn run_link(
+        self: Arc<Self>,
+        addr: String,
+        mut outbox: mpsc::Receiver<Message>,
+        awaiting: Awaiting,
+    ) {
         let mut backoff = Duration::from_millis(50);
         loop {
             let result = match self.net.connect(&addr).await {
@@ -508,8 +632,10 @@ impl<N: Network> Gossip<N> {
                     backoff = Duration::from_millis(50);
                     self.add_members(std::slice::from_ref(&hello.member));
                     let result = self
-                        .drive(connection, &hello.member.id, Some(&mut outbox))
+                        .drive(connection, &hello.member.id, Some(&mut outbox), &awaiting)
                         .await;
+                    // Whatever was pending died with the connection.
+                    *lock_awaiting(&awaiting) = None;
                     self.log_end(&hello.member.id, result);
                 }
                 Err(error) => {
@@ -523,6 +649,7 @@ impl<N: Network> Gossip<N> {
                     // Messages queued for a peer we cannot reach are stale by
                     // the time it is back; anti-entropy resends what matters.
                     while outbox.try_recv().is_ok() {}
+                    *lock_awaiting(&awaiting) = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

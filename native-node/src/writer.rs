@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crdt_core::{CounterMap, CounterName, CrdtError, Entry, Op, PnCounter, Summary};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::gossip::RemoteSink;
 use crate::journal;
@@ -101,6 +102,7 @@ pub fn start(
 ) -> WriterHandle {
     let (queue, local_rx) = mpsc::channel(QUEUE);
     let (remote, remote_rx) = mpsc::unbounded_channel();
+    record_wal_stats(&metrics, &wal);
     let writer = Writer {
         wal: Some(wal),
         replica,
@@ -134,17 +136,22 @@ impl Writer {
         mut local: mpsc::Receiver<Request>,
         mut remote: mpsc::UnboundedReceiver<Request>,
     ) {
-        let mut dirty = false;
+        // When the oldest unsynced news from a peer was appended. A deadline,
+        // not a sleep restarted on every request: a steady trickle of news
+        // would otherwise postpone its sync forever.
+        let mut unsynced_since: Option<Instant> = None;
         loop {
+            let flush_at = unsynced_since.map(|since| since + FLUSH_DELAY);
             let first = tokio::select! {
                 biased;
-                request = local.recv() => match request { Some(r) => r, None => break },
-                Some(request) = remote.recv() => request,
-                _ = tokio::time::sleep(FLUSH_DELAY), if dirty => {
+                // First, or a flood of requests would starve it.
+                () = sleep_until(flush_at) => {
                     self.sync_only().await;
-                    dirty = false;
+                    unsynced_since = None;
                     continue;
                 }
+                request = local.recv() => match request { Some(r) => r, None => break },
+                Some(request) = remote.recv() => request,
             };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -153,12 +160,17 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            dirty = self.commit(batch).await;
+            if self.commit(batch).await {
+                unsynced_since.get_or_insert_with(Instant::now);
+            } else {
+                unsynced_since = None;
+            }
         }
         self.sync_only().await;
     }
 
-    /// Commits one batch; returns true when remote records await a sync.
+    /// Commits one batch; returns true when remote records await a sync
+    /// (false: everything appended so far is synced, or the log failed).
     async fn commit(&mut self, batch: Vec<Request>) -> bool {
         let (pending, records) = self.prepare(batch);
         if pending.is_empty() {
@@ -174,7 +186,6 @@ impl Writer {
             .await;
         match synced {
             Ok(()) => {
-                self.metrics.wal_fsyncs.fetch_add(1, Relaxed);
                 self.apply(pending);
                 self.maybe_snapshot().await;
             }
@@ -267,9 +278,7 @@ impl Writer {
     }
 
     async fn sync_only(&mut self) {
-        if self.with_wal(|wal| wal.sync().map(|_| ())).await.is_ok() {
-            self.metrics.wal_fsyncs.fetch_add(1, Relaxed);
-        }
+        let _ = self.with_wal(|wal| wal.sync().map(|_| ())).await;
     }
 
     async fn maybe_snapshot(&mut self) {
@@ -320,9 +329,7 @@ impl Writer {
         .await;
         match joined {
             Ok((wal, result)) => {
-                self.metrics
-                    .wal_bytes
-                    .store(wal.stats().bytes_written, Relaxed);
+                record_wal_stats(&self.metrics, &wal);
                 self.wal = Some(wal);
                 result.map_err(|error| self.fail(error.to_string()))
             }
@@ -334,6 +341,22 @@ impl Writer {
         tracing::error!(%reason, "WAL failure: refusing further writes");
         self.failed = Some(reason.clone());
         reason
+    }
+}
+
+/// Copies the WAL's own totals into the metrics: every fsync counts, those
+/// of recovery, rotations and snapshots included.
+fn record_wal_stats(metrics: &Metrics, wal: &Wal) {
+    let stats = wal.stats();
+    metrics.wal_fsyncs.store(stats.fsyncs, Relaxed);
+    metrics.wal_bytes.store(stats.bytes_written, Relaxed);
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -25,6 +25,7 @@ pub(super) fn codec(max_frame: usize) -> LengthDelimitedCodec {
 pub(super) struct RawFramed<S> {
     pub reader: FramedRead<ReadHalf<S>, LengthDelimitedCodec>,
     pub writer: FramedWrite<WriteHalf<S>, LengthDelimitedCodec>,
+    pub max_frame: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> RawFramed<S> {
@@ -33,6 +34,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> RawFramed<S> {
         Self {
             reader: FramedRead::new(read, codec(max_frame)),
             writer: FramedWrite::new(write, codec(max_frame)),
+            max_frame,
         }
     }
 
@@ -71,6 +73,7 @@ pub struct ConnectionReader<S> {
 pub struct ConnectionWriter<S> {
     frames: FramedWrite<WriteHalf<S>, LengthDelimitedCodec>,
     sealer: FrameSealer,
+    max_frame: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
@@ -89,6 +92,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             writer: ConnectionWriter {
                 frames: raw.writer,
                 sealer,
+                max_frame: raw.max_frame,
             },
         }
     }
@@ -125,6 +129,10 @@ impl<S: AsyncWrite + Send + 'static> ConnectionWriter<S> {
         let tag = self.sealer.next_mac(&body);
         body.extend_from_slice(&tag);
         let size = body.len();
+        if size > self.max_frame {
+            // Checked before the codec sees it: its error would close the connection.
+            return Err(TransportError::TooLarge(size));
+        }
         match tokio::time::timeout(WRITE_TIMEOUT, self.frames.send(Bytes::from(body))).await {
             Ok(result) => result?,
             Err(_) => return Err(TransportError::Timeout("write")),

@@ -37,6 +37,9 @@ pub enum TransportError {
     /// The peer closed the connection.
     #[error("connection closed")]
     Closed,
+    /// A message of ours encodes larger than the frame limit; it was not sent.
+    #[error("message of {0} bytes exceeds the frame limit")]
+    TooLarge(usize),
     /// A frame or handshake field that does not decode.
     #[error("malformed frame: {0}")]
     Malformed(String),
