@@ -3,9 +3,16 @@
 //! and a wiped data directory comes back as a new actor without hiding
 //! what its old incarnation wrote.
 //!
+//! A SIGKILL leaves the kernel's page cache alone, so these tests prove that
+//! nothing is acknowledged before it reached the kernel and that recovery
+//! replays it; that the fdatasync comes before the answer is the writer's
+//! design (checked with strace: record write, fdatasync, then the response).
+//! Losing the page cache itself (a power cut) needs a VM to test.
+//!
 //! `figures` (ignored) measures throughput, fsyncs, recovery time and disk
 //! use; run it with the release build:
 //! `cargo test --release -p tally --test durability figures -- --ignored --nocapture`.
+//! `TALLY_BIN=<path>` measures another build of the binary (before/after comparisons).
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -266,10 +273,72 @@ async fn a_clean_stop_replays_and_named_counters_survive_restarts() {
     .expect("test timed out");
 }
 
+/// A metric's value on `node` (0 when absent).
+async fn metric(node: &NodeProcess, name: &str) -> u64 {
+    let Ok(response) = common::http().get(node.url("/metrics")).send().await else {
+        return 0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// News from a peer is not waited for, but it must not wait forever either:
+/// a steady stream of it used to postpone its sync indefinitely.
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_news_is_made_durable_while_more_keeps_coming() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut cluster = Cluster::start(2, &[]).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stream = {
+            let (url, stop) = (cluster.nodes[1].url("/increment"), stop.clone());
+            tokio::spawn(async move {
+                let http = common::http();
+                while !stop.load(SeqCst) {
+                    let _ = http.post(&url).send().await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let listener = &cluster.nodes[0];
+        assert!(
+            wait_until(CONVERGE, || async { listener.value().await > 0 }).await,
+            "n1 never heard of n2's writes"
+        );
+        let before = metric(listener, "tally_wal_fsyncs_total").await;
+        let synced = wait_until(CONVERGE, || async {
+            metric(listener, "tally_wal_fsyncs_total").await > before
+        })
+        .await;
+        assert!(synced, "n1 never synced the news while it kept coming");
+        // Crash n1 mid-stream; with n2 gone too, only n1's own log can answer.
+        cluster.nodes[0].kill9();
+        stop.store(true, SeqCst);
+        stream.await.expect("stream task");
+        cluster.nodes[1].kill9();
+        cluster.nodes[0].restart();
+        cluster.nodes[0].wait_ready().await;
+        assert!(
+            cluster.nodes[0].value().await > 0,
+            "the synced news was lost"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
 // ---------------------------------------------------------------------------
 // Figures (not a test): run with the release build, see the module docs.
 // Sizes can be lowered with DURABILITY_RECORDS (default 1,000,000).
 // ---------------------------------------------------------------------------
+
+/// The binary to measure: `TALLY_BIN`, or the one cargo built.
+fn tally_bin() -> String {
+    std::env::var("TALLY_BIN").unwrap_or_else(|_| common::TALLY.to_owned())
+}
 
 /// A node whose log goes to a file, so the recovery line can be read.
 struct LoggedNode {
@@ -283,7 +352,7 @@ impl LoggedNode {
         let http_addr = format!("127.0.0.1:{}", common::free_port());
         let gossip_addr = format!("127.0.0.1:{}", common::free_port());
         let out = std::fs::File::create(log).expect("log file");
-        let child = std::process::Command::new(common::TALLY)
+        let child = std::process::Command::new(tally_bin())
             .args(["node", "--id", "fig", "--http-addr", &http_addr])
             .args(["--gossip-addr", &gossip_addr, "--data-dir"])
             .arg(data_dir)
@@ -352,7 +421,7 @@ impl LoggedNode {
 /// Runs `tally bench`; returns its output and wall time.
 async fn bench(http_addr: &str, clients: usize, requests: u64) -> (String, Duration) {
     let started = Instant::now();
-    let output = tokio::process::Command::new(common::TALLY)
+    let output = tokio::process::Command::new(tally_bin())
         .args(["bench", "--log", "warn", "--target", http_addr])
         .args(["--clients", &clients.to_string()])
         .args(["--requests", &requests.to_string()])
@@ -375,6 +444,22 @@ fn disk_usage(dir: &Path) -> String {
         .next()
         .unwrap_or("?")
         .to_owned()
+}
+
+/// The WAL's files with their sizes.
+fn wal_files(data_dir: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("wal")) else {
+        return "no wal directory".into();
+    };
+    let mut files: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|entry| {
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            format!("{} {} B", entry.file_name().to_string_lossy(), size)
+        })
+        .collect();
+    files.sort();
+    files.join(", ")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -403,20 +488,26 @@ async fn figures() {
     }
     node.terminate();
 
-    for (title, extra) in [
-        ("no snapshot (the whole log replays)", &[][..]),
+    for (name, title, extra) in [
+        ("full-log", "no snapshot: the whole log replays", &[][..]),
         (
+            "compacted",
             "--snapshot-bytes 8 MiB",
             &["--snapshot-bytes", "8388608"][..],
         ),
     ] {
         println!("== {records} increments, {title}");
-        let data = dir.path().join(title.split(' ').next().unwrap_or("run"));
+        let data = dir.path().join(name);
         let node = LoggedNode::start(&data, &log, extra).await;
         let (output, _) = bench(&node.http_addr, 256, records).await;
         println!("{output}");
         node.terminate();
-        println!("disk: {} ({})", disk_usage(&data), data.display());
+        println!(
+            "disk: {} ({}): {}",
+            disk_usage(&data),
+            data.display(),
+            wal_files(&data)
+        );
         let started = Instant::now();
         let node = LoggedNode::start(&data, &log, extra).await;
         println!(
