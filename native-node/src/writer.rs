@@ -18,13 +18,14 @@ use std::time::Duration;
 
 use crdt_core::{CounterMap, CounterName, CrdtError, Entry, Op, PnCounter, Summary};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::gossip::RemoteSink;
 use crate::journal;
 use crate::metrics::Metrics;
 use crate::replica::Replica;
-use crate::wal::{Wal, WalError};
+use crate::wal::{SnapshotTicket, Wal, WalError};
 
 /// Longest a peer's news waits in memory before it is synced.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(100);
@@ -109,6 +110,7 @@ pub fn start(
         metrics,
         config,
         failed: None,
+        snapshot: None,
     };
     tokio::spawn(writer.run(local_rx, remote_rx));
     WriterHandle { queue, remote }
@@ -120,6 +122,9 @@ struct Writer {
     metrics: Arc<Metrics>,
     config: WriterConfig,
     failed: Option<String>,
+    /// A snapshot being encoded and written off this task, so batches keep
+    /// committing meanwhile.
+    snapshot: Option<JoinHandle<Result<SnapshotTicket, WalError>>>,
 }
 
 /// A local operation that passed validation and waits for its fsync.
@@ -167,6 +172,9 @@ impl Writer {
             }
         }
         self.sync_only().await;
+        if let Some(task) = self.snapshot.take() {
+            self.finish_snapshot(task).await;
+        }
     }
 
     /// Commits one batch; returns true when remote records await a sync
@@ -281,24 +289,51 @@ impl Writer {
         let _ = self.with_wal(|wal| wal.sync().map(|_| ())).await;
     }
 
+    /// Finishes a snapshot that is done, or starts one when the log has grown enough.
+    ///
+    /// `begin_snapshot` rotates the log; everything appended before it is
+    /// already in the replica (local writes are applied before this runs,
+    /// peer news is merged before it is queued here), so a snapshot encoded
+    /// later covers it. Replay is merging, so covering more is harmless.
     async fn maybe_snapshot(&mut self) {
-        let due = self
-            .wal
+        if self
+            .snapshot
             .as_ref()
-            .is_some_and(|wal| wal.bytes_since_snapshot() >= self.config.snapshot_bytes);
+            .is_some_and(|task| task.is_finished())
+        {
+            if let Some(task) = self.snapshot.take() {
+                self.finish_snapshot(task).await;
+            }
+        }
+        let due = self.snapshot.is_none()
+            && self
+                .wal
+                .as_ref()
+                .is_some_and(|wal| wal.bytes_since_snapshot() >= self.config.snapshot_bytes);
         if !due {
             return;
         }
+        let Ok(ticket) = self.with_wal(|wal| wal.begin_snapshot()).await else {
+            return;
+        };
         let replica = Arc::clone(&self.replica);
-        let result = self
-            .with_wal(move |wal| {
-                let ticket = wal.begin_snapshot()?;
-                let payload = journal::snapshot(&replica.read());
-                ticket.write(&payload)?;
-                wal.finish_snapshot(ticket)
-            })
-            .await;
-        match result {
+        self.snapshot = Some(tokio::task::spawn_blocking(move || {
+            let payload = journal::snapshot(&replica.read());
+            ticket.write(&payload)?;
+            Ok(ticket)
+        }));
+    }
+
+    async fn finish_snapshot(&mut self, task: JoinHandle<Result<SnapshotTicket, WalError>>) {
+        let written = match task.await {
+            Ok(written) => written.map_err(|error| error.to_string()),
+            Err(panic) => Err(panic.to_string()),
+        };
+        let finished = match written {
+            Ok(ticket) => self.with_wal(move |wal| wal.finish_snapshot(ticket)).await,
+            Err(error) => Err(error),
+        };
+        match finished {
             Ok(()) => {
                 self.metrics.snapshots.fetch_add(1, Relaxed);
                 tracing::info!("snapshot written, covered log segments removed");
