@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http, wait_until, TALLY};
+use common::{free_port, post_to, value_at, wait_until, GatewayApi, TALLY};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::Rng;
@@ -148,6 +148,8 @@ fn refuses_connections(addr: &SocketAddr) -> bool {
 /// One `tally dev` process and its ports.
 struct Demo {
     ports: Ports,
+    /// The demo's own gateway, the way a user reaches it.
+    gateway: GatewayApi,
     child: Child,
     logs: tempfile::TempDir,
 }
@@ -170,7 +172,15 @@ impl Demo {
     fn start_on(ports: Ports, data_dir: &Path) -> Self {
         let logs = tempfile::tempdir().expect("log dir");
         let child = spawn_dev(&ports, data_dir, logs.path());
-        Self { ports, child, logs }
+        let gateway = GatewayApi {
+            addr: format!("127.0.0.1:{}", ports.gateway),
+        };
+        Self {
+            ports,
+            gateway,
+            child,
+            logs,
+        }
     }
 
     fn stderr(&self) -> String {
@@ -182,59 +192,35 @@ impl Demo {
     async fn ready(&self) -> Result<(), String> {
         let ready = wait_until(PATIENCE, || async {
             !running(self.child.id())
-                || self.get("/health").await.1["healthy_nodes"] == u64::from(NODES)
+                || self.gateway.health().await.1["healthy_nodes"] == u64::from(NODES)
         })
         .await;
-        let healthy = self.get("/health").await.1["healthy_nodes"] == u64::from(NODES);
+        let healthy = self.gateway.health().await.1["healthy_nodes"] == u64::from(NODES);
         match ready && healthy {
             true => Ok(()),
             false => Err(self.stderr()),
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports.gateway)
-    }
-
-    /// GET through the gateway: status and JSON (0 and null when unreachable).
-    async fn get(&self, path: &str) -> (u16, Value) {
-        match http().get(self.url(path)).send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                (status, response.json().await.unwrap_or(Value::Null))
-            }
-            Err(_) => (0, Value::Null),
-        }
-    }
-
+    /// POST with no body through the gateway: status and JSON.
     async fn post(&self, path: &str) -> (u16, Value) {
-        let response = http()
-            .post(self.url(path))
-            .send()
-            .await
-            .expect("POST to the gateway");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.gateway.post(path, "").await
     }
 
-    async fn nodes(&self) -> Vec<NodeView> {
-        let response = http()
-            .get(self.url("/nodes"))
-            .send()
-            .await
-            .expect("GET /nodes");
-        response.json().await.expect("/nodes JSON")
-    }
-
-    async fn node_view(&self, id: &str) -> Option<NodeView> {
-        self.nodes().await.into_iter().find(|view| view.id == id)
+    /// Waits until the gateway's `/nodes` row of node `id` passes `check`.
+    async fn node_view_becomes(&self, id: &str, check: impl Fn(&NodeView) -> bool) -> bool {
+        wait_until(PATIENCE, || async {
+            self.gateway
+                .node_view(id)
+                .await
+                .is_some_and(|view| check(&view))
+        })
+        .await
     }
 
     /// Node `index`'s own value of the default counter, asked directly.
     async fn node_value(&self, index: u16) -> Option<i64> {
-        let url = format!("http://{}/counter", self.ports.node_http(index));
-        let response = http().get(url).send().await.ok()?;
-        response.json::<Value>().await.ok()?["value"].as_i64()
+        value_at(&format!("http://{}/counter", self.ports.node_http(index))).await
     }
 
     async fn all_nodes_show(&self, expected: i64) -> bool {
@@ -313,7 +299,7 @@ async fn the_demo_stops_on_a_signal_and_keeps_its_data() {
         again.all_nodes_show(10).await,
         "the data did not survive a restart"
     );
-    assert_eq!(again.get("/counter").await.1["value"], 10);
+    assert_eq!(again.gateway.get("/counter").await.1["value"], 10);
     again.stop_with(Signal::SIGTERM).await;
 }
 
@@ -338,11 +324,7 @@ async fn demo_controls_crash_restart_partition_and_heal() {
         409,
         "crashing twice"
     );
-    let down = wait_until(PATIENCE, || async {
-        demo.node_view("node-2")
-            .await
-            .is_some_and(|view| !view.healthy)
-    });
+    let down = demo.node_view_becomes("node-2", |view| !view.healthy);
     assert!(down.await, "/nodes still shows node-2 healthy");
     for _ in 0..4 {
         assert_eq!(demo.post("/increment").await.0, 200);
@@ -359,28 +341,19 @@ async fn demo_controls_crash_restart_partition_and_heal() {
         409,
         "restarting a running node"
     );
-    let back = wait_until(PATIENCE, || async {
-        demo.node_view("node-2")
-            .await
-            .is_some_and(|view| view.healthy)
-    });
+    let back = demo.node_view_becomes("node-2", |view| view.healthy);
     assert!(back.await, "/nodes never showed node-2 healthy again");
 
     // Partition node-3: writes elsewhere spread to node-2 but not to it.
     assert_eq!(demo.post("/demo/nodes/node-3/partition").await.0, 200);
     let cut = demo
+        .gateway
         .node_view("node-3")
         .await
         .is_some_and(|view| view.partitioned);
     assert!(cut, "/nodes does not show node-3 partitioned");
     let url = format!("http://{}/increment", demo.ports.node_http(0));
-    let answer = http()
-        .post(url)
-        .body(r#"{"amount": 10}"#)
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(post_to(&url, r#"{"amount": 10}"#).await.0, 200);
     let spread = wait_until(PATIENCE, || async { demo.node_value(1).await == Some(17) });
     assert!(spread.await, "node-2 never saw node-1's write");
     assert_eq!(
@@ -396,6 +369,7 @@ async fn demo_controls_crash_restart_partition_and_heal() {
         "node-3 did not catch up after heal"
     );
     let healed = demo
+        .gateway
         .node_view("node-3")
         .await
         .is_some_and(|view| !view.partitioned);

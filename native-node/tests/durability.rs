@@ -167,17 +167,23 @@ fn incarnations(state: &Value, id: &str) -> Vec<(String, u64)> {
     found
 }
 
+/// Increments the default counter `times` on the first node, then waits
+/// until every node shows `total`.
+async fn increment_n1_until_all_show(cluster: &Cluster, times: usize, total: i64) {
+    for _ in 0..times {
+        assert_eq!(cluster.nodes[0].post("/increment", "").await.0, 200);
+    }
+    assert!(
+        cluster.converge(None, total, CONVERGE).await,
+        "no convergence on {total}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wiped_node_comes_back_as_a_new_actor_and_loses_nothing() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut cluster = Cluster::start(2, &[]).await;
-        for _ in 0..5 {
-            assert_eq!(cluster.nodes[0].post("/increment", "").await.0, 200);
-        }
-        assert!(
-            cluster.converge(None, 5, CONVERGE).await,
-            "no convergence on 5"
-        );
+        increment_n1_until_all_show(&cluster, 5, 5).await;
         let old_actor = incarnations(&cluster.nodes[0].get_json("/state").await, "n1");
 
         let n1 = &mut cluster.nodes[0];
@@ -185,13 +191,7 @@ async fn a_wiped_node_comes_back_as_a_new_actor_and_loses_nothing() {
         std::fs::remove_dir_all(&n1.data_dir).expect("wipe n1's data directory");
         n1.restart();
         n1.wait_ready().await;
-        for _ in 0..3 {
-            assert_eq!(cluster.nodes[0].post("/increment", "").await.0, 200);
-        }
-        assert!(
-            cluster.converge(None, 8, CONVERGE).await,
-            "no convergence on 8"
-        );
+        increment_n1_until_all_show(&cluster, 3, 8).await;
         for node in &cluster.nodes {
             let actors = incarnations(&node.get_json("/state").await, "n1");
             assert_eq!(
@@ -273,19 +273,6 @@ async fn a_clean_stop_replays_and_named_counters_survive_restarts() {
     .expect("test timed out");
 }
 
-/// A metric's value on `node` (0 when absent).
-async fn metric(node: &NodeProcess, name: &str) -> u64 {
-    let Ok(response) = common::http().get(node.url("/metrics")).send().await else {
-        return 0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .find(|line| line.starts_with(name))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// News from a peer is not waited for, but it must not wait forever either:
 /// a steady stream of it used to postpone its sync indefinitely.
 #[tokio::test(flavor = "multi_thread")]
@@ -308,9 +295,9 @@ async fn peer_news_is_made_durable_while_more_keeps_coming() {
             wait_until(CONVERGE, || async { listener.value().await > 0 }).await,
             "n1 never heard of n2's writes"
         );
-        let before = metric(listener, "tally_wal_fsyncs_total").await;
+        let before = listener.metric("tally_wal_fsyncs_total", "").await;
         let synced = wait_until(CONVERGE, || async {
-            metric(listener, "tally_wal_fsyncs_total").await > before
+            listener.metric("tally_wal_fsyncs_total", "").await > before
         })
         .await;
         assert!(synced, "n1 never synced the news while it kept coming");
@@ -369,33 +356,15 @@ impl LoggedNode {
             http_addr,
             log: log.to_owned(),
         };
-        let http = common::http();
         let url = format!("http://{}/health", node.http_addr);
-        let ready = wait_until(Duration::from_secs(120), || {
-            let request = http.get(&url).send();
-            async move { matches!(request.await, Ok(r) if r.status().is_success()) }
-        })
-        .await;
+        let ready = common::answers_ok(&url, Duration::from_secs(120)).await;
         assert!(ready, "node did not become ready; see {}", log.display());
         node
     }
 
     /// `tally_wal_fsyncs_total` from /metrics.
     async fn fsyncs(&self) -> u64 {
-        let url = format!("http://{}/metrics", self.http_addr);
-        let text = common::http()
-            .get(url)
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find(|line| line.starts_with("tally_wal_fsyncs_total"))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|n| n.parse().ok())
-            .expect("tally_wal_fsyncs_total in /metrics")
+        common::metric_at(&self.http_addr, "tally_wal_fsyncs_total", "").await
     }
 
     /// `elapsed_ms` of the "recovered from the write-ahead log" line.
@@ -410,11 +379,7 @@ impl LoggedNode {
     }
 
     fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status();
-        let _ = self.child.wait();
+        common::signal_and_reap(&mut self.child, "TERM");
     }
 }
 

@@ -3,102 +3,19 @@
 //! reads, and the node table / health answers.
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http, wait_until, Cluster, NodeProcess, TALLY};
+use common::{http, wait_until, Cluster, GatewayProcess, NodeProcess};
 use crdt_core::stream::ClusterEvent;
 use crdt_core::{wire, CounterMap, DEFAULT_COUNTER};
 use futures_util::StreamExt;
 use serde_json::Value;
-use tally_gateway::NodeView;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// One `tally gateway` process.
-struct GatewayProcess {
-    addr: String,
-    child: Child,
-}
-
-impl GatewayProcess {
-    /// Starts a gateway in front of `nodes` and waits until it sees all of them healthy.
-    async fn start(nodes: &[NodeProcess]) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut command = Command::new(TALLY);
-        command.args(["gateway", "--addr", &addr]);
-        for node in nodes {
-            command.args(["--node", &node.http_addr]);
-        }
-        let log = std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "warn".into());
-        let child = command
-            .env("TALLY_LOG", log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn tally gateway");
-        let gateway = Self { addr, child };
-        let everyone = nodes.len() as u64;
-        let ready = wait_until(PATIENCE, || async {
-            gateway.health().await.1["healthy_nodes"] == everyone
-        })
-        .await;
-        assert!(ready, "the gateway never saw {everyone} healthy nodes");
-        gateway
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// `GET /health`: status and body (0 and null when unreachable).
-    async fn health(&self) -> (u16, Value) {
-        match http().get(self.url("/health")).send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                (status, response.json().await.unwrap_or(Value::Null))
-            }
-            Err(_) => (0, Value::Null),
-        }
-    }
-
-    async fn nodes(&self) -> Vec<NodeView> {
-        let response = http()
-            .get(self.url("/nodes"))
-            .send()
-            .await
-            .expect("GET /nodes");
-        response.json().await.expect("/nodes JSON")
-    }
-
-    /// Resident memory in bytes, from `/proc/<pid>/status`.
-    fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("gateway /proc status");
-        let kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .expect("VmRSS line");
-        kib * 1024
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Waits until every node holds the same `default` counter state (same
 /// increments per actor, not merely the same sum) and returns its value.
@@ -137,7 +54,7 @@ async fn writes_keep_succeeding_while_a_node_is_killed() {
     const PER_CLIENT: usize = 100;
     const KILL_AFTER: usize = CLIENTS * PER_CLIENT / 3;
     let mut cluster = Cluster::start(3, &[]).await;
-    let gateway = GatewayProcess::start(&cluster.nodes).await;
+    let gateway = GatewayProcess::start(&cluster.nodes, None).await;
 
     let done = Arc::new(AtomicUsize::new(0));
     let killed_at: Arc<std::sync::OnceLock<Instant>> = Arc::default();
@@ -250,7 +167,7 @@ async fn follow<S>(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_stream_merges_to_the_cluster_value() {
     let cluster = Cluster::start(3, &[]).await;
-    let gateway = GatewayProcess::start(&cluster.nodes).await;
+    let gateway = GatewayProcess::start(&cluster.nodes, None).await;
     let url = format!("ws://{}/ws", gateway.addr);
     let (mut socket, _) = tokio_tungstenite::connect_async(url)
         .await
@@ -355,7 +272,7 @@ async fn browsers_that_never_read_do_not_grow_the_gateway() {
     const WRITERS: usize = 16;
     const WRITES_PER_WRITER: usize = 600;
     let cluster = Cluster::start(3, &[]).await;
-    let gateway = GatewayProcess::start(&cluster.nodes).await;
+    let gateway = GatewayProcess::start(&cluster.nodes, None).await;
     let baseline = gateway.rss_bytes();
     // Held, never polled while the load runs.
     let mut stalled = Vec::new();
@@ -424,7 +341,7 @@ async fn browsers_that_never_read_do_not_grow_the_gateway() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_and_health_report_the_cluster() {
     let mut cluster = Cluster::start(3, &[]).await;
-    let gateway = GatewayProcess::start(&cluster.nodes).await;
+    let gateway = GatewayProcess::start(&cluster.nodes, None).await;
     let (status, body) = gateway.health().await;
     assert_eq!(
         (status, &body["status"]),
@@ -433,12 +350,7 @@ async fn nodes_and_health_report_the_cluster() {
     );
 
     for _ in 0..9 {
-        let answer = http()
-            .post(gateway.url("/increment"))
-            .send()
-            .await
-            .expect("POST");
-        assert_eq!(answer.status().as_u16(), 200);
+        assert_eq!(gateway.post("/increment", "").await.0, 200);
     }
     assert!(cluster.converge(None, 9, PATIENCE).await);
     let shown = wait_until(PATIENCE, || async {
@@ -467,12 +379,8 @@ async fn nodes_and_health_report_the_cluster() {
 
     // Writes the killed node never sees show up as its lag.
     cluster.nodes[2].kill9();
-    let answer = http()
-        .post(gateway.url("/increment"))
-        .body(r#"{"amount": 5}"#)
-        .send()
-        .await;
-    assert_eq!(answer.expect("POST").status().as_u16(), 200);
+    let answer = gateway.post("/increment", r#"{"amount": 5}"#).await;
+    assert_eq!(answer.0, 200);
     let lagging = wait_until(PATIENCE, || async {
         let views = gateway.nodes().await;
         let dead = views.iter().find(|view| view.id == "n3");

@@ -156,22 +156,6 @@ async fn assert_all_hold(nodes: &[&NodeProcess], prefix: &str, expected: &Expect
     }
 }
 
-/// The sum of a metric's samples whose labels contain `label` (all samples for "").
-async fn metric(node: &NodeProcess, name: &str, label: &str) -> u64 {
-    let text = common::http()
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|line| line.split(['{', ' ']).next() == Some(name) && line.contains(label))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// 10,000 counters: each written on one node, every 10th also on a second,
 /// every 25th on all three, every 7th also decremented elsewhere.
 fn ten_thousand_writes() -> Vec<Write> {
@@ -234,7 +218,9 @@ async fn join_empty_node(
     let newcomer = NodeProcess::start(id, &cluster.dir.path().join(id), &args);
     newcomer.wait_ready().await;
     assert_all_hold(&[&newcomer], "bulk/", expected).await;
-    let pushes = metric(&newcomer, "tally_gossip_frames_in_total", "type=\"push\"").await;
+    let pushes = newcomer
+        .metric("tally_gossip_frames_in_total", "type=\"push\"")
+        .await;
     (newcomer, pushes)
 }
 
@@ -256,9 +242,10 @@ async fn restart_all_with(cluster: &mut Cluster, extra: &[&str]) {
     cluster.nodes = restarted;
 }
 
-async fn assert_no_rejected_frames(nodes: &[&NodeProcess]) {
+/// Asserts that none of `nodes` rejected a gossip frame.
+async fn assert_no_rejected_frames<'a>(nodes: impl IntoIterator<Item = &'a NodeProcess>) {
     for node in nodes {
-        let rejected = metric(node, "tally_rejected_frames_total", "").await;
+        let rejected = node.metric("tally_rejected_frames_total", "").await;
         assert_eq!(rejected, 0, "{} rejected frames", node.id);
     }
 }
@@ -284,9 +271,7 @@ async fn an_empty_node_catches_up_on_a_large_keyspace() {
         pushes >= 50,
         "expected many chunks under a 64 KiB frame limit, got {pushes}"
     );
-    let mut everyone: Vec<&NodeProcess> = cluster.nodes.iter().collect();
-    everyone.push(&joiner);
-    assert_no_rejected_frames(&everyone).await;
+    assert_no_rejected_frames(cluster.nodes.iter().chain([&joiner])).await;
     drop(joiner);
 
     restart_all_with(&mut cluster, &[]).await;
@@ -298,20 +283,7 @@ async fn an_empty_node_catches_up_on_a_large_keyspace() {
         pushes >= 2,
         "the keyspace exceeds one 1 MiB frame's half; got {pushes} push frames"
     );
-    let mut everyone: Vec<&NodeProcess> = cluster.nodes.iter().collect();
-    everyone.push(&joiner);
-    assert_no_rejected_frames(&everyone).await;
-}
-
-/// GET `path` on `node`; returns status and JSON body.
-async fn get(node: &NodeProcess, path: &str) -> (u16, Value) {
-    let response = common::http()
-        .get(node.url(path))
-        .send()
-        .await
-        .expect("GET");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    assert_no_rejected_frames(cluster.nodes.iter().chain([&joiner])).await;
 }
 
 fn names(page: &Value) -> Vec<&str> {
@@ -338,16 +310,18 @@ async fn listing_pages_filters_and_validates() {
     );
 
     // Prefix filter: "pagesX" shares the text but not the "pages/" prefix.
-    let (status, all) = get(node, "/counters?prefix=pages/").await;
+    let (status, all) = node.get("/counters?prefix=pages/").await;
     assert_eq!(status, 200);
     assert_eq!(names(&all), ["pages/a", "pages/b", "pages/c", unicode]);
     assert_eq!(all["next"], Value::Null);
 
     // Cursor: `next` is the last name of a full page; following it resumes after it.
-    let (_, first) = get(node, "/counters?prefix=pages/&limit=2").await;
+    let (_, first) = node.get("/counters?prefix=pages/&limit=2").await;
     assert_eq!(names(&first), ["pages/a", "pages/b"]);
     assert_eq!(first["next"], "pages/b");
-    let (_, second) = get(node, "/counters?prefix=pages/&limit=2&after=pages/b").await;
+    let (_, second) = node
+        .get("/counters?prefix=pages/&limit=2&after=pages/b")
+        .await;
     assert_eq!(names(&second), ["pages/c", unicode]);
     assert_eq!(
         second["next"],
@@ -355,13 +329,13 @@ async fn listing_pages_filters_and_validates() {
         "an exactly full last page has no next"
     );
     // A cursor before the prefix starts at the prefix; one past everything is empty.
-    let (_, early) = get(node, "/counters?prefix=pages/&limit=1&after=a").await;
+    let (_, early) = node.get("/counters?prefix=pages/&limit=1&after=a").await;
     assert_eq!(names(&early), ["pages/a"]);
-    let (_, late) = get(node, "/counters?prefix=pages/&after=zzz").await;
+    let (_, late) = node.get("/counters?prefix=pages/&after=zzz").await;
     assert_eq!(names(&late), Vec::<&str>::new());
     assert_eq!(late["next"], Value::Null);
     // Values come with names; no prefix lists everything in name order.
-    let (_, everything) = get(node, "/counters?limit=1000").await;
+    let (_, everything) = node.get("/counters?limit=1000").await;
     let listed: Vec<(&str, i64)> = everything["counters"]
         .as_array()
         .expect("counters")
@@ -387,12 +361,12 @@ async fn listing_pages_filters_and_validates() {
 
     // Limit bounds.
     for bad in ["0", "1001", "-1", "abc", "99999999999999999999999"] {
-        let (status, answer) = get(node, &format!("/counters?limit={bad}")).await;
+        let (status, answer) = node.get(&format!("/counters?limit={bad}")).await;
         assert_eq!(status, 400, "limit={bad}");
         assert!(answer["error"].is_string(), "limit={bad}: {answer}");
     }
-    assert_eq!(get(node, "/counters?limit=1").await.0, 200);
-    assert_eq!(get(node, "/counters?limit=1000").await.0, 200);
+    assert_eq!(node.get("/counters?limit=1").await.0, 200);
+    assert_eq!(node.get("/counters?limit=1000").await.0, 200);
 
     // Names: 128 bytes is the most; control characters are refused.
     let longest = "n".repeat(128);
@@ -402,7 +376,7 @@ async fn listing_pages_filters_and_validates() {
             .0,
         200
     );
-    assert_eq!(get(node, &format!("/counters/{longest}")).await.0, 200);
+    assert_eq!(node.get(&format!("/counters/{longest}")).await.0, 200);
     let two_byte_chars = "é".repeat(65); // 130 bytes in 65 characters
     let too_long = "n".repeat(129);
     for bad in [
@@ -419,7 +393,7 @@ async fn listing_pages_filters_and_validates() {
                 .await,
             node.post(&format!("/counters/{segment}/decrement"), "")
                 .await,
-            get(node, &format!("/counters/{segment}")).await,
+            node.get(&format!("/counters/{segment}")).await,
         ] {
             assert_eq!(status, 400, "{bad:?}: {answer}");
             assert!(answer["error"].is_string(), "{bad:?}: {answer}");
@@ -427,13 +401,15 @@ async fn listing_pages_filters_and_validates() {
     }
 
     // Never written: 404 with a JSON error, and still not listed.
-    let (status, answer) = get(node, "/counters/never-written").await;
+    let (status, answer) = node.get("/counters/never-written").await;
     assert_eq!(status, 404);
     assert!(answer["error"].is_string(), "{answer}");
-    let (_, listing) = get(node, "/counters?prefix=never").await;
+    let (_, listing) = node.get("/counters?prefix=never").await;
     assert_eq!(names(&listing), Vec::<&str>::new());
     // A written one answers with its name and value.
-    let (status, answer) = get(node, &format!("/counters/{}", encode_segment(unicode))).await;
+    let (status, answer) = node
+        .get(&format!("/counters/{}", encode_segment(unicode)))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(answer["name"], unicode);
     assert_eq!(answer["value"], 1);

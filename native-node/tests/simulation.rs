@@ -174,6 +174,23 @@ impl SimCluster {
         }
     }
 
+    /// Runs until every node in `group` sees every one of them alive (at most
+    /// [`SETTLE`]); returns how long it took.
+    fn until_all_alive(&mut self, group: &[usize]) -> Option<Duration> {
+        self.run_until(SETTLE, |c| c.all_see(group, group, Status::Alive))
+    }
+
+    /// Runs until every live node holds every acknowledged write (at most
+    /// `limit`, else panics with `failure`), asserts it in full, and returns
+    /// how long it took.
+    fn settle(&mut self, limit: Duration, failure: &str) -> Duration {
+        let took = self
+            .run_until(limit, SimCluster::converged)
+            .unwrap_or_else(|| panic!("{failure}"));
+        self.assert_converged();
+        took
+    }
+
     /// A local write on node `index`, done as the writer does after its
     /// fsync: apply, raise our own watermark, publish for gossip.
     fn write(&mut self, index: usize, counter: &str, op: Op) {
@@ -272,6 +289,11 @@ impl SimCluster {
         rest.iter()
             .all(|&i| self.nodes[i].replica.read().map.digest() == digest)
             && self.values(first) == *expected
+    }
+
+    /// The nodes of `among` that are crashed now.
+    fn crashed(&self, among: &[usize]) -> Vec<usize> {
+        among.iter().copied().filter(|&i| self.down[i]).collect()
     }
 
     /// Every live node holds every acknowledged write.
@@ -407,7 +429,7 @@ fn partition_and_heal(seed: u64) {
 
     // 1. Five nodes that only know n0 find each other.
     let mut cluster = SimCluster::start(5, &[0], seed);
-    let found = cluster.run_until(SETTLE, |c| c.all_see(&all, &all, Status::Alive));
+    let found = cluster.until_all_alive(&all);
     assert!(found.is_some(), "membership never completed");
 
     // 2. A write on every node reaches every node.
@@ -436,15 +458,10 @@ fn partition_and_heal(seed: u64) {
 
     // 4. Heal: everyone ends with every write, and sees everyone alive.
     cluster.heal();
-    let healed = cluster
-        .run_until(SETTLE, SimCluster::converged)
-        .expect("no convergence after heal");
-    cluster.assert_converged();
+    let healed = cluster.settle(SETTLE, "no convergence after heal");
     assert_eq!(cluster.values(3)["default"], 125);
     assert_eq!(cluster.values(3)["stock"], 4);
-    assert!(cluster
-        .run_until(SETTLE, |c| c.all_see(&all, &all, Status::Alive))
-        .is_some());
+    assert!(cluster.until_all_alive(&all).is_some());
     println!(
         "5-node partition: sides marked dead after {} ms; converged {} ms ({:.1} rounds) after heal",
         sides_apart.as_millis(),
@@ -478,9 +495,7 @@ fn lost_nodes_are_detected_and_a_restarted_node_catches_up() {
 
     // 1. Five nodes (seeded with n0 and n1) agree on a first write.
     let mut cluster = SimCluster::start(5, &[0, 1], 2);
-    assert!(cluster
-        .run_until(SETTLE, |c| c.all_see(&all, &all, Status::Alive))
-        .is_some());
+    assert!(cluster.until_all_alive(&all).is_some());
     cluster.write(3, "default", Op::Increment(5));
     assert!(cluster.run_until(SETTLE, SimCluster::converged).is_some());
 
@@ -509,16 +524,9 @@ fn lost_nodes_are_detected_and_a_restarted_node_catches_up() {
     //    write reaches everyone.
     cluster.restart(restarted);
     cluster.write(restarted, "stock", Op::Decrement(2));
-    let caught_up = cluster
-        .run_until(SETTLE, SimCluster::converged)
-        .expect("restarted node never caught up");
-    cluster.assert_converged();
+    let caught_up = cluster.settle(SETTLE, "restarted node never caught up");
     assert_eq!(cluster.values(0)["default"], 1005);
-    assert!(cluster
-        .run_until(SETTLE, |c| {
-            c.all_see(&[0, 1, 2, 4], &[0, 1, 2, 4], Status::Alive)
-        })
-        .is_some());
+    assert!(cluster.until_all_alive(&[0, 1, 2, 4]).is_some());
 
     // 4. n3 stays dead in everyone's view (probes find nobody), and the
     //    live nodes keep converging without it.
@@ -550,9 +558,7 @@ fn an_isolated_node_stays_dead_to_the_others_until_healed() {
     let all = [0, 1, 2];
     let (others, isolated) = ([0, 1], 2);
     let mut cluster = SimCluster::start(3, &[0], 5);
-    assert!(cluster
-        .run_until(SETTLE, |c| c.all_see(&all, &all, Status::Alive))
-        .is_some());
+    assert!(cluster.until_all_alive(&all).is_some());
 
     // 1. Cut n2 off on n2's side only; writes on both sides stay apart.
     cluster.isolate(isolated, &others);
@@ -577,13 +583,8 @@ fn an_isolated_node_stays_dead_to_the_others_until_healed() {
 
     // 3. Heal: alive again, and one value everywhere.
     cluster.isolate(isolated, &[]);
-    let healed = cluster
-        .run_until(SETTLE, SimCluster::converged)
-        .expect("no convergence after heal");
-    cluster.assert_converged();
-    assert!(cluster
-        .run_until(SETTLE, |c| c.all_see(&all, &all, Status::Alive))
-        .is_some());
+    let healed = cluster.settle(SETTLE, "no convergence after heal");
+    assert!(cluster.until_all_alive(&all).is_some());
     println!(
         "isolated node: dead to all after {} ms; converged {} ms after heal",
         apart.as_millis(),
@@ -632,12 +633,7 @@ fn random_faults(size: usize, seed: u64, epochs: usize) -> Outcome {
                 crashes += 1;
             }
         }
-        let down: Vec<usize> = writers
-            .iter()
-            .copied()
-            .filter(|&i| cluster.down[i])
-            .collect();
-        for &i in &down {
+        for i in cluster.crashed(&writers) {
             if cluster.rng.gen_bool(0.5) {
                 cluster.restart(i);
             }
@@ -659,18 +655,10 @@ fn random_faults(size: usize, seed: u64, epochs: usize) -> Outcome {
 
     // Heal everything; restart every node that is not lost for good.
     cluster.heal();
-    let down: Vec<usize> = writers
-        .iter()
-        .copied()
-        .filter(|&i| cluster.down[i])
-        .collect();
-    for i in down {
+    for i in cluster.crashed(&writers) {
         cluster.restart(i);
     }
-    let healed = cluster
-        .run_until(Duration::from_secs(120), SimCluster::converged)
-        .expect("no convergence after heal");
-    cluster.assert_converged();
+    let healed = cluster.settle(Duration::from_secs(120), "no convergence after heal");
     println!(
         "{size} nodes, seed {seed}: {} writes, {crashes} crashes, {} lost for good, {partitions} partitions; converged {} ms ({:.1} rounds) after heal",
         cluster.writes,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, http, wait_until, Cluster, NodeProcess, TALLY};
+use common::{free_port, http, value_at, wait_until, Cluster, GatewayProcess, NodeProcess};
 use serde_json::Value;
 use thirtyfour::prelude::*;
 use thirtyfour::LoggingPrefsLogLevel;
@@ -35,7 +35,7 @@ async fn the_page_counts_clicks_and_agrees_with_every_node() {
         return;
     };
     let cluster = Cluster::start(NODES, &[]).await;
-    let gateway = GatewayProcess::start(&cluster.nodes, &web_dir).await;
+    let gateway = GatewayProcess::start(&cluster.nodes, Some(&web_dir)).await;
     // Declared before the driver process so it is dropped after it:
     // Chromium is gone before its profile is deleted.
     let profile = tempfile::tempdir().expect("browser profile dir");
@@ -238,8 +238,7 @@ fn parse_shown(text: &str) -> Option<i64> {
 
 /// The node's `default` counter, None while it does not answer.
 async fn node_value(node: &NodeProcess) -> Option<i64> {
-    let response = http().get(node.url("/counter")).send().await.ok()?;
-    response.json::<Value>().await.ok()?["value"].as_i64()
+    value_at(&node.url("/counter")).await
 }
 
 /// The page's visible text, for failure messages.
@@ -376,59 +375,6 @@ impl Drop for ChromeDriverProcess {
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{}", self.child.id())])
             .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One `tally gateway` process serving the web bundle.
-struct GatewayProcess {
-    addr: String,
-    child: Child,
-}
-
-impl GatewayProcess {
-    /// Starts a gateway in front of `nodes` and waits until it sees all of them healthy.
-    async fn start(nodes: &[NodeProcess], web_dir: &Path) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut command = Command::new(TALLY);
-        command
-            .args(["gateway", "--addr", &addr])
-            .arg("--web-dir")
-            .arg(web_dir);
-        for node in nodes {
-            command.args(["--node", &node.http_addr]);
-        }
-        let log = std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "warn".into());
-        let child = command
-            .env("TALLY_LOG", log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn tally gateway");
-        let gateway = Self { addr, child };
-        let health = gateway.url("/health");
-        let everyone = nodes.len() as u64;
-        let ready = wait_until(PATIENCE, || async {
-            match http().get(&health).send().await {
-                Ok(response) => response
-                    .json::<Value>()
-                    .await
-                    .is_ok_and(|body| body["healthy_nodes"] == everyone),
-                Err(_) => false,
-            }
-        })
-        .await;
-        assert!(ready, "the gateway never saw {everyone} healthy nodes");
-        gateway
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

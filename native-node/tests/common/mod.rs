@@ -2,11 +2,13 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tally_gateway::NodeView;
 
 /// The `tally` binary cargo built for these tests.
 pub const TALLY: &str = env!("CARGO_BIN_EXE_tally");
@@ -62,6 +64,80 @@ pub fn http() -> reqwest::Client {
         .expect("client")
 }
 
+/// Waits up to `timeout` until `GET url` answers with a success status.
+pub async fn answers_ok(url: &str, timeout: Duration) -> bool {
+    let http = http();
+    wait_until(timeout, || {
+        let request = http.get(url).send();
+        async move { matches!(request.await, Ok(r) if r.status().is_success()) }
+    })
+    .await
+}
+
+/// An answer's status and JSON body (null when the body is not JSON).
+pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// POST `body` to `url`: status and JSON. Panics when it cannot be sent.
+pub async fn post_to(url: &str, body: &str) -> (u16, Value) {
+    let response = http()
+        .post(url)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("POST");
+    status_and_json(response).await
+}
+
+/// The `"value"` that `GET url` answers (a counter), None while there is no
+/// such answer (unreachable, an error, not JSON).
+pub async fn value_at(url: &str) -> Option<i64> {
+    let response = http().get(url).send().await.ok()?;
+    response.json::<Value>().await.ok()?["value"].as_i64()
+}
+
+/// The sum of the samples of metric `name` whose labels contain `label`
+/// (every sample for ""), from the `/metrics` of the node at `http_addr`.
+pub async fn metric_at(http_addr: &str, name: &str, label: &str) -> u64 {
+    let text = http()
+        .get(format!("http://{http_addr}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|line| line.split(['{', ' ']).next() == Some(name) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A `tally` command logging at `TALLY_TEST_LOG` (default warn), with no stdin.
+fn tally_command() -> Command {
+    let log = std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let mut command = Command::new(TALLY);
+    command.env("TALLY_LOG", log).stdin(Stdio::null());
+    command
+}
+
+/// Sends `signal` (as `kill` names it: "TERM", "INT") and waits for the exit.
+pub fn signal_and_reap(child: &mut Child, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+/// SIGKILL, then waits for the exit (no zombie left behind).
+fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// One `tally node` process.
 pub struct NodeProcess {
     pub id: String,
@@ -107,11 +183,8 @@ impl NodeProcess {
     }
 
     fn spawn(&mut self) {
-        let log = std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "warn".into());
-        let child = Command::new(TALLY)
+        let child = tally_command()
             .args(&self.args)
-            .env("TALLY_LOG", log)
-            .stdin(Stdio::null())
             .spawn()
             .expect("spawn tally node");
         self.child = Some(child);
@@ -124,32 +197,28 @@ impl NodeProcess {
 
     /// Waits until `/health` answers.
     pub async fn wait_ready(&self) {
-        let http = http();
-        let url = self.url("/health");
-        let ready = wait_until(Duration::from_secs(20), || {
-            let request = http.get(&url).send();
-            async move { matches!(request.await, Ok(r) if r.status().is_success()) }
-        })
-        .await;
+        let ready = answers_ok(&self.url("/health"), Duration::from_secs(20)).await;
         assert!(ready, "node {} did not become ready", self.id);
     }
 
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
         }
     }
 
     /// SIGTERM, then waits for the exit.
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
+            signal_and_reap(&mut child, "TERM");
+        }
+    }
+
+    /// SIGINT (Ctrl-C), then waits for the exit.
+    pub fn interrupt(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal_and_reap(&mut child, "INT");
         }
     }
 
@@ -168,15 +237,7 @@ impl NodeProcess {
 
     /// A named counter's value (None when 404).
     pub async fn named(&self, name: &str) -> Option<i64> {
-        let response = http()
-            .get(self.url(&format!("/counters/{name}")))
-            .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        response.json::<Value>().await.ok()?["value"].as_i64()
+        value_at(&self.url(&format!("/counters/{name}"))).await
     }
 
     /// GET `path` as JSON.
@@ -191,16 +252,21 @@ impl NodeProcess {
             .expect("JSON")
     }
 
+    /// GET `path`; returns status and JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = http().get(self.url(path)).send().await.expect("GET");
+        status_and_json(response).await
+    }
+
     /// POST `body` to `path`; returns status and JSON.
     pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let response = http()
-            .post(self.url(path))
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("POST");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        post_to(&self.url(path), body).await
+    }
+
+    /// The sum of the samples of metric `name` whose labels contain `label`
+    /// (every sample for "") in its `/metrics`.
+    pub async fn metric(&self, name: &str, label: &str) -> u64 {
+        metric_at(&self.http_addr, name, label).await
     }
 }
 
@@ -257,19 +323,6 @@ impl Cluster {
     }
 }
 
-impl NodeProcess {
-    /// SIGINT (Ctrl-C), then waits for the exit.
-    pub fn interrupt(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-INT")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// One `tally discovery` process on a fixed loopback port (so it can be restarted in place).
 pub struct DiscoveryProcess {
     pub port: u16,
@@ -302,8 +355,7 @@ impl DiscoveryProcess {
     /// SIGKILL: the registry is lost.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
         }
     }
 
@@ -328,22 +380,14 @@ impl DiscoveryProcess {
     }
 
     async fn spawn_and_wait(&mut self) {
-        let log = std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "warn".into());
         let addr = format!("127.0.0.1:{}", self.port);
-        let child = Command::new(TALLY)
+        let child = tally_command()
             .args(["discovery", "--addr", &addr, "--ttl", &self.ttl])
-            .env("TALLY_LOG", log)
-            .stdin(Stdio::null())
             .spawn()
             .expect("spawn tally discovery");
         self.child = Some(child);
         let url = format!("{}/health", self.url());
-        let http = http();
-        let ready = wait_until(Duration::from_secs(20), || {
-            let request = http.get(&url).send();
-            async move { matches!(request.await, Ok(r) if r.status().is_success()) }
-        })
-        .await;
+        let ready = answers_ok(&url, Duration::from_secs(20)).await;
         let exited = self
             .child
             .as_mut()
@@ -359,5 +403,117 @@ impl DiscoveryProcess {
 impl Drop for DiscoveryProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A gateway's HTTP API: a `tally gateway` process, or the one inside `tally dev`.
+pub struct GatewayApi {
+    /// Where it listens, `127.0.0.1:<port>`.
+    pub addr: String,
+}
+
+impl GatewayApi {
+    /// `path` on the gateway, as a URL.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// GET `path`: status and JSON (0 and null when unreachable).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        match http().get(self.url(path)).send().await {
+            Ok(response) => status_and_json(response).await,
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// `GET /health`: status and body (0 and null when unreachable).
+    pub async fn health(&self) -> (u16, Value) {
+        self.get("/health").await
+    }
+
+    /// POST `body` to `path`: status and JSON.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        post_to(&self.url(path), body).await
+    }
+
+    /// `GET /nodes`: the gateway's table of nodes.
+    pub async fn nodes(&self) -> Vec<NodeView> {
+        let response = http()
+            .get(self.url("/nodes"))
+            .send()
+            .await
+            .expect("GET /nodes");
+        response.json().await.expect("/nodes JSON")
+    }
+
+    /// The `/nodes` row of node `id`.
+    pub async fn node_view(&self, id: &str) -> Option<NodeView> {
+        self.nodes().await.into_iter().find(|view| view.id == id)
+    }
+}
+
+/// One `tally gateway` process; it derefs to its [`GatewayApi`], and Drop kills it.
+pub struct GatewayProcess {
+    api: GatewayApi,
+    child: Child,
+}
+
+impl GatewayProcess {
+    /// Starts a gateway in front of `nodes` (serving the web bundle in
+    /// `web_dir`, if given) and waits until it sees all of them healthy.
+    pub async fn start(nodes: &[NodeProcess], web_dir: Option<&Path>) -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut command = tally_command();
+        command.args(["gateway", "--addr", &addr]);
+        if let Some(web_dir) = web_dir {
+            command.arg("--web-dir").arg(web_dir);
+        }
+        for node in nodes {
+            command.args(["--node", &node.http_addr]);
+        }
+        let child = command.spawn().expect("spawn tally gateway");
+        let gateway = Self {
+            api: GatewayApi { addr },
+            child,
+        };
+        let everyone = nodes.len() as u64;
+        let ready = wait_until(Duration::from_secs(30), || async {
+            gateway.health().await.1["healthy_nodes"] == everyone
+        })
+        .await;
+        assert!(ready, "the gateway never saw {everyone} healthy nodes");
+        gateway
+    }
+
+    /// Resident memory in bytes, from `/proc/<pid>/status`.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("gateway /proc status");
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .expect("VmRSS line");
+        kib * 1024
+    }
+}
+
+impl Deref for GatewayProcess {
+    type Target = GatewayApi;
+
+    fn deref(&self) -> &GatewayApi {
+        &self.api
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.child);
     }
 }
