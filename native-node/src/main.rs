@@ -1,4 +1,6 @@
 //! The `tally` binary: parses the command line and runs the chosen part.
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 mod bench;
@@ -8,9 +10,20 @@ use tally::cli::{Cli, Command, DiscoveryArgs, NodeArgs};
 use tally::gossip::GossipConfig;
 use tally::node::{self, NodeConfig};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the chain of causes on one line, without a backtrace.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {

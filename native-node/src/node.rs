@@ -57,7 +57,7 @@ pub struct NodeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// A port could not be bound.
-    #[error("cannot listen for {what} on {addr}: {source} (is another process using port {port}?)", port = addr.port())]
+    #[error("cannot listen for {what} on {addr} (is another process using port {port}?)", port = addr.port())]
     Bind {
         /// Which listener.
         what: &'static str,
