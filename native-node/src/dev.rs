@@ -151,6 +151,9 @@ impl Supervisor {
                 std::env::var("TALLY_NODE_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
+            // Own process group: a terminal's Ctrl-C reaches only the
+            // supervisor, which stops nodes before discovery, in order.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", spec.id))
@@ -305,6 +308,7 @@ fn spawn_discovery(exe: &Path, addr: SocketAddr) -> anyhow::Result<Child> {
         .args(["discovery", "--addr", &addr.to_string(), "--ttl", "5s"])
         .env("TALLY_LOG", "warn")
         .stdin(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .context("starting discovery")
