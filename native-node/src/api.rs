@@ -43,7 +43,12 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Whether `/admin/partition` is enabled.
     pub allow_fault_injection: bool,
+    /// Bounds `/ws` subscribers: each holds a snapshot while it is sent.
+    pub subscribers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most `/ws` subscribers at once (the gateways and tools following a node).
+pub const MAX_SUBSCRIBERS: usize = 64;
 
 /// The router.
 pub fn router(state: ApiState) -> Router {
@@ -398,7 +403,17 @@ fn require_fault_injection(state: &ApiState) -> Result<(), ApiError> {
 }
 
 async fn websocket(State(state): State<ApiState>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| stream_changes(state, socket))
+    let Ok(permit) = Arc::clone(&state.subscribers).try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many /ws subscribers (at most {MAX_SUBSCRIBERS})"),
+        )
+        .into_response();
+    };
+    upgrade.on_upgrade(move |socket| async move {
+        stream_changes(state, socket).await;
+        drop(permit);
+    })
 }
 
 /// Streams the replica to one subscriber: a snapshot, the members, then

@@ -181,6 +181,7 @@ pub async fn run(
         gossip,
         metrics,
         allow_fault_injection: config.allow_fault_injection,
+        subscribers: Arc::new(tokio::sync::Semaphore::new(api::MAX_SUBSCRIBERS)),
     });
     on_ready(&running);
     tracing::info!(node = %running.id, gossip = %running.gossip_addr, http = %running.http_addr, "node is serving");
