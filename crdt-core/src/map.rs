@@ -1,7 +1,4 @@
-use alloc::{
-    collections::{BTreeMap, BTreeSet},
-    vec::Vec,
-};
+use alloc::collections::{BTreeMap, BTreeSet};
 use core::ops::Bound;
 
 use crate::{digest, ActorId, CounterName, CrdtError, Entry, Op, PnCounter};
@@ -271,13 +268,14 @@ mod serde_impl {
     impl<'de> serde::Deserialize<'de> for CounterMap {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             let wire = <Vec<(CounterName, Vec<(ActorId, Entry)>)>>::deserialize(d)?;
-            let mut map = CounterMap::new();
-            for (name, entries) in wire {
-                for (actor, entry) in entries {
-                    map.merge_entry(&name, &actor, entry);
-                }
-            }
-            Ok(map)
+            Ok(wire
+                .into_iter()
+                .flat_map(|(name, entries)| {
+                    entries
+                        .into_iter()
+                        .map(move |(actor, entry)| (name.clone(), actor, entry))
+                })
+                .collect())
         }
     }
 }
@@ -289,13 +287,6 @@ impl FromIterator<Change> for CounterMap {
             map.merge_entry(&name, &actor, entry);
         }
         map
-    }
-}
-
-impl CounterMap {
-    /// The changes as a list, for callers that want to chunk them.
-    pub fn into_changes(self) -> Vec<Change> {
-        self.all_changes().collect()
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::future::BoxFuture;
-use tally::cli::{DevArgs, GatewayArgs};
+use tally::cli::DevArgs;
 use tally_gateway::{DemoControls, GatewayConfig};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -386,27 +386,4 @@ async fn serve(
     tally_gateway::serve(listener, config, Some(controls), stop)
         .await
         .context("gateway failed")
-}
-
-/// `tally gateway`.
-pub async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
-    if args.node.is_empty() && args.discovery.is_empty() {
-        bail!("give at least one --node <http addr> or --discovery <url>");
-    }
-    let listener = TcpListener::bind(args.addr).await.with_context(|| {
-        format!(
-            "cannot listen on {} (is port {} in use?)",
-            args.addr,
-            args.addr.port()
-        )
-    })?;
-    let config = GatewayConfig {
-        nodes: args.node,
-        discovery: args.discovery,
-        web_dir: args.web_dir,
-        ..GatewayConfig::default()
-    };
-    tracing::info!(addr = %args.addr, "gateway serving");
-    tally_gateway::serve(listener, config, None, tally::shutdown::signal()).await?;
-    Ok(())
 }

@@ -255,14 +255,6 @@ impl<N: Network> Gossip<N> {
         *self.partitioned.write().unwrap_or_else(|p| p.into_inner()) = peers;
     }
 
-    /// Peers currently cut off.
-    pub fn partition(&self) -> HashSet<String> {
-        self.partitioned
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     fn is_partitioned(&self, peer: &str) -> bool {
         self.partitioned
             .read()

@@ -77,15 +77,7 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
             let (name, actor, entry): (CounterName, ActorId, Entry) =
                 crdt_core::wire::decode(payload).map_err(|e| undecodable("local", e))?;
             state.map.merge_entry(&name, &actor, entry);
-            state.watermarks.insert(
-                actor.clone(),
-                state
-                    .watermarks
-                    .get(&actor)
-                    .copied()
-                    .unwrap_or(0)
-                    .max(entry.seq),
-            );
+            state.raise_watermark(&actor, entry.seq);
         }
         RecoveredRecord::Entry {
             kind: KIND_MERGE,

@@ -1,14 +1,17 @@
 //! The `tally` binary: parses the command line and runs the chosen part.
+mod bench;
+mod dev;
+
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-mod bench;
-mod dev;
-
-use tally::cli::{Cli, Command, DiscoveryArgs, NodeArgs};
+use tally::cli::{Cli, Command, DiscoveryArgs, GatewayArgs, NodeArgs};
 use tally::gossip::GossipConfig;
 use tally::node::{self, NodeConfig};
+use tally_gateway::GatewayConfig;
+use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,7 +32,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Some(Command::Node(args)) => run_node(args).await,
             Some(Command::Discovery(args)) => run_discovery(args).await,
-            Some(Command::Gateway(args)) => dev::run_gateway(args).await,
+            Some(Command::Gateway(args)) => run_gateway(args).await,
             Some(Command::Bench(args)) => bench::run(args).await,
             Some(Command::Dev(args)) => dev::run(args).await,
             None => dev::run(dev::default_args()).await,
@@ -81,16 +84,30 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is port {} in use?)",
-                args.addr,
-                args.addr.port()
-            )
-        })?;
+    let listener = bind(args.addr).await?;
     tracing::info!(addr = %args.addr, ttl_ms = args.ttl.as_millis() as u64, "discovery serving");
     tally_discovery::serve(listener, args.ttl, tally::shutdown::signal()).await?;
     Ok(())
+}
+
+async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    if args.node.is_empty() && args.discovery.is_empty() {
+        anyhow::bail!("give at least one --node <http addr> or --discovery <url>");
+    }
+    let listener = bind(args.addr).await?;
+    let config = GatewayConfig {
+        nodes: args.node,
+        discovery: args.discovery,
+        web_dir: args.web_dir,
+        ..GatewayConfig::default()
+    };
+    tracing::info!(addr = %args.addr, "gateway serving");
+    tally_gateway::serve(listener, config, None, tally::shutdown::signal()).await?;
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (is port {} in use?)", addr.port()))
 }

@@ -78,48 +78,65 @@ impl Metrics {
                 let _ = writeln!(out, "tally_{name}{{node=\"{node}\"{labels}}} {value}");
             }
         };
-        let one = |v: &AtomicU64| vec![(String::new(), v.load(Relaxed))];
-        put(
-            "increments_total",
-            "Local increments acknowledged.",
-            "counter",
-            &one(&self.increments),
-        );
-        put(
-            "decrements_total",
-            "Local decrements acknowledged.",
-            "counter",
-            &one(&self.decrements),
-        );
-        put(
-            "rejected_ops_total",
-            "Operations refused.",
-            "counter",
-            &one(&self.rejected_ops),
-        );
-        put(
-            "merges_total",
-            "Gossip messages that brought news.",
-            "counter",
-            &one(&self.merges),
-        );
+        let totals: [(&str, &str, &AtomicU64); 9] = [
+            (
+                "increments_total",
+                "Local increments acknowledged.",
+                &self.increments,
+            ),
+            (
+                "decrements_total",
+                "Local decrements acknowledged.",
+                &self.decrements,
+            ),
+            (
+                "rejected_ops_total",
+                "Operations refused.",
+                &self.rejected_ops,
+            ),
+            (
+                "merges_total",
+                "Gossip messages that brought news.",
+                &self.merges,
+            ),
+            (
+                "rejected_frames_total",
+                "Frames or connections rejected.",
+                &self.rejected_frames,
+            ),
+            (
+                "dropped_messages_total",
+                "Gossip messages dropped.",
+                &self.dropped_messages,
+            ),
+            ("wal_fsyncs_total", "WAL fsyncs.", &self.wal_fsyncs),
+            ("wal_bytes_total", "WAL bytes written.", &self.wal_bytes),
+            ("snapshots_total", "Snapshots taken.", &self.snapshots),
+        ];
+        for (name, help, value) in totals {
+            put(
+                name,
+                help,
+                "counter",
+                &[(String::new(), value.load(Relaxed))],
+            );
+        }
+        let by_kind = |values: &[AtomicU64; 4]| -> Vec<(String, u64)> {
+            KINDS
+                .iter()
+                .zip(values)
+                .map(|(kind, value)| (format!(",type=\"{kind}\""), value.load(Relaxed)))
+                .collect()
+        };
         for (direction, traffic) in [("in", &self.gossip_in), ("out", &self.gossip_out)] {
-            let frames: Vec<_> = KINDS
-                .iter()
-                .enumerate()
-                .map(|(i, k)| (format!(",type=\"{k}\""), traffic.frames[i].load(Relaxed)))
-                .collect();
-            let bytes: Vec<_> = KINDS
-                .iter()
-                .enumerate()
-                .map(|(i, k)| (format!(",type=\"{k}\""), traffic.bytes[i].load(Relaxed)))
-                .collect();
+            let frames = by_kind(&traffic.frames);
             put(
                 &format!("gossip_frames_{direction}_total"),
                 "Gossip frames by type.",
                 "counter",
                 &frames,
             );
+            let bytes = by_kind(&traffic.bytes);
             put(
                 &format!("gossip_bytes_{direction}_total"),
                 "Gossip bytes by type.",
@@ -128,46 +145,17 @@ impl Metrics {
             );
         }
         put(
-            "rejected_frames_total",
-            "Frames or connections rejected.",
-            "counter",
-            &one(&self.rejected_frames),
-        );
-        put(
-            "dropped_messages_total",
-            "Gossip messages dropped.",
-            "counter",
-            &one(&self.dropped_messages),
-        );
-        put(
-            "wal_fsyncs_total",
-            "WAL fsyncs.",
-            "counter",
-            &one(&self.wal_fsyncs),
-        );
-        put(
-            "wal_bytes_total",
-            "WAL bytes written.",
-            "counter",
-            &one(&self.wal_bytes),
-        );
-        put(
-            "snapshots_total",
-            "Snapshots taken.",
-            "counter",
-            &one(&self.snapshots),
-        );
-        put(
             "counters",
             "Named counters held.",
             "gauge",
             &[(String::new(), counters as u64)],
         );
         let by_status = [
-            (",status=\"alive\"".to_string(), peers.alive as u64),
-            (",status=\"suspect\"".to_string(), peers.suspect as u64),
-            (",status=\"dead\"".to_string(), peers.dead as u64),
-        ];
+            ("alive", peers.alive),
+            ("suspect", peers.suspect),
+            ("dead", peers.dead),
+        ]
+        .map(|(status, count)| (format!(",status=\"{status}\""), count as u64));
         put("peers", "Peers by status.", "gauge", &by_status);
         out
     }

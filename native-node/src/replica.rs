@@ -36,9 +36,14 @@ impl ReplicaState {
     /// Raises watermarks to at least `other`'s.
     pub fn adopt_watermarks(&mut self, other: &Summary) {
         for (actor, seq) in other {
-            let mine = self.watermarks.entry(actor.clone()).or_default();
-            *mine = (*mine).max(*seq);
+            self.raise_watermark(actor, *seq);
         }
+    }
+
+    /// Records that this replica holds every change of `actor` up to `seq`.
+    pub fn raise_watermark(&mut self, actor: &ActorId, seq: u64) {
+        let mine = self.watermarks.entry(actor.clone()).or_default();
+        *mine = (*mine).max(seq);
     }
 }
 

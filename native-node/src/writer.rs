@@ -269,7 +269,7 @@ impl Writer {
                 delta.merge_entry(&p.name, &actor, p.entry);
             }
             let last = state.map.last_seq(actor.as_str());
-            state.watermarks.insert(actor.clone(), last);
+            state.raise_watermark(&actor, last);
             for p in &pending {
                 values.push(state.map.value(p.name.as_str()).unwrap_or(0));
             }

@@ -242,7 +242,7 @@ impl Observer {
             self.activity.record(name);
         }
         let view = self.view_mut(node);
-        let learned = view.state.merge_changed(delta.into_changes());
+        let learned = view.state.merge_changed(delta.all_changes());
         if learned.is_empty() {
             return; // a duplicate: nothing to show
         }
