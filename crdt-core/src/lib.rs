@@ -17,9 +17,11 @@
 //! - The digest is a wrapping sum of per-entry hashes, updated on every
 //!   change, and the same on every platform for equal states.
 //! - Every actor stamps its operations with a strictly increasing `seq`, so
-//!   a [`Summary`] (actor → highest seq known) describes a replica in
-//!   O(actors), and [`CounterMap::changes_since`] finds what a peer lacks in
-//!   O(changed entries).
+//!   [`Watermarks`] (actor → seq up to which *everything* is held) describe
+//!   a replica in O(actors), and [`CounterMap::changes_since`] finds what a
+//!   peer lacks in O(changed entries). A [`Summary`] (actor → highest seq
+//!   *seen*) is a different thing: it may hide gaps, so it never stands in
+//!   for watermarks without saying so ([`Watermarks::from_gap_free_summary`]).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -32,8 +34,7 @@ mod digest;
 mod error;
 mod map;
 mod name;
-#[cfg(feature = "serde")]
-pub mod stream;
+mod watermarks;
 #[cfg(feature = "serde")]
 pub mod wire;
 
@@ -42,6 +43,7 @@ pub use counter::{Entry, Op, PnCounter};
 pub use error::CrdtError;
 pub use map::{Change, CounterMap, Summary};
 pub use name::{CounterName, MAX_NAME_LEN};
+pub use watermarks::Watermarks;
 
 /// The name the single-counter API (`/counter`, `/increment`, `/decrement`) acts on.
 pub const DEFAULT_COUNTER: &str = "default";

@@ -1,12 +1,13 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use core::ops::Bound;
 
-use crate::{digest, ActorId, CounterName, CrdtError, Entry, Op, PnCounter};
+use crate::{digest, ActorId, CounterName, CrdtError, Entry, Op, PnCounter, Watermarks};
 
-/// For each actor, the highest operation number a replica has seen.
+/// For each actor, the highest operation number a replica has *seen* — not
+/// necessarily everything below it (see [`Watermarks`]).
 ///
-/// Sent instead of the state: its size grows with the number of actors
-/// (node incarnations), never with the number of counters.
+/// Its size grows with the number of actors (node incarnations), never with
+/// the number of counters.
 pub type Summary = BTreeMap<ActorId, u64>;
 
 /// One entry that changed: `(counter, actor, entry)`.
@@ -21,7 +22,7 @@ pub struct CounterMap {
     counters: BTreeMap<CounterName, PnCounter>,
     digest: u64,
     /// actor → (seq → counter it last changed). Lets a replica list what
-    /// happened after a peer's [`Summary`] without scanning every counter.
+    /// happened above a peer's [`Watermarks`] without scanning every counter.
     /// (A set of pairs, not a map by seq: a damaged or hostile peer may send
     /// two counters with one seq, and neither may vanish from the index.)
     changes_by_actor: BTreeMap<ActorId, BTreeSet<(u64, CounterName)>>,
@@ -107,13 +108,14 @@ impl CounterMap {
             .unwrap_or(0)
     }
 
-    /// Entries changed after `known`, actor by actor in seq order: what a peer
-    /// holding `known` lacks. O(result), whatever the number of counters.
-    pub fn changes_since<'a>(&'a self, known: &'a Summary) -> impl Iterator<Item = Change> + 'a {
+    /// Entries changed above `known`, actor by actor in seq order: what a
+    /// peer holding everything up to `known` lacks. O(result), whatever the
+    /// number of counters.
+    pub fn changes_since<'a>(&'a self, known: &'a Watermarks) -> impl Iterator<Item = Change> + 'a {
         self.changes_by_actor
             .iter()
             .flat_map(move |(actor, changes)| {
-                let after = known.get(actor).copied().unwrap_or(0);
+                let after = known.get(actor.as_str());
                 changes
                     // (after + 1, "") sorts before every entry with a higher seq.
                     .range((after.saturating_add(1), CounterName::lowest())..)
@@ -310,8 +312,8 @@ mod tests {
                 .unwrap();
         }
         map.apply(&a, &name("c0"), Op::Increment(1)).unwrap();
-        let mut known = Summary::new();
-        known.insert(a.clone(), 8);
+        let mut known = Watermarks::new();
+        known.raise(&a, 8);
         let lacking: Vec<_> = map
             .changes_since(&known)
             .map(|(n, _, e)| (n, e.seq))

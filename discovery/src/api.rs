@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -18,9 +18,9 @@ use tokio::net::TcpListener;
 
 use crate::registry::{validate_id, Registry, RegistryError, DEFAULT_CAPACITY};
 use crate::Member;
+use tally_protocol::http_error::ApiError;
 
-/// Largest accepted request body; real ones are a few hundred bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub use tally_protocol::http_error::MAX_BODY_BYTES;
 
 /// Why the server stopped.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +130,7 @@ async fn heartbeat(
     validate_id(&id)?;
     let mut registry = state.lock();
     if !registry.heartbeat(&id, Instant::now()) {
-        return Err(ApiError::unknown_member(&id));
+        return Err(unknown_member(&id));
     }
     Ok(Json(
         json!({ "id": id, "ttl_ms": registry.ttl().as_millis() }),
@@ -149,7 +149,7 @@ async fn deregister(
         tracing::info!(%id, "discovery member deregistered");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::unknown_member(&id))
+        Err(unknown_member(&id))
     }
 }
 
@@ -179,24 +179,8 @@ fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
         .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {err}")))
 }
 
-/// An error answer: a status plus `{"error": message}`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn unknown_member(id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, format!("unknown member {id:?}"))
-    }
+fn unknown_member(id: &str) -> ApiError {
+    ApiError::not_found(format!("unknown member {id:?}"))
 }
 
 impl From<RegistryError> for ApiError {
@@ -206,11 +190,5 @@ impl From<RegistryError> for ApiError {
             RegistryError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self::new(status, err.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
     }
 }

@@ -15,20 +15,12 @@ pub mod client;
 pub mod registry;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use api::{router, serve, DiscoveryError, DiscoveryState};
 pub use client::{ClientError, DiscoveryClient, HeartbeatOutcome};
 pub use registry::{Registry, RegistryError, DEFAULT_CAPACITY};
-
-/// Where and for how long a discovery server runs (filled in by the CLI).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiscoveryConfig {
-    pub addr: SocketAddr,
-    pub ttl: Duration,
-}
 
 /// What a node announces about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
     #[error("{0}")]
-    InvalidId(crdt_core::CrdtError),
+    InvalidId(#[from] tally_protocol::InvalidNodeId),
     #[error("registry is full ({0} members)")]
     Full(usize),
 }
@@ -118,11 +118,9 @@ impl Registry {
     }
 }
 
-/// Node ids are actor ids, so they follow the CRDT's rules (1–128 bytes, no control characters).
+/// Node ids follow the one rule every Tally process applies.
 pub fn validate_id(id: &str) -> Result<(), RegistryError> {
-    crdt_core::ActorId::new(id)
-        .map(drop)
-        .map_err(RegistryError::InvalidId)
+    Ok(tally_protocol::validate_node_id(id)?)
 }
 
 fn is_alive(entry: &Entry, now: Instant, ttl: Duration) -> bool {

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Largest request body the gateway forwards (larger → 413).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub use tally_protocol::http_error::MAX_BODY_BYTES;
 
 /// Gateway settings; `Default` gives the documented defaults and no nodes.
 #[derive(Debug, Clone)]

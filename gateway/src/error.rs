@@ -1,8 +1,6 @@
 //! The gateway's errors: [`GatewayError`] for `serve` itself, [`ApiError`]
 //! for what a client sees (always a JSON body `{"error": "..."}`).
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use thiserror::Error;
 
 /// Why [`crate::serve`] stopped.
@@ -19,33 +17,10 @@ pub enum GatewayError {
     Discovery(#[from] tally_discovery::ClientError),
 }
 
-/// An HTTP error answer with a JSON body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
+/// What a client sees: the cluster's one JSON error answer.
+pub use tally_protocol::http_error::ApiError;
 
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message)
-    }
-
-    pub fn no_healthy_node() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy node")
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message });
-        (self.status, Json(body)).into_response()
-    }
+/// 503 when the rotation is empty.
+pub fn no_healthy_node() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy node")
 }

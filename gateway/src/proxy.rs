@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::state::Shared;
 
 /// Pooled keep-alive connections to the nodes, for proxied requests.
@@ -116,7 +116,7 @@ impl NodeRequest {
     async fn send_to_any(&self, shared: &Arc<Shared>) -> Result<Response, ApiError> {
         let is_write = self.method != Method::GET && self.method != Method::HEAD;
         let order = shared.balancer().rotation();
-        let mut last_error = ApiError::no_healthy_node();
+        let mut last_error = error::no_healthy_node();
         for addr in order {
             let failure = match self.send(shared, &addr).await {
                 Ok(response) => return Ok(response),

@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
-use crdt_core::stream::{ClusterEvent, NodeEvent, NodeHealth};
 use crdt_core::wire;
+use tally_protocol::events::{ClusterEvent, NodeEvent, NodeHealth};
 use tokio::sync::{broadcast, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crdt_core::stream::{ClusterEvent, NodeEvent};
 use crdt_core::{wire, CounterMap, DEFAULT_COUNTER};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use tally_protocol::events::{ClusterEvent, NodeEvent};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::state::Shared;

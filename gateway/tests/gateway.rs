@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crdt_core::stream::ClusterEvent;
 use crdt_core::wire;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::Value;
 use tally_gateway::{serve, DemoControls, GatewayConfig, NodeView};
+use tally_protocol::events::ClusterEvent;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;

@@ -11,9 +11,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crdt_core::stream::{MemberInfo, NodeEvent};
 use crdt_core::{CounterName, Op, DEFAULT_COUNTER};
 use serde::{Deserialize, Serialize};
+use tally_protocol::events::{MemberInfo, NodeEvent};
+use tally_protocol::http_error::{ApiError, MAX_BODY_BYTES};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::gossip::Gossip;
@@ -23,8 +24,6 @@ use crate::replica::Replica;
 use crate::transport::Tcp;
 use crate::writer::{WriteError, WriterHandle};
 
-/// Largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
 /// Largest page of `GET /counters`.
 const MAX_PAGE: usize = 1000;
 
@@ -88,38 +87,8 @@ pub fn router(state: ApiState) -> Router {
                 "method not allowed on this route",
             )
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-}
-
-/// A JSON error answer.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
-    }
 }
 
 impl From<WriteError> for ApiError {
@@ -129,12 +98,6 @@ impl From<WriteError> for ApiError {
             WriteError::Storage(_) | WriteError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self::new(status, error.to_string())
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(rejection: BytesRejection) -> Self {
-        Self::new(rejection.status(), rejection.body_text())
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use std::iter::Peekable;
 
-use crdt_core::{ActorId, Change, CounterMap, CounterName, Summary};
+use crdt_core::{ActorId, Change, CounterMap, CounterName, Watermarks};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -66,7 +66,7 @@ pub struct GossipConfig {
 /// Where news learned from peers goes to be made durable.
 pub trait RemoteSink: Send + Sync + 'static {
     /// Persists `news` (and the watermarks of a completed pull).
-    fn persist(&self, news: CounterMap, watermarks: Option<Summary>);
+    fn persist(&self, news: CounterMap, watermarks: Option<Watermarks>);
 }
 
 /// Since when a pull sent on a link waits for its answer (`None`: nothing pending).
@@ -85,9 +85,9 @@ struct Link {
 /// An answer to a pull, produced one chunk at a time.
 pub struct PullAnswer {
     /// Actor → last seq already sent (starts as the puller's watermarks).
-    cursor: Summary,
+    cursor: Watermarks,
     /// Our watermarks when the answer began; sent with the last chunk.
-    watermarks: Option<Summary>,
+    watermarks: Option<Watermarks>,
     members: Vec<MemberRecord>,
     budget: usize,
     /// The digests agreed: the whole answer is one `Ack`.
@@ -120,9 +120,10 @@ impl PullAnswer {
                 members: std::mem::take(&mut self.members),
             });
         }
+        // Chunks follow each actor's seq order, so everything up to the
+        // chunk's highest seq per actor has now been sent.
         for (actor, seq) in chunk.summary() {
-            let sent = self.cursor.entry(actor).or_default();
-            *sent = (*sent).max(seq);
+            self.cursor.raise(&actor, seq);
         }
         Some(Message::Push {
             changes: chunk,
@@ -440,7 +441,7 @@ impl<N: Network> Gossip<N> {
         }
     }
 
-    fn absorb(&self, peer: &str, changes: &CounterMap, done: Option<Summary>) {
+    fn absorb(&self, peer: &str, changes: &CounterMap, done: Option<Watermarks>) {
         let news = self.replica.merge_remote(changes, done.as_ref());
         if news.is_empty() && done.is_none() {
             return;
@@ -458,7 +459,7 @@ impl<N: Network> Gossip<N> {
 
     /// `Ack` when digests agree; otherwise what the puller lacks, in chunks
     /// that each fit a frame, the last one carrying our watermarks.
-    pub fn answer_pull(&self, digest: u64, known: Summary) -> PullAnswer {
+    pub fn answer_pull(&self, digest: u64, known: Watermarks) -> PullAnswer {
         let members = self.members().records();
         let state = self.replica.read();
         let agreed = state.map.digest() == digest;
@@ -477,7 +478,7 @@ impl<N: Network> Gossip<N> {
         let members = self.members().records();
         let state = self.replica.read();
         let known = if full {
-            Summary::new()
+            Watermarks::new()
         } else {
             state.watermarks.clone()
         };

@@ -77,9 +77,9 @@ impl Identity {
                         path: path.clone(),
                         reason: e.to_string(),
                     })?;
-                validate_id(&identity.id).map_err(|reason| IdentityError::Invalid {
+                validate_id(&identity.id).map_err(|error| IdentityError::Invalid {
                     path: path.clone(),
-                    reason,
+                    reason: error.to_string(),
                 })?;
                 match requested {
                     Some(requested) if requested != identity.id => Err(IdentityError::Mismatch {
@@ -95,9 +95,9 @@ impl Identity {
                     Some(id) => id.to_owned(),
                     None => format!("node-{:06x}", rand::thread_rng().gen::<u32>() & 0xff_ffff),
                 };
-                validate_id(&id).map_err(|reason| IdentityError::Invalid {
+                validate_id(&id).map_err(|error| IdentityError::Invalid {
                     path: path.clone(),
-                    reason,
+                    reason: error.to_string(),
                 })?;
                 let identity = Identity {
                     id,
@@ -116,21 +116,7 @@ impl Identity {
     }
 }
 
-/// Node ids: 1–64 characters of `[A-Za-z0-9._-]`, so they are safe in paths, URLs and actor ids.
-pub fn validate_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > 64 {
-        return Err(format!("node id {id:?} must be 1 to 64 characters"));
-    }
-    if !id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(format!(
-            "node id {id:?} may only hold letters, digits, '.', '_' and '-'"
-        ));
-    }
-    Ok(())
-}
+pub use tally_protocol::validate_node_id as validate_id;
 
 fn new_incarnation() -> String {
     let millis = SystemTime::now()

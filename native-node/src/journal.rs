@@ -8,9 +8,9 @@
 //! | kind | payload (postcard)                          | written for                      |
 //! |------|---------------------------------------------|----------------------------------|
 //! | 1    | `(CounterName, ActorId, Entry)`             | one local operation              |
-//! | 2    | `(CounterMap, Option<Summary>)`             | news from a peer (+ watermarks)  |
-//! | snap | `(CounterMap, Summary)`                     | the whole replica                |
-use crdt_core::{ActorId, CounterMap, CounterName, Entry, Summary};
+//! | 2    | `(CounterMap, Option<Watermarks>)`          | news from a peer (+ watermarks)  |
+//! | snap | `(CounterMap, Watermarks)`                  | the whole replica                |
+use crdt_core::{ActorId, CounterMap, CounterName, Entry, Watermarks};
 
 use crate::replica::ReplicaState;
 use crate::wal::{RecoveredRecord, WalError};
@@ -42,7 +42,7 @@ pub fn local_record(name: &CounterName, actor: &ActorId, entry: Entry) -> Vec<u8
 }
 
 /// Payload of a [`KIND_MERGE`] record.
-pub fn merge_record(news: &CounterMap, watermarks: Option<&Summary>) -> Vec<u8> {
+pub fn merge_record(news: &CounterMap, watermarks: Option<&Watermarks>) -> Vec<u8> {
     crdt_core::wire::encode(&(news, watermarks))
 }
 
@@ -59,7 +59,7 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
     };
     match record {
         RecoveredRecord::Snapshot(payload) => {
-            let (map, watermarks): (CounterMap, Summary) =
+            let (map, watermarks): (CounterMap, Watermarks) =
                 crdt_core::wire::decode(payload).map_err(|e| undecodable("snapshot", e))?;
             // The snapshot comes first, into an empty replica: take it as
             // decoded rather than merging a million entries a second time.
@@ -68,7 +68,7 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
             } else {
                 state.map.merge(&map);
             }
-            state.adopt_watermarks(&watermarks);
+            state.watermarks.raise_all(&watermarks);
         }
         RecoveredRecord::Entry {
             kind: KIND_LOCAL,
@@ -77,17 +77,17 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
             let (name, actor, entry): (CounterName, ActorId, Entry) =
                 crdt_core::wire::decode(payload).map_err(|e| undecodable("local", e))?;
             state.map.merge_entry(&name, &actor, entry);
-            state.raise_watermark(&actor, entry.seq);
+            state.watermarks.raise(&actor, entry.seq);
         }
         RecoveredRecord::Entry {
             kind: KIND_MERGE,
             payload,
         } => {
-            let (news, watermarks): (CounterMap, Option<Summary>) =
+            let (news, watermarks): (CounterMap, Option<Watermarks>) =
                 crdt_core::wire::decode(payload).map_err(|e| undecodable("merge", e))?;
             state.map.merge(&news);
             if let Some(watermarks) = watermarks {
-                state.adopt_watermarks(&watermarks);
+                state.watermarks.raise_all(&watermarks);
             }
         }
         RecoveredRecord::Entry { kind, .. } => {

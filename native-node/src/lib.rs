@@ -1,6 +1,5 @@
 //! The Tally node. See ARCHITECTURE.md for the map.
 pub mod api;
-pub mod cli;
 pub mod gossip;
 pub mod identity;
 pub mod journal;

@@ -11,7 +11,7 @@
 //! 3. Any state change is also sent at once as `Delta` to `fanout` peers
 //!    (eager push); a node that learns something new from a `Delta` passes
 //!    it on the same way, so a write reaches the cluster in a few hops.
-use crdt_core::{CounterMap, Summary};
+use crdt_core::{CounterMap, Watermarks};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Message`] or the handshake.
@@ -39,7 +39,7 @@ pub enum Message {
         /// Digest of the sender's whole state.
         digest: u64,
         /// Actor → highest seq the sender has everything up to.
-        known: Summary,
+        known: Watermarks,
         /// The sender's membership view.
         members: Vec<MemberRecord>,
     },
@@ -53,7 +53,7 @@ pub enum Message {
         /// The entries.
         changes: CounterMap,
         /// Set on the last chunk: the responder's watermarks.
-        done: Option<Summary>,
+        done: Option<Watermarks>,
         /// The responder's membership view (last chunk only).
         members: Vec<MemberRecord>,
     },

@@ -5,7 +5,7 @@
 //! after they are durable; gossip merges remote changes directly.
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crdt_core::{ActorId, CounterMap, Summary};
+use crdt_core::{ActorId, CounterMap, Watermarks};
 use tokio::sync::broadcast;
 
 /// How many change events a slow follower may fall behind before it must
@@ -27,24 +27,8 @@ pub struct ChangeEvent {
 pub struct ReplicaState {
     /// Every counter.
     pub map: CounterMap,
-    /// Actor → highest seq this replica holds *every* change up to.
     /// Advanced by local writes and by completed pulls, never by eager deltas.
-    pub watermarks: Summary,
-}
-
-impl ReplicaState {
-    /// Raises watermarks to at least `other`'s.
-    pub fn adopt_watermarks(&mut self, other: &Summary) {
-        for (actor, seq) in other {
-            self.raise_watermark(actor, *seq);
-        }
-    }
-
-    /// Records that this replica holds every change of `actor` up to `seq`.
-    pub fn raise_watermark(&mut self, actor: &ActorId, seq: u64) {
-        let mine = self.watermarks.entry(actor.clone()).or_default();
-        *mine = (*mine).max(seq);
-    }
+    pub watermarks: Watermarks,
 }
 
 /// The shared replica of one node.
@@ -103,11 +87,11 @@ impl Replica {
 
     /// Merges changes learned from `peer`; returns what was news here.
     /// With `done`, a completed pull also raises the watermarks.
-    pub fn merge_remote(&self, changes: &CounterMap, done: Option<&Summary>) -> CounterMap {
+    pub fn merge_remote(&self, changes: &CounterMap, done: Option<&Watermarks>) -> CounterMap {
         let mut state = self.write();
         let news = state.map.merge_changed(changes.all_changes());
-        if let Some(summary) = done {
-            state.adopt_watermarks(summary);
+        if let Some(watermarks) = done {
+            state.watermarks.raise_all(watermarks);
         }
         news
     }

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crdt_core::{CounterMap, CounterName, CrdtError, Entry, Op, PnCounter, Summary};
+use crdt_core::{CounterMap, CounterName, CrdtError, Entry, Op, PnCounter, Watermarks};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -56,7 +56,7 @@ enum Request {
     },
     Remote {
         news: CounterMap,
-        watermarks: Option<Summary>,
+        watermarks: Option<Watermarks>,
     },
 }
 
@@ -87,7 +87,7 @@ impl WriterHandle {
 }
 
 impl RemoteSink for WriterHandle {
-    fn persist(&self, news: CounterMap, watermarks: Option<Summary>) {
+    fn persist(&self, news: CounterMap, watermarks: Option<Watermarks>) {
         // Unbounded because gossip handling must not block on disk; the
         // volume is bounded by what peers can send through frame limits.
         let _ = self.remote.send(Request::Remote { news, watermarks });
@@ -269,7 +269,7 @@ impl Writer {
                 delta.merge_entry(&p.name, &actor, p.entry);
             }
             let last = state.map.last_seq(actor.as_str());
-            state.raise_watermark(&actor, last);
+            state.watermarks.raise(&actor, last);
             for p in &pending {
                 values.push(state.map.value(p.name.as_str()).unwrap_or(0));
             }

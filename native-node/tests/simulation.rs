@@ -33,12 +33,12 @@ use crdt_core::{ActorId, CounterName, Op};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tally::gossip::{Gossip, GossipConfig};
-use tally::membership::Status;
-use tally::metrics::Metrics;
-use tally::protocol::MemberRecord;
-use tally::replica::{Replica, ReplicaState};
-use tally::transport::{ClusterKey, Network, PeerIdentity, DEFAULT_MAX_FRAME};
+use tally_node::gossip::{Gossip, GossipConfig};
+use tally_node::membership::Status;
+use tally_node::metrics::Metrics;
+use tally_node::protocol::MemberRecord;
+use tally_node::replica::{Replica, ReplicaState};
+use tally_node::transport::{ClusterKey, Network, PeerIdentity, DEFAULT_MAX_FRAME};
 
 const GOSSIP_PORT: u16 = 7000;
 /// The node's defaults (`tally node --help`).
@@ -204,7 +204,7 @@ impl SimCluster {
                 .apply(&node.actor, &name, op)
                 .expect("small amounts never overflow");
             let last = state.map.last_seq(node.actor.as_str());
-            state.watermarks.insert(node.actor.clone(), last);
+            state.watermarks.raise(&node.actor, last);
             delta
         };
         node.replica.publish(delta, None);

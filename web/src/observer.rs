@@ -17,8 +17,8 @@ mod ranking;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crdt_core::stream::{ClusterEvent, NodeHealth};
 use crdt_core::{wire, CounterMap, CrdtError};
+use tally_protocol::events::{ClusterEvent, NodeHealth};
 
 pub use log::{CounterList, EventLog, LogEntry, LogKind, Tone, LOG_CAPACITY};
 pub use ranking::{busiest, CounterRow, RecentActivity, ACTIVITY_WINDOW};

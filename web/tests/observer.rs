@@ -3,8 +3,8 @@
 //!
 //! Runs natively (`cargo test -p tally-web`) and in headless Chromium
 //! (`wasm-pack test --headless --chrome --chromedriver /usr/bin/chromedriver web`).
-use crdt_core::stream::{ClusterEvent, NodeHealth};
 use crdt_core::{wire, ActorId, CounterMap, CounterName, Op};
+use tally_protocol::events::{ClusterEvent, NodeHealth};
 use tally_web::observer::{Convergence, Health, LogKind, Observer, Tone, Update};
 use tally_web::socket::{retry_delay_ms, Link, LinkState, MAX_RETRY_MS};
 

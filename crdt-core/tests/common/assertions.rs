@@ -1,6 +1,6 @@
 //! Equality that goes beyond `==`: equal states must also agree on every
 //! field kept incrementally (digest, sums, summary, change index).
-use crdt_core::{CounterMap, PnCounter, Summary};
+use crdt_core::{CounterMap, PnCounter, Summary, Watermarks};
 
 /// `left` and `right` are the same state, down to their derived fields.
 #[track_caller]
@@ -50,7 +50,7 @@ pub fn assert_map_consistent(map: &CounterMap) {
     assert_eq!(map.summary(), highest_seq, "summary");
 
     // The change index must reach every entry, or anti-entropy would miss it.
-    let everything: Vec<_> = map.changes_since(&Summary::new()).collect();
+    let everything: Vec<_> = map.changes_since(&Watermarks::new()).collect();
     assert_eq!(
         everything.len(),
         entries.len(),

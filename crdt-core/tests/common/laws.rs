@@ -1,8 +1,5 @@
 //! The laws, as checks over the result of playing a scenario.
-use crdt_core::{
-    stream::{ClusterEvent, MemberInfo, NodeEvent, NodeHealth},
-    wire, CounterMap, PnCounter,
-};
+use crdt_core::{wire, CounterMap, PnCounter, Watermarks};
 
 use super::{
     assertions::{assert_counters_same, assert_map_consistent, assert_maps_same},
@@ -148,7 +145,9 @@ pub fn map_anti_entropy_is_complete(run: &MapRun) {
     for (index, older) in &run.older_copies {
         let current = &run.replicas[*index];
         let mut caught_up = older.clone();
-        let sent: Vec<_> = current.changes_since(&older.summary()).collect();
+        let sent: Vec<_> = current
+            .changes_since(&Watermarks::from_gap_free_summary(older.summary()))
+            .collect();
         let news = caught_up.merge_changed(sent.iter().cloned());
         assert_maps_same(&caught_up, current, "older copy after anti-entropy");
         assert_eq!(
@@ -158,88 +157,43 @@ pub fn map_anti_entropy_is_complete(run: &MapRun) {
         );
     }
     for source in &run.replicas {
-        assert_eq!(source.changes_since(&source.summary()).count(), 0);
+        assert_eq!(
+            source
+                .changes_since(&Watermarks::from_gap_free_summary(source.summary()))
+                .count(),
+            0
+        );
         for peer in &run.replicas {
             let mut caught_up = peer.clone();
-            caught_up.merge_changed(source.changes_since(&peer.summary()));
+            caught_up.merge_changed(
+                source.changes_since(&Watermarks::from_gap_free_summary(peer.summary())),
+            );
             assert_maps_same(&caught_up, &merged(peer, source), "peer after anti-entropy");
         }
     }
 }
 
-/// Every replica and delta survives the wire, alone and inside events.
+/// Every replica and delta survives the wire.
 pub fn map_wire_round_trips(run: &MapRun) {
     for map in run.replicas.iter().chain(&run.deltas) {
         map_round_trips(map);
     }
 }
 
-/// `map` decodes to itself, alone and in every event that carries a map.
+/// `map` decodes to itself.
 pub fn map_round_trips(map: &CounterMap) {
     let decoded: CounterMap = wire::decode(&wire::encode(map)).expect("own encoding decodes");
     assert_maps_same(&decoded, map, "wire round trip");
     assert_map_consistent(&decoded);
-
-    let node = "node-1".to_owned();
-    let node_events = [
-        NodeEvent::Snapshot {
-            node: node.clone(),
-            state: map.clone(),
-        },
-        NodeEvent::Delta {
-            node: node.clone(),
-            delta: map.clone(),
-            via_gossip: true,
-        },
-        NodeEvent::Members {
-            node: node.clone(),
-            members: vec![MemberInfo {
-                id: node.clone(),
-                gossip_addr: "127.0.0.1:7000".into(),
-                http_addr: "127.0.0.1:8000".into(),
-                status: "alive".into(),
-            }],
-        },
-    ];
-    for event in &node_events {
-        let decoded: NodeEvent = wire::decode(&wire::encode(event)).expect("event decodes");
-        assert_eq!(&decoded, event);
-    }
-    let cluster_events = [
-        ClusterEvent::NodeState {
-            node: node.clone(),
-            state: map.clone(),
-        },
-        ClusterEvent::NodeDelta {
-            node: node.clone(),
-            delta: map.clone(),
-            via_gossip: false,
-        },
-        ClusterEvent::Nodes {
-            nodes: vec![NodeHealth {
-                id: node,
-                http_addr: "127.0.0.1:8000".into(),
-                healthy: true,
-                partitioned: false,
-            }],
-            controls: true,
-        },
-    ];
-    for event in &cluster_events {
-        let decoded: ClusterEvent = wire::decode(&wire::encode(event)).expect("event decodes");
-        assert_eq!(&decoded, event);
-    }
 }
 
-/// Decoding `bytes` as any wire type returns, never panics; whatever decodes
+/// Decoding `bytes` as a map returns, never panics; whatever decodes
 /// is a consistent state that round-trips.
 pub fn decoding_never_panics(bytes: &[u8]) {
     if let Ok(map) = wire::decode::<CounterMap>(bytes) {
         assert_map_consistent(&map);
         map_round_trips(&map);
     }
-    let _ = wire::decode::<NodeEvent>(bytes);
-    let _ = wire::decode::<ClusterEvent>(bytes);
 }
 
 /// A valid encoding with bytes overwritten still decodes without panicking,

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cli::BenchArgs;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use tally::cli::BenchArgs;
 
 /// Longest a convergence probe waits before reporting a failure.
 const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,16 +1,17 @@
 //! The `tally` binary: parses the command line and runs the chosen part.
 mod bench;
+mod cli;
 mod dev;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use crate::cli::{Cli, Command, DiscoveryArgs, GatewayArgs, NodeArgs};
 use anyhow::Context;
 use clap::Parser;
-use tally::cli::{Cli, Command, DiscoveryArgs, GatewayArgs, NodeArgs};
-use tally::gossip::GossipConfig;
-use tally::node::{self, NodeConfig};
 use tally_gateway::GatewayConfig;
+use tally_node::gossip::GossipConfig;
+use tally_node::node::{self, NodeConfig};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
@@ -56,7 +57,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         None => "./data/node".into(),
     });
     if let Some(id) = &args.id {
-        tally::identity::validate_id(id).map_err(anyhow::Error::msg)?;
+        tally_protocol::validate_node_id(id)?;
     }
     let config = NodeConfig {
         id: args.id,
@@ -78,7 +79,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         segment_bytes: args.segment_bytes,
         snapshot_bytes: args.snapshot_bytes,
     };
-    node::run(config, |_| {}, tally::shutdown::signal())
+    node::run(config, |_| {}, tally_node::shutdown::signal())
         .await
         .context("node failed")
 }
@@ -86,7 +87,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
 async fn run_discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let listener = bind(args.addr).await?;
     tracing::info!(addr = %args.addr, ttl_ms = args.ttl.as_millis() as u64, "discovery serving");
-    tally_discovery::serve(listener, args.ttl, tally::shutdown::signal()).await?;
+    tally_discovery::serve(listener, args.ttl, tally_node::shutdown::signal()).await?;
     Ok(())
 }
 
@@ -102,7 +103,7 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         ..GatewayConfig::default()
     };
     tracing::info!(addr = %args.addr, "gateway serving");
-    tally_gateway::serve(listener, config, None, tally::shutdown::signal()).await?;
+    tally_gateway::serve(listener, config, None, tally_node::shutdown::signal()).await?;
     Ok(())
 }
 

@@ -13,9 +13,9 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use crate::cli::DevArgs;
 use anyhow::{bail, Context};
 use futures_util::future::BoxFuture;
-use tally::cli::DevArgs;
 use tally_gateway::{DemoControls, GatewayConfig};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};

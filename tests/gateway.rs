@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{http, wait_until, Cluster, GatewayProcess, NodeProcess};
-use crdt_core::stream::ClusterEvent;
 use crdt_core::{wire, CounterMap, DEFAULT_COUNTER};
 use futures_util::StreamExt;
 use serde_json::Value;
+use tally_protocol::events::ClusterEvent;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
