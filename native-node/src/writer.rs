@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crdt_core::{CounterMap, CounterName, CrdtError, Entry, Op, PnCounter, Watermarks};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use crate::gossip::RemoteSink;
@@ -124,7 +124,21 @@ struct Writer {
     failed: Option<String>,
     /// A snapshot being encoded and written off this task, so batches keep
     /// committing meanwhile.
-    snapshot: Option<JoinHandle<Result<SnapshotTicket, WalError>>>,
+    snapshot: Option<JoinHandle<SnapshotResult>>,
+}
+
+/// What the snapshot task hands back: the ticket to finish it with.
+type SnapshotResult = Result<SnapshotTicket, WalError>;
+
+/// What a committed batch left for the flush deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsynced {
+    /// Peer news was appended and waits for a sync.
+    Appended,
+    /// Everything appended so far is synced (or the log is disabled).
+    AllSynced,
+    /// Nothing was appended: whatever waited before still waits.
+    Unchanged,
 }
 
 /// A local operation that passed validation and waits for its fsync.
@@ -155,6 +169,13 @@ impl Writer {
                     unsynced_since = None;
                     continue;
                 }
+                // A finished snapshot removes the segments it covers now,
+                // not whenever the next write happens to come.
+                written = snapshot_done(&mut self.snapshot) => {
+                    self.snapshot = None;
+                    self.finish_snapshot(written).await;
+                    continue;
+                }
                 request = local.recv() => match request { Some(r) => r, None => break },
                 Some(request) = remote.recv() => request,
             };
@@ -165,26 +186,39 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if self.commit(batch).await {
-                unsynced_since.get_or_insert_with(Instant::now);
-            } else {
-                unsynced_since = None;
+            match self.commit(batch).await {
+                Unsynced::Appended => {
+                    unsynced_since.get_or_insert_with(Instant::now);
+                }
+                Unsynced::AllSynced => unsynced_since = None,
+                // A batch of refused writes touches nothing: news appended
+                // earlier keeps its deadline.
+                Unsynced::Unchanged => {}
             }
+            // Any node, not only one taking local writes, keeps its log
+            // bounded: a follower's log grows by peers' news alone.
+            self.maybe_snapshot().await;
         }
         self.sync_only().await;
         if let Some(task) = self.snapshot.take() {
-            self.finish_snapshot(task).await;
+            self.finish_snapshot(task.await).await;
         }
     }
 
-    /// Commits one batch; returns true when remote records await a sync
-    /// (false: everything appended so far is synced, or the log failed).
-    async fn commit(&mut self, batch: Vec<Request>) -> bool {
+    /// Commits one batch: appends its records and, when it holds local
+    /// writes, syncs and acknowledges them.
+    async fn commit(&mut self, batch: Vec<Request>) -> Unsynced {
         let (pending, records) = self.prepare(batch);
         if pending.is_empty() {
-            let any = !records.is_empty();
+            if records.is_empty() {
+                return Unsynced::Unchanged;
+            }
             let appended = self.with_wal(move |wal| append_all(wal, &records)).await;
-            return any && appended.is_ok();
+            return match appended {
+                Ok(()) => Unsynced::Appended,
+                // The log is disabled: there is nothing left to flush.
+                Err(_) => Unsynced::AllSynced,
+            };
         }
         let synced = self
             .with_wal(move |wal| {
@@ -193,17 +227,14 @@ impl Writer {
             })
             .await;
         match synced {
-            Ok(()) => {
-                self.apply(pending);
-                self.maybe_snapshot().await;
-            }
+            Ok(()) => self.apply(pending),
             Err(error) => {
                 for p in pending {
                     let _ = p.reply.send(Err(WriteError::Storage(error.clone())));
                 }
             }
         }
-        false
+        Unsynced::AllSynced
     }
 
     /// Validates and stamps local operations against the replica plus this
@@ -289,22 +320,13 @@ impl Writer {
         let _ = self.with_wal(|wal| wal.sync().map(|_| ())).await;
     }
 
-    /// Finishes a snapshot that is done, or starts one when the log has grown enough.
+    /// Starts a snapshot when the log has grown enough and none is running.
     ///
     /// `begin_snapshot` rotates the log; everything appended before it is
     /// already in the replica (local writes are applied before this runs,
     /// peer news is merged before it is queued here), so a snapshot encoded
     /// later covers it. Replay is merging, so covering more is harmless.
     async fn maybe_snapshot(&mut self) {
-        if self
-            .snapshot
-            .as_ref()
-            .is_some_and(|task| task.is_finished())
-        {
-            if let Some(task) = self.snapshot.take() {
-                self.finish_snapshot(task).await;
-            }
-        }
         let due = self.snapshot.is_none()
             && self
                 .wal
@@ -324,8 +346,8 @@ impl Writer {
         }));
     }
 
-    async fn finish_snapshot(&mut self, task: JoinHandle<Result<SnapshotTicket, WalError>>) {
-        let written = match task.await {
+    async fn finish_snapshot(&mut self, written: Result<SnapshotResult, JoinError>) {
+        let written = match written {
             Ok(written) => written.map_err(|error| error.to_string()),
             Err(panic) => Err(panic.to_string()),
         };
@@ -387,6 +409,16 @@ fn record_wal_stats(metrics: &Metrics, wal: &Wal) {
     metrics.wal_bytes.store(stats.bytes_written, Relaxed);
 }
 
+/// The running snapshot task's result; never ready when none runs.
+async fn snapshot_done(
+    task: &mut Option<JoinHandle<SnapshotResult>>,
+) -> Result<SnapshotResult, JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until `deadline`; forever without one.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -399,4 +431,80 @@ fn append_all(wal: &mut Wal, records: &[(u8, Vec<u8>)]) -> Result<(), WalError> 
     records
         .iter()
         .try_for_each(|(kind, payload)| wal.append(*kind, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crdt_core::{ActorId, Entry};
+
+    use super::*;
+    use crate::replica::ReplicaState;
+    use crate::wal::WalOptions;
+
+    fn started(dir: &Path, snapshot_bytes: u64) -> (WriterHandle, Arc<Metrics>) {
+        let wal = Wal::open(dir, WalOptions::default(), |_| Ok::<(), WalError>(())).unwrap();
+        let actor = ActorId::new("node-1~test").unwrap();
+        let replica = Arc::new(Replica::new(actor, ReplicaState::default()));
+        let metrics = Arc::new(Metrics::default());
+        let config = WriterConfig { snapshot_bytes };
+        let handle = start(wal, replica, Arc::clone(&metrics), config);
+        (handle, metrics)
+    }
+
+    /// One entry of peer news, as gossip would hand it over.
+    fn news(index: u64) -> CounterMap {
+        let name = CounterName::new(&format!("counter-{index}")).unwrap();
+        let peer = ActorId::new("node-2~peer").unwrap();
+        let entry = Entry {
+            inc: index + 1,
+            dec: 0,
+            seq: index + 1,
+        };
+        CounterMap::single(&name, &peer, entry)
+    }
+
+    async fn eventually(mut holds: impl FnMut() -> bool) -> bool {
+        for _ in 0..100 {
+            if holds() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn peer_news_is_synced_within_the_flush_delay_even_after_a_refused_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, metrics) = started(dir.path(), u64::MAX);
+        let fsyncs_before = metrics.wal_fsyncs.load(Relaxed);
+        writer.persist(news(0), None);
+        // Let the writer append the news in a batch of its own.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let refused = writer
+            .write(CounterName::new("c").unwrap(), Op::Increment(0))
+            .await;
+        assert!(
+            matches!(refused, Err(WriteError::Invalid(_))),
+            "{refused:?}"
+        );
+        let synced = eventually(|| metrics.wal_fsyncs.load(Relaxed) > fsyncs_before).await;
+        assert!(synced, "peer news was never synced after a refused write");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_only_receives_peer_news_still_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, metrics) = started(dir.path(), 4096);
+        for index in 0..400 {
+            writer.persist(news(index), None);
+        }
+        let snapshotted = eventually(|| metrics.snapshots.load(Relaxed) > 0).await;
+        assert!(
+            snapshotted,
+            "a follower's log grew past --snapshot-bytes without a snapshot"
+        );
+    }
 }
