@@ -13,8 +13,8 @@ use tower_http::services::ServeDir;
 
 use crate::config::MAX_BODY_BYTES;
 use crate::error::ApiError;
+use crate::replicas::Lag;
 use crate::state::Shared;
-use crate::stream::Lag;
 use crate::{browser, demo, proxy};
 
 /// One entry of `GET /nodes`.

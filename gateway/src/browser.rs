@@ -1,5 +1,5 @@
 //! The gateway's `/ws` for browsers: the cluster's state on connect, then
-//! every change as it happens.
+//! every change as it happens, published once for all of them.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use crdt_core::wire;
+use tally_protocol::events::{ClusterEvent, NodeHealth};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -69,9 +70,31 @@ async fn session(mut socket: WebSocket, shared: &Shared) -> Result<(), axum::Err
     Ok(())
 }
 
+/// The node table as browsers see it.
+pub fn nodes_event(shared: &Shared) -> ClusterEvent {
+    let nodes = (shared.balancer().nodes().iter())
+        .map(|node| NodeHealth {
+            id: node.name().to_owned(),
+            http_addr: node.http_addr.clone(),
+            healthy: node.healthy,
+            partitioned: node.partitioned,
+        })
+        .collect();
+    ClusterEvent::Nodes {
+        nodes,
+        controls: shared.controls.is_some(),
+    }
+}
+
+/// Sends `event` to every connected browser, encoded once for all of them.
+pub fn publish(shared: &Shared, event: &ClusterEvent) {
+    // No browser listening is not an error.
+    let _ = shared.events.send(Bytes::from(wire::encode(event)));
+}
+
 /// `Nodes` then one `NodeState` per node, encoded.
 fn catch_up(shared: &Shared) -> Vec<Bytes> {
-    let nodes = shared.nodes_event();
+    let nodes = nodes_event(shared);
     let states = shared.replicas().node_states();
     std::iter::once(nodes)
         .chain(states)

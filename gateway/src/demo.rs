@@ -8,21 +8,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::future::BoxFuture;
 use serde_json::json;
 
+use crate::demo_controls::DemoControls;
 use crate::error::ApiError;
+use crate::node_table;
 use crate::proxy::relay;
 use crate::state::Shared;
-
-/// What the demo supervisor can do to its nodes; `node` is the node's id.
-/// An `Err` carries a message for the user (e.g. "node-2 is already down").
-pub trait DemoControls: Send + Sync {
-    /// Kills the node's process (abruptly: that is the point of the demo).
-    fn crash<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), String>>;
-    /// Starts the node again with its data directory.
-    fn restart<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), String>>;
-}
 
 /// `POST /demo/nodes/{id}/{action}`; only routed when controls were given.
 pub async fn act(
@@ -60,14 +52,14 @@ fn refused(message: String) -> ApiError {
 async fn crash(shared: &Arc<Shared>, controls: &dyn DemoControls, node: &str) -> Outcome {
     controls.crash(node).await.map_err(refused)?;
     // Don't wait for the next health check to show it down.
-    shared.mark_unhealthy(node);
+    node_table::mark_unhealthy(shared, node);
     Ok(None)
 }
 
 async fn restart(shared: &Arc<Shared>, controls: &dyn DemoControls, node: &str) -> Outcome {
     controls.restart(node).await.map_err(refused)?;
     // A fresh process starts with no partition; health checks bring it back.
-    shared.update_nodes(|b| b.set_partitioned(node, false));
+    node_table::update(shared, |b| b.set_partitioned(node, false));
     Ok(None)
 }
 
@@ -99,6 +91,6 @@ async fn partition(shared: &Arc<Shared>, node: &str, cut: bool) -> Outcome {
     if !response.status().is_success() {
         return Ok(Some(relay(response).await.map_err(unreachable)?));
     }
-    shared.update_nodes(|b| b.set_partitioned(&addr, cut));
+    node_table::update(shared, |b| b.set_partitioned(&addr, cut));
     Ok(None)
 }

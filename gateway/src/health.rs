@@ -8,12 +8,47 @@ use serde::Deserialize;
 use tally_discovery::DiscoveryClient;
 use tokio::time::{interval, MissedTickBehavior};
 
+use crate::balancer::Balancer;
+use crate::node_table;
 use crate::state::Shared;
 
 /// The part of a node's `/health` answer the gateway uses.
 #[derive(Deserialize)]
 struct NodeHealthAnswer {
     node: String,
+}
+
+/// One node's health check, as the node table takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckResult<'a> {
+    pub addr: &'a str,
+    /// The id the node answered with; `None` when the check failed.
+    pub node_id: Option<&'a str>,
+}
+
+/// Applies one round of health checks to the table; true when browsers
+/// should hear of it.
+///
+/// A node is in the rotation exactly when its latest check passed: one
+/// passing check brings it in, one failing check takes it out (no grace
+/// period, no probation). A passing check also tells us the node's id.
+/// Discovered nodes that have been down and unlisted for `forget_after`
+/// are dropped.
+pub fn apply_checks<'a>(
+    balancer: &mut Balancer,
+    results: impl IntoIterator<Item = CheckResult<'a>>,
+    now: Instant,
+    forget_after: Duration,
+) -> bool {
+    let mut changed = false;
+    for CheckResult { addr, node_id } in results {
+        if let Some(id) = node_id {
+            changed |= balancer.learn_identity(addr, id, None);
+        }
+        changed |= balancer.set_healthy(addr, node_id.is_some(), now);
+    }
+    let forgotten = balancer.forget_stale(now, forget_after);
+    changed || !forgotten.is_empty()
 }
 
 /// Checks every node each `health_interval`, forever.
@@ -30,18 +65,16 @@ async fn check_all(shared: &Arc<Shared>) {
         .map(|node| node.http_addr.clone())
         .collect();
     let answers = join_all(addrs.iter().map(|addr| check(shared, addr))).await;
-    let now = Instant::now();
-    let forget_after = shared.config.forget_after;
-    shared.update_nodes(|balancer| {
-        let mut changed = false;
-        for (addr, answer) in addrs.iter().zip(answers) {
-            if let Some(answer) = &answer {
-                changed |= balancer.learn_identity(addr, &answer.node, None);
-            }
-            changed |= balancer.set_healthy(addr, answer.is_some(), now);
-        }
-        let forgotten = balancer.forget_stale(now, forget_after);
-        changed || !forgotten.is_empty()
+    let results = addrs
+        .iter()
+        .zip(&answers)
+        .map(|(addr, answer)| CheckResult {
+            addr,
+            node_id: answer.as_ref().map(|answer| answer.node.as_str()),
+        });
+    let (now, forget_after) = (Instant::now(), shared.config.forget_after);
+    node_table::update(shared, |balancer| {
+        apply_checks(balancer, results, now, forget_after)
     });
 }
 
@@ -66,7 +99,7 @@ pub async fn follow_discovery(shared: Arc<Shared>, client: DiscoveryClient) {
             }
         };
         let now = Instant::now();
-        shared.update_nodes(|balancer| {
+        node_table::update(&shared, |balancer| {
             peers.iter().fold(false, |changed, peer| {
                 let (http, gossip) = (peer.http_addr.to_string(), peer.gossip_addr.to_string());
                 balancer.listed(&http, &peer.id, &gossip, now) || changed
@@ -80,4 +113,107 @@ fn ticker(period: Duration) -> tokio::time::Interval {
     let mut ticks = interval(period.max(Duration::from_millis(10)));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORGET_AFTER: Duration = Duration::from_secs(30);
+
+    fn passed<'a>(addr: &'a str, id: &'a str) -> CheckResult<'a> {
+        CheckResult {
+            addr,
+            node_id: Some(id),
+        }
+    }
+
+    fn failed(addr: &str) -> CheckResult<'_> {
+        CheckResult {
+            addr,
+            node_id: None,
+        }
+    }
+
+    fn two_nodes(now: Instant) -> Balancer {
+        Balancer::new(&["a:1".into(), "b:1".into()], now)
+    }
+
+    #[test]
+    fn a_node_enters_the_rotation_only_after_a_passing_check() {
+        let now = Instant::now();
+        let mut balancer = two_nodes(now);
+        assert!(
+            balancer.rotation().is_empty(),
+            "nodes start out of the rotation"
+        );
+
+        let nothing_passed = [failed("a:1"), failed("b:1")];
+        assert!(!apply_checks(
+            &mut balancer,
+            nothing_passed,
+            now,
+            FORGET_AFTER
+        ));
+        assert!(balancer.rotation().is_empty());
+
+        let a_passed = [passed("a:1", "node-a"), failed("b:1")];
+        assert!(apply_checks(&mut balancer, a_passed, now, FORGET_AFTER));
+        assert_eq!(balancer.rotation(), ["a:1"]);
+        assert_eq!(
+            balancer.find("node-a").map(|n| n.http_addr.as_str()),
+            Some("a:1")
+        );
+    }
+
+    #[test]
+    fn one_failed_check_takes_a_node_out_at_once() {
+        let now = Instant::now();
+        let mut balancer = two_nodes(now);
+        let both_passed = [passed("a:1", "node-a"), passed("b:1", "node-b")];
+        apply_checks(&mut balancer, both_passed, now, FORGET_AFTER);
+        assert_eq!(balancer.healthy_count(), 2);
+
+        let b_failed = [passed("a:1", "node-a"), failed("b:1")];
+        assert!(apply_checks(&mut balancer, b_failed, now, FORGET_AFTER));
+        assert_eq!(balancer.rotation(), ["a:1"]);
+        assert_eq!(balancer.find("node-b").map(|n| n.healthy), Some(false));
+
+        let b_passed_again = [passed("a:1", "node-a"), passed("b:1", "node-b")];
+        assert!(apply_checks(
+            &mut balancer,
+            b_passed_again,
+            now,
+            FORGET_AFTER
+        ));
+        assert_eq!(balancer.healthy_count(), 2);
+    }
+
+    #[test]
+    fn the_same_answers_again_change_nothing() {
+        let now = Instant::now();
+        let mut balancer = two_nodes(now);
+        let answers = [passed("a:1", "node-a"), failed("b:1")];
+        assert!(apply_checks(&mut balancer, answers, now, FORGET_AFTER));
+        assert!(
+            !apply_checks(&mut balancer, answers, now, FORGET_AFTER),
+            "no change, no event"
+        );
+    }
+
+    #[test]
+    fn a_check_round_forgets_discovered_nodes_long_down() {
+        let start = Instant::now();
+        let mut balancer = Balancer::new(&["pinned:1".into()], start);
+        balancer.listed("gone:1", "gone", "gone:2", start);
+        let later = start + FORGET_AFTER * 2;
+        let all_failed = [failed("pinned:1"), failed("gone:1")];
+        assert!(apply_checks(&mut balancer, all_failed, later, FORGET_AFTER));
+        let left: Vec<&str> = balancer
+            .nodes()
+            .iter()
+            .map(|n| n.http_addr.as_str())
+            .collect();
+        assert_eq!(left, ["pinned:1"], "given with --node: never forgotten");
+    }
 }

@@ -1,11 +1,12 @@
 //! The Tally gateway: one address in front of a cluster of nodes.
 //!
-//! * proxies the counter API round-robin over healthy nodes, failing over
-//!   only when that cannot count a write twice (`proxy`);
+//! * proxies the counter API round-robin over healthy nodes (`proxy`),
+//!   failing over only when that cannot count a write twice (`failover`);
 //! * keeps the node table true with active and passive health checks and
-//!   discovery (`balancer`, `health`);
-//! * follows every node's live stream and merges them (`stream`), and
-//!   fans the cluster's state out to browsers on `/ws` (`browser`);
+//!   discovery (`balancer`, `health`, `node_table`);
+//! * follows every node's live stream (`followers`) and merges them
+//!   (`replicas`), and fans the cluster's state out to browsers on `/ws`
+//!   (`browser`);
 //! * runs the demo's crash/restart/partition/heal buttons (`demo`);
 //! * serves the web page.
 mod api;
@@ -13,11 +14,16 @@ mod balancer;
 mod browser;
 mod config;
 mod demo;
+mod demo_controls;
 mod error;
+mod failover;
+mod followers;
 mod health;
+mod node_clients;
+mod node_table;
 mod proxy;
+mod replicas;
 mod state;
-mod stream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,9 +33,9 @@ use tokio::net::TcpListener;
 
 pub use api::NodeView;
 pub use config::{default_web_dir, GatewayConfig, MAX_BODY_BYTES};
-pub use demo::DemoControls;
+pub use demo_controls::DemoControls;
 pub use error::GatewayError;
-pub use stream::Lag;
+pub use replicas::Lag;
 
 use state::Shared;
 
@@ -49,7 +55,7 @@ pub async fn serve(
     };
     let shared = Shared::new(config, controls)?;
     let stop = shared.shutdown.clone();
-    shared.follow_new_nodes();
+    followers::reconcile(&shared);
     tokio::spawn(
         stop.clone()
             .run_until_cancelled_owned(health::check_nodes(Arc::clone(&shared))),

@@ -1,11 +1,10 @@
-//! Forwarding the counter API to a healthy node, with failover.
+//! Forwarding the counter API to a healthy node, with failover (the rule
+//! for when to move on is in `failover`).
 //!
-//! The hop goes through a bare pooled hyper client rather than reqwest:
-//! the request line is already in hand (method, path, bytes), so there is
-//! no URL to parse, no redirect or retry layer to pass through, and the
-//! body is forwarded as the same `Bytes` both ways, never re-encoded.
+//! The request line is forwarded as it came (method, path, query, body)
+//! over the pooled client of `node_clients`, and the node's answer comes
+//! back unchanged.
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -15,30 +14,12 @@ use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::error::{self, ApiError};
+use crate::failover::{self, Failure, Next, RequestKind};
+use crate::node_clients::NodeClient;
+use crate::node_table;
 use crate::state::Shared;
-
-/// Pooled keep-alive connections to the nodes, for proxied requests.
-pub type NodeClient = Client<HttpConnector, Full<Bytes>>;
-
-/// Idle pooled connections are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The proxy's client: keep-alive pool, `connect_timeout` per connection,
-/// Nagle off (requests and answers are single small writes).
-pub fn node_client(connect_timeout: Duration) -> NodeClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector)
-}
 
 /// The handler behind every counter route: the request goes to a node
 /// unchanged (method, path, query, body) and its answer comes back unchanged.
@@ -78,59 +59,28 @@ struct NodeRequest {
     body: Bytes,
 }
 
-/// How a node failed to answer (the message is for the client).
-enum Failure {
-    /// The connection failed before the request left: nothing was applied.
-    NotSent(String),
-    /// The request left, then the answer did not come in time.
-    TimedOut,
-    /// The request left, then the connection or the answer broke.
-    Broken(String),
-}
-
-impl Failure {
-    fn into_api_error(self, addr: &str, timeout: Duration) -> ApiError {
-        match self {
-            Failure::TimedOut => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("node {addr} did not answer within {timeout:?}"),
-            ),
-            Failure::NotSent(error) | Failure::Broken(error) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("node {addr} failed: {error}"),
-            ),
-        }
-    }
-}
-
 impl NodeRequest {
     /// Tries healthy nodes in round-robin order. A node that fails leaves
-    /// the rotation at once.
-    ///
-    /// A write moves on to the next node only when the request never left
-    /// (connection refused or reset while connecting). Once a write may have
-    /// reached a node it is never resent: a counter cannot tell a retried
-    /// increment from a new one, so resending after a timeout could count the
-    /// same click twice. The client gets 504/502 and decides itself.
-    /// Reads change nothing, so any failure moves on.
+    /// the rotation at once; whether the request moves on to the next node
+    /// is `failover`'s call.
     async fn send_to_any(&self, shared: &Arc<Shared>) -> Result<Response, ApiError> {
-        let is_write = self.method != Method::GET && self.method != Method::HEAD;
+        let kind = RequestKind::of(&self.method);
         let order = shared.balancer().rotation();
-        let mut last_error = error::no_healthy_node();
+        let mut answer = error::no_healthy_node();
         for addr in order {
             let failure = match self.send(shared, &addr).await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
             tracing::warn!(node = %addr, "proxied request failed; node leaves the rotation");
-            shared.mark_unhealthy(&addr);
-            let may_have_applied = !matches!(failure, Failure::NotSent(_));
-            last_error = failure.into_api_error(&addr, shared.config.request_timeout);
-            if is_write && may_have_applied {
+            node_table::mark_unhealthy(shared, &addr);
+            let next = failover::after_failure(kind, &failure);
+            answer = failure.into_api_error(&addr, shared.config.request_timeout);
+            if next == Next::Stop {
                 break;
             }
         }
-        Err(last_error)
+        Err(answer)
     }
 
     async fn send(&self, shared: &Shared, addr: &str) -> Result<Response, Failure> {
@@ -175,6 +125,8 @@ async fn exchange(client: &NodeClient, request: Request<Full<Bytes>>) -> Result<
     ))
 }
 
+/// Only a failure to connect proves the request never left; anything later
+/// may have reached the node.
 fn classify(error: hyper_util::client::legacy::Error) -> Failure {
     match error.is_connect() {
         true => Failure::NotSent(error.to_string()),

@@ -1,16 +1,23 @@
-//! The gateway on real sockets, with no nodes behind it (tests against real
-//! nodes come with the `tally node` binary).
+//! The gateway on real sockets, alone or in front of a minimal stand-in
+//! node (proxy, failover and stream behaviour against fuller stand-ins is
+//! in `stand_in_nodes.rs`; tests against real nodes come with the `tally`
+//! binary).
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crdt_core::wire;
+use axum::extract::ws::{Message as WsMessage, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use crdt_core::{wire, ActorId, CounterMap, CounterName, Op};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tally_gateway::{serve, DemoControls, GatewayConfig, NodeView};
-use tally_protocol::events::ClusterEvent;
+use tally_protocol::events::{ClusterEvent, NodeEvent};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -112,6 +119,106 @@ async fn dead_addr() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
+/// Polls `condition` until it holds, failing the test after `PATIENCE`.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    let waiting = async {
+        while !condition().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    timeout(PATIENCE, waiting)
+        .await
+        .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+/// The least of a node the gateway talks to: `/health` passes (naming the
+/// node) only while `passing` is set, `/counter` names the node and counts
+/// the reads, and `/ws` streams one snapshot of a default counter at
+/// `value`. Runs until the test ends.
+struct StandIn {
+    addr: String,
+    passing: Arc<AtomicBool>,
+    health_checks: Arc<AtomicUsize>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl StandIn {
+    async fn start(id: &str, passing: bool, value: u64) -> Self {
+        let passing = Arc::new(AtomicBool::new(passing));
+        let health_checks = Arc::new(AtomicUsize::new(0));
+        let reads = Arc::new(AtomicUsize::new(0));
+        let (checks, pass, health_id) = (health_checks.clone(), passing.clone(), id.to_owned());
+        let health = move || async move {
+            checks.fetch_add(1, Ordering::SeqCst);
+            match pass.load(Ordering::SeqCst) {
+                true => (
+                    StatusCode::OK,
+                    Json(json!({"status": "ok", "node": health_id})),
+                ),
+                false => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"error": "sick"})),
+                ),
+            }
+        };
+        let (counted, read_id) = (reads.clone(), id.to_owned());
+        let read = move || async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Json(json!({"value": value, "node": read_id}))
+        };
+        let snapshot = NodeEvent::Snapshot {
+            node: id.to_owned(),
+            state: default_counter_at(value),
+        };
+        let stream = move |upgrade: WebSocketUpgrade| async move {
+            upgrade.on_upgrade(move |mut socket| async move {
+                let frame = WsMessage::Binary(wire::encode(&snapshot).into());
+                if socket.send(frame).await.is_ok() {
+                    while let Some(Ok(_)) = socket.recv().await {}
+                }
+            })
+        };
+        let app = Router::new()
+            .route("/health", get(health))
+            .route("/counter", get(read))
+            .route("/ws", get(stream));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            addr,
+            passing,
+            health_checks,
+            reads,
+        }
+    }
+
+    fn start_passing(&self) {
+        self.passing.store(true, Ordering::SeqCst);
+    }
+
+    fn health_checks(&self) -> usize {
+        self.health_checks.load(Ordering::SeqCst)
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+}
+
+fn default_counter_at(value: u64) -> CounterMap {
+    let mut state = CounterMap::new();
+    let (actor, name) = (
+        ActorId::new("x").unwrap(),
+        CounterName::new("default").unwrap(),
+    );
+    state.apply(&actor, &name, Op::Increment(value)).unwrap();
+    state
+}
+
 #[tokio::test]
 async fn without_nodes_everything_answers_json_errors() {
     let gateway = Gateway::start(empty_config(), None).await;
@@ -167,42 +274,90 @@ async fn oversized_bodies_are_refused_before_proxying() {
 }
 
 #[tokio::test]
-async fn unreachable_nodes_are_listed_unhealthy_and_never_used() {
-    let addr = dead_addr().await;
+async fn only_nodes_that_pass_their_health_check_are_used() {
+    let good = StandIn::start("good", false, 1).await;
+    let sick = StandIn::start("sick", false, 2).await;
+    let dead = dead_addr().await;
     let config = GatewayConfig {
-        nodes: vec![addr.clone()],
-        health_interval: Duration::from_millis(50),
+        nodes: vec![good.addr.clone(), sick.addr.clone(), dead.clone()],
+        health_interval: Duration::from_millis(20),
         ..empty_config()
     };
     let gateway = Gateway::start(config, None).await;
+
+    // Several rounds of failing checks: nothing enters the rotation.
+    eventually("three health checks", || async {
+        good.health_checks() >= 3
+    })
+    .await;
+    let (status, body) = gateway.get("/health").await;
+    assert_eq!(
+        (status, json(&body)["healthy_nodes"].as_u64()),
+        (503, Some(0))
+    );
+    assert_eq!(gateway.get("/counter").await.0, 503);
+
+    good.start_passing();
+    eventually("/health answers 200", || async {
+        gateway.get("/health").await.0 == 200
+    })
+    .await;
+    let (_, body) = gateway.get("/health").await;
+    assert_eq!(json(&body)["healthy_nodes"].as_u64(), Some(1), "{body}");
+    for _ in 0..4 {
+        let (status, body) = gateway.get("/counter").await;
+        assert_eq!((status, json(&body)["node"].as_str()), (200, Some("good")));
+    }
+    assert_eq!(
+        sick.reads(),
+        0,
+        "a node failing its health check is never used"
+    );
+
     let (_, body) = gateway.get("/nodes").await;
     let nodes: Vec<NodeView> = serde_json::from_str(&body).unwrap();
-    assert_eq!(nodes.len(), 1);
-    assert_eq!(
-        (nodes[0].id.as_str(), nodes[0].healthy),
-        (addr.as_str(), false)
-    );
-    assert_eq!((nodes[0].value, nodes[0].lag), (None, None));
-    assert_eq!(gateway.get("/counter").await.0, 503);
+    let health: Vec<(&str, bool)> = (nodes.iter())
+        .map(|node| (node.http_addr.as_str(), node.healthy))
+        .collect();
+    let expected = [
+        (good.addr.as_str(), true),
+        (&sick.addr, false),
+        (&dead, false),
+    ];
+    assert_eq!(health, expected);
     gateway.stop().await;
 }
 
 #[tokio::test]
 async fn browsers_get_the_node_list_first() {
-    let addr = dead_addr().await;
+    let node = StandIn::start("n1", true, 3).await;
     let config = GatewayConfig {
-        nodes: vec![addr.clone()],
+        nodes: vec![node.addr.clone()],
         ..empty_config()
     };
     let gateway = Gateway::start(config, None).await;
+    // Wait until the gateway holds the node's state, so there is something
+    // the node list could wrongly come after.
+    eventually("the node's state reaches the gateway", || async {
+        let (_, body) = gateway.get("/nodes").await;
+        let nodes: Vec<NodeView> = serde_json::from_str(&body).unwrap();
+        nodes.first().and_then(|node| node.value) == Some(3)
+    })
+    .await;
     let mut browser = gateway.browser().await;
     match next_event(&mut browser).await {
         ClusterEvent::Nodes { nodes, controls } => {
             assert!(!controls);
             assert_eq!(nodes.len(), 1);
-            assert_eq!(nodes[0].http_addr, addr);
+            assert_eq!(nodes[0].http_addr, node.addr);
         }
         other => panic!("expected Nodes first, got {other:?}"),
+    }
+    match next_event(&mut browser).await {
+        ClusterEvent::NodeState { node, state } => {
+            assert_eq!((node.as_str(), state.value("default")), ("n1", Some(3)));
+        }
+        other => panic!("expected the node's state next, got {other:?}"),
     }
     gateway.stop().await;
     // Shutting down closes the browser's stream rather than leaving it hanging.
@@ -301,19 +456,4 @@ async fn the_web_bundle_is_served_at_the_root() {
     );
     gateway.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-/// A browser that stops reading while a node streams many deltas must be
-/// resynced (fresh `Nodes` + `NodeState`s) or dropped, and the gateway's
-/// memory must stay flat. Convergence through resyncs is covered against a
-/// stand-in node (`stand_in_nodes.rs`); this adds a real node and the memory bound.
-#[tokio::test]
-#[ignore = "needs the `tally node` binary (target/debug/tally)"]
-async fn a_slow_browser_is_resynced_not_buffered() {
-    // 1. Start one `tally node` and a gateway with `event_buffer: 16` pointing at it.
-    // 2. Open two browsers; the slow one reads only its first frame.
-    // 3. Send 1,000 increments through the gateway; the fast browser sees them all.
-    // 4. The slow browser, reading again, gets a `Nodes` event followed by a
-    //    `NodeState` whose "default" value is 1,000 (it skipped ahead), and the
-    //    gateway's RSS stays within a fixed bound throughout.
 }

@@ -1,16 +1,13 @@
-//! Each node's live stream: one replica per node, their merge, and the
-//! task that follows a node's `/ws` (reconnecting with backoff).
+//! The gateway's copy of the cluster's data: each node's replica, their
+//! merge, and how far each node trails it.
+//!
+//! Pure state (no I/O) so the merge rules can be tested directly: the
+//! stream followers feed node events in, `/nodes` and browsers read views out.
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 
-use crdt_core::{wire, CounterMap, DEFAULT_COUNTER};
-use futures_util::StreamExt;
+use crdt_core::{CounterMap, DEFAULT_COUNTER};
 use serde::{Deserialize, Serialize};
 use tally_protocol::events::{ClusterEvent, NodeEvent};
-use tokio_tungstenite::tungstenite::Message;
-
-use crate::state::Shared;
 
 /// Every node's replica, as its stream told us, and the merge of them all.
 #[derive(Debug, Default)]
@@ -120,60 +117,6 @@ pub fn lag(merged: &CounterMap, node: &CounterMap) -> Lag {
         }
     }
     lag
-}
-
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-const LONGEST_RETRY: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Follows the node's `/ws` until the task is aborted: a node that is down
-/// is retried with exponential backoff, reset once a connection succeeds.
-pub async fn follow_node(shared: Arc<Shared>, http_addr: String) {
-    let mut retry_in = FIRST_RETRY;
-    loop {
-        match subscribe(&shared, &http_addr).await {
-            Ok(()) => retry_in = FIRST_RETRY,
-            Err(error) => tracing::debug!(node = %http_addr, %error, "node stream unavailable"),
-        }
-        tokio::time::sleep(retry_in).await;
-        retry_in = (retry_in * 2).min(LONGEST_RETRY);
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum StreamError {
-    #[error("connect timed out")]
-    ConnectTimeout,
-    #[error(transparent)]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
-    #[error("bad event: {0}")]
-    Decode(#[from] crdt_core::CrdtError),
-}
-
-/// One connection's life; `Ok` means it connected (and later closed).
-async fn subscribe(shared: &Arc<Shared>, http_addr: &str) -> Result<(), StreamError> {
-    let url = format!("ws://{http_addr}/ws");
-    let connecting = tokio_tungstenite::connect_async(url);
-    let (mut socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| StreamError::ConnectTimeout)??;
-    tracing::info!(node = %http_addr, "following node stream");
-    while let Some(message) = socket.next().await {
-        match message {
-            Ok(Message::Binary(bytes)) => {
-                shared.on_node_event(http_addr, wire::decode::<NodeEvent>(&bytes)?);
-            }
-            Ok(Message::Close(_)) => break,
-            // Pings are answered by tungstenite; text frames are not part of the protocol.
-            Ok(_) => {}
-            // A broken stream after connecting is an ordinary reconnect, not an error to report.
-            Err(error) => {
-                tracing::debug!(node = %http_addr, %error, "node stream broke");
-                break;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
