@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tally_protocol::access::ApiTokens;
+use tally_protocol::cluster_key::ClusterKeys;
 
 /// Tally: a gossip-replicated counter cluster.
 ///
@@ -72,9 +74,10 @@ pub struct NodeArgs {
     /// Cluster name; nodes refuse peers of another cluster.
     #[arg(long, default_value = "tally")]
     pub cluster: String,
-    /// Shared secret authenticating every gossip connection and frame (HMAC-SHA256).
-    #[arg(long, env = "TALLY_CLUSTER_KEY", hide_env_values = true)]
-    pub cluster_key: Option<String>,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// Enable `POST/DELETE /admin/partition` (tests and the demo only).
     #[arg(long)]
     pub allow_fault_injection: bool,
@@ -89,12 +92,91 @@ pub struct NodeArgs {
     pub snapshot_bytes: u64,
 }
 
+/// The cluster secret, taken the same way by every process of a cluster.
+#[derive(Debug, Args, Clone)]
+pub struct SecretArgs {
+    /// The cluster secret (at least 16 bytes, e.g. `openssl rand -hex 32`).
+    /// Encrypts and authenticates gossip, signs calls to discovery and proves
+    /// nodes to the gateway. During a rotation give several, separated by
+    /// commas: the first is used to send, all are accepted.
+    #[arg(
+        long,
+        env = "TALLY_CLUSTER_KEY",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub cluster_key: Option<String>,
+    /// Read the cluster secret(s) from this file instead (one per line).
+    #[arg(long, value_name = "PATH", conflicts_with = "cluster_key")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Run without a cluster secret: anyone who reaches this process can
+    /// read, join or change the cluster. For experiments on a closed machine only.
+    #[arg(long, conflicts_with_all = ["cluster_key", "cluster_key_file"])]
+    pub insecure: bool,
+}
+
+impl SecretArgs {
+    /// The cluster's keys, `None` only with `--insecure` (which warns once).
+    /// Without a secret and without `--insecure`, refuses to start.
+    pub fn keys(&self) -> anyhow::Result<Option<ClusterKeys>> {
+        let text = match (&self.cluster_key, &self.cluster_key_file) {
+            (Some(text), _) => text.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|error| anyhow::anyhow!("--cluster-key-file {}: {error}", path.display()))?,
+            (None, None) if self.insecure => {
+                tracing::warn!(
+                    "--insecure: no cluster secret; anyone who can reach this process can read, join or change the cluster"
+                );
+                return Ok(None);
+            }
+            (None, None) => anyhow::bail!(
+                "no cluster secret: give --cluster-key, TALLY_CLUSTER_KEY or --cluster-key-file (or --insecure for an open cluster)"
+            ),
+        };
+        let keys =
+            ClusterKeys::parse(&text).map_err(|error| anyhow::anyhow!("--cluster-key: {error}"))?;
+        Ok(Some(keys))
+    }
+}
+
+/// Who may use a node's or the gateway's HTTP API.
+#[derive(Debug, Args, Clone)]
+pub struct AccessArgs {
+    /// Require API tokens: a file of `TOKEN ROLE` lines (roles `read`,
+    /// `write`, `admin`). Every request then needs `Authorization: Bearer
+    /// TOKEN` (401 without, 403 for a role too low). Without it the API is
+    /// open to whoever reaches it.
+    #[arg(long, value_name = "PATH", env = "TALLY_API_TOKENS_FILE")]
+    pub api_tokens_file: Option<PathBuf>,
+    /// A web origin (e.g. `https://dash.example.com`) allowed to write and
+    /// open streams from a browser (repeatable) [default: this server's own
+    /// origin only].
+    #[arg(long, value_name = "ORIGIN")]
+    pub allowed_origin: Vec<String>,
+}
+
+impl AccessArgs {
+    /// The tokens file, parsed (`None` when not given).
+    pub fn tokens(&self) -> anyhow::Result<Option<ApiTokens>> {
+        let Some(path) = &self.api_tokens_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("--api-tokens-file {}: {error}", path.display()))?;
+        let tokens = ApiTokens::parse(&text)
+            .map_err(|error| anyhow::anyhow!("--api-tokens-file {}: {error}", path.display()))?;
+        Ok(Some(tokens))
+    }
+}
+
 /// `tally discovery`.
 #[derive(Debug, Args)]
 pub struct DiscoveryArgs {
     /// Address to serve on.
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub addr: SocketAddr,
+    #[command(flatten)]
+    pub secret: SecretArgs,
     /// Members silent for longer than this are dropped.
     #[arg(long, default_value = "5s", value_parser = humantime_duration)]
     pub ttl: Duration,
@@ -115,6 +197,10 @@ pub struct GatewayArgs {
     /// Directory holding the web bundle [default: the repository's web/dist].
     #[arg(long)]
     pub web_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 /// `tally dev`.
@@ -197,6 +283,48 @@ mod tests {
         assert!(humantime_duration("abc").is_err());
         assert!(humantime_duration("0s").is_err());
         assert!(humantime_duration("5h").is_err());
+    }
+
+    fn secret(args: &[&str]) -> SecretArgs {
+        let mut argv = vec!["tally", "discovery"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Some(Command::Discovery(discovery)) => discovery.secret,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_process_without_a_secret_refuses_to_start_unless_insecure() {
+        // The variable may be set in the environment running the tests.
+        if std::env::var_os("TALLY_CLUSTER_KEY").is_some() {
+            return;
+        }
+        let error = secret(&[]).keys().unwrap_err().to_string();
+        assert!(error.contains("--cluster-key"), "{error}");
+        assert!(secret(&["--insecure"]).keys().unwrap().is_none());
+        let keys = secret(&["--cluster-key", "a-long-enough-secret,another-long-secret"]);
+        assert_eq!(keys.keys().unwrap().map(|k| k.len()), Some(2));
+        let short = secret(&["--cluster-key", "short"])
+            .keys()
+            .unwrap_err()
+            .to_string();
+        assert!(short.contains("at least 16"), "{short}");
+    }
+
+    #[test]
+    fn the_secret_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "a-long-enough-secret\n").unwrap();
+        let keys = secret(&["--cluster-key-file", path.to_str().unwrap()]);
+        assert_eq!(keys.keys().unwrap().map(|k| k.len()), Some(1));
+        let missing = secret(&["--cluster-key-file", "/nonexistent/key"]);
+        assert!(missing
+            .keys()
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/key"));
     }
 
     #[test]

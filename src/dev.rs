@@ -17,13 +17,14 @@ use crate::cli::DevArgs;
 use anyhow::{bail, Context};
 use futures_util::future::BoxFuture;
 use tally_gateway::{DemoControls, GatewayConfig};
+use tally_protocol::cluster_key::ClusterKeys;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant;
 
-/// The demo's shared secret: nodes authenticate gossip even in the demo.
-const DEMO_CLUSTER_KEY: &str = "tally-demo-cluster-key";
+/// Where the demo keeps its cluster secret, inside `--data-dir`.
+const SECRET_FILE: &str = "cluster.key";
 /// Time the children get to stop gracefully before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long startup waits for every node to answer `/health`.
@@ -130,6 +131,8 @@ impl StopSignals {
 
 struct Supervisor {
     exe: PathBuf,
+    /// The demo's cluster secret, handed to every child in `TALLY_CLUSTER_KEY`.
+    secret: String,
     discovery_url: String,
     specs: Vec<NodeSpec>,
     children: Mutex<HashMap<String, Child>>,
@@ -145,7 +148,7 @@ impl Supervisor {
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .arg("--allow-fault-injection")
-            .env("TALLY_CLUSTER_KEY", DEMO_CLUSTER_KEY)
+            .env("TALLY_CLUSTER_KEY", &self.secret)
             .env(
                 "TALLY_LOG",
                 std::env::var("TALLY_NODE_LOG").unwrap_or_else(|_| "warn".into()),
@@ -303,15 +306,46 @@ fn check_free(addrs: &[(String, SocketAddr)]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_discovery(exe: &Path, addr: SocketAddr) -> anyhow::Result<Child> {
+fn spawn_discovery(exe: &Path, addr: SocketAddr, secret: &str) -> anyhow::Result<Child> {
     Command::new(exe)
         .args(["discovery", "--addr", &addr.to_string(), "--ttl", "5s"])
+        .env("TALLY_CLUSTER_KEY", secret)
         .env("TALLY_LOG", "warn")
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .context("starting discovery")
+}
+
+/// The demo cluster's secret: random, made on the first run and kept (owner
+/// read/write only) in the data directory, so a second run with the same data
+/// is the same cluster and no two demos share a secret.
+fn demo_secret(data_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let path = data_dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(secret) => return Ok(secret.trim().to_owned()),
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error).with_context(|| format!("reading {}", path.display()))
+        }
+        Err(_) => {}
+    }
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(secret.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret)
 }
 
 /// Runs the demo until Ctrl-C or SIGTERM.
@@ -329,10 +363,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
 
+    let secret = demo_secret(&args.data_dir)?;
     let exe = std::env::current_exe().context("locating the tally executable")?;
-    let discovery = spawn_discovery(&exe, args.discovery_addr)?;
+    let discovery = spawn_discovery(&exe, args.discovery_addr, &secret)?;
     let supervisor = Arc::new(Supervisor {
         exe,
+        secret,
         discovery_url: format!("http://{}", args.discovery_addr),
         specs: layout.specs,
         children: Mutex::default(),
@@ -368,6 +404,7 @@ async fn serve(
             .collect(),
         discovery: vec![supervisor.discovery_url.clone()],
         web_dir: args.web_dir.clone(),
+        cluster_keys: Some(ClusterKeys::parse(&supervisor.secret)?),
         ..GatewayConfig::default()
     };
     if config.resolved_web_dir().is_none() {

@@ -73,7 +73,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         },
         heartbeat: args.heartbeat,
         cluster: args.cluster,
-        cluster_key: args.cluster_key,
+        cluster_keys: args.secret.keys()?,
+        api_tokens: args.access.tokens()?,
+        allowed_origins: args.access.allowed_origin.clone(),
         allow_fault_injection: args.allow_fault_injection,
         max_frame: args.max_frame as usize,
         segment_bytes: args.segment_bytes,
@@ -85,9 +87,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
+    let keys = args.secret.keys()?;
     let listener = bind(args.addr).await?;
     tracing::info!(addr = %args.addr, ttl_ms = args.ttl.as_millis() as u64, "discovery serving");
-    tally_discovery::serve(listener, args.ttl, tally_node::shutdown::signal()).await?;
+    tally_discovery::serve(listener, args.ttl, keys, tally_node::shutdown::signal()).await?;
     Ok(())
 }
 
@@ -95,11 +98,16 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     if args.node.is_empty() && args.discovery.is_empty() {
         anyhow::bail!("give at least one --node <http addr> or --discovery <url>");
     }
+    let cluster_keys = args.secret.keys()?;
+    let api_tokens = args.access.tokens()?;
     let listener = bind(args.addr).await?;
     let config = GatewayConfig {
         nodes: args.node,
         discovery: args.discovery,
         web_dir: args.web_dir,
+        cluster_keys,
+        api_tokens,
+        allowed_origins: args.access.allowed_origin,
         ..GatewayConfig::default()
     };
     tracing::info!(addr = %args.addr, "gateway serving");

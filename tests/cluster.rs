@@ -5,7 +5,8 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{wait_until, Cluster};
+use common::{wait_until, Cluster, NodeProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 
@@ -71,51 +72,152 @@ async fn a_partitioned_node_catches_up_after_heal() {
     assert!(cluster.converge(None, 110, CONVERGE).await);
 }
 
+/// `tally_rejected_frames_total` of `node` (its only sample, labelled with its id).
+async fn rejected_frames(node: &NodeProcess) -> u64 {
+    let label = format!("node=\"{}\"", node.id);
+    node.metric("tally_rejected_frames_total", &label).await
+}
+
+/// Waits until `node` has counted more than `before` rejected frames; the count.
+async fn rejected_after(node: &NodeProcess, before: u64) -> u64 {
+    wait_until(CONVERGE, || async { rejected_frames(node).await > before }).await;
+    rejected_frames(node).await
+}
+
+/// The ids `node` lists in `GET /peers`.
+async fn peer_ids(node: &NodeProcess) -> Vec<String> {
+    let peers = node.get_json("/peers").await;
+    peers
+        .as_array()
+        .expect("/peers is a list")
+        .iter()
+        .map(|peer| peer["id"].as_str().expect("peer id").to_owned())
+        .collect()
+}
+
+/// Each kind of hostile input on the gossip port is rejected and counted on
+/// its own, one rejection per connection, and the node serves throughout; a
+/// node with the wrong key is refused, counted, and never becomes a member.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_gossip_input_leaves_the_node_serving() {
-    let cluster = Cluster::start(2, &["--cluster-key", "secret"]).await;
-    let target = &cluster.nodes[0];
-    let send = |bytes: &[u8]| {
-        let mut stream = TcpStream::connect(&target.gossip_addr).unwrap();
-        let _ = stream.write_all(bytes);
-    };
-    send(b"GET / HTTP/1.1\r\n\r\n garbage \xff\xfe");
-    send(&[0, 0, 0, 200, 1, 2, 3]); // half a frame, then hang up
-    send(&[0xff, 0xff, 0xff, 0xff]); // a frame far over the limit
-                                     // A node with the wrong key.
+    let cluster = Cluster::start(2, &[]).await;
+    let [target, other] = [&cluster.nodes[0], &cluster.nodes[1]];
+    let attacks: [(&str, &[u8]); 4] = [
+        // "GET " read as a length prefix is ~1.2 GB: over the limit.
+        ("an HTTP request", b"GET / HTTP/1.1\r\nHost: tally\r\n\r\n"),
+        // A well-framed body that is no Hello.
+        ("a frame of garbage", b"\0\0\0\x0c\xff\xfe garbage!"),
+        ("half a frame, then a hang-up", &[0, 0, 0, 200, 1, 2, 3]),
+        ("a 4 GiB length prefix", &[0xff, 0xff, 0xff, 0xff]),
+    ];
+    let mut increments = 0;
+    for (attack, bytes) in attacks {
+        let before = rejected_frames(target).await;
+        {
+            let mut stream = TcpStream::connect(&target.gossip_addr).expect("connect");
+            stream.write_all(bytes).expect("send the attack");
+        } // Hang up.
+        let after = rejected_after(target, before).await;
+        assert_eq!(
+            after,
+            before + 1,
+            "{attack}: one connection, one rejection counted"
+        );
+        assert_eq!(
+            target.post("/increment", "").await.0,
+            200,
+            "{attack}: the node stopped serving"
+        );
+        increments += 1;
+    }
+    assert!(cluster.converge(None, increments, CONVERGE).await);
+
+    // A node with the wrong key, seeded with the target.
     let intruder_dir = tempfile::tempdir().unwrap();
-    let intruder = common::NodeProcess::start(
+    let intruder = NodeProcess::start_with_key(
         "intruder",
         intruder_dir.path(),
-        &[
-            "--cluster-key".into(),
-            "wrong".into(),
-            "--seed".into(),
-            target.gossip_addr.clone(),
-        ],
+        &["--seed".into(), target.gossip_addr.clone()],
+        "not-the-cluster-key",
     );
     intruder.wait_ready().await;
     assert_eq!(intruder.post("/increment", r#"{"amount": 7}"#).await.0, 200);
-    assert_eq!(target.post("/increment", "").await.0, 200);
-    assert!(cluster.converge(None, 1, CONVERGE).await);
-    // The intruder never got in: no member, no value, and the rejections are counted.
+    // Its attempts, each refused in the handshake; two of them, so it had
+    // time to be let in after it held news.
+    let before = rejected_frames(target).await;
+    let once = rejected_after(target, before).await;
+    let twice = rejected_after(target, once).await;
     assert!(
-        wait_until(CONVERGE, || async {
-            target.metric("tally_rejected_frames_total", "").await > 0
-        })
-        .await
+        twice >= before + 2,
+        "the wrong key was not counted: {before} → {twice}"
     );
-    let peers = target.get_json("/peers").await;
-    assert!(
-        peers
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["id"] != "intruder"),
-        "{peers}"
-    );
+    for node in [target, other] {
+        let peers = peer_ids(node).await;
+        assert!(
+            !peers.iter().any(|id| id == "intruder"),
+            "{} lists the intruder: {peers:?}",
+            node.id
+        );
+    }
+    let theirs = peer_ids(&intruder).await;
+    assert!(theirs.is_empty(), "the intruder got to know {theirs:?}");
+    assert_eq!(rejected_frames(other).await, 0, "n2 never met the intruder");
     assert_eq!(intruder.value().await, 7);
-    assert_eq!(target.value().await, 1);
+    assert_eq!(target.value().await, increments);
+    assert_eq!(other.value().await, increments);
+    assert!(
+        target.post("/increment", "").await.0 == 200
+            && cluster.converge(None, increments + 1, CONVERGE).await,
+        "the cluster stopped working"
+    );
+}
+
+/// A length prefix over `--max-frame` closes the connection at once (no body
+/// is waited for) and counts in `tally_rejected_frames_total`; one at the
+/// limit is read on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frame_over_max_frame_closes_the_connection_and_is_counted() {
+    const MAX_FRAME: u32 = 4096;
+    let cluster = Cluster::start(1, &["--max-frame", &MAX_FRAME.to_string()]).await;
+    let node = &cluster.nodes[0];
+    let before = rejected_frames(node).await;
+
+    // At the limit: the node waits for the body (its handshake allows 5 s).
+    let mut at_limit = tokio::net::TcpStream::connect(&node.gossip_addr)
+        .await
+        .expect("connect");
+    at_limit
+        .write_all(&MAX_FRAME.to_be_bytes())
+        .await
+        .expect("send a length prefix");
+    let mut byte = [0u8; 1];
+    let waited = tokio::time::timeout(Duration::from_secs(1), at_limit.read(&mut byte)).await;
+    assert!(
+        waited.is_err(),
+        "a frame at the limit was refused: {waited:?}"
+    );
+    assert_eq!(rejected_frames(node).await, before);
+
+    // One byte over: closed on the prefix alone, well within the handshake's 5 s.
+    let mut over = tokio::net::TcpStream::connect(&node.gossip_addr)
+        .await
+        .expect("connect");
+    over.write_all(&(MAX_FRAME + 1).to_be_bytes())
+        .await
+        .expect("send a length prefix");
+    let closed = tokio::time::timeout(Duration::from_secs(3), over.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "the node kept the connection open: {closed:?}"
+    );
+    let after = rejected_after(node, before).await;
+    assert_eq!(
+        after,
+        before + 1,
+        "the oversized frame was not counted once"
+    );
+    assert_eq!(node.post("/increment", "").await.0, 200);
+    drop(at_limit);
 }
 
 #[tokio::test(flavor = "multi_thread")]

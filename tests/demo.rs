@@ -4,13 +4,12 @@
 //! data across runs, drives the demo controls, and refuses taken ports.
 mod common;
 
-use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use common::{free_port, post_to, value_at, wait_until, GatewayApi, TALLY};
+use common::{free_port, post_to, value_at, wait_until, ChildLog, GatewayApi};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::Rng;
@@ -77,11 +76,10 @@ impl Ports {
     }
 }
 
-/// Runs `tally dev` with these ports and data dir; output goes to files in `logs`.
-fn spawn_dev(ports: &Ports, data_dir: &Path, logs: &Path) -> Child {
-    let stdout = File::create(logs.join("stdout")).expect("stdout file");
-    let stderr = File::create(logs.join("stderr")).expect("stderr file");
-    Command::new(TALLY)
+/// Runs `tally dev` with these ports and data dir; its output (and its
+/// children's) goes to `log`.
+fn spawn_dev(ports: &Ports, data_dir: &Path, log: &ChildLog) -> Child {
+    common::tally_command(log)
         .arg("dev")
         .args(["--nodes", &NODES.to_string()])
         .args(["--gateway-addr", &format!("127.0.0.1:{}", ports.gateway)])
@@ -93,10 +91,9 @@ fn spawn_dev(ports: &Ports, data_dir: &Path, logs: &Path) -> Child {
         .args(["--gossip-port", &ports.gossip_base.to_string()])
         .arg("--data-dir")
         .arg(data_dir)
-        .env("TALLY_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
+        .env("TALLY_NODE_LOG", common::test_log_level())
+        // The demo keys its own cluster, as it does for a user.
+        .env_remove("TALLY_CLUSTER_KEY")
         .spawn()
         .expect("spawn tally dev")
 }
@@ -151,7 +148,8 @@ struct Demo {
     /// The demo's own gateway, the way a user reaches it.
     gateway: GatewayApi,
     child: Child,
-    logs: tempfile::TempDir,
+    /// Its output; Drop stops the demo before the log prints.
+    log: ChildLog,
 }
 
 impl Demo {
@@ -162,16 +160,16 @@ impl Demo {
             let demo = Self::start_on(Ports::pick(), data_dir);
             match demo.ready().await {
                 Ok(()) => return demo,
-                Err(stderr) if stderr.contains("is not free") => continue,
-                Err(stderr) => panic!("the demo did not start:\n{stderr}"),
+                Err(output) if output.contains("is not free") => continue,
+                Err(_) => panic!("the demo did not start (its output follows)"),
             }
         }
         panic!("the demo found a taken port three times in a row");
     }
 
     fn start_on(ports: Ports, data_dir: &Path) -> Self {
-        let logs = tempfile::tempdir().expect("log dir");
-        let child = spawn_dev(&ports, data_dir, logs.path());
+        let log = ChildLog::new("demo");
+        let child = spawn_dev(&ports, data_dir, &log);
         let gateway = GatewayApi {
             addr: format!("127.0.0.1:{}", ports.gateway),
         };
@@ -179,15 +177,16 @@ impl Demo {
             ports,
             gateway,
             child,
-            logs,
+            log,
         }
     }
 
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
+    /// What the demo and its children wrote to stdout and stderr so far.
+    fn output(&self) -> String {
+        self.log.contents()
     }
 
-    /// Waits until the gateway sees every node healthy; `Err(stderr)` when
+    /// Waits until the gateway sees every node healthy; `Err(output)` when
     /// the demo exits first or never gets there.
     async fn ready(&self) -> Result<(), String> {
         let ready = wait_until(PATIENCE, || async {
@@ -198,7 +197,7 @@ impl Demo {
         let healthy = self.gateway.health().await.1["healthy_nodes"] == u64::from(NODES);
         match ready && healthy {
             true => Ok(()),
-            false => Err(self.stderr()),
+            false => Err(self.output()),
         }
     }
 
@@ -251,7 +250,7 @@ impl Demo {
         );
         self.signal(signal);
         let status = exit_within(&mut self.child, PATIENCE).await;
-        assert!(status.success(), "{status}; stderr:\n{}", self.stderr());
+        assert!(status.success(), "{status} (the demo's output follows)");
         let left: Vec<u32> = children.into_iter().filter(|pid| running(*pid)).collect();
         assert!(
             left.is_empty(),
@@ -377,18 +376,18 @@ async fn demo_controls_crash_restart_partition_and_heal() {
     demo.stop_with(Signal::SIGTERM).await;
 }
 
-/// Runs a demo that must refuse to start; returns its stderr.
+/// Runs a demo that must refuse to start; returns its output.
 async fn refused_start(ports: &Ports) -> String {
     let data = tempfile::tempdir().expect("data dir");
-    let logs = tempfile::tempdir().expect("log dir");
-    let mut child = spawn_dev(ports, data.path(), logs.path());
+    let log = ChildLog::new("demo");
+    let mut child = spawn_dev(ports, data.path(), &log);
     let status = exit_within(&mut child, PATIENCE).await;
-    let stderr = std::fs::read_to_string(logs.path().join("stderr")).unwrap_or_default();
+    let output = log.contents();
     assert!(
         !status.success(),
-        "started despite a taken port; stderr:\n{stderr}"
+        "started despite a taken port; output:\n{output}"
     );
-    stderr
+    output
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -396,21 +395,21 @@ async fn taken_ports_are_refused_by_number() {
     let mut ports = Ports::pick();
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     ports.gateway = taken.local_addr().expect("addr").port();
-    let stderr = refused_start(&ports).await;
+    let output = refused_start(&ports).await;
     let named = format!("port {} (gateway", ports.gateway);
     assert!(
-        stderr.contains(&named),
-        "stderr does not name the gateway port:\n{stderr}"
+        output.contains(&named),
+        "the output does not name the gateway port:\n{output}"
     );
 
     // A node's port: refused before any node starts.
     let ports = Ports::pick();
     let node2 = TcpListener::bind(("127.0.0.1", ports.http_base + 1)).expect("bind node-2's port");
-    let stderr = refused_start(&ports).await;
+    let output = refused_start(&ports).await;
     let named = format!("port {} (node-2 HTTP", ports.http_base + 1);
     assert!(
-        stderr.contains(&named),
-        "stderr does not name node-2's port:\n{stderr}"
+        output.contains(&named),
+        "the output does not name node-2's port:\n{output}"
     );
     drop((taken, node2));
 }
@@ -429,7 +428,7 @@ async fn a_signal_during_startup_still_stops_every_child() {
     let children = children_of(pid);
     demo.signal(Signal::SIGTERM);
     let status = exit_within(&mut demo.child, PATIENCE).await;
-    assert!(status.success(), "{status}; stderr:\n{}", demo.stderr());
+    assert!(status.success(), "{status} (the demo's output follows)");
     let left: Vec<u32> = children.into_iter().filter(|pid| running(*pid)).collect();
     assert!(left.is_empty(), "children outlived the demo: {left:?}");
 }

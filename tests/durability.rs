@@ -15,13 +15,12 @@
 //! `TALLY_BIN=<path>` measures another build of the binary (before/after comparisons).
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Cluster, NodeProcess};
+use common::{wait_until, ChildLog, Cluster, NodeProcess};
 use rand::Rng;
 use serde_json::Value;
 
@@ -135,9 +134,7 @@ async fn crash_under_load(extra_args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_increments_survive_sigkill() {
-    tokio::time::timeout(TEST_TIMEOUT, crash_under_load(&[]))
-        .await
-        .expect("test timed out");
+    common::within(TEST_TIMEOUT, crash_under_load(&[])).await;
 }
 
 /// The same with tiny segments and snapshots, so kills also land in
@@ -145,9 +142,7 @@ async fn acknowledged_increments_survive_sigkill() {
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_increments_survive_sigkill_during_snapshots() {
     let args = ["--segment-bytes", "2048", "--snapshot-bytes", "8192"];
-    tokio::time::timeout(TEST_TIMEOUT, crash_under_load(&args))
-        .await
-        .expect("test timed out");
+    common::within(TEST_TIMEOUT, crash_under_load(&args)).await;
 }
 
 /// Actors in `/state`'s increments whose name starts with `<id>~`, with their totals.
@@ -181,7 +176,7 @@ async fn increment_n1_until_all_show(cluster: &Cluster, times: usize, total: i64
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wiped_node_comes_back_as_a_new_actor_and_loses_nothing() {
-    tokio::time::timeout(TEST_TIMEOUT, async {
+    common::within(TEST_TIMEOUT, async {
         let mut cluster = Cluster::start(2, &[]).await;
         increment_n1_until_all_show(&cluster, 5, 5).await;
         let old_actor = incarnations(&cluster.nodes[0].get_json("/state").await, "n1");
@@ -212,8 +207,7 @@ async fn a_wiped_node_comes_back_as_a_new_actor_and_loses_nothing() {
             );
         }
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 async fn assert_values(node: &NodeProcess, default: i64, named: &[(&str, i64)]) {
@@ -230,7 +224,7 @@ async fn assert_values(node: &NodeProcess, default: i64, named: &[(&str, i64)]) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_clean_stop_replays_and_named_counters_survive_restarts() {
-    tokio::time::timeout(TEST_TIMEOUT, async {
+    common::within(TEST_TIMEOUT, async {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut node = NodeProcess::start("steady", dir.path(), &[]);
         node.wait_ready().await;
@@ -269,15 +263,14 @@ async fn a_clean_stop_replays_and_named_counters_survive_restarts() {
         node.wait_ready().await;
         assert_values(&node, 8, &expected).await;
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 /// News from a peer is not waited for, but it must not wait forever either:
 /// a steady stream of it used to postpone its sync indefinitely.
 #[tokio::test(flavor = "multi_thread")]
 async fn peer_news_is_made_durable_while_more_keeps_coming() {
-    tokio::time::timeout(TEST_TIMEOUT, async {
+    common::within(TEST_TIMEOUT, async {
         let mut cluster = Cluster::start(2, &[]).await;
         let stop = Arc::new(AtomicBool::new(false));
         let stream = {
@@ -313,8 +306,7 @@ async fn peer_news_is_made_durable_while_more_keeps_coming() {
             "the synced news was lost"
         );
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -327,38 +319,35 @@ fn tally_bin() -> String {
     std::env::var("TALLY_BIN").unwrap_or_else(|_| common::TALLY.to_owned())
 }
 
-/// A node whose log goes to a file, so the recovery line can be read.
+/// A node logging at `info` into its [`ChildLog`], so the recovery line can be read.
 struct LoggedNode {
     child: std::process::Child,
     http_addr: String,
-    log: PathBuf,
+    /// Its output; Drop stops the process before the log prints.
+    log: ChildLog,
 }
 
 impl LoggedNode {
-    async fn start(data_dir: &Path, log: &Path, extra: &[&str]) -> Self {
+    async fn start(data_dir: &Path, extra: &[&str]) -> Self {
         let http_addr = format!("127.0.0.1:{}", common::free_port());
         let gossip_addr = format!("127.0.0.1:{}", common::free_port());
-        let out = std::fs::File::create(log).expect("log file");
-        let child = std::process::Command::new(tally_bin())
+        let log = ChildLog::new("fig");
+        let child = common::command_for(&tally_bin(), &log)
             .args(["node", "--id", "fig", "--http-addr", &http_addr])
             .args(["--gossip-addr", &gossip_addr, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("TALLY_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
             .spawn()
             .expect("spawn tally node");
         let node = Self {
             child,
             http_addr,
-            log: log.to_owned(),
+            log,
         };
         let url = format!("http://{}/health", node.http_addr);
         let ready = common::answers_ok(&url, Duration::from_secs(120)).await;
-        assert!(ready, "node did not become ready; see {}", log.display());
+        assert!(ready, "node did not become ready");
         node
     }
 
@@ -369,7 +358,7 @@ impl LoggedNode {
 
     /// `elapsed_ms` of the "recovered from the write-ahead log" line.
     fn recovery_ms(&self) -> u64 {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let log = self.log.contents();
         log.lines()
             .find(|line| line.contains("recovered from the write-ahead log"))
             .and_then(|line| line.split("elapsed_ms=").nth(1))
@@ -380,6 +369,14 @@ impl LoggedNode {
 
     fn terminate(mut self) {
         common::signal_and_reap(&mut self.child, "TERM");
+    }
+}
+
+impl Drop for LoggedNode {
+    fn drop(&mut self) {
+        // Already reaped after `terminate`; a failed figure run leaves no node behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -435,10 +432,9 @@ async fn figures() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("node.log");
 
     println!("== throughput: durable increments against one node");
-    let node = LoggedNode::start(&dir.path().join("throughput"), &log, &[]).await;
+    let node = LoggedNode::start(&dir.path().join("throughput"), &[]).await;
     for (clients, requests) in [(1, 2_000), (16, 20_000), (64, 50_000), (256, 100_000)] {
         let fsyncs_before = node.fsyncs().await;
         let (output, elapsed) = bench(&node.http_addr, clients, requests).await;
@@ -463,7 +459,7 @@ async fn figures() {
     ] {
         println!("== {records} increments, {title}");
         let data = dir.path().join(name);
-        let node = LoggedNode::start(&data, &log, extra).await;
+        let node = LoggedNode::start(&data, extra).await;
         let (output, _) = bench(&node.http_addr, 256, records).await;
         println!("{output}");
         node.terminate();
@@ -474,7 +470,7 @@ async fn figures() {
             wal_files(&data)
         );
         let started = Instant::now();
-        let node = LoggedNode::start(&data, &log, extra).await;
+        let node = LoggedNode::start(&data, extra).await;
         println!(
             "recovery: {} ms in the node's log, {} ms from spawn to /health\n",
             node.recovery_ms(),

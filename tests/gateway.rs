@@ -196,7 +196,10 @@ async fn a_browser_stream_merges_to_the_cluster_value() {
     let default = merged.get(DEFAULT_COUNTER).expect("default counter");
     let streamed: serde_json::Map<String, Value> = default
         .entries()
-        .map(|(actor, entry)| (actor.as_str().to_owned(), Value::from(entry.inc)))
+        .map(|(actor, entry)| {
+            let inc = u64::try_from(entry.inc).expect("this test's totals fit in u64");
+            (actor.as_str().to_owned(), Value::from(inc))
+        })
         .collect();
     assert_eq!(Value::Object(streamed), state["increments"]);
 }

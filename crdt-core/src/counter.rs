@@ -3,13 +3,20 @@ use alloc::vec::Vec;
 use crate::{digest, ActorId, CrdtError};
 
 /// One actor's running totals in one counter.
+///
+/// The totals are `u128` while a single operation's amount is a `u64`: an
+/// actor would need 2^64 operations of `u64::MAX` to exhaust a total, so no
+/// sequence of accepted operations can leave a counter unwritable (with
+/// `u64` totals, `+i64::MAX`, `−u64::MAX`, `+2^63` froze both directions).
+/// On the wire (postcard) `u64` and `u128` are both LEB128 varints, so
+/// entries written when the totals were `u64` decode to the same values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Entry {
     /// Sum of every increment this actor made.
-    pub inc: u64,
+    pub inc: u128,
     /// Sum of every decrement this actor made.
-    pub dec: u64,
+    pub dec: u128,
     /// The actor's operation number that last changed this entry.
     pub seq: u64,
 }
@@ -44,6 +51,39 @@ impl Op {
     }
 }
 
+/// An exact sum of `u128` totals: `high · 2^128 + low`.
+///
+/// Entries come from peers, and a damaged or hostile one may hold totals
+/// near `u128::MAX`; their sum must neither panic nor wrap. Sums only ever
+/// grow (merge raises entries, never lowers them), so one carry word
+/// suffices: it would take 2^64 entries to exhaust it (it saturates rather
+/// than wrap even then).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct WideSum {
+    high: u64,
+    low: u128,
+}
+
+impl WideSum {
+    fn add(&mut self, amount: u128) {
+        let (low, carry) = self.low.overflowing_add(amount);
+        self.low = low;
+        self.high = self.high.saturating_add(u64::from(carry));
+    }
+
+    /// `self − other` for `self ≥ other`, clamped to `u128::MAX`.
+    fn saturating_distance(self, other: WideSum) -> u128 {
+        let (low, borrow) = self.low.overflowing_sub(other.low);
+        // `self ≥ other`, so this cannot underflow.
+        let high = self.high - other.high - u64::from(borrow);
+        if high == 0 {
+            low
+        } else {
+            u128::MAX
+        }
+    }
+}
+
 /// A PN-Counter: per-actor increment and decrement totals.
 ///
 /// `value()` is O(1): the sums and the digest are updated on every change.
@@ -53,8 +93,9 @@ pub struct PnCounter {
     /// a sorted vector costs ~40 bytes per entry where a B-tree node costs
     /// ~450: it matters with a million counters.
     entries: Vec<(ActorId, Entry)>,
-    total_inc: u128,
-    total_dec: u128,
+    /// Σinc and Σdec, exact.
+    total_inc: WideSum,
+    total_dec: WideSum,
     digest: u64,
 }
 
@@ -71,11 +112,25 @@ impl PnCounter {
         Self::default()
     }
 
-    /// `Σinc − Σdec`, exact.
+    /// `Σinc − Σdec`, exact whenever it fits in `i128`, else clamped to
+    /// `i128::MIN` / `i128::MAX`.
+    ///
+    /// Local operations keep every value they produce within `i64` (or move
+    /// it toward it), so only merged entries can take the value beyond
+    /// `i128`, and only if a damaged or hostile peer sent totals near
+    /// `u128::MAX`. Saturating, rather than wrapping or panicking, keeps
+    /// the sign right and the read harmless. The sums it is computed from
+    /// are exact, so the result is a pure function of the entries:
+    /// merging in any order, any number of times, reads the same value.
     pub fn value(&self) -> i128 {
-        // Both sums are below 2^64 · 2^64 = 2^128 only in theory; in practice
-        // they are bounded by actors × u64::MAX, far inside i128 for any real cluster.
-        (self.total_inc as i128).wrapping_sub(self.total_dec as i128)
+        if self.total_inc >= self.total_dec {
+            let magnitude = self.total_inc.saturating_distance(self.total_dec);
+            i128::try_from(magnitude).unwrap_or(i128::MAX)
+        } else {
+            let magnitude = self.total_dec.saturating_distance(self.total_inc);
+            // −magnitude, down to −2^127 = i128::MIN.
+            0i128.checked_sub_unsigned(magnitude).unwrap_or(i128::MIN)
+        }
     }
 
     fn position(&self, actor: &str) -> Result<usize, usize> {
@@ -116,7 +171,12 @@ impl PnCounter {
     }
 
     fn apply_next(&mut self, actor: &ActorId, op: Op) -> Result<PnCounter, CrdtError> {
-        let seq = self.entry(actor.as_str()).map_or(0, |e| e.seq) + 1;
+        // A seq at u64::MAX can only come from a damaged or hostile peer.
+        let seq = self
+            .entry(actor.as_str())
+            .map_or(0, |e| e.seq)
+            .checked_add(1)
+            .ok_or(CrdtError::Overflow)?;
         let entry = self.prepare(actor.as_str(), op, seq)?;
         self.merge_entry(actor, entry);
         let mut delta = PnCounter::new();
@@ -126,22 +186,32 @@ impl PnCounter {
 
     /// The entry `actor` would have after `op` stamped `seq`, without applying it.
     ///
-    /// Fails on a zero amount or on overflow, and then nothing changes.
+    /// Fails on a zero amount, on a value that would move (further) outside
+    /// `i64`, or on a `u128` total that would overflow — which no sequence
+    /// of accepted operations can reach (2^64 operations of `u64::MAX`),
+    /// only a damaged or hostile peer. On failure nothing changes.
     pub fn prepare(&self, actor: &str, op: Op, seq: u64) -> Result<Entry, CrdtError> {
         let current = self.entry(actor).copied().unwrap_or_default();
         let mut next = Entry { seq, ..current };
         match op {
             Op::Increment(0) | Op::Decrement(0) => return Err(CrdtError::ZeroAmount),
             Op::Increment(amount) => {
-                next.inc = current.inc.checked_add(amount).ok_or(CrdtError::Overflow)?
+                next.inc = current
+                    .inc
+                    .checked_add(u128::from(amount))
+                    .ok_or(CrdtError::Overflow)?
             }
             Op::Decrement(amount) => {
-                next.dec = current.dec.checked_add(amount).ok_or(CrdtError::Overflow)?
+                next.dec = current
+                    .dec
+                    .checked_add(u128::from(amount))
+                    .ok_or(CrdtError::Overflow)?
             }
         }
         // Only refuse moving *further* out of i64: a value pushed past the
         // range by concurrent merges must still accept operations toward it.
-        let value_after = self.value() + op.signed();
+        // (Saturating: a merged value may sit at the edge of i128.)
+        let value_after = self.value().saturating_add(op.signed());
         let leaves_range = match op {
             Op::Increment(_) => value_after > i128::from(i64::MAX),
             Op::Decrement(_) => value_after < i128::from(i64::MIN),
@@ -167,8 +237,9 @@ impl PnCounter {
             Ok(index) => self.entries[index].1 = joined,
             Err(index) => self.entries.insert(index, (actor.clone(), joined)),
         }
-        self.total_inc += u128::from(joined.inc - old.inc);
-        self.total_dec += u128::from(joined.dec - old.dec);
+        // The join is a per-field maximum, so neither difference underflows.
+        self.total_inc.add(joined.inc - old.inc);
+        self.total_dec.add(joined.dec - old.dec);
         let was_new = old == Entry::default();
         if !was_new {
             self.digest =
@@ -226,6 +297,150 @@ mod tests {
             counter.increment(&actor("a"), 0),
             Err(CrdtError::ZeroAmount)
         );
+        assert_eq!(counter, before);
+        assert_eq!(counter.digest(), before.digest());
+    }
+
+    /// The issue "No counter can be frozen": `+i64::MAX`, `−u64::MAX`,
+    /// `+2^63` by one actor filled both of its `u64` totals, after which
+    /// every write to the counter by that actor was refused forever.
+    #[test]
+    fn no_counter_can_be_frozen() {
+        let a = actor("a");
+        let mut counter = PnCounter::new();
+        counter.increment(&a, i64::MAX as u64).unwrap();
+        counter.decrement(&a, u64::MAX).unwrap();
+        counter.increment(&a, 1 << 63).unwrap();
+        assert_eq!(counter.value(), 0);
+        let full = u128::from(u64::MAX);
+        assert_eq!(
+            counter.entry("a").map(|e| (e.inc, e.dec)),
+            Some((full, full))
+        );
+
+        counter.increment(&a, 1).unwrap();
+        counter.decrement(&a, 3).unwrap();
+        counter.increment(&a, u64::MAX >> 1).unwrap();
+        assert_eq!(counter.value(), i128::from(i64::MAX) - 2);
+        assert_eq!(
+            counter.entry("a"),
+            Some(&Entry {
+                inc: full + 1 + u128::from(u64::MAX >> 1),
+                dec: full + 3,
+                seq: 6
+            })
+        );
+    }
+
+    #[test]
+    fn values_beyond_i128_saturate_and_stay_order_independent() {
+        let huge = Entry {
+            inc: u128::MAX,
+            dec: 0,
+            seq: 1,
+        };
+        let mut up = PnCounter::new();
+        up.merge_entry(&actor("a"), huge);
+        assert_eq!(up.value(), i128::MAX);
+        up.merge_entry(&actor("b"), huge);
+        assert_eq!(up.value(), i128::MAX, "2 · u128::MAX saturates");
+        // Σdec = u128::MAX cancels one of the two, exactly.
+        up.merge_entry(
+            &actor("c"),
+            Entry {
+                inc: 5,
+                dec: u128::MAX,
+                seq: 1,
+            },
+        );
+        assert_eq!(up.value(), i128::MAX);
+        up.merge_entry(
+            &actor("d"),
+            Entry {
+                inc: 0,
+                dec: u128::MAX - 10,
+                seq: 1,
+            },
+        );
+        assert_eq!(up.value(), 15);
+
+        // Merged in the opposite order, the same entries read the same.
+        let mut reversed = PnCounter::new();
+        for (id, entry) in up.entries().collect::<Vec<_>>().into_iter().rev() {
+            reversed.merge_entry(id, *entry);
+        }
+        assert_eq!(reversed, up);
+        assert_eq!(reversed.value(), 15);
+        assert_eq!(reversed.digest(), up.digest());
+
+        let mut down = PnCounter::new();
+        down.merge_entry(
+            &actor("a"),
+            Entry {
+                inc: 0,
+                dec: u128::MAX,
+                seq: 1,
+            },
+        );
+        assert_eq!(down.value(), i128::MIN);
+        down.merge_entry(
+            &actor("b"),
+            Entry {
+                inc: 0,
+                dec: 1 << 127,
+                seq: 1,
+            },
+        );
+        assert_eq!(down.value(), i128::MIN);
+        let mut edge = PnCounter::new();
+        edge.merge_entry(
+            &actor("a"),
+            Entry {
+                inc: 0,
+                dec: 1 << 127,
+                seq: 1,
+            },
+        );
+        assert_eq!(edge.value(), i128::MIN, "−2^127 is exactly i128::MIN");
+        edge.merge_entry(
+            &actor("b"),
+            Entry {
+                inc: 1,
+                dec: 0,
+                seq: 1,
+            },
+        );
+        assert_eq!(edge.value(), i128::MIN + 1);
+    }
+
+    #[test]
+    fn hostile_entries_refuse_local_operations_without_panicking() {
+        let a = actor("a");
+        let mut counter = PnCounter::new();
+        counter.merge_entry(
+            &a,
+            Entry {
+                inc: u128::MAX,
+                dec: 0,
+                seq: u64::MAX,
+            },
+        );
+        let before = counter.clone();
+        // The seq cannot grow, whatever the direction.
+        assert_eq!(counter.decrement(&a, 1), Err(CrdtError::Overflow));
+        assert_eq!(counter.increment(&a, 1), Err(CrdtError::Overflow));
+        // A fresh seq, but the u128 total is exhausted, or the value would
+        // move further beyond i64.
+        assert_eq!(
+            counter.prepare("a", Op::Increment(1), 7),
+            Err(CrdtError::Overflow)
+        );
+        assert_eq!(
+            counter.prepare("b", Op::Increment(1), 7),
+            Err(CrdtError::Overflow)
+        );
+        // Toward the range is still fine, even from a saturated value.
+        assert!(counter.prepare("b", Op::Decrement(u64::MAX), 7).is_ok());
         assert_eq!(counter, before);
         assert_eq!(counter.digest(), before.digest());
     }

@@ -23,8 +23,24 @@ pub(crate) fn mix(mut x: u64) -> u64 {
 }
 
 /// Hash of one `(actor, inc, dec)` entry of a counter.
-pub(crate) fn entry_hash(actor: &str, inc: u64, dec: u64) -> u64 {
-    mix(hash_bytes(actor.as_bytes()) ^ mix(inc) ^ mix(dec ^ 0x9e37_79b9_7f4a_7c15).rotate_left(29))
+///
+/// Totals are `u128`, but they were `u64` when digests were first pinned and
+/// digests are compared across nodes, releases and platforms: an entry whose
+/// totals both fit in `u64` hashes exactly as before. The high halves are
+/// folded in only when one is nonzero, so only totals ≥ 2^64 (which the old
+/// format could not hold) hash differently from the `u64` formula.
+pub(crate) fn entry_hash(actor: &str, inc: u128, dec: u128) -> u64 {
+    // Truncation is the point: the low and high 64-bit halves of each total.
+    let (inc_low, inc_high) = (inc as u64, (inc >> 64) as u64);
+    let (dec_low, dec_high) = (dec as u64, (dec >> 64) as u64);
+    let mut hash = hash_bytes(actor.as_bytes())
+        ^ mix(inc_low)
+        ^ mix(dec_low ^ 0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    if inc_high != 0 || dec_high != 0 {
+        hash ^= mix(mix(inc_high ^ 0x6a09_e667_f3bc_c909)
+            ^ mix(dec_high ^ 0xbb67_ae85_84ca_a73b).rotate_left(43));
+    }
+    mix(hash)
 }
 
 /// A counter's contribution to the digest of a whole map.
@@ -41,5 +57,26 @@ mod tests {
         // Pinned values: the wasm32 tests assert the same numbers.
         assert_eq!(hash_bytes(b""), 0xf52a_15e9_a9b5_e89b);
         assert_ne!(entry_hash("a", 1, 0), entry_hash("a", 0, 1));
+    }
+
+    #[test]
+    fn high_halves_of_the_totals_change_the_hash() {
+        const HIGH: u128 = 1 << 64;
+        let base = entry_hash("a", 5, 7);
+        let variants = [
+            entry_hash("a", 5 + HIGH, 7),
+            entry_hash("a", 5, 7 + HIGH),
+            entry_hash("a", 5 + HIGH, 7 + HIGH),
+            entry_hash("a", 5 + (HIGH << 1), 7),
+            entry_hash("a", u128::MAX, u128::MAX),
+        ];
+        for (index, variant) in variants.iter().enumerate() {
+            assert_ne!(*variant, base, "variant {index}");
+            for other in &variants[index + 1..] {
+                assert_ne!(variant, other);
+            }
+        }
+        // Swapping the high halves between inc and dec changes the hash too.
+        assert_ne!(entry_hash("a", HIGH, 0), entry_hash("a", 0, HIGH));
     }
 }

@@ -6,7 +6,9 @@ pub enum CrdtError {
     /// An increment or decrement of zero was asked for.
     #[error("amount must be at least 1")]
     ZeroAmount,
-    /// The operation would overflow the actor's `u64` total or move the value outside `i64`.
+    /// The operation would move the value (further) outside `i64`, or overflow
+    /// the actor's `u128` total or `u64` seq (reachable only through entries
+    /// merged from a damaged or hostile peer).
     #[error("operation would overflow the counter")]
     Overflow,
     /// A counter name is empty, longer than 128 bytes, or holds a control character.

@@ -12,10 +12,19 @@
 //! - Merge is a per-field maximum, so it is commutative, associative and
 //!   idempotent; replaying or re-receiving anything is harmless.
 //! - `value = Σinc − Σdec` is kept as running sums, so reading it is O(1).
-//!   Local operations refuse to overflow a per-actor `u64` total or push the
-//!   value outside `i64`; merged values are exact `i128`.
+//!   Per-actor totals are `u128` while one operation's amount is a `u64`,
+//!   so no sequence of accepted operations can exhaust them: a counter
+//!   never freezes. Local operations refuse only to move the value
+//!   (further) outside `i64`. Merged values beyond `i64` read exactly as
+//!   `i128`; sums beyond `i128` (only from damaged or hostile entries, up to
+//!   `u128::MAX` each) are kept exactly and the value saturates at
+//!   `i128::MIN`/`i128::MAX`, still a pure function of the entries. Nothing
+//!   merged can make arithmetic panic or wrap.
+//! - On the wire `u64` and `u128` are both postcard varints: entries written
+//!   when the totals were `u64` decode to the same values.
 //! - The digest is a wrapping sum of per-entry hashes, updated on every
-//!   change, and the same on every platform for equal states.
+//!   change, and the same on every platform for equal states. Entries whose
+//!   totals fit in `u64` hash as they did when totals were `u64`.
 //! - Every actor stamps its operations with a strictly increasing `seq`, so
 //!   [`Watermarks`] (actor → seq up to which *everything* is held) describe
 //!   a replica in O(actors), and [`CounterMap::changes_since`] finds what a

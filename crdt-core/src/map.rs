@@ -144,7 +144,12 @@ impl CounterMap {
         name: &CounterName,
         op: Op,
     ) -> Result<CounterMap, CrdtError> {
-        let entry = self.prepare(actor, name, op, self.last_seq(actor.as_str()) + 1)?;
+        // A seq at u64::MAX can only come from a damaged or hostile peer.
+        let seq = self
+            .last_seq(actor.as_str())
+            .checked_add(1)
+            .ok_or(CrdtError::Overflow)?;
+        let entry = self.prepare(actor, name, op, seq)?;
         self.merge_entry(name, actor, entry);
         Ok(CounterMap::single(name, actor, entry))
     }

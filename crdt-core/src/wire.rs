@@ -34,3 +34,141 @@ fn describe(error: &postcard::Error) -> &'static str {
         _ => "malformed input",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::{string::String, vec, vec::Vec};
+
+    use super::*;
+    use crate::{CounterMap, Entry};
+
+    /// `Entry` as it was encoded while the totals were `u64`.
+    #[derive(serde::Serialize)]
+    struct U64Entry {
+        inc: u64,
+        dec: u64,
+        seq: u64,
+    }
+
+    /// WAL records and snapshots written with `u64` totals must decode to
+    /// the same entries now the totals are `u128` (postcard encodes both as
+    /// LEB128 varints).
+    #[test]
+    fn entries_encoded_with_u64_totals_decode_unchanged() {
+        let samples = [
+            (0, 0, 0),
+            (1, 0, 1),
+            (0, 3, 2),
+            (127, 128, 129),
+            (i64::MAX as u64, 1 << 63, 1 << 40),
+            (u64::MAX, u64::MAX, u64::MAX),
+            (u64::MAX - 1, 300, 7),
+        ];
+        for (inc, dec, seq) in samples {
+            let old = encode(&U64Entry { inc, dec, seq });
+            let expected = Entry {
+                inc: u128::from(inc),
+                dec: u128::from(dec),
+                seq,
+            };
+            assert_eq!(decode::<Entry>(&old), Ok(expected), "{inc} {dec} {seq}");
+            assert_eq!(encode(&expected), old, "the same bytes as before");
+        }
+
+        // A whole map, as a snapshot or a WAL record held it.
+        let old_map: Vec<(String, Vec<(String, U64Entry)>)> = vec![
+            (
+                "default".into(),
+                vec![
+                    (
+                        "node-1~a".into(),
+                        U64Entry {
+                            inc: u64::MAX,
+                            dec: 5,
+                            seq: 9,
+                        },
+                    ),
+                    (
+                        "node-2~b".into(),
+                        U64Entry {
+                            inc: 0,
+                            dec: 1 << 63,
+                            seq: 1,
+                        },
+                    ),
+                ],
+            ),
+            (
+                "z".into(),
+                vec![(
+                    "node-1~a".into(),
+                    U64Entry {
+                        inc: 2,
+                        dec: 0,
+                        seq: 10,
+                    },
+                )],
+            ),
+        ];
+        let map: CounterMap = decode(&encode(&old_map)).expect("old map decodes");
+        let entry = |name: &str, actor: &str| map.get(name).and_then(|c| c.entry(actor)).copied();
+        assert_eq!(
+            entry("default", "node-1~a"),
+            Some(Entry {
+                inc: u128::from(u64::MAX),
+                dec: 5,
+                seq: 9
+            })
+        );
+        assert_eq!(
+            entry("default", "node-2~b"),
+            Some(Entry {
+                inc: 0,
+                dec: 1 << 63,
+                seq: 1
+            })
+        );
+        assert_eq!(
+            entry("z", "node-1~a"),
+            Some(Entry {
+                inc: 2,
+                dec: 0,
+                seq: 10
+            })
+        );
+        assert_eq!(
+            map.value("default"),
+            Some(i128::from(u64::MAX) - 5 - (1 << 63))
+        );
+        assert_eq!(
+            encode(&map),
+            encode(&old_map),
+            "re-encodes to the old bytes"
+        );
+    }
+
+    #[test]
+    fn totals_beyond_u64_round_trip_and_oversized_varints_are_refused() {
+        for total in [
+            1u128 << 64,
+            u128::from(u64::MAX) + 1,
+            u128::MAX - 1,
+            u128::MAX,
+        ] {
+            let entry = Entry {
+                inc: total,
+                dec: total / 3,
+                seq: 1,
+            };
+            assert_eq!(decode::<Entry>(&encode(&entry)), Ok(entry));
+        }
+        // u128::MAX is 19 varint bytes; a 20th continuation, or a 19th
+        // byte carrying bits beyond 128, is an error, not a panic.
+        let mut too_long = vec![0xff; 19];
+        too_long.extend([0x01, 0x00, 0x00]);
+        assert!(decode::<Entry>(&too_long).is_err());
+        let mut too_wide = vec![0xff; 18];
+        too_wide.extend([0x7f, 0x00, 0x00]);
+        assert!(decode::<Entry>(&too_wide).is_err());
+    }
+}

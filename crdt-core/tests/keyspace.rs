@@ -134,8 +134,8 @@ fn encoded_entries_fit_the_gossip_size_estimate() {
     let longest_name = "é".repeat(MAX_NAME_LEN / 2);
     let writers = [actor(&"a".repeat(128)), actor("b")];
     let worst = Entry {
-        inc: u64::MAX,
-        dec: u64::MAX,
+        inc: u128::MAX,
+        dec: u128::MAX,
         seq: u64::MAX,
     };
     let mut chunk = CounterMap::new();

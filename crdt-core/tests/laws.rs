@@ -10,6 +10,7 @@ use common::{
     scenario::{
         run_map, Scenario, Step, ACTORS_PER_REPLICA, LARGE_AMOUNTS, MAX_REPLICAS, MAX_STEPS, NAMES,
     },
+    xorshift::EDGE_TOTALS,
 };
 use crdt_core::{wire, ActorId, CounterMap, CounterName, Entry, Op, Watermarks, MAX_NAME_LEN};
 use proptest::prelude::*;
@@ -54,6 +55,54 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         proptest::collection::vec(step(replicas), 0..=MAX_STEPS)
             .prop_map(move |steps| Scenario { replicas, steps })
     })
+}
+
+/// Operations one actor might send, biased toward the amounts that used to
+/// exhaust `u64` totals (`+i64::MAX`, `−u64::MAX`, `+2^63`).
+fn large_op() -> impl Strategy<Value = Op> {
+    let amount = prop_oneof![
+        3 => proptest::sample::select(LARGE_AMOUNTS.to_vec()),
+        2 => Just(1u64 << 63),
+        2 => 1..=1000u64,
+        1 => any::<u64>(),
+    ];
+    (any::<bool>(), amount).prop_map(|(increment, amount)| {
+        if increment {
+            Op::Increment(amount)
+        } else {
+            Op::Decrement(amount)
+        }
+    })
+}
+
+/// A per-actor total as a damaged or hostile peer might send it.
+fn total() -> impl Strategy<Value = u128> {
+    prop_oneof![
+        2 => proptest::sample::select(EDGE_TOTALS.to_vec()),
+        1 => any::<u128>(),
+        1 => 0..1000u128,
+        1 => any::<u64>().prop_map(u128::from),
+    ]
+}
+
+fn hostile_entry() -> impl Strategy<Value = laws::HostileEntry> {
+    // Never seq 0 (see `xorshift::hostile_entry`).
+    let seq = prop_oneof![3 => 1..50u64, 1 => Just(u64::MAX), 1 => 1..=u64::MAX];
+    (
+        0..MAX_REPLICAS,
+        0..NAMES.len(),
+        0..3usize,
+        total(),
+        total(),
+        seq,
+    )
+        .prop_map(|(replica, name, actor, inc, dec, seq)| {
+            (replica, name, actor, Entry { inc, dec, seq })
+        })
+}
+
+fn local_op() -> impl Strategy<Value = laws::LocalOp> {
+    (0..MAX_REPLICAS, 0..NAMES.len(), 0..3usize, op())
 }
 
 /// Text that is not a valid name or actor id.
@@ -115,6 +164,24 @@ proptest! {
     #[test]
     fn pn_counter_laws_hold(s in scenario()) {
         laws::check_pn_laws(&s);
+    }
+
+    /// "No counter can be frozen": whatever local operations one actor had
+    /// accepted, a step of 1 that keeps the value within i64 is accepted.
+    #[test]
+    fn accepted_local_operations_leave_the_counter_writable(
+        ops in proptest::collection::vec(large_op(), 0..64),
+    ) {
+        laws::counter_stays_writable(&ops);
+    }
+
+    #[test]
+    fn hostile_totals_never_panic_and_obey_the_laws(
+        replicas in 1..=MAX_REPLICAS,
+        entries in proptest::collection::vec(hostile_entry(), 0..12),
+        ops in proptest::collection::vec(local_op(), 0..8),
+    ) {
+        laws::hostile_entries_obey_the_laws(replicas, &entries, &ops);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Method, StatusCode, Uri};
+use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -18,7 +19,9 @@ use tokio::net::TcpListener;
 
 use crate::registry::{validate_id, Registry, RegistryError, DEFAULT_CAPACITY};
 use crate::Member;
+use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::http_error::ApiError;
+use tally_protocol::request_auth::server::{require_signature, RequestVerifier};
 
 pub use tally_protocol::http_error::MAX_BODY_BYTES;
 
@@ -29,10 +32,12 @@ pub enum DiscoveryError {
     Io(#[from] std::io::Error),
 }
 
-/// The registry shared by all request handlers and the sweeper.
+/// The registry shared by all request handlers and the sweeper, and the
+/// verifier of signed requests (absent only with `--insecure`).
 #[derive(Clone)]
 pub struct DiscoveryState {
     registry: Arc<Mutex<Registry>>,
+    verifier: Option<Arc<RequestVerifier>>,
 }
 
 impl DiscoveryState {
@@ -43,7 +48,15 @@ impl DiscoveryState {
     pub fn with_capacity(ttl: Duration, capacity: usize) -> Self {
         Self {
             registry: Arc::new(Mutex::new(Registry::new(ttl, capacity))),
+            verifier: None,
         }
+    }
+
+    /// Requires every register, heartbeat, deregister and peer listing to be
+    /// signed with one of `keys` (401 otherwise, and nothing changes).
+    pub fn with_keys(mut self, keys: ClusterKeys) -> Self {
+        self.verifier = Some(Arc::new(RequestVerifier::new(keys)));
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -61,11 +74,22 @@ impl DiscoveryState {
 
 /// The discovery routes over `state`.
 pub fn router(state: DiscoveryState) -> Router {
-    Router::new()
+    let members = Router::new()
         .route("/register", post(register))
         .route("/heartbeat", post(heartbeat))
         .route("/peers", get(peers))
-        .route("/peers/{id}", delete(deregister))
+        .route("/peers/{id}", delete(deregister));
+    // `route_layer`: only requests that matched a route are checked, so an
+    // unknown path is still a plain 404.
+    let members = match &state.verifier {
+        Some(verifier) => members.route_layer(middleware::from_fn_with_state(
+            Arc::clone(verifier),
+            require_signature,
+        )),
+        None => members,
+    };
+    members
+        // Liveness only: says nothing about the members.
         .route("/health", get(health))
         // Must come after the routes: it applies to the routes registered so far.
         .method_not_allowed_fallback(method_not_allowed)
@@ -76,12 +100,19 @@ pub fn router(state: DiscoveryState) -> Router {
 
 /// Serves discovery on an already-bound `listener` until `shutdown` resolves,
 /// then finishes in-flight requests.
+///
+/// With `keys`, every call but `/health` must be signed with the cluster
+/// secret; `None` (only with `--insecure`) leaves the registry open.
 pub async fn serve(
     listener: TcpListener,
     ttl: Duration,
+    keys: Option<ClusterKeys>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DiscoveryError> {
-    let state = DiscoveryState::new(ttl);
+    let state = match keys {
+        Some(keys) => DiscoveryState::new(ttl).with_keys(keys),
+        None => DiscoveryState::new(ttl),
+    };
     let sweeper = tokio::spawn(sweep_forever(state.clone(), sweep_interval(ttl)));
     let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)

@@ -10,8 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
 use serde_json::Value;
+use tally_protocol::cluster_key::ClusterKeys;
+use tally_protocol::request_auth::{self, unix_now_ms, RequestParts};
 
 use crate::{Member, Peer};
 
@@ -53,6 +56,8 @@ pub enum ClientError {
 pub struct DiscoveryClient {
     http: Client,
     bases: Vec<Url>,
+    /// Signs every request when set (servers refuse unsigned ones).
+    keys: Option<ClusterKeys>,
     /// Index into `bases` of the server that answered last; tried first.
     preferred: Arc<AtomicUsize>,
 }
@@ -81,8 +86,15 @@ impl DiscoveryClient {
         Ok(Self {
             http,
             bases,
+            keys: None,
             preferred: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Signs every request with the current cluster secret.
+    pub fn signed_with(mut self, keys: ClusterKeys) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// The servers this client knows, in the order given (it starts with the one that answered last).
@@ -93,16 +105,16 @@ impl DiscoveryClient {
     /// Announces (or re-announces) `member`.
     pub async fn register(&self, member: &Member) -> Result<(), ClientError> {
         let (url, response) = self
-            .first_answer(Method::POST, &["register"], |req| req.json(member))
+            .first_answer(Method::POST, &["register"], Some(json_body(member)))
             .await?;
         expect_success(url, response).await.map(drop)
     }
 
     /// Keeps `id` alive; [`HeartbeatOutcome::Unknown`] means "register again".
     pub async fn heartbeat(&self, id: &str) -> Result<HeartbeatOutcome, ClientError> {
-        let body = serde_json::json!({ "id": id });
+        let body = json_body(&serde_json::json!({ "id": id }));
         let (url, response) = self
-            .first_answer(Method::POST, &["heartbeat"], |req| req.json(&body))
+            .first_answer(Method::POST, &["heartbeat"], Some(body))
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(HeartbeatOutcome::Unknown);
@@ -113,9 +125,7 @@ impl DiscoveryClient {
 
     /// Live members according to the first reachable server.
     pub async fn peers(&self) -> Result<Vec<Peer>, ClientError> {
-        let (url, response) = self
-            .first_answer(Method::GET, &["peers"], |req| req)
-            .await?;
+        let (url, response) = self.first_answer(Method::GET, &["peers"], None).await?;
         let response = expect_success(url.clone(), response).await?;
         response
             .json()
@@ -130,7 +140,7 @@ impl DiscoveryClient {
         let mut requests = tokio::task::JoinSet::new();
         for base in &self.bases {
             let url = endpoint(base, &["peers", id]);
-            let request = self.http.delete(url.clone());
+            let request = self.request(Method::DELETE, url.clone(), None);
             requests.spawn(async move { confirm_removal(url, request.send().await).await });
         }
         let mut outcome = Err(ClientError::NoUrls);
@@ -153,13 +163,13 @@ impl DiscoveryClient {
         &self,
         method: Method,
         path: &[&str],
-        finish: impl Fn(RequestBuilder) -> RequestBuilder,
+        body: Option<Vec<u8>>,
     ) -> Result<(Url, Response), ClientError> {
         let mut last_error = ClientError::NoUrls;
         let start = self.preferred.load(Ordering::Relaxed);
         for index in (0..self.bases.len()).map(|i| (start + i) % self.bases.len()) {
             let url = endpoint(&self.bases[index], path);
-            let request = finish(self.http.request(method.clone(), url.clone()));
+            let request = self.request(method.clone(), url.clone(), body.clone());
             match request.send().await {
                 Ok(response) if response.status().is_server_error() => {
                     last_error = rejection(url, response).await;
@@ -174,6 +184,39 @@ impl DiscoveryClient {
         }
         Err(last_error)
     }
+}
+
+impl DiscoveryClient {
+    /// A request with an optional JSON body, signed when the client has keys.
+    fn request(&self, method: Method, url: Url, body: Option<Vec<u8>>) -> RequestBuilder {
+        let body = body.unwrap_or_default();
+        let mut request = self.http.request(method.clone(), url.clone());
+        if let Some(keys) = &self.keys {
+            let path_and_query = match url.query() {
+                Some(query) => format!("{}?{query}", url.path()),
+                None => url.path().to_owned(),
+            };
+            let signed = RequestParts {
+                method: method.as_str(),
+                path_and_query: &path_and_query,
+                body: &body,
+            };
+            let nonce = rand::random::<[u8; 16]>();
+            for (name, value) in request_auth::sign(keys, signed, unix_now_ms(), nonce) {
+                request = request.header(name, value);
+            }
+        }
+        if body.is_empty() {
+            request
+        } else {
+            request.header(CONTENT_TYPE, "application/json").body(body)
+        }
+    }
+}
+
+/// Our own types always serialise.
+fn json_body(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
 }
 
 /// A deregistration answer: removed (2xx) or never known there (404) both count as done.

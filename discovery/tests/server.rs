@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 use tally_discovery::{
     router, serve, ClientError, DiscoveryClient, DiscoveryState, HeartbeatOutcome, Member,
 };
+use tally_protocol::cluster_key::ClusterKeys;
+use tally_protocol::request_auth::{self, unix_now_ms, RequestParts};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -19,19 +21,37 @@ struct TestServer {
     task: JoinHandle<Result<(), tally_discovery::DiscoveryError>>,
 }
 
+const CLUSTER_KEY: &str = "discovery-tests-cluster-key";
+
+fn cluster_keys() -> ClusterKeys {
+    ClusterKeys::parse(CLUSTER_KEY).unwrap()
+}
+
+/// A client of `urls` that signs with the tests' cluster key.
+fn signed_client(urls: Vec<String>) -> DiscoveryClient {
+    DiscoveryClient::new(urls)
+        .unwrap()
+        .signed_with(cluster_keys())
+}
+
 impl TestServer {
+    /// A server that requires the tests' cluster key.
     async fn start(ttl: Duration) -> Self {
+        Self::start_with(ttl, Some(cluster_keys())).await
+    }
+
+    async fn start_with(ttl: Duration, keys: Option<ClusterKeys>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, ttl, async {
+        let task = tokio::spawn(serve(listener, ttl, keys, async {
             let _ = stopped.await;
         }));
         Self { url, stop, task }
     }
 
     fn client(&self) -> DiscoveryClient {
-        DiscoveryClient::new(vec![self.url.clone()]).unwrap()
+        signed_client(vec![self.url.clone()])
     }
 
     async fn stop(self) {
@@ -70,6 +90,30 @@ async fn post_raw(url: &str, path: &str, body: impl Into<reqwest::Body>) -> (Sta
     send(request).await
 }
 
+/// A raw request signed with `keys`, as the client would sign it.
+fn signed_request(
+    keys: &ClusterKeys,
+    method: reqwest::Method,
+    url: &str,
+    path: &str,
+    body: &str,
+) -> reqwest::RequestBuilder {
+    let signed = RequestParts {
+        method: method.as_str(),
+        path_and_query: path,
+        body: body.as_bytes(),
+    };
+    let nonce = rand::random::<[u8; 16]>();
+    let headers = request_auth::sign(keys, signed, unix_now_ms(), nonce);
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{url}{path}"))
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    request
+}
+
 fn assert_json_error(status: StatusCode, body: &Value, expected: StatusCode) {
     assert_eq!(status, expected, "body: {body}");
     let message = body["error"].as_str().unwrap_or_default();
@@ -101,8 +145,14 @@ async fn members_register_heartbeat_list_and_leave() {
 
     client.deregister("node-b").await.unwrap();
     client.deregister("node-b").await.unwrap(); // idempotent for the client
-    let (status, body) =
-        send(reqwest::Client::new().delete(format!("{}/peers/node-b", server.url))).await;
+    let delete_again = signed_request(
+        &cluster_keys(),
+        reqwest::Method::DELETE,
+        &server.url,
+        "/peers/node-b",
+        "",
+    );
+    let (status, body) = send(delete_again).await;
     assert_json_error(status, &body, StatusCode::NOT_FOUND);
     assert_eq!(client.peers().await.unwrap().len(), 1);
 
@@ -129,7 +179,8 @@ async fn heartbeat_from_an_unknown_member_asks_it_to_register() {
 
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
-    let server = TestServer::start(Duration::from_secs(5)).await;
+    // Open (`--insecure`), so raw requests reach the parsing being tested.
+    let server = TestServer::start_with(Duration::from_secs(5), None).await;
     let url = server.url.as_str();
     let valid =
         json!({ "id": "n1", "gossip_addr": "127.0.0.1:7000", "http_addr": "127.0.0.1:7001" });
@@ -167,7 +218,8 @@ async fn bad_requests_get_json_errors() {
     assert_json_error(status, &answer, StatusCode::METHOD_NOT_ALLOWED);
 
     // None of that registered anything.
-    assert!(server.client().peers().await.unwrap().is_empty());
+    let open_client = DiscoveryClient::new(vec![server.url.clone()]).unwrap();
+    assert!(open_client.peers().await.unwrap().is_empty());
     // A well-formed body without a content type is still accepted.
     let plain = reqwest::Client::new()
         .post(format!("{url}/register"))
@@ -204,7 +256,7 @@ async fn silent_members_expire_after_the_ttl() {
 #[tokio::test]
 async fn client_fails_over_past_a_dead_server() {
     let server = TestServer::start(Duration::from_secs(5)).await;
-    let client = DiscoveryClient::new(vec![closed_port_url().await, server.url.clone()]).unwrap();
+    let client = signed_client(vec![closed_port_url().await, server.url.clone()]);
 
     client.register(&member("n1", 7000)).await.unwrap();
     assert_eq!(
@@ -260,7 +312,7 @@ async fn full_server() -> (String, JoinHandle<std::io::Result<()>>) {
 async fn client_sticks_to_the_server_that_answered_last() {
     let (full, full_task) = full_server().await;
     let server = TestServer::start(Duration::from_secs(5)).await;
-    let client = DiscoveryClient::new(vec![full, server.url.clone()]).unwrap();
+    let client = signed_client(vec![full, server.url.clone()]);
 
     // The first server refuses (503), so the member lands on the second…
     client.register(&member("n1", 7000)).await.unwrap();
@@ -290,11 +342,7 @@ async fn deregister_removes_the_member_from_every_server() {
         first.url.clone(),
         second.url.clone(),
     ];
-    DiscoveryClient::new(urls)
-        .unwrap()
-        .deregister("n1")
-        .await
-        .unwrap();
+    signed_client(urls).deregister("n1").await.unwrap();
     assert!(first.client().peers().await.unwrap().is_empty());
     let left: Vec<String> = second
         .client()
@@ -314,4 +362,75 @@ async fn deregister_removes_the_member_from_every_server() {
 
     first.stop().await;
     second.stop().await;
+}
+
+#[tokio::test]
+async fn unsigned_or_wrongly_signed_calls_get_401_and_change_nothing() {
+    let server = TestServer::start(Duration::from_secs(60)).await;
+    let url = server.url.as_str();
+    server.client().register(&member("n1", 7000)).await.unwrap();
+    let intruder = ClusterKeys::parse("not-the-cluster-key-at-all").unwrap();
+    let register_fake = json!({
+        "id": "n1", "gossip_addr": "127.0.0.1:6000", "http_addr": "127.0.0.1:6001"
+    })
+    .to_string();
+    let heartbeat = json!({ "id": "n1" }).to_string();
+    let attempts = [
+        (reqwest::Method::POST, "/register", register_fake.as_str()),
+        (reqwest::Method::POST, "/heartbeat", heartbeat.as_str()),
+        (reqwest::Method::DELETE, "/peers/n1", ""),
+        (reqwest::Method::GET, "/peers", ""),
+    ];
+    for (method, path, body) in attempts {
+        let unsigned = reqwest::Client::new()
+            .request(method.clone(), format!("{url}{path}"))
+            .body(body.to_owned());
+        let (status, answer) = send(unsigned).await;
+        assert_json_error(status, &answer, StatusCode::UNAUTHORIZED);
+        let wrong_key = signed_request(&intruder, method, url, path, body);
+        let (status, answer) = send(wrong_key).await;
+        assert_json_error(status, &answer, StatusCode::UNAUTHORIZED);
+    }
+    // n1 is still registered, at its own address: nobody took its id over.
+    let peers = server.client().peers().await.unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].gossip_addr, member("n1", 7000).gossip_addr);
+    // An unsigned client is told why.
+    let unsigned_client = DiscoveryClient::new(vec![server.url.clone()]).unwrap();
+    match unsigned_client.peers().await {
+        Err(ClientError::Rejected {
+            status, message, ..
+        }) => {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            assert!(message.contains("cluster key"), "{message}");
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_signed_request_is_refused() {
+    let server = TestServer::start(Duration::from_secs(60)).await;
+    let path = "/register";
+    let body = json!({
+        "id": "n1", "gossip_addr": "127.0.0.1:7000", "http_addr": "127.0.0.1:7001"
+    })
+    .to_string();
+    let first = signed_request(
+        &cluster_keys(),
+        reqwest::Method::POST,
+        &server.url,
+        path,
+        &body,
+    );
+    let replay = first.try_clone().unwrap();
+    assert_eq!(send(first).await.0, StatusCode::OK);
+    let (status, answer) = send(replay).await;
+    assert_json_error(status, &answer, StatusCode::UNAUTHORIZED);
+    assert!(
+        answer["error"].as_str().unwrap().contains("replay"),
+        "{answer}"
+    );
+    server.stop().await;
 }

@@ -4,12 +4,15 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::handler::HandlerWithoutStateExt;
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower_http::services::ServeDir;
+
+use tally_protocol::access::{self, AccessPolicy};
 
 use crate::config::MAX_BODY_BYTES;
 use crate::error::ApiError;
@@ -35,6 +38,13 @@ pub struct NodeView {
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
+    // The page's files hold no data, so they are served to anyone; every
+    // route above them (the API, streams, demo buttons) passes the policy.
+    let access = Arc::new(AccessPolicy {
+        tokens: shared.config.api_tokens.clone(),
+        allowed_origins: shared.config.allowed_origins.clone(),
+        internal: None,
+    });
     let mut routes = Router::new()
         .route("/counter", get(proxy::forward))
         .route("/increment", post(proxy::forward))
@@ -50,6 +60,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     if shared.controls.is_some() {
         routes = routes.route("/demo/nodes/{id}/{action}", post(demo::act));
     }
+    let routes = routes.route_layer(middleware::from_fn_with_state(access, access::enforce));
     let web_dir = shared.config.resolved_web_dir();
     let routes = match web_dir {
         Some(dir) => routes.fallback_service(

@@ -2,8 +2,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tally_protocol::access::ApiTokens;
+use tally_protocol::cluster_key::ClusterKeys;
+
 /// Largest request body the gateway forwards (larger → 413).
 pub use tally_protocol::http_error::MAX_BODY_BYTES;
+
+/// Largest node answer the gateway relays by default: a page of
+/// `GET /counters` at its 1,000-name limit is well under this.
+pub const MAX_NODE_ANSWER_BYTES: usize = 4 << 20;
 
 /// Gateway settings; `Default` gives the documented defaults and no nodes.
 #[derive(Debug, Clone)]
@@ -29,6 +36,15 @@ pub struct GatewayConfig {
     pub max_browsers: usize,
     /// Events buffered per browser before it counts as lagging and is resynced.
     pub event_buffer: usize,
+    /// The cluster secret(s): sign calls to discovery and check that nodes
+    /// hold it before routing to them. `None` only with `--insecure`.
+    pub cluster_keys: Option<ClusterKeys>,
+    /// Largest answer body read from a node (larger → 502).
+    pub max_node_answer: usize,
+    /// API tokens (`--api-tokens-file`); `None` leaves the gateway open.
+    pub api_tokens: Option<ApiTokens>,
+    /// Origins allowed to write and open streams; empty = same origin.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -44,6 +60,10 @@ impl Default for GatewayConfig {
             forget_after: Duration::from_secs(30),
             max_browsers: 1_000,
             event_buffer: 1_024,
+            cluster_keys: None,
+            max_node_answer: MAX_NODE_ANSWER_BYTES,
+            api_tokens: None,
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -7,9 +7,12 @@ use std::time::Duration;
 use crdt_core::wire;
 use futures_util::StreamExt;
 use tally_protocol::events::NodeEvent;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::browser;
+use crate::node_clients;
 use crate::state::Shared;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -66,8 +69,16 @@ enum StreamError {
 
 /// One connection's life; `Ok` means it connected (and later closed).
 async fn subscribe(shared: &Shared, http_addr: &str) -> Result<(), StreamError> {
-    let url = format!("ws://{http_addr}/ws");
-    let connecting = tokio_tungstenite::connect_async(url);
+    let mut request = format!("ws://{http_addr}/ws").into_client_request()?;
+    if let Some(keys) = &shared.config.cluster_keys {
+        for (name, value) in node_clients::signed_read(keys, "/ws") {
+            // Digits and hex: always a valid header value.
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                request.headers_mut().insert(name, value);
+            }
+        }
+    }
+    let connecting = tokio_tungstenite::connect_async(request);
     let (mut socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| StreamError::ConnectTimeout)??;

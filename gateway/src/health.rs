@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde::Deserialize;
 use tally_discovery::DiscoveryClient;
+use tally_protocol::health_proof;
 use tokio::time::{interval, MissedTickBehavior};
 
 use crate::balancer::Balancer;
+use crate::node_clients;
 use crate::node_table;
 use crate::state::Shared;
 
@@ -78,12 +80,52 @@ async fn check_all(shared: &Arc<Shared>) {
     });
 }
 
-/// One check: healthy means a 200 with the node's id, within `health_timeout`.
+/// One check: healthy means a 200 with the node's id within
+/// `health_timeout` and, in a closed cluster, a valid proof that the node
+/// holds the cluster secret (a stranger that registered or was listed
+/// somehow never enters the rotation).
 async fn check(shared: &Shared, addr: &str) -> Option<NodeHealthAnswer> {
     let url = format!("http://{addr}/health");
-    let request = shared.http.get(url).timeout(shared.config.health_timeout);
+    let challenge = health_proof::challenge(rand::random());
+    let mut request = shared.http.get(url).timeout(shared.config.health_timeout);
+    if let Some(keys) = &shared.config.cluster_keys {
+        request = request.header(health_proof::CHALLENGE_HEADER, &challenge);
+        for (name, value) in node_clients::signed_read(keys, "/health") {
+            request = request.header(name, value);
+        }
+    }
     let response = request.send().await.ok()?.error_for_status().ok()?;
-    response.json().await.ok()
+    let proof = response
+        .headers()
+        .get(health_proof::PROOF_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let answer: NodeHealthAnswer = read_small_json(response).await?;
+    if let Some(keys) = &shared.config.cluster_keys {
+        let proven =
+            proof.is_some_and(|proof| health_proof::verify(keys, &challenge, &answer.node, &proof));
+        if !proven {
+            tracing::warn!(node = %addr, "node cannot prove it holds the cluster secret; not routing to it");
+            return None;
+        }
+    }
+    Some(answer)
+}
+
+/// Largest `/health` answer read; a real one is under 100 bytes.
+const MAX_HEALTH_ANSWER: usize = 4096;
+
+async fn read_small_json<T: serde::de::DeserializeOwned>(
+    mut response: reqwest::Response,
+) -> Option<T> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        if body.len() + chunk.len() > MAX_HEALTH_ANSWER {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).ok()
 }
 
 /// Adds every peer the discovery servers list, each `discovery_interval`, forever.

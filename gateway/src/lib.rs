@@ -51,7 +51,13 @@ pub async fn serve(
 ) -> Result<(), GatewayError> {
     let discovery = match config.discovery.is_empty() {
         true => None,
-        false => Some(DiscoveryClient::new(config.discovery.clone())?),
+        false => {
+            let client = DiscoveryClient::new(config.discovery.clone())?;
+            Some(match &config.cluster_keys {
+                Some(keys) => client.signed_with(keys.clone()),
+                None => client,
+            })
+        }
     };
     let shared = Shared::new(config, controls)?;
     let stop = shared.shutdown.clone();

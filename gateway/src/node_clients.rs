@@ -6,6 +6,8 @@ use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tally_protocol::cluster_key::ClusterKeys;
+use tally_protocol::request_auth::{self, unix_now_ms, RequestParts};
 
 /// Pooled keep-alive connections to the nodes, for proxied requests.
 ///
@@ -42,4 +44,16 @@ pub fn for_checks_and_admin(
         // Nodes are reached directly; an ambient HTTP_PROXY must not reroute them.
         .no_proxy()
         .build()
+}
+
+/// Headers that sign a body-less request to a node with the cluster secret,
+/// so a node with a tokens file lets the gateway's own reads through
+/// (health checks, stream followers).
+pub fn signed_read(keys: &ClusterKeys, path_and_query: &str) -> [(&'static str, String); 3] {
+    let request = RequestParts {
+        method: "GET",
+        path_and_query,
+        body: b"",
+    };
+    request_auth::sign(keys, request, unix_now_ms(), rand::random())
 }

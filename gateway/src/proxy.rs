@@ -9,11 +9,11 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 
 use crate::error::{self, ApiError};
 use crate::failover::{self, Failure, Next, RequestKind};
@@ -44,6 +44,8 @@ pub async fn forward(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
         content_type: headers.get(CONTENT_TYPE).cloned(),
+        // Nodes with their own tokens file check the client's token too.
+        authorization: headers.get(AUTHORIZATION).cloned(),
         body,
     };
     match request.send_to_any(&shared).await {
@@ -56,6 +58,7 @@ struct NodeRequest {
     method: Method,
     path: PathAndQuery,
     content_type: Option<HeaderValue>,
+    authorization: Option<HeaderValue>,
     body: Bytes,
 }
 
@@ -87,7 +90,7 @@ impl NodeRequest {
         let request = self.to_node(addr)?;
         tokio::time::timeout(
             shared.config.request_timeout,
-            exchange(&shared.proxy, request),
+            exchange(&shared.proxy, request, shared.config.max_node_answer),
         )
         .await
         .map_err(|_elapsed| Failure::TimedOut)?
@@ -108,15 +111,23 @@ impl NodeRequest {
         if let Some(content_type) = &self.content_type {
             request = request.header(CONTENT_TYPE, content_type.clone());
         }
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
         request.body(Full::new(self.body.clone())).map_err(not_sent)
     }
 }
 
-/// Sends `request` and reads the whole answer (node answers are small).
-async fn exchange(client: &NodeClient, request: Request<Full<Bytes>>) -> Result<Response, Failure> {
+/// Sends `request` and reads the whole answer, at most `limit` bytes of it
+/// (node answers are small; a node that sends more is not trusted to).
+async fn exchange(
+    client: &NodeClient,
+    request: Request<Full<Bytes>>,
+    limit: usize,
+) -> Result<Response, Failure> {
     let answer = client.request(request).await.map_err(classify)?;
     let (head, body) = answer.into_parts();
-    let body = body.collect().await;
+    let body = Limited::new(body, limit).collect().await;
     let body = body.map_err(|error| Failure::Broken(error.to_string()))?;
     Ok(as_gateway_answer(
         head.status,

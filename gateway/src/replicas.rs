@@ -107,6 +107,8 @@ pub fn lag(merged: &CounterMap, node: &CounterMap) -> Lag {
                 .inc
                 .saturating_sub(seen.inc)
                 .saturating_add(ours.dec.saturating_sub(seen.dec));
+            // Totals are u128; the lag saturates like the sums below.
+            let missing = u64::try_from(missing).unwrap_or(u64::MAX);
             if missing > 0 || ours.seq > seen.seq {
                 lag.entries_behind += 1;
             }

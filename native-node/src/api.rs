@@ -7,13 +7,17 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crdt_core::{CounterName, Op, DEFAULT_COUNTER};
 use serde::{Deserialize, Serialize};
+use tally_protocol::access::{self, AccessPolicy};
+use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::events::{MemberInfo, NodeEvent};
+use tally_protocol::health_proof;
 use tally_protocol::http_error::{ApiError, MAX_BODY_BYTES};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -42,8 +46,12 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Whether `/admin/partition` is enabled.
     pub allow_fault_injection: bool,
+    /// The cluster secret(s), to prove this node to gateways (`None` with `--insecure`).
+    pub cluster_keys: Option<ClusterKeys>,
     /// Bounds `/ws` subscribers: each holds a snapshot while it is sent.
     pub subscribers: Arc<tokio::sync::Semaphore>,
+    /// API tokens, allowed origins, internal signatures.
+    pub access: Arc<AccessPolicy>,
 }
 
 /// Most `/ws` subscribers at once (the gateways and tools following a node).
@@ -88,6 +96,12 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Outermost: nothing, not even a 404, is answered to a caller the
+        // policy refuses.
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.access),
+            access::enforce,
+        ))
         .with_state(state)
 }
 
@@ -256,8 +270,8 @@ async fn list_counters(
 struct StateAnswer {
     node: String,
     value: i128,
-    increments: BTreeMap<String, u64>,
-    decrements: BTreeMap<String, u64>,
+    increments: BTreeMap<String, u128>,
+    decrements: BTreeMap<String, u128>,
 }
 
 async fn get_state(State(state): State<ApiState>) -> Json<StateAnswer> {
@@ -305,9 +319,23 @@ fn member_infos(state: &ApiState, with_self: bool) -> Vec<MemberInfo> {
     infos
 }
 
-async fn get_health(State(state): State<ApiState>) -> Json<serde_json::Value> {
+/// Alive, with this node's id; when a gateway sends a challenge, the answer
+/// carries proof that this node holds the cluster secret (`health_proof`).
+async fn get_health(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     let alive = state.gossip.members().alive();
-    Json(serde_json::json!({ "status": "ok", "node": state.node, "peers_alive": alive }))
+    let body =
+        Json(serde_json::json!({ "status": "ok", "node": state.node, "peers_alive": alive }));
+    let challenge = headers
+        .get(health_proof::CHALLENGE_HEADER)
+        .and_then(|value| value.to_str().ok());
+    let proof = match (&state.cluster_keys, challenge) {
+        (Some(keys), Some(challenge)) => health_proof::prove(keys, challenge, &state.node),
+        _ => None,
+    };
+    match proof {
+        Some(proof) => ([(health_proof::PROOF_HEADER, proof)], body).into_response(),
+        None => body.into_response(),
+    }
 }
 
 async fn get_metrics(State(state): State<ApiState>) -> impl IntoResponse {

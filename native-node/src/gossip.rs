@@ -43,9 +43,10 @@ const LINK_QUEUE: usize = 256;
 const REPLY_QUEUE: usize = 4;
 /// Deltas larger than this are left to anti-entropy rather than pushed eagerly.
 const MAX_EAGER_ENTRIES: usize = 4096;
-/// Encoded bytes of one entry beyond its name and actor id: three varints
-/// and the sequence lengths (at most ~30; measured ~20).
-const ENTRY_OVERHEAD: usize = 32;
+/// Encoded bytes of one entry beyond its name and actor id: two u128 and
+/// one u64 varint (at most 19 + 19 + 10) and the sequence lengths; typical
+/// entries take ~20.
+const ENTRY_OVERHEAD: usize = 56;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// An outbound link whose pull goes unanswered for this many rounds (but
 /// at least [`MIN_REPLY_TIMEOUT`]) is presumed broken and redialled.

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tally_protocol::access::{AccessPolicy, ApiTokens};
+use tally_protocol::cluster_key::{ClusterKeys, Purpose};
+use tally_protocol::request_auth::server::RequestVerifier;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState};
@@ -41,8 +44,12 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     /// Cluster name (peers of another cluster are refused).
     pub cluster: String,
-    /// Shared secret; empty means unauthenticated.
-    pub cluster_key: Option<String>,
+    /// The cluster secret(s); `None` only with `--insecure`.
+    pub cluster_keys: Option<ClusterKeys>,
+    /// API tokens (`--api-tokens-file`); `None` leaves the HTTP API open.
+    pub api_tokens: Option<ApiTokens>,
+    /// Origins allowed to write and open streams (`--allowed-origin`); empty = same origin.
+    pub allowed_origins: Vec<String>,
     /// Enables `/admin/partition`.
     pub allow_fault_injection: bool,
     /// Largest gossip frame.
@@ -132,13 +139,13 @@ pub async fn run(
             snapshot_bytes: config.snapshot_bytes,
         },
     );
-    let key = config.cluster_key.clone().unwrap_or_default();
-    if key.is_empty() {
-        tracing::warn!("no --cluster-key: gossip is not authenticated; anyone who can reach the gossip port can join");
-    }
+    let key = match &config.cluster_keys {
+        Some(keys) => ClusterKey::new(&keys.current(Purpose::GossipPsk)),
+        None => ClusterKey::new(b""),
+    };
     let me = PeerIdentity {
         cluster: config.cluster.clone(),
-        key: ClusterKey::new(key.as_bytes()),
+        key,
         member: MemberRecord {
             id: identity.id.clone(),
             gossip_addr: running.gossip_addr.to_string(),
@@ -163,8 +170,11 @@ pub async fn run(
     let registration = if config.discovery.is_empty() {
         None
     } else {
-        let client = tally_discovery::DiscoveryClient::new(config.discovery.clone())
+        let mut client = tally_discovery::DiscoveryClient::new(config.discovery.clone())
             .map_err(|e| NodeError::Discovery(e.to_string()))?;
+        if let Some(keys) = &config.cluster_keys {
+            client = client.signed_with(keys.clone());
+        }
         let member = registration::member(&identity.id, running.gossip_addr, running.http_addr);
         Some(Registration::start(
             client,
@@ -181,6 +191,13 @@ pub async fn run(
         gossip,
         metrics,
         allow_fault_injection: config.allow_fault_injection,
+        access: Arc::new(AccessPolicy {
+            tokens: config.api_tokens.clone(),
+            allowed_origins: config.allowed_origins.clone(),
+            internal: (config.cluster_keys.clone())
+                .map(|keys| Arc::new(RequestVerifier::new(keys))),
+        }),
+        cluster_keys: config.cluster_keys.clone(),
         subscribers: Arc::new(tokio::sync::Semaphore::new(api::MAX_SUBSCRIBERS)),
     });
     on_ready(&running);

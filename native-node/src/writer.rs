@@ -458,7 +458,7 @@ mod tests {
         let name = CounterName::new(&format!("counter-{index}")).unwrap();
         let peer = ActorId::new("node-2~peer").unwrap();
         let entry = Entry {
-            inc: index + 1,
+            inc: u128::from(index + 1),
             dec: 0,
             seq: index + 1,
         };

@@ -5,17 +5,31 @@
 //!
 //! - [`events`]: the live state stream, node `/ws` → gateway → browser `/ws`;
 //! - [`node_id`]: what a node id may look like (one rule for every process);
+//! - [`cluster_key`] and [`request_auth`] (feature `auth`): the cluster
+//!   secret, the keys derived from it, and signed requests between processes;
 //! - [`http_error`] (feature `http`): the JSON error body and request body
-//!   limit every HTTP server of the cluster answers with.
+//!   limit every HTTP server of the cluster answers with;
+//! - [`access`] (feature `http`): API tokens with roles, and the same-origin
+//!   rule, applied alike by nodes and gateways.
 //!
 //! Gossip's own messages are not here: only nodes speak them, so they live
 //! with the node (`tally_node::protocol`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "http")]
+pub mod access;
+#[cfg(feature = "auth")]
+pub mod cluster_key;
 pub mod events;
+#[cfg(feature = "auth")]
+pub mod health_proof;
+#[cfg(feature = "auth")]
+mod hex;
 #[cfg(feature = "http")]
 pub mod http_error;
 pub mod node_id;
+#[cfg(feature = "auth")]
+pub mod request_auth;
 
 pub use node_id::{validate_node_id, InvalidNodeId};

@@ -1,6 +1,12 @@
 //! A harness that runs real `tally` processes on loopback for integration tests.
+//!
+//! Every process it starts writes its stdout and stderr to a [`ChildLog`],
+//! not to the test's output: a passing test prints nothing of theirs, a
+//! failing one prints all of it, each line prefixed with the process name.
+//! `TALLY_TEST_LOG` sets the processes' log level (default `warn`).
 #![allow(dead_code)]
 
+use std::fs::OpenOptions;
 use std::net::TcpListener;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -8,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tally_discovery::DiscoveryClient;
 use tally_gateway::NodeView;
+use tally_protocol::cluster_key::ClusterKeys;
 
 /// The `tally` binary cargo built for these tests.
 pub const TALLY: &str = env!("CARGO_BIN_EXE_tally");
@@ -115,12 +123,106 @@ pub async fn metric_at(http_addr: &str, name: &str, label: &str) -> u64 {
         .sum()
 }
 
-/// A `tally` command logging at `TALLY_TEST_LOG` (default warn), with no stdin.
-fn tally_command() -> Command {
-    let log = std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "warn".into());
-    let mut command = Command::new(TALLY);
-    command.env("TALLY_LOG", log).stdin(Stdio::null());
+/// The cluster secret of every node the harness starts, passed the way an
+/// operator should pass it: in `TALLY_CLUSTER_KEY`, never on the command line.
+pub const CLUSTER_KEY: &str = "tally-test-cluster-key";
+
+/// The log level of the processes tests start: `TALLY_TEST_LOG`, default `warn`.
+pub fn test_log_level() -> String {
+    std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+/// Runs `work`, failing the test after `limit`. Unlike
+/// `timeout(..).await.expect(..)`, it panics while `work` (and every process
+/// it owns) is still alive, so their [`ChildLog`]s are printed.
+pub async fn within<F: std::future::Future>(limit: Duration, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    match tokio::time::timeout(limit, work.as_mut()).await {
+        Ok(output) => output,
+        Err(_) => panic!("test timed out after {limit:?}"),
+    }
+}
+
+/// Where one child process's stdout and stderr go: a log file (appended to,
+/// so a restarted process adds to it), printed only when the test fails.
+///
+/// A failing test is one whose thread is panicking when the log is dropped;
+/// the lines then go through `eprintln!`, which the test harness captures and
+/// shows with the failure. Drop the process before its log, so every line
+/// is in.
+pub struct ChildLog {
+    name: String,
+    file: tempfile::NamedTempFile,
+}
+
+impl ChildLog {
+    /// An empty log for the process called `name` (the prefix of its lines).
+    pub fn new(name: &str) -> Self {
+        let file = tempfile::Builder::new()
+            .prefix(&format!("tally-test-{name}-"))
+            .suffix(".log")
+            .tempfile()
+            .expect("child log file");
+        Self {
+            name: name.into(),
+            file,
+        }
+    }
+
+    /// Sends `command`'s stdout and stderr to this log.
+    pub fn attach(&self, command: &mut Command) {
+        let open = || {
+            OpenOptions::new()
+                .append(true)
+                .open(self.file.path())
+                .expect("open child log")
+        };
+        command.stdout(open()).stderr(open());
+    }
+
+    /// Everything the process wrote so far.
+    pub fn contents(&self) -> String {
+        std::fs::read_to_string(self.file.path()).unwrap_or_default()
+    }
+
+    /// Prints the log to the test's stderr, each line prefixed by the name.
+    pub fn print(&self) {
+        let contents = self.contents();
+        if contents.is_empty() {
+            eprintln!("[{}] (no output)", self.name);
+        }
+        for line in contents.lines() {
+            eprintln!("[{}] {line}", self.name);
+        }
+    }
+}
+
+impl Drop for ChildLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print();
+        }
+    }
+}
+
+/// A command for `program` (a `tally` binary) logging at
+/// [`test_log_level`] into `log`, with no stdin and the cluster key
+/// [`CLUSTER_KEY`] in `TALLY_CLUSTER_KEY`: every node, discovery server and
+/// gateway the harness starts belongs to one cluster.
+pub fn command_for(program: &str, log: &ChildLog) -> Command {
+    let mut command = Command::new(program);
     command
+        .env("TALLY_LOG", test_log_level())
+        .env("TALLY_CLUSTER_KEY", CLUSTER_KEY)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    log.attach(&mut command);
+    command
+}
+
+/// A `tally` command as [`command_for`] makes it.
+pub fn tally_command(log: &ChildLog) -> Command {
+    command_for(TALLY, log)
 }
 
 /// Sends `signal` (as `kill` names it: "TERM", "INT") and waits for the exit.
@@ -145,12 +247,21 @@ pub struct NodeProcess {
     pub gossip_addr: String,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    cluster_key: String,
     child: Option<Child>,
+    /// Its output; Drop stops the process before the log prints.
+    log: ChildLog,
 }
 
 impl NodeProcess {
-    /// Starts a node with fresh ports; `extra` goes on the command line.
+    /// Starts a node with fresh ports and the cluster key [`CLUSTER_KEY`];
+    /// `extra` goes on the command line.
     pub fn start(id: &str, data_dir: &Path, extra: &[String]) -> Self {
+        Self::start_with_key(id, data_dir, extra, CLUSTER_KEY)
+    }
+
+    /// [`NodeProcess::start`] with another cluster key (in `TALLY_CLUSTER_KEY`).
+    pub fn start_with_key(id: &str, data_dir: &Path, extra: &[String], cluster_key: &str) -> Self {
         let http_addr = format!("127.0.0.1:{}", free_port());
         let gossip_addr = format!("127.0.0.1:{}", free_port());
         let mut args: Vec<String> = [
@@ -176,14 +287,17 @@ impl NodeProcess {
             gossip_addr,
             data_dir: data_dir.into(),
             args,
+            cluster_key: cluster_key.into(),
             child: None,
+            log: ChildLog::new(id),
         };
         node.spawn();
         node
     }
 
     fn spawn(&mut self) {
-        let child = tally_command()
+        let child = tally_command(&self.log)
+            .env("TALLY_CLUSTER_KEY", &self.cluster_key)
             .args(&self.args)
             .spawn()
             .expect("spawn tally node");
@@ -328,6 +442,8 @@ pub struct DiscoveryProcess {
     pub port: u16,
     ttl: String,
     child: Option<Child>,
+    /// Its output; Drop stops the process before the log prints.
+    log: ChildLog,
 }
 
 impl DiscoveryProcess {
@@ -342,6 +458,7 @@ impl DiscoveryProcess {
             port,
             ttl: ttl.into(),
             child: None,
+            log: ChildLog::new(&format!("discovery:{port}")),
         };
         discovery.spawn_and_wait().await;
         discovery
@@ -365,23 +482,20 @@ impl DiscoveryProcess {
         self.spawn_and_wait().await;
     }
 
-    /// Ids listed by its `GET /peers` (None while it does not answer).
+    /// Ids listed by its `GET /peers`, asked with a request signed by
+    /// [`CLUSTER_KEY`] (None while it does not answer).
     pub async fn peer_ids(&self) -> Option<Vec<String>> {
-        let response = http()
-            .get(format!("{}/peers", self.url()))
-            .send()
-            .await
-            .ok()?;
-        let peers: Vec<Value> = response.error_for_status().ok()?.json().await.ok()?;
-        peers
-            .iter()
-            .map(|p| p["id"].as_str().map(str::to_owned))
-            .collect()
+        let keys = ClusterKeys::parse(CLUSTER_KEY).expect("the test cluster key");
+        let client = DiscoveryClient::new(vec![self.url()])
+            .ok()?
+            .signed_with(keys);
+        let peers = client.peers().await.ok()?;
+        Some(peers.into_iter().map(|peer| peer.id).collect())
     }
 
     async fn spawn_and_wait(&mut self) {
         let addr = format!("127.0.0.1:{}", self.port);
-        let child = tally_command()
+        let child = tally_command(&self.log)
             .args(["discovery", "--addr", &addr, "--ttl", &self.ttl])
             .spawn()
             .expect("spawn tally discovery");
@@ -456,6 +570,8 @@ impl GatewayApi {
 pub struct GatewayProcess {
     api: GatewayApi,
     child: Child,
+    /// Its output; Drop stops the process before the log prints.
+    log: ChildLog,
 }
 
 impl GatewayProcess {
@@ -463,7 +579,8 @@ impl GatewayProcess {
     /// `web_dir`, if given) and waits until it sees all of them healthy.
     pub async fn start(nodes: &[NodeProcess], web_dir: Option<&Path>) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut command = tally_command();
+        let log = ChildLog::new("gateway");
+        let mut command = tally_command(&log);
         command.args(["gateway", "--addr", &addr]);
         if let Some(web_dir) = web_dir {
             command.arg("--web-dir").arg(web_dir);
@@ -475,6 +592,7 @@ impl GatewayProcess {
         let gateway = Self {
             api: GatewayApi { addr },
             child,
+            log,
         };
         let everyone = nodes.len() as u64;
         let ready = wait_until(Duration::from_secs(30), || async {

@@ -358,7 +358,7 @@ impl Observer {
             .map(|(actor, seq)| seq.saturating_sub(node.state.last_seq(actor.as_str())))
             .fold(0u64, u64::saturating_add);
         Lag {
-            value_behind: self.value(counter) - node.value(counter),
+            value_behind: self.value(counter).saturating_sub(node.value(counter)),
             ops_behind,
             in_sync: node.state.digest() == self.merged.digest(),
         }

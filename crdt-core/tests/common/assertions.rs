@@ -67,13 +67,35 @@ pub fn assert_counters_same(left: &PnCounter, right: &PnCounter, context: &str) 
     assert_counter_consistent(left);
 }
 
-/// The counter's O(1) value is the sum of its entries.
+/// The counter's O(1) value is the sum of its entries (clamped to `i128`).
 #[track_caller]
 pub fn assert_counter_consistent(counter: &PnCounter) {
-    let sum: i128 = counter
-        .entries()
-        .map(|(_, entry)| i128::from(entry.inc) - i128::from(entry.dec))
-        .sum();
-    assert_eq!(counter.value(), sum, "value is not Σinc − Σdec");
+    let entries = counter.entries().map(|(_, entry)| (entry.inc, entry.dec));
+    assert_eq!(
+        counter.value(),
+        expected_value(entries),
+        "value is not Σinc − Σdec"
+    );
     assert_eq!(counter.actors(), counter.entries().count());
+}
+
+/// `Σinc − Σdec` over `(inc, dec)` totals, clamped to `i128`: the oracle
+/// for `PnCounter::value`, computed another way (a signed 256-bit
+/// accumulator, `high · 2^128 + low`).
+pub fn expected_value(totals: impl IntoIterator<Item = (u128, u128)>) -> i128 {
+    let (mut high, mut low) = (0i128, 0u128);
+    for (inc, dec) in totals {
+        let (sum, carry) = low.overflowing_add(inc);
+        high += i128::from(carry);
+        let (difference, borrow) = sum.overflowing_sub(dec);
+        high -= i128::from(borrow);
+        low = difference;
+    }
+    match high {
+        0 => i128::try_from(low).unwrap_or(i128::MAX),
+        // high · 2^128 + low = low − 2^128: in i128 when low ≥ 2^127.
+        -1 if low >= 1 << 127 => low as i128,
+        high if high < 0 => i128::MIN,
+        _ => i128::MAX,
+    }
 }

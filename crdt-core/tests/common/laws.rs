@@ -1,9 +1,14 @@
 //! The laws, as checks over the result of playing a scenario.
-use crdt_core::{wire, CounterMap, PnCounter, Watermarks};
+use std::collections::BTreeMap;
+
+use crdt_core::{
+    wire, ActorId, CounterMap, CounterName, CrdtError, Entry, Op, PnCounter, Watermarks,
+    DEFAULT_COUNTER,
+};
 
 use super::{
-    assertions::{assert_counters_same, assert_map_consistent, assert_maps_same},
-    scenario::{run_map, run_pn, MapRun, PnRun, Scenario},
+    assertions::{assert_counters_same, assert_map_consistent, assert_maps_same, expected_value},
+    scenario::{counter_name, expected_refusal, run_map, run_pn, MapRun, PnRun, Scenario, NAMES},
 };
 
 fn merged(left: &CounterMap, right: &CounterMap) -> CounterMap {
@@ -271,4 +276,161 @@ pub fn pn_deltas_merge_like_states(run: &PnRun) {
         from_deltas.merge(delta);
     }
     assert_counters_same(&from_deltas, &union, "Σdeltas = ∪states");
+}
+
+/// Local operations by one actor on one counter, refused or accepted as
+/// the oracle says; after each, the counter stays writable: every step of 1
+/// that keeps the value within `i64` is accepted ("No counter can be
+/// frozen": with `u64` totals, `+i64::MAX`, `−u64::MAX`, `+2^63` left
+/// neither direction open).
+pub fn counter_stays_writable(ops: &[Op]) {
+    let actor = ActorId::new("node-1~a").expect("valid actor");
+    let name = CounterName::new(DEFAULT_COUNTER).expect("valid name");
+    let mut map = CounterMap::new();
+    let mut expected: i128 = 0;
+    for &op in ops {
+        let before = map.clone();
+        let refusal = expected_refusal(&before, &actor, &name, op);
+        match (map.apply(&actor, &name, op), refusal) {
+            (Ok(_), None) => expected += op.signed(),
+            (Err(error), Some(refusal)) => {
+                assert_eq!(error, refusal, "{op:?}");
+                assert_maps_same(&map, &before, "a refused operation changes nothing");
+            }
+            (result, refusal) => panic!("{op:?}: got {result:?}, expected {refusal:?}"),
+        }
+        let value = map.value(DEFAULT_COUNTER).unwrap_or(0);
+        assert_eq!(value, expected, "the value reads every accepted operation");
+        assert!(
+            i64::try_from(value).is_ok(),
+            "one actor keeps the value in i64"
+        );
+        let next_seq = map.last_seq(actor.as_str()) + 1;
+        let open = |probe: Op| map.prepare(&actor, &name, probe, next_seq);
+        if value < i128::from(i64::MAX) {
+            assert!(
+                open(Op::Increment(1)).is_ok(),
+                "frozen upwards at {value} by {ops:?}"
+            );
+        }
+        if value > i128::from(i64::MIN) {
+            assert!(
+                open(Op::Decrement(1)).is_ok(),
+                "frozen downwards at {value} by {ops:?}"
+            );
+        }
+    }
+    assert_map_consistent(&map);
+}
+
+/// One entry as a damaged or hostile peer might send it:
+/// `(replica, counter index in NAMES, actor index, entry)`.
+pub type HostileEntry = (usize, usize, usize, Entry);
+/// One local operation: `(replica, counter index in NAMES, actor index, op)`.
+pub type LocalOp = (usize, usize, usize, Op);
+
+/// The actor with index `index` in hostile cases.
+fn hostile_actor(index: usize) -> ActorId {
+    ActorId::new(&format!("node-{index}~h")).expect("valid actor")
+}
+
+/// Replicas that merged arbitrary entries (totals anywhere up to
+/// `u128::MAX`, any seq), then applied local operations: nothing panics,
+/// refusals match the oracle, and every merge law still holds, with values
+/// read as the clamped exact `Σinc − Σdec`.
+pub fn hostile_entries_obey_the_laws(replicas: usize, entries: &[HostileEntry], ops: &[LocalOp]) {
+    let replicas = replicas.max(1);
+    let mut maps = vec![CounterMap::new(); replicas];
+    let mut deltas = Vec::new();
+    for &(replica, name, actor, entry) in entries {
+        let (name, actor) = (counter_name(name % NAMES.len()), hostile_actor(actor));
+        maps[replica % replicas].merge_entry(&name, &actor, entry);
+        deltas.push(CounterMap::single(&name, &actor, entry));
+    }
+    for &(replica, name, actor, op) in ops {
+        let (name, actor) = (counter_name(name % NAMES.len()), hostile_actor(actor));
+        let map = &mut maps[replica % replicas];
+        let before = map.clone();
+        let refusal = expected_refusal(&before, &actor, &name, op);
+        match (map.apply(&actor, &name, op), refusal) {
+            (Ok(delta), None) => deltas.push(delta),
+            (Err(error), Some(refusal)) => {
+                assert_eq!(error, refusal, "{op:?} on {name:?} by {actor:?}");
+                assert_maps_same(map, &before, "a refused operation changes nothing");
+            }
+            (result, refusal) => {
+                panic!("{op:?} on {name:?} by {actor:?}: got {result:?}, expected {refusal:?}")
+            }
+        }
+        assert_map_consistent(map);
+    }
+
+    // The oracle: per (counter, actor) the per-field maximum of everything
+    // merged or applied anywhere, then the clamped Σinc − Σdec per counter.
+    let mut joined: BTreeMap<(String, String), Entry> = BTreeMap::new();
+    for delta in &deltas {
+        for (name, actor, entry) in delta.all_changes() {
+            let slot = joined
+                .entry((name.as_str().to_owned(), actor.as_str().to_owned()))
+                .or_default();
+            *slot = slot.join(entry);
+        }
+    }
+    let mut totals: BTreeMap<String, Vec<(u128, u128)>> = BTreeMap::new();
+    for ((name, _), entry) in joined {
+        if entry != Entry::default() {
+            totals.entry(name).or_default().push((entry.inc, entry.dec));
+        }
+    }
+    let expected = totals
+        .into_iter()
+        .map(|(name, totals)| (name, expected_value(totals)))
+        .collect();
+
+    for map in &maps {
+        assert_map_consistent(map);
+    }
+    let run = MapRun {
+        replicas: maps,
+        deltas,
+        expected,
+        older_copies: Vec::new(),
+    };
+    map_merge_commutes(&run);
+    map_merge_associates(&run);
+    map_merge_is_idempotent(&run);
+    map_value_is_conserved(&run);
+    map_deltas_merge_like_states(&run);
+    map_joined_deltas_merge_like_single_ones(&run);
+    map_wire_round_trips(&run);
+
+    // The same laws on the PnCounters alone.
+    let counters: Vec<PnCounter> = run
+        .replicas
+        .iter()
+        .map(|map| map.get(DEFAULT_COUNTER).cloned().unwrap_or_default())
+        .collect();
+    let pn = PnRun {
+        deltas: counters.clone(),
+        expected: run.expected.get(DEFAULT_COUNTER).copied().unwrap_or(0),
+        replicas: counters,
+    };
+    pn_merge_commutes(&pn);
+    pn_merge_associates(&pn);
+    pn_merge_is_idempotent(&pn);
+    pn_value_is_conserved(&pn);
+    pn_deltas_merge_like_states(&pn);
+
+    // Whatever the union holds, local operations on it return, never panic.
+    let mut union = run.union();
+    for &(_, name, actor, op) in ops {
+        let (name, actor) = (counter_name(name % NAMES.len()), hostile_actor(actor));
+        let refusal = expected_refusal(&union, &actor, &name, op);
+        let result = union.apply(&actor, &name, op).map(|_| ());
+        match refusal {
+            Some(refusal) => assert_eq!(result, Err(refusal)),
+            None => assert_eq!(result, Ok::<(), CrdtError>(())),
+        }
+    }
+    assert_map_consistent(&union);
 }

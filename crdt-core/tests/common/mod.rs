@@ -41,6 +41,18 @@ macro_rules! generated_case_tests {
             common::suite::overflow_is_refused_without_change();
         }
         #[$attr]
+        fn no_counter_can_be_frozen() {
+            common::suite::no_counter_can_be_frozen();
+        }
+        #[$attr]
+        fn counters_stay_writable_on_generated_cases() {
+            common::suite::counters_stay_writable_on_generated_cases();
+        }
+        #[$attr]
+        fn hostile_totals_never_panic_on_generated_cases() {
+            common::suite::hostile_totals_never_panic_on_generated_cases();
+        }
+        #[$attr]
         fn pinned_digests_and_encodings_match() {
             common::pinned::check_pinned_values();
         }

@@ -3,7 +3,7 @@
 //! `PnCounter`s while checking every single operation against an oracle.
 use std::collections::BTreeMap;
 
-use crdt_core::{ActorId, CounterMap, CounterName, CrdtError, Op, PnCounter};
+use crdt_core::{ActorId, CounterMap, CounterName, CrdtError, Entry, Op, PnCounter};
 
 use super::assertions::{assert_map_consistent, assert_maps_same};
 
@@ -143,7 +143,8 @@ fn apply_to_map(run: &mut MapRun, replica: usize, actor: usize, name: usize, op:
 }
 
 /// The error a local operation must be refused with, if any: zero amounts,
-/// an actor total beyond `u64`, or a value outside `i64`.
+/// an actor seq or total that cannot grow (reachable only by merging a
+/// hostile entry), or a value moving (further) outside `i64`.
 pub fn expected_refusal(
     map: &CounterMap,
     actor: &ActorId,
@@ -156,18 +157,23 @@ pub fn expected_refusal(
         .copied()
         .unwrap_or_default();
     let value = map.value(name.as_str()).unwrap_or(0);
-    refusal_for(entry.inc, entry.dec, value, op)
+    // A map stamps an actor's next operation after the actor's last seq in
+    // any counter.
+    let last_seq = map.last_seq(actor.as_str());
+    refusal_for(entry, last_seq, value, op)
 }
 
-fn refusal_for(inc: u64, dec: u64, value: i128, op: Op) -> Option<CrdtError> {
+fn refusal_for(entry: Entry, last_seq: u64, value: i128, op: Op) -> Option<CrdtError> {
     let (amount, total) = match op {
-        Op::Increment(amount) => (amount, inc),
-        Op::Decrement(amount) => (amount, dec),
+        Op::Increment(amount) => (amount, entry.inc),
+        Op::Decrement(amount) => (amount, entry.dec),
     };
-    let value_after = value + op.signed();
-    if amount == 0 {
+    let value_after = value.saturating_add(op.signed());
+    if last_seq == u64::MAX {
+        Some(CrdtError::Overflow)
+    } else if amount == 0 {
         Some(CrdtError::ZeroAmount)
-    } else if total.checked_add(amount).is_none()
+    } else if total.checked_add(u128::from(amount)).is_none()
         || (matches!(op, Op::Increment(_)) && value_after > i128::from(i64::MAX))
         || (matches!(op, Op::Decrement(_)) && value_after < i128::from(i64::MIN))
     {
@@ -212,7 +218,7 @@ fn apply_to_counter(run: &mut PnRun, replica: usize, actor: usize, op: Op) {
     let counter = &mut run.replicas[replica];
     let before = counter.clone();
     let entry = before.entry(actor.as_str()).copied().unwrap_or_default();
-    let refusal = refusal_for(entry.inc, entry.dec, before.value(), op);
+    let refusal = refusal_for(entry, entry.seq, before.value(), op);
     let result = match op {
         Op::Increment(amount) => counter.increment(&actor, amount),
         Op::Decrement(amount) => counter.decrement(&actor, amount),

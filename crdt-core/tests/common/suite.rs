@@ -4,8 +4,8 @@ use crdt_core::{wire, ActorId, CounterMap, CounterName, CrdtError, Entry, Op};
 use super::{
     assertions::assert_maps_same,
     laws,
-    scenario::run_map,
-    xorshift::{scenario, XorShift},
+    scenario::{run_map, LARGE_AMOUNTS, MAX_REPLICAS, NAMES},
+    xorshift::{hostile_entry, op, scenario, total, XorShift},
 };
 
 /// How many generated scenarios each law runs on.
@@ -37,8 +37,8 @@ pub fn wire_round_trips_on_generated_cases() {
                 panic!("{text:?} is a valid name and actor id");
             };
             let entry = Entry {
-                inc: rng.next_u64(),
-                dec: rng.next_u64(),
+                inc: total(&mut rng),
+                dec: total(&mut rng),
                 seq: rng.next_u64(),
             };
             map.merge_entry(&name, &actor, entry);
@@ -144,8 +144,8 @@ pub fn overflow_is_refused_without_change() {
     );
     expect(&mut map, &a, Op::Decrement(1), Err(CrdtError::Overflow));
     expect(&mut map, &b, Op::Increment(MAX), Ok(-1));
-    // a's increment total is i64::MAX; one more i64::MAX fills u64 to
-    // u64::MAX - 1 while the value stays in range; then 2 more overflows u64.
+    // a's increment total is i64::MAX; one more i64::MAX takes it to
+    // u64::MAX - 1 while the value stays in range.
     expect(
         &mut map,
         &a,
@@ -153,9 +153,12 @@ pub fn overflow_is_refused_without_change() {
         Ok(i128::from(i64::MAX) - 1),
     );
     expect(&mut map, &a, Op::Decrement(MAX), Ok(-1));
-    expect(&mut map, &a, Op::Increment(2), Err(CrdtError::Overflow));
-    expect(&mut map, &a, Op::Increment(1), Ok(0));
-    expect(&mut map, &a, Op::Increment(1), Err(CrdtError::Overflow));
+    // Totals are u128, so going past u64 is fine (it used to be refused):
+    // only the value's range limits local operations.
+    expect(&mut map, &a, Op::Increment(2), Ok(1));
+    expect(&mut map, &a, Op::Increment(1), Ok(2));
+    let a_entry = map.get("default").and_then(|c| c.entry("node-a")).copied();
+    assert_eq!(a_entry.map(|e| e.inc), Some(u128::from(u64::MAX) + 2));
 
     // Merging is never refused: values beyond i64 are kept exactly.
     let (mut left, mut right) = (CounterMap::new(), CounterMap::new());
@@ -164,4 +167,155 @@ pub fn overflow_is_refused_without_change() {
     left.merge(&right);
     assert_eq!(left.value("default"), Some(2 * i128::from(i64::MAX)));
     expect(&mut left, &b, Op::Increment(1), Err(CrdtError::Overflow));
+}
+
+/// The issue "No counter can be frozen": `+i64::MAX`, `−u64::MAX`, `+2^63`
+/// by one actor used to fill both of its `u64` totals, after which every
+/// write to that counter on that node was refused forever.
+pub fn no_counter_can_be_frozen() {
+    const MAX: u64 = i64::MAX as u64;
+    let a = ActorId::new("node-a").expect("valid");
+    let mut map = CounterMap::new();
+    expect(&mut map, &a, Op::Increment(MAX), Ok(i128::from(i64::MAX)));
+    expect(
+        &mut map,
+        &a,
+        Op::Decrement(u64::MAX),
+        Ok(i128::from(i64::MIN)),
+    );
+    expect(&mut map, &a, Op::Increment(MAX + 1), Ok(0));
+    let entry = |map: &CounterMap| {
+        *map.get("default")
+            .and_then(|c| c.entry("node-a"))
+            .expect("written")
+    };
+    let full = u128::from(u64::MAX);
+    assert_eq!((entry(&map).inc, entry(&map).dec), (full, full));
+
+    // Still writable, both ways, and the value reads correctly.
+    expect(&mut map, &a, Op::Increment(1), Ok(1));
+    expect(&mut map, &a, Op::Decrement(2), Ok(-1));
+    expect(
+        &mut map,
+        &a,
+        Op::Increment(MAX),
+        Ok(i128::from(i64::MAX) - 1),
+    );
+    expect(
+        &mut map,
+        &a,
+        Op::Decrement(u64::MAX - 1),
+        Ok(i128::from(i64::MIN)),
+    );
+    // Only leaving i64 is refused.
+    expect(&mut map, &a, Op::Decrement(1), Err(CrdtError::Overflow));
+    expect(
+        &mut map,
+        &a,
+        Op::Increment(u64::MAX),
+        Ok(i128::from(i64::MAX)),
+    );
+    expect(&mut map, &a, Op::Increment(1), Err(CrdtError::Overflow));
+    assert_eq!(
+        entry(&map),
+        Entry {
+            inc: full + 1 + u128::from(MAX) + full,
+            dec: full + 2 + full - 1,
+            seq: 8
+        }
+    );
+    // The totals are past u64, yet the entry still survives the wire and a
+    // peer merging it reads the same value.
+    laws::map_round_trips(&map);
+    let mut peer = CounterMap::new();
+    peer.merge(&map);
+    assert_eq!(peer.value("default"), Some(i128::from(i64::MAX)));
+
+    // Many more rounds of the same: totals far beyond u64, still writable.
+    for _ in 0..64 {
+        expect(
+            &mut map,
+            &a,
+            Op::Decrement(u64::MAX),
+            Ok(i128::from(i64::MIN)),
+        );
+        expect(
+            &mut map,
+            &a,
+            Op::Increment(u64::MAX),
+            Ok(i128::from(i64::MAX)),
+        );
+    }
+    assert_eq!(entry(&map).inc, 66 * full + 1 + u128::from(MAX));
+    laws::counter_stays_writable(&[
+        Op::Increment(MAX),
+        Op::Decrement(u64::MAX),
+        Op::Increment(MAX + 1),
+        Op::Increment(1),
+        Op::Decrement(1),
+    ]);
+}
+
+/// Sequences of local operations by one actor, mostly large amounts: each
+/// leaves the counter writable.
+pub fn counters_stay_writable_on_generated_cases() {
+    let mut rng = XorShift::new(13);
+    for _ in 0..CASES {
+        let ops: Vec<Op> = (0..rng.below(64))
+            .map(|_| {
+                let amount = LARGE_AMOUNTS[rng.below(LARGE_AMOUNTS.len())];
+                match rng.below(4) {
+                    0 => op(&mut rng),
+                    1 => Op::Increment(amount),
+                    2 => Op::Decrement(amount),
+                    _ => Op::Increment(1 << 63),
+                }
+            })
+            .collect();
+        laws::counter_stays_writable(&ops);
+    }
+}
+
+/// Entries with totals up to `u128::MAX` and exhausted seqs, as a damaged
+/// or hostile peer might send them: merge, value, digest, decode and local
+/// operations never panic, and the laws hold.
+pub fn hostile_totals_never_panic_on_generated_cases() {
+    let mut rng = XorShift::new(17);
+    for _ in 0..CASES {
+        let replicas = 1 + rng.below(MAX_REPLICAS);
+        let entries: Vec<laws::HostileEntry> = (0..rng.below(12))
+            .map(|_| {
+                (
+                    rng.below(replicas),
+                    rng.below(NAMES.len()),
+                    rng.below(3),
+                    hostile_entry(&mut rng),
+                )
+            })
+            .collect();
+        let ops: Vec<laws::LocalOp> = (0..rng.below(8))
+            .map(|_| {
+                (
+                    rng.below(replicas),
+                    rng.below(NAMES.len()),
+                    rng.below(3),
+                    op(&mut rng),
+                )
+            })
+            .collect();
+        laws::hostile_entries_obey_the_laws(replicas, &entries, &ops);
+        let damage: Vec<(usize, u8)> = (0..1 + rng.below(3))
+            .map(|_| (rng.below(1 << 16), rng.next_u64() as u8))
+            .collect();
+        let mut map = CounterMap::new();
+        for (_, name, actor, entry) in &entries {
+            let actor = ActorId::new(&format!("a{actor}")).expect("valid");
+            map.merge_entry(
+                &CounterName::new(NAMES[*name]).expect("valid"),
+                &actor,
+                *entry,
+            );
+        }
+        laws::damaged_encodings_are_handled(&map, &damage);
+    }
 }

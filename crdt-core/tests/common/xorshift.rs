@@ -1,7 +1,7 @@
 //! A tiny deterministic generator (xorshift64*), so wasm32 — where proptest
 //! does not run — still checks the laws on many varied cases, and native
 //! runs check the very same cases.
-use crdt_core::Op;
+use crdt_core::{Entry, Op};
 
 use super::scenario::{
     Scenario, Step, ACTORS_PER_REPLICA, LARGE_AMOUNTS, MAX_REPLICAS, MAX_STEPS, NAMES,
@@ -47,6 +47,45 @@ pub fn amount(rng: &mut XorShift) -> u64 {
         1 | 2 => LARGE_AMOUNTS[rng.below(LARGE_AMOUNTS.len())],
         3 => rng.next_u64(),
         _ => 1 + rng.below(1000) as u64,
+    }
+}
+
+/// Totals at the edges of `u64`, `i128` and `u128`, or anything at all.
+pub const EDGE_TOTALS: [u128; 10] = [
+    0,
+    1,
+    u64::MAX as u128,
+    1 << 64,
+    (1 << 127) - 1,
+    1 << 127,
+    (1 << 127) + 1,
+    u128::MAX - 1,
+    u128::MAX,
+    u128::MAX / 3,
+];
+
+/// A per-actor total as a hostile peer might send it.
+pub fn total(rng: &mut XorShift) -> u128 {
+    match rng.below(4) {
+        0 | 1 => EDGE_TOTALS[rng.below(EDGE_TOTALS.len())],
+        2 => u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()),
+        _ => rng.below(1000) as u128,
+    }
+}
+
+/// An entry as a hostile peer might send it, its seq sometimes exhausted.
+/// (Never seq 0: no operation has it, and `changes_since` lists only
+/// entries above a watermark, so such an entry is outside the laws here.)
+pub fn hostile_entry(rng: &mut XorShift) -> Entry {
+    let seq = match rng.below(4) {
+        0 => u64::MAX,
+        1 => rng.next_u64().max(1),
+        _ => 1 + rng.below(50) as u64,
+    };
+    Entry {
+        inc: total(rng),
+        dec: total(rng),
+        seq,
     }
 }
 

@@ -2,10 +2,10 @@
 //! peer can be read and written concurrently.
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
 
 use super::auth::{same, FrameSealer, FRAME_MAC_LEN};
 use super::TransportError;
@@ -14,17 +14,80 @@ use crate::protocol::Message;
 /// Time allowed to write one frame before the peer is considered stuck.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) fn codec(max_frame: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .max_frame_length(max_frame)
-        .new_codec()
+/// Bytes of the length prefix in front of every frame (u32, big-endian).
+const LENGTH_PREFIX: usize = 4;
+
+/// Frames on the wire: `u32 BE length ‖ body`, the body at most `max_frame`.
+///
+/// What a peer sends wrong comes out as [`TransportError::Malformed`], which
+/// the node counts as a rejected frame: a length prefix over the limit (seen
+/// as soon as the prefix arrives, before any of the body is buffered) and a
+/// stream that ends part-way through a frame.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FrameCodec {
+    max_frame: usize,
+}
+
+impl FrameCodec {
+    pub fn new(max_frame: usize) -> Self {
+        Self { max_frame }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = TransportError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, TransportError> {
+        let Some(prefix) = src.get(..LENGTH_PREFIX) else {
+            return Ok(None);
+        };
+        let length = u32::from_be_bytes(prefix.try_into().expect("four bytes")) as usize;
+        if length > self.max_frame {
+            return Err(TransportError::Malformed(format!(
+                "frame of {length} bytes exceeds the {}-byte limit",
+                self.max_frame
+            )));
+        }
+        if src.len() < LENGTH_PREFIX + length {
+            src.reserve(LENGTH_PREFIX + length - src.len());
+            return Ok(None);
+        }
+        src.advance(LENGTH_PREFIX);
+        Ok(Some(src.split_to(length)))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, TransportError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(TransportError::Malformed(format!(
+                "stream ended {} bytes into a frame",
+                src.len()
+            ))),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = TransportError;
+
+    fn encode(&mut self, body: Bytes, dst: &mut BytesMut) -> Result<(), TransportError> {
+        let length = u32::try_from(body.len())
+            .ok()
+            .filter(|&length| length as usize <= self.max_frame)
+            .ok_or(TransportError::TooLarge(body.len()))?;
+        dst.reserve(LENGTH_PREFIX + body.len());
+        dst.put_u32(length);
+        dst.extend_from_slice(&body);
+        Ok(())
+    }
 }
 
 /// A framed stream before authentication: the handshake speaks over it.
 pub(super) struct RawFramed<S> {
-    pub reader: FramedRead<ReadHalf<S>, LengthDelimitedCodec>,
-    pub writer: FramedWrite<WriteHalf<S>, LengthDelimitedCodec>,
+    pub reader: FramedRead<ReadHalf<S>, FrameCodec>,
+    pub writer: FramedWrite<WriteHalf<S>, FrameCodec>,
     pub max_frame: usize,
 }
 
@@ -32,8 +95,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> RawFramed<S> {
     pub fn new(stream: S, max_frame: usize) -> Self {
         let (read, write) = tokio::io::split(stream);
         Self {
-            reader: FramedRead::new(read, codec(max_frame)),
-            writer: FramedWrite::new(write, codec(max_frame)),
+            reader: FramedRead::new(read, FrameCodec::new(max_frame)),
+            writer: FramedWrite::new(write, FrameCodec::new(max_frame)),
             max_frame,
         }
     }
@@ -64,14 +127,14 @@ pub struct Connection<S> {
 
 /// The receiving half: checks every frame's MAC before decoding it.
 pub struct ConnectionReader<S> {
-    frames: FramedRead<ReadHalf<S>, LengthDelimitedCodec>,
+    frames: FramedRead<ReadHalf<S>, FrameCodec>,
     opener: FrameSealer,
     idle_timeout: Duration,
 }
 
 /// The sending half: seals every frame with a MAC.
 pub struct ConnectionWriter<S> {
-    frames: FramedWrite<WriteHalf<S>, LengthDelimitedCodec>,
+    frames: FramedWrite<WriteHalf<S>, FrameCodec>,
     sealer: FrameSealer,
     max_frame: usize,
 }
@@ -126,17 +189,78 @@ impl<S: AsyncWrite + Send + 'static> ConnectionWriter<S> {
     /// Sends one message; returns the frame size on the wire.
     pub async fn send(&mut self, message: &Message) -> Result<usize, TransportError> {
         let mut body = crdt_core::wire::encode(message);
-        let tag = self.sealer.next_mac(&body);
-        body.extend_from_slice(&tag);
-        let size = body.len();
+        let size = body.len() + FRAME_MAC_LEN;
         if size > self.max_frame {
-            // Checked before the codec sees it: its error would close the connection.
+            // Checked before sealing: a MAC taken advances the frame counter,
+            // and the peer would then refuse every later frame of this link.
             return Err(TransportError::TooLarge(size));
         }
+        let tag = self.sealer.next_mac(&body);
+        body.extend_from_slice(&tag);
         match tokio::time::timeout(WRITE_TIMEOUT, self.frames.send(Bytes::from(body))).await {
             Ok(result) => result?,
             Err(_) => return Err(TransportError::Timeout("write")),
         }
         Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(max_frame: usize, wire: &[u8]) -> Result<Vec<BytesMut>, TransportError> {
+        let mut codec = FrameCodec::new(max_frame);
+        let mut buffer = BytesMut::from(wire);
+        let mut frames = Vec::new();
+        while let Some(frame) = codec.decode_eof(&mut buffer)? {
+            frames.push(frame);
+        }
+        Ok(frames)
+    }
+
+    #[test]
+    fn frames_round_trip_up_to_the_limit() {
+        let mut codec = FrameCodec::new(8);
+        let mut wire = BytesMut::new();
+        for body in [&b""[..], b"abc", b"12345678"] {
+            codec
+                .encode(Bytes::copy_from_slice(body), &mut wire)
+                .unwrap();
+        }
+        let frames = decode_all(8, &wire).unwrap();
+        assert_eq!(frames, [&b""[..], b"abc", b"12345678"]);
+        assert!(matches!(
+            codec.encode(Bytes::from_static(b"123456789"), &mut BytesMut::new()),
+            Err(TransportError::TooLarge(9))
+        ));
+    }
+
+    #[test]
+    fn a_length_prefix_over_the_limit_is_malformed_at_once() {
+        let mut codec = FrameCodec::new(8);
+        // The prefix alone is enough: no body is waited for or buffered.
+        let mut buffer = BytesMut::from(&[0, 0, 0, 9][..]);
+        assert!(matches!(
+            codec.decode(&mut buffer),
+            Err(TransportError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_all(8, &[0xff, 0xff, 0xff, 0xff]),
+            Err(TransportError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_stream_ending_inside_a_frame_is_malformed() {
+        assert!(matches!(
+            decode_all(1024, &[0, 0, 0, 200, 1, 2, 3]),
+            Err(TransportError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_all(1024, &[0, 0]),
+            Err(TransportError::Malformed(_))
+        ));
+        assert!(decode_all(1024, &[]).unwrap().is_empty());
     }
 }

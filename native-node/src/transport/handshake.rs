@@ -230,6 +230,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_over_the_limit_is_not_sent_and_the_link_goes_on() {
+        let (left, right) = tokio::io::duplex(1 << 16);
+        let (a, b) = (identity("a", b"k"), identity("b", b"k"));
+        let (dialed, accepted) = tokio::join!(dial(left, &a), accept(right, &b));
+        let (mut dialed, _) = dialed.unwrap();
+        let (mut accepted, _) = accepted.unwrap();
+        let member = a.member.clone();
+        let huge = Message::Ack {
+            members: vec![member; (1 << 16) / 4],
+        };
+        assert!(matches!(
+            dialed.writer.send(&huge).await,
+            Err(TransportError::TooLarge(_))
+        ));
+        // The dropped message took no frame number: the next one still authenticates.
+        let ack = Message::Ack { members: vec![] };
+        dialed.writer.send(&ack).await.unwrap();
+        assert_eq!(accepted.reader.recv().await.unwrap().0, ack);
+    }
+
+    #[tokio::test]
     async fn a_wrong_key_is_refused_on_both_sides() {
         let (left, right) = tokio::io::duplex(1 << 16);
         let (a, b) = (identity("a", b"right"), identity("b", b"wrong"));

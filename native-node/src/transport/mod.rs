@@ -6,7 +6,8 @@
 //! name and proves both sides hold the cluster key; after that every frame
 //! body is `postcard(Message) ‖ mac[16]`, the MAC binding direction and a
 //! per-direction frame counter so frames cannot be forged, replayed or
-//! reordered. Anything malformed closes that one connection; the node goes on.
+//! reordered. Anything malformed (a frame over `max_frame` included) closes
+//! that one connection as [`TransportError::Malformed`]; the node goes on.
 //!
 //! The [`Network`] trait lets the same code run over real TCP or over a
 //! deterministic simulated network (turmoil) in tests.
@@ -40,7 +41,8 @@ pub enum TransportError {
     /// A message of ours encodes larger than the frame limit; it was not sent.
     #[error("message of {0} bytes exceeds the frame limit")]
     TooLarge(usize),
-    /// A frame or handshake field that does not decode.
+    /// A frame or handshake field that does not decode, a length prefix
+    /// over the frame limit, or a stream that ends inside a frame.
     #[error("malformed frame: {0}")]
     Malformed(String),
     /// The peer could not prove it holds the cluster key, or a frame's MAC is wrong.

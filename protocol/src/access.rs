@@ -1,0 +1,409 @@
+//! Who may call what on a node or the gateway: optional API tokens with
+//! roles, and the same-origin rule that keeps other web sites out.
+//!
+//! **Tokens** (`--api-tokens-file`, the same format on nodes and gateways):
+//! one `TOKEN ROLE` per line, `#` comments and blank lines ignored, roles
+//! `read` < `write` < `admin`. With a file, every request needs
+//! `Authorization: Bearer TOKEN` — 401 without a known token, 403 for a role
+//! too low. Reads need `read`, writes `write`, `/admin/*` and `/demo/*`
+//! `admin`. Browsers cannot set headers on a WebSocket, so `/ws` and
+//! `/watch` also take `?access_token=TOKEN`. A request signed with the
+//! cluster secret ([`crate::request_auth`], only for reads: the gateway's
+//! health checks and stream followers) passes as `admin`.
+//!
+//! **Origins**: a request that changes something, or opens a stream, and
+//! carries an `Origin` header (every browser sends one on such requests) is
+//! refused with 403 unless that origin is listed (`--allowed-origin`) or,
+//! with no list, is this server's own (`Origin` host = `Host`). So a page on
+//! another site cannot click our buttons or read our streams with a
+//! visitor's browser (cross-site request forgery); `curl` and other servers
+//! send no `Origin` and are governed by tokens alone.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::http_error::ApiError;
+use crate::request_auth::server::RequestVerifier;
+use crate::request_auth::{RequestParts, SIGNATURE_HEADER};
+
+/// What a token allows, each role including the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Read counters, listings, streams, health and metrics.
+    Read,
+    /// Also increment and decrement.
+    Write,
+    /// Also `/admin/*` and `/demo/*`.
+    Admin,
+}
+
+impl Role {
+    fn parse(word: &str) -> Option<Role> {
+        match word {
+            "read" => Some(Role::Read),
+            "write" => Some(Role::Write),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// The role a request needs.
+    pub fn required_for(method: &Method, path: &str) -> Role {
+        if path.starts_with("/admin/") || path.starts_with("/demo/") {
+            Role::Admin
+        } else if method == Method::GET || method == Method::HEAD {
+            Role::Read
+        } else {
+            Role::Write
+        }
+    }
+}
+
+/// Why a tokens file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct TokensError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+/// Shortest token accepted: shorter ones can be guessed online.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The API tokens and their roles.
+#[derive(Clone, Default)]
+pub struct ApiTokens {
+    roles: HashMap<String, Role>,
+}
+
+impl std::fmt::Debug for ApiTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiTokens({} token(s), redacted)", self.roles.len())
+    }
+}
+
+impl ApiTokens {
+    /// Parses a tokens file.
+    pub fn parse(text: &str) -> Result<Self, TokensError> {
+        let mut roles = HashMap::new();
+        for (index, line) in text.lines().enumerate() {
+            let refuse = |reason: String| TokensError {
+                line: index + 1,
+                reason,
+            };
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let [token, role] = words[..] else {
+                return Err(refuse("expected `TOKEN ROLE`".into()));
+            };
+            let role = Role::parse(role)
+                .ok_or_else(|| refuse(format!("unknown role {role:?} (read, write or admin)")))?;
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(refuse(format!(
+                    "token is {} characters; use at least {MIN_TOKEN_LEN}",
+                    token.len()
+                )));
+            }
+            if roles.insert(token.to_owned(), role).is_some() {
+                return Err(refuse("token listed twice".into()));
+            }
+        }
+        if roles.is_empty() {
+            return Err(TokensError {
+                line: 0,
+                reason: "no tokens in the file".into(),
+            });
+        }
+        Ok(Self { roles })
+    }
+
+    /// The role of `token`, if it is one of ours (compared in constant
+    /// time per candidate, so timing does not reveal a prefix).
+    pub fn role_of(&self, token: &str) -> Option<Role> {
+        self.roles
+            .iter()
+            .find(|(known, _)| same(known.as_bytes(), token.as_bytes()))
+            .map(|(_, role)| *role)
+    }
+}
+
+fn same(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(right)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+/// Everything the access check needs; shared by every request of a server.
+#[derive(Debug, Default)]
+pub struct AccessPolicy {
+    /// `None`: no tokens file, every caller may do everything.
+    pub tokens: Option<ApiTokens>,
+    /// Origins allowed besides none; empty = this server's own origin only.
+    pub allowed_origins: Vec<String>,
+    /// Verifies requests signed with the cluster secret (internal callers).
+    pub internal: Option<Arc<RequestVerifier>>,
+}
+
+impl AccessPolicy {
+    /// Decides one request from its method, path, query and headers.
+    pub fn check(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<(), ApiError> {
+        let is_stream = path == "/ws" || path == "/watch";
+        let changes_something = method != Method::GET && method != Method::HEAD;
+        if changes_something || is_stream {
+            self.check_origin(headers)?;
+        }
+        let Some(tokens) = &self.tokens else {
+            return Ok(());
+        };
+        if !changes_something && self.is_signed_internally(method, path, query, headers) {
+            return Ok(());
+        }
+        let presented = bearer(headers).or_else(|| {
+            is_stream
+                .then(|| query.and_then(access_token_param))
+                .flatten()
+        });
+        let Some(token) = presented else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this server needs an API token: Authorization: Bearer TOKEN",
+            ));
+        };
+        let Some(role) = tokens.role_of(token) else {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown API token"));
+        };
+        let needed = Role::required_for(method, path);
+        if role < needed {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("this token's role ({role:?}) may not do this; it needs {needed:?}")
+                    .to_lowercase(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(());
+        };
+        let origin = origin.to_str().unwrap_or_default();
+        let allowed = if self.allowed_origins.is_empty() {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|host| host.to_str().ok());
+            host.is_some_and(|host| origin_authority(origin) == Some(host))
+        } else {
+            self.allowed_origins.iter().any(|allowed| allowed == origin)
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("cross-origin request from {origin:?} refused"),
+            ))
+        }
+    }
+
+    fn is_signed_internally(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> bool {
+        let Some(verifier) = &self.internal else {
+            return false;
+        };
+        if !headers.contains_key(SIGNATURE_HEADER) {
+            return false;
+        }
+        let path_and_query = match query {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        let request = RequestParts {
+            method: method.as_str(),
+            path_and_query: &path_and_query,
+            body: b"",
+        };
+        verifier.check(request, headers).is_ok()
+    }
+}
+
+/// `host:port` of an origin like `http://host:port` (`None` for `null` and the like).
+fn origin_authority(origin: &str) -> Option<&str> {
+    let (_scheme, rest) = origin.split_once("://")?;
+    Some(rest.trim_end_matches('/'))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn access_token_param(query: &str) -> Option<&str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))
+}
+
+/// Middleware applying an [`AccessPolicy`] to every request.
+pub async fn enforce(
+    State(policy): State<Arc<AccessPolicy>>,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
+    let uri = request.uri();
+    let decision = policy.check(request.method(), uri.path(), uri.query(), request.headers());
+    match decision {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    const READER: &str = "reader-token-0123456789";
+    const WRITER: &str = "writer-token-0123456789";
+    const ADMIN: &str = "admin-token-0123456789ab";
+
+    fn policy() -> AccessPolicy {
+        let file = format!("# tokens\n{READER} read\n\n{WRITER}  write\n{ADMIN} admin\n");
+        AccessPolicy {
+            tokens: Some(ApiTokens::parse(&file).unwrap()),
+            ..AccessPolicy::default()
+        }
+    }
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn status(result: Result<(), ApiError>) -> u16 {
+        result.map_or_else(|e| e.status.as_u16(), |()| 200)
+    }
+
+    #[test]
+    fn tokens_files_are_checked_line_by_line() {
+        assert!(ApiTokens::parse("").is_err());
+        let bad_role = ApiTokens::parse(&format!("{READER} root")).unwrap_err();
+        assert_eq!(bad_role.line, 1);
+        let short = ApiTokens::parse("short read").unwrap_err();
+        assert!(short.reason.contains("at least 16"), "{short}");
+        let twice = ApiTokens::parse(&format!("{READER} read\n{READER} admin")).unwrap_err();
+        assert_eq!(twice.line, 2);
+        assert!(!format!("{:?}", policy().tokens).contains("reader-token"));
+    }
+
+    #[test]
+    fn each_role_gets_401_403_or_through() {
+        let policy = policy();
+        let as_ = |token: &str| headers(&[(header::AUTHORIZATION, &format!("Bearer {token}"))]);
+        let cases = [
+            (Method::GET, "/counter", HeaderMap::new(), 401),
+            (
+                Method::GET,
+                "/counter",
+                as_("not-a-token-we-know-at-all"),
+                401,
+            ),
+            (Method::GET, "/counter", as_(READER), 200),
+            (Method::POST, "/increment", as_(READER), 403),
+            (Method::POST, "/increment", as_(WRITER), 200),
+            (Method::POST, "/admin/partition", as_(WRITER), 403),
+            (Method::DELETE, "/admin/partition", as_(ADMIN), 200),
+            (Method::POST, "/demo/nodes/n1/crash", as_(ADMIN), 200),
+        ];
+        for (method, path, headers, expected) in cases {
+            let got = status(policy.check(&method, path, None, &headers));
+            assert_eq!(got, expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn streams_take_the_token_from_the_query() {
+        let policy = policy();
+        let query = format!("prefix=a&access_token={READER}");
+        assert_eq!(
+            status(policy.check(&Method::GET, "/ws", Some(&query), &HeaderMap::new())),
+            200
+        );
+        assert_eq!(
+            status(policy.check(&Method::GET, "/counter", Some(&query), &HeaderMap::new())),
+            401,
+            "only streams read the query"
+        );
+    }
+
+    #[test]
+    fn cross_site_requests_are_refused_and_same_origin_ones_pass() {
+        let open = AccessPolicy::default();
+        let from =
+            |origin: &str| headers(&[(header::ORIGIN, origin), (header::HOST, "127.0.0.1:8080")]);
+        let check = |method: Method, path: &str, headers: &HeaderMap| {
+            status(open.check(&method, path, None, headers))
+        };
+        assert_eq!(
+            check(
+                Method::POST,
+                "/admin/partition",
+                &from("http://evil.example")
+            ),
+            403
+        );
+        assert_eq!(
+            check(Method::POST, "/demo/nodes/n1/crash", &from("null")),
+            403
+        );
+        assert_eq!(check(Method::GET, "/ws", &from("http://evil.example")), 403);
+        assert_eq!(
+            check(Method::POST, "/increment", &from("http://127.0.0.1:8080")),
+            200
+        );
+        assert_eq!(
+            check(Method::GET, "/counter", &from("http://evil.example")),
+            200
+        );
+        assert_eq!(
+            check(Method::POST, "/increment", &HeaderMap::new()),
+            200,
+            "curl"
+        );
+        let listed = AccessPolicy {
+            allowed_origins: vec!["https://dash.example".into()],
+            ..AccessPolicy::default()
+        };
+        let dash = headers(&[(header::ORIGIN, "https://dash.example")]);
+        assert_eq!(status(listed.check(&Method::GET, "/ws", None, &dash)), 200);
+    }
+}
