@@ -251,3 +251,207 @@ async fn bad_http_input_gets_json_errors() {
     assert_eq!(status, 404, "fault injection is off by default");
     assert_eq!(node.value().await, i64::MAX);
 }
+
+/// A TCP relay placed in front of a node's gossip port: it copies bytes both
+/// ways, recording everything, and lets the test alter the first frame the
+/// dialer sends or slip a frame of its own into the stream.
+struct Relay {
+    addr: String,
+    captured: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    inject: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+}
+
+/// What the relay does to the dialer's first frame (the handshake's first message).
+#[derive(Clone, Copy)]
+enum FirstFrame {
+    Forward,
+    FlipALastByte,
+}
+
+impl Relay {
+    async fn start(upstream: String, first_frame: FirstFrame) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (inject, mut injected) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let record = std::sync::Arc::clone(&captured);
+        tokio::spawn(async move {
+            // One connection is all the tests need: the dialer's seed link.
+            let Ok((inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let (mut from_dialer, mut to_dialer) = inbound.into_split();
+            let (mut from_node, mut to_node) = outbound.into_split();
+            let record_up = std::sync::Arc::clone(&record);
+            let upward = async move {
+                let mut first = true;
+                let mut buffer = vec![0; 1 << 16];
+                loop {
+                    tokio::select! {
+                        read = from_dialer.read(&mut buffer) => {
+                            let Ok(n) = read else { return };
+                            if n == 0 { return; }
+                            let mut bytes = buffer[..n].to_vec();
+                            if first {
+                                first = false;
+                                if let FirstFrame::FlipALastByte = first_frame {
+                                    let last = bytes.len() - 1;
+                                    bytes[last] ^= 0x01;
+                                }
+                            }
+                            record_up.lock().unwrap().extend_from_slice(&bytes);
+                            if to_node.write_all(&bytes).await.is_err() { return; }
+                        }
+                        Some(frame) = injected.recv() => {
+                            if to_node.write_all(&frame).await.is_err() { return; }
+                        }
+                    }
+                }
+            };
+            let downward = async move {
+                let mut buffer = vec![0; 1 << 16];
+                while let Ok(n) = from_node.read(&mut buffer).await {
+                    if n == 0 {
+                        return;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buffer[..n]);
+                    if to_dialer.write_all(&buffer[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::join!(upward, downward);
+        });
+        Self {
+            addr,
+            captured,
+            inject,
+        }
+    }
+
+    fn captured(&self) -> Vec<u8> {
+        self.captured.lock().unwrap().clone()
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// A counter's name and value cross the gossip link only encrypted: a relay
+/// that sees every byte of a joining node's catch-up finds neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_on_a_gossip_link_show_no_counter_name_or_value() {
+    const NAME: &str = "payroll-secret-counter";
+    const AMOUNT: u64 = 987_654_321;
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = NodeProcess::start("n1", &dir.path().join("n1"), &[]);
+    n1.wait_ready().await;
+    let body = format!(r#"{{"amount": {AMOUNT}}}"#);
+    let path = format!("/counters/{NAME}/increment");
+    assert_eq!(n1.post(&path, &body).await.0, 200);
+
+    let relay = Relay::start(n1.gossip_addr.clone(), FirstFrame::Forward).await;
+    // n2 knows n1 only through the relay, so its first pull (the catch-up
+    // carrying the counter) crosses it.
+    let n2 = NodeProcess::start(
+        "n2",
+        &dir.path().join("n2"),
+        &["--seed".into(), relay.addr.clone()],
+    );
+    n2.wait_ready().await;
+    assert!(
+        wait_until(CONVERGE, || async {
+            n2.named(NAME).await == Some(AMOUNT as i64)
+        })
+        .await,
+        "n2 never caught up through the relay"
+    );
+    let wire = relay.captured();
+    assert!(
+        wire.len() > 200,
+        "the catch-up did not cross the relay ({} bytes)",
+        wire.len()
+    );
+    assert!(
+        !contains(&wire, NAME.as_bytes()),
+        "counter name in clear text"
+    );
+    assert!(!contains(&wire, b"node-"), "ids in clear text");
+    let mut varint = Vec::new();
+    let mut rest = AMOUNT;
+    while rest >= 0x80 {
+        varint.push((rest as u8) | 0x80);
+        rest >>= 7;
+    }
+    varint.push(rest as u8);
+    assert!(
+        !contains(&wire, &varint),
+        "the value's encoding in clear text"
+    );
+    assert!(
+        !contains(&wire, AMOUNT.to_string().as_bytes()),
+        "the value as text"
+    );
+}
+
+/// A relay without the key can neither alter a handshake (the node refuses
+/// it and counts it; nobody learns a member through it) nor slip a frame of
+/// its own into a session (refused, counted, no member appears).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_cannot_complete_a_handshake_or_inject_a_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = NodeProcess::start("n1", &dir.path().join("n1"), &[]);
+    n1.wait_ready().await;
+
+    // 1. A relay that flips one bit of the dialer's handshake message.
+    let tampering = Relay::start(n1.gossip_addr.clone(), FirstFrame::FlipALastByte).await;
+    let before = rejected_frames(&n1).await;
+    let n2 = NodeProcess::start(
+        "n2",
+        &dir.path().join("n2"),
+        &["--seed".into(), tampering.addr.clone()],
+    );
+    n2.wait_ready().await;
+    let after = rejected_after(&n1, before).await;
+    assert!(after > before, "the altered handshake was not refused");
+    assert!(
+        peer_ids(&n1).await.is_empty(),
+        "n1 met n2 through a tampered handshake"
+    );
+    assert!(
+        peer_ids(&n2).await.is_empty(),
+        "n2 met n1 through a tampered handshake"
+    );
+
+    // 2. A relay that forwards the handshake, then injects a frame of its own.
+    let forwarding = Relay::start(n1.gossip_addr.clone(), FirstFrame::Forward).await;
+    let n3 = NodeProcess::start(
+        "n3",
+        &dir.path().join("n3"),
+        &["--seed".into(), forwarding.addr.clone()],
+    );
+    n3.wait_ready().await;
+    assert!(
+        wait_until(CONVERGE, || async {
+            peer_ids(&n1).await.contains(&"n3".to_owned())
+        })
+        .await,
+        "n3 never joined through the forwarding relay"
+    );
+    let before = rejected_frames(&n1).await;
+    // A well-framed body, shaped like a sealed message, claiming nothing
+    // anyone can decrypt.
+    let mut forged = vec![0, 0, 0, 64];
+    forged.extend((0..64u8).map(|i| i.wrapping_mul(37)));
+    forwarding.inject.send(forged).unwrap();
+    let after = rejected_after(&n1, before).await;
+    assert!(after > before, "the injected frame was not refused");
+    let members = peer_ids(&n1).await;
+    assert_eq!(members, ["n3"], "n1's members after the injection");
+}

@@ -30,7 +30,7 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::membership::Membership;
+use crate::membership::{Membership, Source};
 use crate::metrics::Metrics;
 use crate::protocol::{MemberRecord, Message};
 use crate::replica::Replica;
@@ -243,9 +243,15 @@ impl<N: Network> Gossip<N> {
         self.member_changes.subscribe()
     }
 
-    /// Learns members from outside gossip (discovery, seeds with known ids).
-    pub fn add_members(&self, records: &[MemberRecord]) {
-        let changed = self.members().merge(records, Instant::now());
+    /// Learns members: from a peer's authenticated session, or from outside
+    /// gossip (discovery, seeds). See [`Membership::merge`] for what each may say.
+    pub fn add_members(&self, records: &[MemberRecord], source: Source<'_>) {
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let changed = self
+            .members()
+            .merge(records, source, Instant::now(), wall_ms);
         if changed {
             self.member_changes.send_modify(|v| *v += 1);
         }
@@ -272,7 +278,10 @@ impl<N: Network> Gossip<N> {
                     tokio::spawn(async move {
                         match transport::accept(stream, &gossip.me).await {
                             Ok((connection, hello)) => {
-                                gossip.add_members(std::slice::from_ref(&hello.member));
+                                gossip.add_members(
+                                    std::slice::from_ref(&hello.member),
+                                    Source::Peer(&hello.member.id),
+                                );
                                 let result = gossip
                                     .drive(connection, &hello.member.id, None, &Awaiting::default())
                                     .await;
@@ -360,7 +369,7 @@ impl<N: Network> Gossip<N> {
                     members,
                 } = message
                 {
-                    self.add_members(&members);
+                    self.add_members(&members, Source::Peer(peer));
                     let mut answer = self.answer_pull(digest, known);
                     while let Some(reply) = answer.next_message(&self.replica) {
                         if reply_tx.send(reply).await.is_err() {
@@ -429,13 +438,15 @@ impl<N: Network> Gossip<N> {
     /// answered by [`Gossip::answer_pull`], chunk by chunk).
     pub fn handle(&self, peer: &str, message: Message) {
         match message {
-            Message::Pull { members, .. } | Message::Ack { members } => self.add_members(&members),
+            Message::Pull { members, .. } | Message::Ack { members } => {
+                self.add_members(&members, Source::Peer(peer))
+            }
             Message::Push {
                 changes,
                 done,
                 members,
             } => {
-                self.add_members(&members);
+                self.add_members(&members, Source::Peer(peer));
                 self.absorb(peer, &changes, done);
             }
             Message::Delta { changes } => self.absorb(peer, &changes, None),
@@ -624,7 +635,10 @@ impl<N: Network> Gossip<N> {
             match result {
                 Ok((connection, hello)) => {
                     backoff = Duration::from_millis(50);
-                    self.add_members(std::slice::from_ref(&hello.member));
+                    self.add_members(
+                        std::slice::from_ref(&hello.member),
+                        Source::Peer(&hello.member.id),
+                    );
                     let result = self
                         .drive(connection, &hello.member.id, Some(&mut outbox), &awaiting)
                         .await;
@@ -634,12 +648,8 @@ impl<N: Network> Gossip<N> {
                 }
                 Err(error) => {
                     tracing::debug!(%addr, %error, "dial failed");
-                    if matches!(
-                        error,
-                        TransportError::Unauthenticated(_) | TransportError::Incompatible(_)
-                    ) {
-                        self.reject(&addr, &error);
-                    }
+                    // `reject` counts only what the peer sent wrong.
+                    self.reject(&addr, &error);
                     // Messages queued for a peer we cannot reach are stale by
                     // the time it is back; anti-entropy resends what matters.
                     while outbox.try_recv().is_ok() {}

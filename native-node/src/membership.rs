@@ -24,6 +24,21 @@ const DEAD_PHI: f64 = 10.0;
 const WINDOW: usize = 32;
 /// Chance per round of probing one dead member.
 const DEAD_PROBE_CHANCE: f64 = 0.25;
+/// A heartbeat further ahead of the wall clock than this (in ms) is refused.
+/// Heartbeats start at a node's boot time in ms and grow by one per round,
+/// so an honest one trails the clock; this leaves room for clock skew.
+pub const MAX_HEARTBEAT_LEAD_MS: u64 = 10 * 60 * 1000;
+
+/// How member records reached us, which decides how far they are believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// Frames of a session whose Noise handshake authenticated this member:
+    /// its record about itself is authoritative (it may move addresses);
+    /// what it says about others is a hint.
+    Peer(&'a str),
+    /// Discovery or the operator's seeds: introductions only.
+    Outside,
+}
 
 /// How a member seems from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +107,7 @@ impl Membership {
 
     /// Raises our heartbeat and re-evaluates everyone; true when a status changed.
     pub fn tick(&mut self, now: Instant) -> bool {
-        self.me.heartbeat += 1;
+        self.me.heartbeat = self.me.heartbeat.saturating_add(1);
         let mut changed = false;
         for member in self.members.values_mut() {
             let phi = member.phi(now, self.min_interval);
@@ -112,22 +127,42 @@ impl Membership {
         changed
     }
 
-    /// Merges gossiped records; true when a member appeared or changed status.
-    pub fn merge(&mut self, records: &[MemberRecord], now: Instant) -> bool {
+    /// Merges records from `source`; true when a member appeared or changed
+    /// status. `wall_ms` is the wall clock (unix ms): heartbeats more than
+    /// [`MAX_HEARTBEAT_LEAD_MS`] ahead of it are refused, so no record can
+    /// pin a member's heartbeat near `u64::MAX` and silence its real news.
+    ///
+    /// A record is news only with a higher heartbeat than the one held (a
+    /// fresher record is never overwritten). A known member's addresses
+    /// change only on its own word ([`Source::Peer`] with its id): others
+    /// relay liveness, not where to reach it.
+    pub fn merge(
+        &mut self,
+        records: &[MemberRecord],
+        source: Source<'_>,
+        now: Instant,
+        wall_ms: u64,
+    ) -> bool {
+        let horizon = wall_ms.saturating_add(MAX_HEARTBEAT_LEAD_MS);
         let mut changed = false;
         for record in records {
+            if record.heartbeat > horizon {
+                tracing::warn!(peer = %record.id, heartbeat = record.heartbeat, ?source, "member record from the future refused");
+                continue;
+            }
             if record.id == self.me.id {
                 // Someone remembers an older boot of ours with a higher
                 // heartbeat: jump past it so our news wins again.
-                self.me.heartbeat = self.me.heartbeat.max(record.heartbeat + 1);
+                self.me.heartbeat = self.me.heartbeat.max(record.heartbeat.saturating_add(1));
                 continue;
             }
-            changed |= self.observe(record, now);
+            let own_word = source == Source::Peer(&record.id);
+            changed |= self.observe(record, own_word, now);
         }
         changed
     }
 
-    fn observe(&mut self, record: &MemberRecord, now: Instant) -> bool {
+    fn observe(&mut self, record: &MemberRecord, own_word: bool, now: Instant) -> bool {
         match self.members.get_mut(&record.id) {
             None => {
                 tracing::info!(peer = %record.id, gossip = %record.gossip_addr, "new member");
@@ -149,7 +184,11 @@ impl Membership {
                 }
                 member.intervals.push_back(gap);
                 member.last_heard = now;
-                member.record = record.clone();
+                member.record.heartbeat = record.heartbeat;
+                if own_word {
+                    member.record.gossip_addr.clone_from(&record.gossip_addr);
+                    member.record.http_addr.clone_from(&record.http_addr);
+                }
                 let revived = member.status != Status::Alive;
                 if revived {
                     tracing::info!(peer = %record.id, "member is alive");
@@ -233,6 +272,8 @@ impl Status {
 mod tests {
     use super::*;
 
+    const NOW_MS: u64 = 1_800_000_000_000;
+
     fn record(id: &str, heartbeat: u64) -> MemberRecord {
         MemberRecord {
             id: id.into(),
@@ -246,10 +287,15 @@ mod tests {
     async fn silent_members_become_suspect_then_dead_and_revive_on_news() {
         let interval = Duration::from_millis(100);
         let mut table = Membership::new(record("me", 1), interval);
-        table.merge(&[record("b", 1)], Instant::now());
+        table.merge(&[record("b", 1)], Source::Peer("b"), Instant::now(), NOW_MS);
         for beat in 2..20 {
             tokio::time::advance(interval).await;
-            table.merge(&[record("b", beat)], Instant::now());
+            table.merge(
+                &[record("b", beat)],
+                Source::Peer("b"),
+                Instant::now(),
+                NOW_MS,
+            );
             table.tick(Instant::now());
         }
         assert_eq!(table.peers()[0].1, Status::Alive);
@@ -261,15 +307,102 @@ mod tests {
         }
         assert!(seen.contains(&Status::Suspect));
         assert_eq!(seen.last(), Some(&Status::Dead));
-        table.merge(&[record("b", 99)], Instant::now());
+        table.merge(
+            &[record("b", 99)],
+            Source::Peer("c"),
+            Instant::now(),
+            NOW_MS,
+        );
         assert_eq!(table.peers()[0].1, Status::Alive);
     }
 
     #[test]
     fn our_own_old_heartbeat_is_overtaken() {
         let mut table = Membership::new(record("me", 5), Duration::from_millis(100));
-        table.merge(&[record("me", 50)], Instant::now());
+        table.merge(
+            &[record("me", 50)],
+            Source::Peer("b"),
+            Instant::now(),
+            NOW_MS,
+        );
         assert_eq!(table.me().heartbeat, 51);
         assert!(table.peers().is_empty());
+    }
+
+    #[test]
+    fn heartbeats_from_the_future_are_refused() {
+        let mut table = Membership::new(record("me", 5), Duration::from_millis(100));
+        let far = NOW_MS + MAX_HEARTBEAT_LEAD_MS + 1;
+        assert!(!table.merge(
+            &[record("evil", far)],
+            Source::Peer("evil"),
+            Instant::now(),
+            NOW_MS
+        ));
+        assert!(table.peers().is_empty());
+        table.merge(
+            &[record("me", u64::MAX)],
+            Source::Peer("evil"),
+            Instant::now(),
+            NOW_MS,
+        );
+        assert_eq!(
+            table.me().heartbeat,
+            5,
+            "our own heartbeat cannot be pushed to the end"
+        );
+        table.merge(
+            &[record("b", 10)],
+            Source::Peer("b"),
+            Instant::now(),
+            NOW_MS,
+        );
+        table.merge(
+            &[record("b", u64::MAX)],
+            Source::Peer("c"),
+            Instant::now(),
+            NOW_MS,
+        );
+        assert_eq!(table.peers()[0].0.heartbeat, 10);
+    }
+
+    #[test]
+    fn only_a_member_itself_moves_its_addresses() {
+        let mut table = Membership::new(record("me", 5), Duration::from_millis(100));
+        table.merge(
+            &[record("b", 10)],
+            Source::Peer("b"),
+            Instant::now(),
+            NOW_MS,
+        );
+        let mut moved = record("b", 11);
+        moved.gossip_addr = "attacker:1".into();
+        table.merge(&[moved.clone()], Source::Peer("c"), Instant::now(), NOW_MS);
+        let (b, _) = table.peers()[0].clone();
+        assert_eq!(
+            (b.heartbeat, b.gossip_addr.as_str()),
+            (11, "b:1"),
+            "a hint: liveness only"
+        );
+        moved.heartbeat = 12;
+        table.merge(&[moved], Source::Peer("b"), Instant::now(), NOW_MS);
+        assert_eq!(
+            table.peers()[0].0.gossip_addr,
+            "attacker:1",
+            "its own word moves it"
+        );
+    }
+
+    #[test]
+    fn an_older_record_never_overwrites_a_fresher_one() {
+        let mut table = Membership::new(record("me", 5), Duration::from_millis(100));
+        table.merge(
+            &[record("b", 10)],
+            Source::Peer("b"),
+            Instant::now(),
+            NOW_MS,
+        );
+        table.merge(&[record("b", 3)], Source::Peer("b"), Instant::now(), NOW_MS);
+        assert_eq!(table.peers()[0].0.heartbeat, 10);
     }
 }

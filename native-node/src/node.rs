@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tally_protocol::access::{AccessPolicy, ApiTokens};
-use tally_protocol::cluster_key::{ClusterKeys, Purpose};
+use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::request_auth::server::RequestVerifier;
 use tokio::net::TcpListener;
 
@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::protocol::MemberRecord;
 use crate::registration::{self, Registration};
 use crate::replica::{Replica, ReplicaState};
-use crate::transport::{ClusterKey, PeerIdentity, Tcp};
+use crate::transport::{GossipKeys, PeerIdentity, Tcp};
 use crate::wal::{Wal, WalOptions};
 use crate::writer::{self, WriterConfig};
 
@@ -139,13 +139,13 @@ pub async fn run(
             snapshot_bytes: config.snapshot_bytes,
         },
     );
-    let key = match &config.cluster_keys {
-        Some(keys) => ClusterKey::new(&keys.current(Purpose::GossipPsk)),
-        None => ClusterKey::new(b""),
+    let keys = match &config.cluster_keys {
+        Some(keys) => GossipKeys::from_cluster(keys),
+        None => GossipKeys::insecure(),
     };
     let me = PeerIdentity {
         cluster: config.cluster.clone(),
-        key,
+        keys,
         member: MemberRecord {
             id: identity.id.clone(),
             gossip_addr: running.gossip_addr.to_string(),

@@ -15,6 +15,7 @@ use tally_discovery::{ClientError, DiscoveryClient, HeartbeatOutcome, Member};
 use tokio::task::JoinHandle;
 
 use crate::gossip::Gossip;
+use crate::membership::Source;
 use crate::protocol::MemberRecord;
 use crate::transport::Network;
 
@@ -146,7 +147,7 @@ async fn refresh_peers<N: Network>(client: &DiscoveryClient, me: &Member, gossip
                     heartbeat: 0,
                 })
                 .collect();
-            gossip.add_members(&records);
+            gossip.add_members(&records, Source::Outside);
         }
         Err(error) => tracing::debug!(%error, "discovery peer list unavailable"),
     }

@@ -38,7 +38,8 @@ use tally_node::membership::Status;
 use tally_node::metrics::Metrics;
 use tally_node::protocol::MemberRecord;
 use tally_node::replica::{Replica, ReplicaState};
-use tally_node::transport::{ClusterKey, Network, PeerIdentity, DEFAULT_MAX_FRAME};
+use tally_node::transport::{GossipKeys, Network, PeerIdentity, DEFAULT_MAX_FRAME};
+use tally_protocol::cluster_key::ClusterKeys;
 
 const GOSSIP_PORT: u16 = 7000;
 /// The node's defaults (`tally node --help`).
@@ -403,7 +404,9 @@ fn boot_node(
 fn identity(index: usize) -> PeerIdentity {
     PeerIdentity {
         cluster: "sim".into(),
-        key: ClusterKey::new(b"simulated cluster key"),
+        keys: GossipKeys::from_cluster(
+            &ClusterKeys::parse("simulated cluster key").expect("a valid secret"),
+        ),
         member: MemberRecord {
             id: host_name(index),
             gossip_addr: gossip_addr(index),

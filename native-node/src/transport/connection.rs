@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
 
-use super::auth::{same, FrameSealer, FRAME_MAC_LEN};
+use super::noise::{self, Opener, Sealer, Session};
 use super::TransportError;
 use crate::protocol::Message;
 
@@ -125,36 +125,31 @@ pub struct Connection<S> {
     pub writer: ConnectionWriter<S>,
 }
 
-/// The receiving half: checks every frame's MAC before decoding it.
+/// The receiving half: decrypts and authenticates every frame before decoding it.
 pub struct ConnectionReader<S> {
     frames: FramedRead<ReadHalf<S>, FrameCodec>,
-    opener: FrameSealer,
+    opener: Opener,
     idle_timeout: Duration,
 }
 
-/// The sending half: seals every frame with a MAC.
+/// The sending half: encrypts every frame.
 pub struct ConnectionWriter<S> {
     frames: FramedWrite<WriteHalf<S>, FrameCodec>,
-    sealer: FrameSealer,
+    sealer: Sealer,
     max_frame: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
-    pub(super) fn new(
-        raw: RawFramed<S>,
-        sealer: FrameSealer,
-        opener: FrameSealer,
-        idle_timeout: Duration,
-    ) -> Self {
+    pub(super) fn new(raw: RawFramed<S>, session: Session, idle_timeout: Duration) -> Self {
         Self {
             reader: ConnectionReader {
                 frames: raw.reader,
-                opener,
+                opener: session.opener(),
                 idle_timeout,
             },
             writer: ConnectionWriter {
                 frames: raw.writer,
-                sealer,
+                sealer: session.sealer(),
                 max_frame: raw.max_frame,
             },
         }
@@ -170,17 +165,9 @@ impl<S: AsyncRead + Send + 'static> ConnectionReader<S> {
             Ok(Some(frame)) => frame?,
         };
         let size = frame.len();
-        if size < FRAME_MAC_LEN {
-            return Err(TransportError::Malformed(format!(
-                "frame of {size} bytes is shorter than its MAC"
-            )));
-        }
-        let (body, tag) = frame.split_at(size - FRAME_MAC_LEN);
-        if !same(&self.opener.next_mac(body), tag) {
-            return Err(TransportError::Unauthenticated("bad frame MAC"));
-        }
+        let body = self.opener.open(&frame)?;
         let message =
-            crdt_core::wire::decode(body).map_err(|e| TransportError::Malformed(e.to_string()))?;
+            crdt_core::wire::decode(&body).map_err(|e| TransportError::Malformed(e.to_string()))?;
         Ok((message, size))
     }
 }
@@ -188,15 +175,14 @@ impl<S: AsyncRead + Send + 'static> ConnectionReader<S> {
 impl<S: AsyncWrite + Send + 'static> ConnectionWriter<S> {
     /// Sends one message; returns the frame size on the wire.
     pub async fn send(&mut self, message: &Message) -> Result<usize, TransportError> {
-        let mut body = crdt_core::wire::encode(message);
-        let size = body.len() + FRAME_MAC_LEN;
+        let body = crdt_core::wire::encode(message);
+        let size = noise::sealed_len(body.len());
         if size > self.max_frame {
-            // Checked before sealing: a MAC taken advances the frame counter,
-            // and the peer would then refuse every later frame of this link.
+            // Checked before sealing: sealing takes nonces, and the peer
+            // would then refuse every later frame of this link.
             return Err(TransportError::TooLarge(size));
         }
-        let tag = self.sealer.next_mac(&body);
-        body.extend_from_slice(&tag);
+        let body = self.sealer.seal(&body)?;
         match tokio::time::timeout(WRITE_TIMEOUT, self.frames.send(Bytes::from(body))).await {
             Ok(result) => result?,
             Err(_) => return Err(TransportError::Timeout("write")),

@@ -1,31 +1,31 @@
-//! Connection set-up: both sides introduce themselves, then each proves it
-//! holds the cluster key without revealing it.
+//! Connection set-up: each side introduces itself inside a Noise handshake
+//! keyed by the cluster secret ([`super::noise`]).
 //!
 //! ```text
-//! dialer → acceptor   Hello { version, cluster, member, nonce_d }
-//! acceptor → dialer   Hello { version, cluster, member, nonce_a }
-//! dialer → acceptor   HMAC(key, "tally/dialer"   ‖ nonce_d ‖ nonce_a ‖ cluster)
-//! acceptor → dialer   HMAC(key, "tally/acceptor" ‖ nonce_a ‖ nonce_d ‖ cluster)
-//! session key = HMAC(key, "tally/session" ‖ nonce_d ‖ nonce_a)
+//! dialer → acceptor   noise msg 1 (e, psk) + encrypted Hello { version, cluster, member }
+//! acceptor → dialer   noise msg 2 (e, ee)  + encrypted Hello { version, cluster, member }
 //! ```
-//! Fresh random nonces on both sides make every session key new, so frames
-//! recorded on one connection are worthless on another.
+//!
+//! Only a holder of the secret can write a first message the acceptor can
+//! read, or an answer the dialer can read. The `Hello`s are part of the
+//! handshake transcript, so the id and addresses each side announces are the
+//! ones the session is bound to: a member record about the peer itself is
+//! taken only from its own `Hello` or frames of this session.
 use std::time::Duration;
 
 use bytes::Bytes;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::auth::{same, ClusterKey, FrameSealer};
 use super::connection::{Connection, RawFramed};
+use super::noise::{GossipKeys, Initiator, Responder};
 use super::TransportError;
 use crate::protocol::{MemberRecord, PROTOCOL_VERSION};
 
 /// Time allowed for the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The introduction each side sends first.
+/// The introduction each side sends, encrypted, in its handshake message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hello {
     /// [`PROTOCOL_VERSION`] of the sender.
@@ -34,8 +34,6 @@ pub struct Hello {
     pub cluster: String,
     /// Who the sender is.
     pub member: MemberRecord,
-    /// Fresh randomness for this connection.
-    pub nonce: [u8; 16],
 }
 
 /// What the local side needs to run a handshake.
@@ -43,8 +41,8 @@ pub struct Hello {
 pub struct PeerIdentity {
     /// Cluster name.
     pub cluster: String,
-    /// Cluster key (possibly empty).
-    pub key: ClusterKey,
+    /// The pre-shared keys derived from the cluster secret.
+    pub keys: GossipKeys,
     /// This node as a member.
     pub member: MemberRecord,
     /// Largest frame accepted.
@@ -60,35 +58,12 @@ where
 {
     timed(async {
         let mut raw = RawFramed::new(stream, me.max_frame);
-        let mine = hello(me);
-        raw.send_raw(encode(&mine)).await?;
-        let theirs = read_hello(&mut raw, me).await?;
-        raw.send_raw(Bytes::copy_from_slice(&proof(
-            me,
-            b"tally/dialer",
-            &mine.nonce,
-            &theirs.nonce,
-        )))
-        .await?;
-        let their_proof = raw.recv_raw(HANDSHAKE_TIMEOUT).await?;
-        if !same(
-            &their_proof,
-            &proof(me, b"tally/acceptor", &theirs.nonce, &mine.nonce),
-        ) {
-            return Err(TransportError::Unauthenticated(
-                "acceptor does not hold the cluster key",
-            ));
-        }
-        let session = me.key.mac(&[b"tally/session", &mine.nonce, &theirs.nonce]);
-        Ok((
-            Connection::new(
-                raw,
-                FrameSealer::new(session, 0),
-                FrameSealer::new(session, 1),
-                me.idle_timeout,
-            ),
-            theirs,
-        ))
+        let (initiator, first) = Initiator::start(&me.keys, &encode(&hello(me)))?;
+        raw.send_raw(Bytes::from(first)).await?;
+        let answer = raw.recv_raw(HANDSHAKE_TIMEOUT).await?;
+        let (theirs, session) = initiator.finish(&answer)?;
+        let theirs = check_hello(&theirs, me)?;
+        Ok((Connection::new(raw, session, me.idle_timeout), theirs))
     })
     .await
 }
@@ -103,35 +78,12 @@ where
 {
     timed(async {
         let mut raw = RawFramed::new(stream, me.max_frame);
-        let theirs = read_hello(&mut raw, me).await?;
-        let mine = hello(me);
-        raw.send_raw(encode(&mine)).await?;
-        let their_proof = raw.recv_raw(HANDSHAKE_TIMEOUT).await?;
-        if !same(
-            &their_proof,
-            &proof(me, b"tally/dialer", &theirs.nonce, &mine.nonce),
-        ) {
-            return Err(TransportError::Unauthenticated(
-                "dialer does not hold the cluster key",
-            ));
-        }
-        raw.send_raw(Bytes::copy_from_slice(&proof(
-            me,
-            b"tally/acceptor",
-            &mine.nonce,
-            &theirs.nonce,
-        )))
-        .await?;
-        let session = me.key.mac(&[b"tally/session", &theirs.nonce, &mine.nonce]);
-        Ok((
-            Connection::new(
-                raw,
-                FrameSealer::new(session, 1),
-                FrameSealer::new(session, 0),
-                me.idle_timeout,
-            ),
-            theirs,
-        ))
+        let first = raw.recv_raw(HANDSHAKE_TIMEOUT).await?;
+        let (responder, theirs) = Responder::read(&me.keys, &first)?;
+        let theirs = check_hello(&theirs, me)?;
+        let (answer, session) = responder.answer(&encode(&hello(me)))?;
+        raw.send_raw(Bytes::from(answer)).await?;
+        Ok((Connection::new(raw, session, me.idle_timeout), theirs))
     })
     .await
 }
@@ -145,26 +97,20 @@ async fn timed<T>(
 }
 
 fn hello(me: &PeerIdentity) -> Hello {
-    let mut nonce = [0; 16];
-    rand::thread_rng().fill_bytes(&mut nonce);
     Hello {
         version: PROTOCOL_VERSION,
         cluster: me.cluster.clone(),
         member: me.member.clone(),
-        nonce,
     }
 }
 
-fn encode(hello: &Hello) -> Bytes {
-    Bytes::from(crdt_core::wire::encode(hello))
+fn encode(hello: &Hello) -> Vec<u8> {
+    crdt_core::wire::encode(hello)
 }
 
-async fn read_hello<S>(raw: &mut RawFramed<S>, me: &PeerIdentity) -> Result<Hello, TransportError>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let frame = raw.recv_raw(HANDSHAKE_TIMEOUT).await?;
-    let theirs: Hello = crdt_core::wire::decode(&frame)
+/// Decodes the peer's (already authenticated) hello and checks it fits us.
+fn check_hello(bytes: &[u8], me: &PeerIdentity) -> Result<Hello, TransportError> {
+    let theirs: Hello = crdt_core::wire::decode(bytes)
         .map_err(|e| TransportError::Malformed(format!("hello: {e}")))?;
     if theirs.version != PROTOCOL_VERSION {
         return Err(TransportError::Incompatible(format!(
@@ -186,20 +132,16 @@ where
     Ok(theirs)
 }
 
-fn proof(me: &PeerIdentity, role: &[u8], own_nonce: &[u8; 16], their_nonce: &[u8; 16]) -> [u8; 32] {
-    me.key
-        .mac(&[role, own_nonce, their_nonce, me.cluster.as_bytes()])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::Message;
 
-    fn identity(id: &str, key: &[u8]) -> PeerIdentity {
+    fn identity(id: &str, secret: &str) -> PeerIdentity {
+        let keys = tally_protocol::cluster_key::ClusterKeys::parse(secret).unwrap();
         PeerIdentity {
             cluster: "test".into(),
-            key: ClusterKey::new(key),
+            keys: GossipKeys::from_cluster(&keys),
             member: MemberRecord {
                 id: id.into(),
                 gossip_addr: "a".into(),
@@ -214,7 +156,10 @@ mod tests {
     #[tokio::test]
     async fn peers_with_the_same_key_exchange_messages() {
         let (left, right) = tokio::io::duplex(1 << 16);
-        let (a, b) = (identity("a", b"k"), identity("b", b"k"));
+        let (a, b) = (
+            identity("a", "the-test-cluster-secret"),
+            identity("b", "the-test-cluster-secret"),
+        );
         let (dialed, accepted) = tokio::join!(dial(left, &a), accept(right, &b));
         let (mut dialed, hello_b) = dialed.unwrap();
         let (mut accepted, hello_a) = accepted.unwrap();
@@ -232,7 +177,10 @@ mod tests {
     #[tokio::test]
     async fn a_message_over_the_limit_is_not_sent_and_the_link_goes_on() {
         let (left, right) = tokio::io::duplex(1 << 16);
-        let (a, b) = (identity("a", b"k"), identity("b", b"k"));
+        let (a, b) = (
+            identity("a", "the-test-cluster-secret"),
+            identity("b", "the-test-cluster-secret"),
+        );
         let (dialed, accepted) = tokio::join!(dial(left, &a), accept(right, &b));
         let (mut dialed, _) = dialed.unwrap();
         let (mut accepted, _) = accepted.unwrap();
@@ -253,7 +201,10 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_key_is_refused_on_both_sides() {
         let (left, right) = tokio::io::duplex(1 << 16);
-        let (a, b) = (identity("a", b"right"), identity("b", b"wrong"));
+        let (a, b) = (
+            identity("a", "the-right-cluster-secret"),
+            identity("b", "the-wrong-cluster-secret"),
+        );
         let (dialed, accepted) = tokio::join!(dial(left, &a), accept(right, &b));
         assert!(dialed.is_err());
         assert!(matches!(accepted, Err(TransportError::Unauthenticated(_))));

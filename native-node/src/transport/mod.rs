@@ -1,27 +1,28 @@
-//! Authenticated, framed, persistent connections between peers.
+//! Encrypted, mutually authenticated, framed, persistent connections
+//! between peers.
 //!
 //! A connection is a TCP stream carrying length-prefixed frames (u32
 //! big-endian length, then the body) of at most `max_frame` bytes. It opens
-//! with a [handshake](handshake) that checks protocol version and cluster
-//! name and proves both sides hold the cluster key; after that every frame
-//! body is `postcard(Message) ‖ mac[16]`, the MAC binding direction and a
-//! per-direction frame counter so frames cannot be forged, replayed or
-//! reordered. Anything malformed (a frame over `max_frame` included) closes
+//! with a Noise handshake keyed by the cluster secret ([`handshake`],
+//! [`noise`]) in which both sides introduce themselves; after that every
+//! frame body is `postcard(Message)` encrypted and authenticated with the
+//! session's keys and per-direction counters, so frames cannot be read,
+//! forged, replayed or reordered. Anything malformed (a frame over `max_frame` included) closes
 //! that one connection as [`TransportError::Malformed`]; the node goes on.
 //!
 //! The [`Network`] trait lets the same code run over real TCP or over a
 //! deterministic simulated network (turmoil) in tests.
-mod auth;
 mod connection;
 mod handshake;
+mod noise;
 
 use std::{future::Future, io, net::SocketAddr};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use auth::ClusterKey;
 pub use connection::{Connection, ConnectionReader, ConnectionWriter};
 pub use handshake::{accept, dial, Hello, PeerIdentity};
+pub use noise::GossipKeys;
 
 /// Default largest frame: 1 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
