@@ -68,6 +68,14 @@ pub struct NodeArgs {
     /// Every this many rounds, one pull asks for the full state (a backstop; free when digests agree).
     #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(1..))]
     pub full_sync_every: u64,
+    /// Most inbound gossip connections at once; more are closed at once and
+    /// counted (`tally_gossip_connections_refused_total`).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_peer_connections: u16,
+    /// A member silent (dead) this long leaves the member table, and its
+    /// link is closed; it comes back if it restarts.
+    #[arg(long, default_value = "10m", value_parser = humantime_duration)]
+    pub forget_dead_after: Duration,
     /// Discovery heartbeat period.
     #[arg(long, default_value = "1s", value_parser = humantime_duration)]
     pub heartbeat: Duration,

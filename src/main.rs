@@ -70,6 +70,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             interval: args.gossip_interval,
             fanout: usize::from(args.fanout),
             full_sync_every: args.full_sync_every,
+            max_inbound: usize::from(args.max_peer_connections),
+            forget_dead_after: args.forget_dead_after,
         },
         heartbeat: args.heartbeat,
         cluster: args.cluster,

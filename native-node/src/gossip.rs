@@ -18,6 +18,7 @@
 //!   Outbound queues are bounded and drop when full: anti-entropy repairs
 //!   anything a dropped message would have carried.
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use crdt_core::{ActorId, Change, CounterMap, CounterName, Watermarks};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::membership::{Membership, Source};
@@ -38,6 +39,9 @@ use crate::transport::{self, Connection, Network, PeerIdentity, TransportError};
 
 /// Messages queued per outbound link before new ones are dropped.
 const LINK_QUEUE: usize = 256;
+/// Encoded bytes queued per outbound link before new messages are dropped:
+/// a slow peer costs at most this much memory, whatever the message sizes.
+const LINK_QUEUE_BYTES: usize = 8 << 20;
 /// Replies buffered per connection: small, so a long answer is produced
 /// only as fast as the peer reads it.
 const REPLY_QUEUE: usize = 4;
@@ -62,7 +66,27 @@ pub struct GossipConfig {
     pub fanout: usize,
     /// Every this many rounds, one pull asks for the full state.
     pub full_sync_every: u64,
+    /// Most inbound gossip connections at once; more are closed and counted.
+    pub max_inbound: usize,
+    /// A member dead this long leaves the table (tombstoned, see `membership`).
+    pub forget_dead_after: Duration,
 }
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(200),
+            fanout: 3,
+            full_sync_every: 150,
+            max_inbound: 1024,
+            forget_dead_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Handshakes in progress at once: each costs key agreement, and one that
+/// never completes holds its slot for the handshake timeout.
+const MAX_HANDSHAKES: usize = 64;
 
 /// Where news learned from peers goes to be made durable.
 pub trait RemoteSink: Send + Sync + 'static {
@@ -77,10 +101,49 @@ fn lock_awaiting(awaiting: &Awaiting) -> std::sync::MutexGuard<'_, Option<Instan
     awaiting.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A message encoded once, however many links it is queued on.
+#[derive(Clone)]
+struct Outgoing {
+    kind: &'static str,
+    body: bytes::Bytes,
+}
+
+impl Outgoing {
+    fn encode(message: &Message) -> Self {
+        Self {
+            kind: message.kind(),
+            body: crdt_core::wire::encode(message).into(),
+        }
+    }
+}
+
 /// The sending side of one outbound link.
 struct Link {
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<Outgoing>,
+    /// Encoded bytes waiting in `queue`.
+    queued_bytes: Arc<AtomicUsize>,
     awaiting: Awaiting,
+}
+
+impl Link {
+    /// Queues `message` unless the link's count or byte budget is spent.
+    fn offer(&self, message: Outgoing) -> bool {
+        let size = message.body.len();
+        if self.queued_bytes.load(Relaxed) + size > LINK_QUEUE_BYTES {
+            return false;
+        }
+        let queued = self.queue.try_send(message).is_ok();
+        if queued {
+            self.queued_bytes.fetch_add(size, Relaxed);
+        }
+        queued
+    }
+}
+
+/// The receiving end of a link's queue, as the connection's writer drains it.
+struct Outbox<'a> {
+    queue: &'a mut mpsc::Receiver<Outgoing>,
+    queued_bytes: &'a AtomicUsize,
 }
 
 /// An answer to a pull, produced one chunk at a time.
@@ -180,6 +243,10 @@ pub struct Gossip<N: Network> {
     member_changes: watch::Sender<u64>,
     /// Picks gossip partners; seedable so simulations are reproducible.
     rng: Mutex<StdRng>,
+    /// One permit per open inbound connection.
+    inbound: Arc<Semaphore>,
+    /// One permit per inbound handshake under way.
+    handshakes: Arc<Semaphore>,
 }
 
 impl<N: Network> Gossip<N> {
@@ -193,7 +260,12 @@ impl<N: Network> Gossip<N> {
         sink: Option<Arc<dyn RemoteSink>>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let members = Mutex::new(Membership::new(me.member.clone(), config.interval));
+        let members = Mutex::new(Membership::new(
+            me.member.clone(),
+            config.interval,
+            config.forget_dead_after,
+        ));
+        let inbound = Arc::new(Semaphore::new(config.max_inbound.max(1)));
         Arc::new(Self {
             net,
             me,
@@ -207,6 +279,8 @@ impl<N: Network> Gossip<N> {
             metrics,
             member_changes: watch::channel(0).0,
             rng: Mutex::new(StdRng::from_entropy()),
+            inbound,
+            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
         })
     }
 
@@ -274,9 +348,22 @@ impl<N: Network> Gossip<N> {
         loop {
             match N::accept(&listener).await {
                 Ok((stream, from)) => {
+                    // Over either cap the stream is dropped here: closed at
+                    // once, holding nothing.
+                    let (Ok(connection_slot), Ok(handshake_slot)) = (
+                        Arc::clone(&self.inbound).try_acquire_owned(),
+                        Arc::clone(&self.handshakes).try_acquire_owned(),
+                    ) else {
+                        self.metrics.refused_connections.fetch_add(1, Relaxed);
+                        tracing::debug!(%from, "gossip connection refused: over the cap");
+                        continue;
+                    };
                     let gossip = Arc::clone(&self);
                     tokio::spawn(async move {
-                        match transport::accept(stream, &gossip.me).await {
+                        let _connection_slot = connection_slot;
+                        let accepted = transport::accept(stream, &gossip.me).await;
+                        drop(handshake_slot);
+                        match accepted {
                             Ok((connection, hello)) => {
                                 gossip.add_members(
                                     std::slice::from_ref(&hello.member),
@@ -336,7 +423,7 @@ impl<N: Network> Gossip<N> {
         &self,
         connection: Connection<N::Stream>,
         peer: &str,
-        mut outbox: Option<&mut mpsc::Receiver<Message>>,
+        mut outbox: Option<Outbox<'_>>,
         awaiting_reply: &Awaiting,
     ) -> Result<(), TransportError> {
         let Connection {
@@ -387,7 +474,7 @@ impl<N: Network> Gossip<N> {
                 // simulations reproducible (tokio picks at random otherwise).
                 let message = tokio::select! {
                     biased;
-                    Some(reply) = reply_rx.recv() => reply,
+                    Some(reply) = reply_rx.recv() => Outgoing::encode(&reply),
                     queued = next_queued(&mut outbox) => match queued {
                         Some(message) => message,
                         None => return Ok(()),
@@ -396,11 +483,11 @@ impl<N: Network> Gossip<N> {
                 if self.is_partitioned(peer) {
                     continue;
                 }
-                match writer.send(&message).await {
-                    Ok(size) => self.metrics.gossip_out.record(message.kind(), size),
+                match writer.send_encoded(&message.body).await {
+                    Ok(size) => self.metrics.gossip_out.record(message.kind, size),
                     // Our own bug, not the peer's: drop the message, keep the link.
                     Err(TransportError::TooLarge(size)) => {
-                        tracing::warn!(%peer, size, kind = message.kind(), "message over the frame limit dropped");
+                        tracing::warn!(%peer, size, kind = message.kind, "message over the frame limit dropped");
                         self.metrics
                             .dropped_messages
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -511,12 +598,33 @@ impl<N: Network> Gossip<N> {
             if self.members().tick(Instant::now()) {
                 self.member_changes.send_modify(|v| *v += 1);
             }
+            self.reap_links();
             let targets = self.round_targets();
             let full_sync_target = (round % self.config.full_sync_every.max(1) == 0).then_some(0);
             for (index, addr) in targets.iter().enumerate() {
                 self.send_pull(addr, full_sync_target == Some(index));
             }
         }
+    }
+
+    /// Closes links to addresses no member (and no seed) has any more: a
+    /// member that left for good, or moved, costs nothing after a round.
+    fn reap_links(&self) {
+        let wanted: HashSet<String> = {
+            let members = self.members();
+            (members.peers().into_iter())
+                .map(|(record, _)| record.gossip_addr)
+                .chain(self.seeds.iter().cloned())
+                .collect()
+        };
+        // Dropping a link closes its queue; its task ends with the connection.
+        (self.links.lock().unwrap_or_else(|p| p.into_inner()))
+            .retain(|addr, _| wanted.contains(addr));
+    }
+
+    /// Open outbound links (for tests and metrics).
+    pub fn link_count(&self) -> usize {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Gossip partners for a round; seeds while we know no live member.
@@ -562,9 +670,9 @@ impl<N: Network> Gossip<N> {
                 self.members()
                     .gossip_targets(self.config.fanout + 1, &mut *rng)
             };
-            let messages: Vec<Message> = split(&delta, self.me.max_frame / 2)
+            let messages: Vec<Outgoing> = split(&delta, self.me.max_frame / 2)
                 .into_iter()
-                .map(|changes| Message::Delta { changes })
+                .map(|changes| Outgoing::encode(&Message::Delta { changes }))
                 .collect();
             targets
                 .into_iter()
@@ -579,8 +687,8 @@ impl<N: Network> Gossip<N> {
     }
 
     /// Queues `message` for the peer at `addr`, opening its link if needed.
-    fn send(self: &Arc<Self>, addr: &str, message: Message) {
-        self.with_link(addr, |link| link.queue.try_send(message).is_ok());
+    fn send(self: &Arc<Self>, addr: &str, message: Outgoing) {
+        self.with_link(addr, |link| link.offer(message));
     }
 
     /// Queues a pull for the peer at `addr`, unless the answer to the last
@@ -592,7 +700,7 @@ impl<N: Network> Gossip<N> {
             if awaiting.is_some() {
                 return true;
             }
-            let queued = link.queue.try_send(self.pull(full)).is_ok();
+            let queued = link.offer(Outgoing::encode(&self.pull(full)));
             if queued {
                 *awaiting = Some(Instant::now());
             }
@@ -607,10 +715,19 @@ impl<N: Network> Gossip<N> {
         let link = links.entry(addr.to_owned()).or_insert_with(|| {
             let (queue, rx) = mpsc::channel(LINK_QUEUE);
             let awaiting = Awaiting::default();
+            let queued_bytes = Arc::new(AtomicUsize::new(0));
             let gossip = Arc::clone(self);
-            let (addr, link_awaiting) = (addr.to_owned(), Arc::clone(&awaiting));
-            tokio::spawn(async move { gossip.run_link(addr, rx, link_awaiting).await });
-            Link { queue, awaiting }
+            let (addr, link_awaiting, link_bytes) = (
+                addr.to_owned(),
+                Arc::clone(&awaiting),
+                Arc::clone(&queued_bytes),
+            );
+            tokio::spawn(async move { gossip.run_link(addr, rx, link_bytes, link_awaiting).await });
+            Link {
+                queue,
+                queued_bytes,
+                awaiting,
+            }
         });
         if !enqueue(link) {
             self.metrics
@@ -623,7 +740,8 @@ impl<N: Network> Gossip<N> {
     async fn run_link(
         self: Arc<Self>,
         addr: String,
-        mut outbox: mpsc::Receiver<Message>,
+        mut queue: mpsc::Receiver<Outgoing>,
+        queued_bytes: Arc<AtomicUsize>,
         awaiting: Awaiting,
     ) {
         let mut backoff = Duration::from_millis(50);
@@ -639,8 +757,12 @@ impl<N: Network> Gossip<N> {
                         std::slice::from_ref(&hello.member),
                         Source::Peer(&hello.member.id),
                     );
+                    let outbox = Outbox {
+                        queue: &mut queue,
+                        queued_bytes: &queued_bytes,
+                    };
                     let result = self
-                        .drive(connection, &hello.member.id, Some(&mut outbox), &awaiting)
+                        .drive(connection, &hello.member.id, Some(outbox), &awaiting)
                         .await;
                     // Whatever was pending died with the connection.
                     *lock_awaiting(&awaiting) = None;
@@ -652,22 +774,29 @@ impl<N: Network> Gossip<N> {
                     self.reject(&addr, &error);
                     // Messages queued for a peer we cannot reach are stale by
                     // the time it is back; anti-entropy resends what matters.
-                    while outbox.try_recv().is_ok() {}
+                    while let Ok(stale) = queue.try_recv() {
+                        queued_bytes.fetch_sub(stale.body.len(), Relaxed);
+                    }
                     *lock_awaiting(&awaiting) = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
-            if outbox.is_closed() {
+            if queue.is_closed() {
                 return;
             }
         }
     }
 }
 
-async fn next_queued(outbox: &mut Option<&mut mpsc::Receiver<Message>>) -> Option<Message> {
+/// The next queued message of an outbound link (never, on an inbound one).
+async fn next_queued(outbox: &mut Option<Outbox<'_>>) -> Option<Outgoing> {
     match outbox {
-        Some(outbox) => outbox.recv().await,
+        Some(outbox) => {
+            let message = outbox.queue.recv().await?;
+            outbox.queued_bytes.fetch_sub(message.body.len(), Relaxed);
+            Some(message)
+        }
         None => std::future::pending().await,
     }
 }

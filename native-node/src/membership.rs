@@ -80,23 +80,40 @@ impl Member {
     }
 }
 
+/// A member that was dead long enough to leave the table: remembered for a
+/// while so that old records relayed by others cannot bring it back; only
+/// a newer heartbeat (it really restarted) does.
+struct Tombstone {
+    heartbeat: u64,
+    since: Instant,
+}
+
+/// Tombstones outlive the death that made them by this factor of
+/// `forget_dead_after`: long enough for every old record to have died out.
+const TOMBSTONE_LIFETIMES: u32 = 10;
+
 /// The membership table of one node.
 pub struct Membership {
     me: MemberRecord,
     /// Ordered so that a seeded partner choice is reproducible (a HashMap's
     /// iteration order differs from process to process).
     members: BTreeMap<String, Member>,
+    tombstones: BTreeMap<String, Tombstone>,
     min_interval: f64,
+    forget_dead_after: Duration,
 }
 
 impl Membership {
     /// A table holding only `me`; `interval` is the gossip interval, the
-    /// shortest heartbeat spacing the detector assumes.
-    pub fn new(me: MemberRecord, interval: Duration) -> Self {
+    /// shortest heartbeat spacing the detector assumes; members silent for
+    /// `forget_dead_after` (dead by then) leave the table.
+    pub fn new(me: MemberRecord, interval: Duration, forget_dead_after: Duration) -> Self {
         Self {
             me,
             members: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
             min_interval: interval.as_secs_f64(),
+            forget_dead_after,
         }
     }
 
@@ -105,10 +122,11 @@ impl Membership {
         &self.me
     }
 
-    /// Raises our heartbeat and re-evaluates everyone; true when a status changed.
+    /// Raises our heartbeat, re-evaluates everyone and forgets members gone
+    /// for good; true when a status changed or a member left the table.
     pub fn tick(&mut self, now: Instant) -> bool {
         self.me.heartbeat = self.me.heartbeat.saturating_add(1);
-        let mut changed = false;
+        let mut changed = self.forget_the_long_dead(now);
         for member in self.members.values_mut() {
             let phi = member.phi(now, self.min_interval);
             let status = if phi >= DEAD_PHI {
@@ -162,7 +180,39 @@ impl Membership {
         changed
     }
 
+    /// Moves members silent for `forget_dead_after` to tombstones, and drops
+    /// tombstones past their lifetime; true when a member left.
+    fn forget_the_long_dead(&mut self, now: Instant) -> bool {
+        let forget_after = self.forget_dead_after;
+        let gone: Vec<String> = (self.members.iter())
+            .filter(|(_, m)| {
+                m.status == Status::Dead && now.duration_since(m.last_heard) >= forget_after
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            if let Some(member) = self.members.remove(id) {
+                tracing::info!(peer = %id, "member gone for good; forgotten");
+                let tombstone = Tombstone {
+                    heartbeat: member.record.heartbeat,
+                    since: now,
+                };
+                self.tombstones.insert(id.clone(), tombstone);
+            }
+        }
+        let lifetime = forget_after * TOMBSTONE_LIFETIMES;
+        self.tombstones
+            .retain(|_, tombstone| now.duration_since(tombstone.since) < lifetime);
+        !gone.is_empty()
+    }
+
     fn observe(&mut self, record: &MemberRecord, own_word: bool, now: Instant) -> bool {
+        if let Some(tombstone) = self.tombstones.get(&record.id) {
+            if record.heartbeat <= tombstone.heartbeat {
+                return false;
+            }
+            self.tombstones.remove(&record.id);
+        }
         match self.members.get_mut(&record.id) {
             None => {
                 tracing::info!(peer = %record.id, gossip = %record.gossip_addr, "new member");
@@ -251,6 +301,11 @@ impl Membership {
         peers
     }
 
+    /// Members forgotten recently, still guarded against revival by old records.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
+    }
+
     /// Members by status.
     pub fn count(&self, status: Status) -> usize {
         self.members.values().filter(|m| m.status == status).count()
@@ -286,7 +341,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silent_members_become_suspect_then_dead_and_revive_on_news() {
         let interval = Duration::from_millis(100);
-        let mut table = Membership::new(record("me", 1), interval);
+        let mut table = Membership::new(record("me", 1), interval, Duration::from_secs(600));
         table.merge(&[record("b", 1)], Source::Peer("b"), Instant::now(), NOW_MS);
         for beat in 2..20 {
             tokio::time::advance(interval).await;
@@ -318,7 +373,11 @@ mod tests {
 
     #[test]
     fn our_own_old_heartbeat_is_overtaken() {
-        let mut table = Membership::new(record("me", 5), Duration::from_millis(100));
+        let mut table = Membership::new(
+            record("me", 5),
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        );
         table.merge(
             &[record("me", 50)],
             Source::Peer("b"),
@@ -331,7 +390,11 @@ mod tests {
 
     #[test]
     fn heartbeats_from_the_future_are_refused() {
-        let mut table = Membership::new(record("me", 5), Duration::from_millis(100));
+        let mut table = Membership::new(
+            record("me", 5),
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        );
         let far = NOW_MS + MAX_HEARTBEAT_LEAD_MS + 1;
         assert!(!table.merge(
             &[record("evil", far)],
@@ -368,7 +431,11 @@ mod tests {
 
     #[test]
     fn only_a_member_itself_moves_its_addresses() {
-        let mut table = Membership::new(record("me", 5), Duration::from_millis(100));
+        let mut table = Membership::new(
+            record("me", 5),
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        );
         table.merge(
             &[record("b", 10)],
             Source::Peer("b"),
@@ -395,7 +462,11 @@ mod tests {
 
     #[test]
     fn an_older_record_never_overwrites_a_fresher_one() {
-        let mut table = Membership::new(record("me", 5), Duration::from_millis(100));
+        let mut table = Membership::new(
+            record("me", 5),
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        );
         table.merge(
             &[record("b", 10)],
             Source::Peer("b"),
@@ -404,5 +475,65 @@ mod tests {
         );
         table.merge(&[record("b", 3)], Source::Peer("b"), Instant::now(), NOW_MS);
         assert_eq!(table.peers()[0].0.heartbeat, 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn members_dead_long_enough_leave_and_old_records_cannot_revive_them() {
+        let interval = Duration::from_millis(100);
+        let forget = Duration::from_secs(5);
+        let mut table = Membership::new(record("me", 1), interval, forget);
+        table.merge(
+            &[record("gone", 7)],
+            Source::Peer("gone"),
+            Instant::now(),
+            NOW_MS,
+        );
+        for _ in 0..100 {
+            tokio::time::advance(interval).await;
+            table.tick(Instant::now());
+        }
+        assert!(
+            table.peers().is_empty(),
+            "a member dead for 10 s is still listed"
+        );
+        assert_eq!(table.tombstones(), 1);
+        // Someone relays the old record: it stays gone.
+        assert!(!table.merge(
+            &[record("gone", 7)],
+            Source::Peer("x"),
+            Instant::now(),
+            NOW_MS
+        ));
+        assert!(table.peers().is_empty());
+        // It restarts (a newer heartbeat): it is back.
+        assert!(table.merge(
+            &[record("gone", 8_000)],
+            Source::Peer("gone"),
+            Instant::now(),
+            NOW_MS
+        ));
+        assert_eq!(table.peers().len(), 1);
+        assert_eq!(table.tombstones(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tombstones_do_not_pile_up() {
+        let interval = Duration::from_millis(100);
+        let forget = Duration::from_secs(1);
+        let mut table = Membership::new(record("me", 1), interval, forget);
+        for id in 0..50 {
+            table.merge(
+                &[record(&format!("m{id}"), 1)],
+                Source::Outside,
+                Instant::now(),
+                NOW_MS,
+            );
+        }
+        for _ in 0..(10 * 12) {
+            tokio::time::advance(interval * 10).await;
+            table.tick(Instant::now());
+        }
+        assert!(table.peers().is_empty());
+        assert_eq!(table.tombstones(), 0, "tombstones outlived their lifetime");
     }
 }

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub rejected_frames: AtomicU64,
     /// Messages dropped because a peer's queue was full or it is partitioned away.
     pub dropped_messages: AtomicU64,
+    /// Inbound gossip connections closed at once: over the connection or handshake cap.
+    pub refused_connections: AtomicU64,
     /// WAL fsyncs.
     pub wal_fsyncs: AtomicU64,
     /// WAL bytes written.
@@ -78,7 +80,7 @@ impl Metrics {
                 let _ = writeln!(out, "tally_{name}{{node=\"{node}\"{labels}}} {value}");
             }
         };
-        let totals: [(&str, &str, &AtomicU64); 9] = [
+        let totals: [(&str, &str, &AtomicU64); 10] = [
             (
                 "increments_total",
                 "Local increments acknowledged.",
@@ -108,6 +110,11 @@ impl Metrics {
                 "dropped_messages_total",
                 "Gossip messages dropped.",
                 &self.dropped_messages,
+            ),
+            (
+                "gossip_connections_refused_total",
+                "Inbound gossip connections closed over the connection or handshake cap.",
+                &self.refused_connections,
             ),
             ("wal_fsyncs_total", "WAL fsyncs.", &self.wal_fsyncs),
             ("wal_bytes_total", "WAL bytes written.", &self.wal_bytes),

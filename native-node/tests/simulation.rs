@@ -385,6 +385,7 @@ fn boot_node(
                     interval: INTERVAL,
                     fanout: FANOUT,
                     full_sync_every: FULL_SYNC_EVERY,
+                    ..GossipConfig::default()
                 },
                 replica,
                 seeds,

@@ -175,14 +175,19 @@ impl<S: AsyncRead + Send + 'static> ConnectionReader<S> {
 impl<S: AsyncWrite + Send + 'static> ConnectionWriter<S> {
     /// Sends one message; returns the frame size on the wire.
     pub async fn send(&mut self, message: &Message) -> Result<usize, TransportError> {
-        let body = crdt_core::wire::encode(message);
+        self.send_encoded(&crdt_core::wire::encode(message)).await
+    }
+
+    /// Sends a message already encoded with `crdt_core::wire` (one encoding
+    /// can then serve many links); returns the frame size on the wire.
+    pub async fn send_encoded(&mut self, body: &[u8]) -> Result<usize, TransportError> {
         let size = noise::sealed_len(body.len());
         if size > self.max_frame {
             // Checked before sealing: sealing takes nonces, and the peer
             // would then refuse every later frame of this link.
             return Err(TransportError::TooLarge(size));
         }
-        let body = self.sealer.seal(&body)?;
+        let body = self.sealer.seal(body)?;
         match tokio::time::timeout(WRITE_TIMEOUT, self.frames.send(Bytes::from(body))).await {
             Ok(result) => result?,
             Err(_) => return Err(TransportError::Timeout("write")),
