@@ -65,6 +65,8 @@ struct Args {
     rss_cap_mib: u64,
 }
 
+/// The benchmark cluster's secret (loopback only, thrown away with the run).
+const BENCH_CLUSTER_KEY: &str = "keyspace-bench-cluster-secret";
 /// Longest readiness or convergence may take before the run fails.
 const PATIENCE: Duration = Duration::from_secs(900);
 const POLL: Duration = Duration::from_millis(100);
@@ -296,6 +298,30 @@ async fn restarts(cluster: &mut Cluster, extra: &[String], count: usize) -> anyh
     small.extend(["--snapshot-bytes".into(), SMALL_SNAPSHOT_BYTES.into()]);
     node.restart(&small).await?;
     let node: &NodeProc = node;
+    // Writes go on while the snapshot is taken: their latency shows whether
+    // taking it stalls the write path.
+    let during = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..16)
+        .map(|client| {
+            let (url, during, stop) = (
+                node.url(&format!("/counters/during-snapshot-{client}/increment")),
+                Arc::clone(&during),
+                Arc::clone(&stop),
+            );
+            tokio::spawn(async move {
+                let http = http();
+                while !stop.load(Relaxed) {
+                    let started = Instant::now();
+                    if http.post(&url).send().await.is_ok() {
+                        during.lock().unwrap().push(started.elapsed());
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    during.lock().unwrap().clear();
     let written = Instant::now();
     let status = http()
         .post(node.url("/counters/snapshot-trigger/increment"))
@@ -305,6 +331,25 @@ async fn restarts(cluster: &mut Cluster, extra: &[String], count: usize) -> anyh
     ensure!(status.is_success(), "trigger write failed: {status}");
     wait(|| async { node.metric("tally_snapshots_total", "").await.unwrap_or(0) >= 1 }).await?;
     let snapshot_time = written.elapsed();
+    stop.store(true, Relaxed);
+    for writer in writers {
+        let _ = writer.await;
+    }
+    let mut latencies = std::mem::take(&mut *during.lock().unwrap());
+    latencies.sort();
+    let quantile = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "writes while the snapshot was taken (16 clients): {} acknowledged, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        quantile(0.5),
+        quantile(0.99),
+        latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    );
+    let count = count + 16;
     println!("snapshot of n1 ({} counters):", count + 1);
     for (name, size) in snapshot_files(&wal_dir)? {
         println!(
@@ -754,6 +799,8 @@ impl NodeProc {
             .args(&self.base_args)
             .args(extra)
             .env("NO_COLOR", "1")
+            // Nodes refuse to start without a cluster secret; one per run.
+            .env("TALLY_CLUSTER_KEY", BENCH_CLUSTER_KEY)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tally_protocol::access::ApiTokens;
 use tally_protocol::cluster_key::ClusterKeys;
+use tally_protocol::http_server::ServerLimits;
 
 /// Tally: a gossip-replicated counter cluster.
 ///
@@ -98,6 +99,52 @@ pub struct NodeArgs {
     /// Take a snapshot (and drop covered segments) after this many WAL bytes.
     #[arg(long, default_value_t = 128 << 20)]
     pub snapshot_bytes: u64,
+    /// Most counters local writes may create: once the node holds this
+    /// many, a write to a new name gets 507 Insufficient Storage (writes to
+    /// existing counters keep working). Merges from peers are never refused,
+    /// so gossip can still take the node past it [default: unlimited].
+    #[arg(long, value_name = "N")]
+    pub max_counters: Option<u64>,
+    /// Largest chunk, in encoded bytes, of the snapshot a `/ws` subscriber
+    /// gets: the state is always sent in chunks, never as one frame.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=(8 << 20)))]
+    pub stream_chunk_bytes: u64,
+    #[command(flatten)]
+    pub http: HttpLimitArgs,
+}
+
+/// Bounds of a process's HTTP server (slowloris, floods).
+#[derive(Debug, Args, Clone)]
+pub struct HttpLimitArgs {
+    /// Most HTTP connections open at once, WebSockets included; more are
+    /// closed as soon as they are accepted [default: 10000; 1000 for discovery].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: Option<u64>,
+    /// Time for a request's headers to arrive; also how long a keep-alive
+    /// connection may wait for its next request.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    pub header_timeout: Duration,
+    /// Time for a request's body to arrive after its headers (then 408 and
+    /// the connection is closed).
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    pub body_timeout: Duration,
+    /// A connection that moves no byte for this long is closed.
+    #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+    pub idle_timeout: Duration,
+}
+
+impl HttpLimitArgs {
+    /// The limits, with `default_max` connections unless `--max-connections` says.
+    pub fn limits(&self, default_max: usize) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections.map_or(default_max, |max| {
+                usize::try_from(max).unwrap_or(usize::MAX)
+            }),
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
 }
 
 /// The cluster secret, taken the same way by every process of a cluster.
@@ -188,6 +235,8 @@ pub struct DiscoveryArgs {
     /// Members silent for longer than this are dropped.
     #[arg(long, default_value = "5s", value_parser = humantime_duration)]
     pub ttl: Duration,
+    #[command(flatten)]
+    pub http: HttpLimitArgs,
 }
 
 /// `tally gateway`.
@@ -209,6 +258,13 @@ pub struct GatewayArgs {
     pub secret: SecretArgs,
     #[command(flatten)]
     pub access: AccessArgs,
+    /// Most browsers on `/ws` from one client address (IPv6: one /64) at
+    /// once; more get 429. Behind a reverse proxy every browser shares the
+    /// proxy's address: raise it there.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_browsers_per_ip: u64,
+    #[command(flatten)]
+    pub http: HttpLimitArgs,
 }
 
 /// `tally dev`.
@@ -333,6 +389,40 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("/nonexistent/key"));
+    }
+
+    #[test]
+    fn http_limits_default_per_process_and_follow_the_flags() {
+        let node = |args: &[&str]| {
+            let mut argv = vec!["tally", "node"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Some(Command::Node(node)) => node,
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        let defaults = node(&[]);
+        assert_eq!(defaults.http.limits(10_000), ServerLimits::default());
+        assert_eq!(defaults.max_counters, None);
+        assert_eq!(defaults.stream_chunk_bytes, 1 << 20);
+        let set = node(&[
+            "--max-connections",
+            "50",
+            "--header-timeout",
+            "2s",
+            "--max-counters",
+            "7",
+        ]);
+        let limits = set.http.limits(10_000);
+        assert_eq!(limits.max_connections, 50);
+        assert_eq!(limits.header_timeout, Duration::from_secs(2));
+        assert_eq!(set.max_counters, Some(7));
+        let discovery = match Cli::try_parse_from(["tally", "discovery"]).unwrap().command {
+            Some(Command::Discovery(discovery)) => discovery,
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(discovery.http.limits(1_000).max_connections, 1_000);
+        assert!(Cli::try_parse_from(["tally", "node", "--max-connections", "0"]).is_err());
     }
 
     #[test]

@@ -82,6 +82,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         max_frame: args.max_frame as usize,
         segment_bytes: args.segment_bytes,
         snapshot_bytes: args.snapshot_bytes,
+        http: args
+            .http
+            .limits(tally_protocol::http_server::DEFAULT_MAX_CONNECTIONS),
+        max_counters: (args.max_counters).map(|max| usize::try_from(max).unwrap_or(usize::MAX)),
+        stream_chunk_bytes: args.stream_chunk_bytes as usize,
     };
     node::run(config, |_| {}, tally_node::shutdown::signal())
         .await
@@ -92,7 +97,9 @@ async fn run_discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let keys = args.secret.keys()?;
     let listener = bind(args.addr).await?;
     tracing::info!(addr = %args.addr, ttl_ms = args.ttl.as_millis() as u64, "discovery serving");
-    tally_discovery::serve(listener, args.ttl, keys, tally_node::shutdown::signal()).await?;
+    let limits = (args.http).limits(tally_protocol::http_server::DISCOVERY_MAX_CONNECTIONS);
+    let shutdown = tally_node::shutdown::signal();
+    tally_discovery::serve_with(listener, args.ttl, keys, limits, shutdown).await?;
     Ok(())
 }
 
@@ -110,6 +117,10 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         cluster_keys,
         api_tokens,
         allowed_origins: args.access.allowed_origin,
+        http: args
+            .http
+            .limits(tally_protocol::http_server::DEFAULT_MAX_CONNECTIONS),
+        max_browsers_per_ip: args.max_browsers_per_ip as usize,
         ..GatewayConfig::default()
     };
     tracing::info!(addr = %args.addr, "gateway serving");

@@ -15,12 +15,17 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 
 /// Decodes a value; garbage gives an error, never a panic.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CrdtError> {
-    let (value, rest) =
-        postcard::take_from_bytes(bytes).map_err(|e| CrdtError::Decode(describe(&e)))?;
+    let (value, rest) = take(bytes)?;
     if !rest.is_empty() {
         return Err(CrdtError::Decode("trailing bytes"));
     }
     Ok(value)
+}
+
+/// Decodes one value from the front of `bytes`; returns it and the rest
+/// (for formats that are a sequence of values, such as chunked snapshots).
+pub fn take<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CrdtError> {
+    postcard::take_from_bytes(bytes).map_err(|e| CrdtError::Decode(describe(&e)))
 }
 
 fn describe(error: &postcard::Error) -> &'static str {

@@ -21,6 +21,7 @@ use crate::registry::{validate_id, Registry, RegistryError, DEFAULT_CAPACITY};
 use crate::Member;
 use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::http_error::ApiError;
+use tally_protocol::http_server::{self, ConnectionStats, ServerLimits, DISCOVERY_MAX_CONNECTIONS};
 use tally_protocol::request_auth::server::{require_signature, RequestVerifier};
 
 pub use tally_protocol::http_error::MAX_BODY_BYTES;
@@ -103,10 +104,25 @@ pub fn router(state: DiscoveryState) -> Router {
 ///
 /// With `keys`, every call but `/health` must be signed with the cluster
 /// secret; `None` (only with `--insecure`) leaves the registry open.
+/// HTTP limits are the defaults, with at most [`DISCOVERY_MAX_CONNECTIONS`]
+/// connections (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     ttl: Duration,
     keys: Option<ClusterKeys>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DiscoveryError> {
+    let limits = ServerLimits::with_max_connections(DISCOVERY_MAX_CONNECTIONS);
+    serve_with(listener, ttl, keys, limits, shutdown).await
+}
+
+/// [`serve`] within `limits`: connection cap, header, body and idle
+/// timeouts (`tally_protocol::http_server`).
+pub async fn serve_with(
+    listener: TcpListener,
+    ttl: Duration,
+    keys: Option<ClusterKeys>,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DiscoveryError> {
     let state = match keys {
@@ -114,9 +130,8 @@ pub async fn serve(
         None => DiscoveryState::new(ttl),
     };
     let sweeper = tokio::spawn(sweep_forever(state.clone(), sweep_interval(ttl)));
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let stats = Arc::new(ConnectionStats::default());
+    let result = http_server::serve(listener, router(state), limits, stats, shutdown).await;
     sweeper.abort();
     Ok(result?)
 }

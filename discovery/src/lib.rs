@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use api::{router, serve, DiscoveryError, DiscoveryState};
+pub use api::{router, serve, serve_with, DiscoveryError, DiscoveryState};
 pub use client::{ClientError, DiscoveryClient, HeartbeatOutcome};
 pub use registry::{Registry, RegistryError, DEFAULT_CAPACITY};
 

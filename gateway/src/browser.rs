@@ -1,16 +1,18 @@
 //! The gateway's `/ws` for browsers: the cluster's state on connect, then
 //! every change as it happens, published once for all of them.
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use crdt_core::wire;
-use tally_protocol::events::{ClusterEvent, NodeHealth};
+use tally_protocol::events::{ClusterEvent, NodeHealth, SnapshotChunker};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -23,11 +25,24 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn upgrade(
     State(shared): State<Arc<Shared>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(not_ws) => return ApiError::new(not_ws.status(), not_ws.body_text()).into_response(),
+    };
+    // The peer is unknown only when served by another loop than ours.
+    let ip_slot = match peer {
+        Some(Extension(ConnectInfo(peer))) => match shared.browsers_per_ip.try_acquire(peer.ip()) {
+            Some(slot) => Some(slot),
+            None => {
+                let most = shared.browsers_per_ip.max();
+                let message = format!("too many live viewers from {} (at most {most})", peer.ip());
+                return ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+            }
+        },
+        None => None,
     };
     let Ok(slot) = Arc::clone(&shared.browser_slots).try_acquire_owned() else {
         let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many live viewers");
@@ -38,6 +53,7 @@ pub async fn upgrade(
         .max_message_size(4 * 1024)
         .on_upgrade(move |socket| async move {
             let _slot: OwnedSemaphorePermit = slot;
+            let _ip_slot = ip_slot;
             if let Err(error) = session(socket, &shared).await {
                 tracing::debug!(%error, "browser stream ended");
             }
@@ -48,7 +64,7 @@ async fn session(mut socket: WebSocket, shared: &Shared) -> Result<(), axum::Err
     // Subscribe before taking the snapshot, so nothing falls between the
     // two; anything seen twice is harmless (merges are idempotent).
     let mut events = shared.events.subscribe();
-    send_all(&mut socket, catch_up(shared)).await?;
+    catch_up(&mut socket, shared).await?;
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => break,
@@ -60,7 +76,7 @@ async fn session(mut socket: WebSocket, shared: &Shared) -> Result<(), axum::Err
                 Ok(frame) => send(&mut socket, frame).await?,
                 // Too slow to keep up: the missed events are gone, so resend
                 // the whole state instead; the queue never grows per browser.
-                Err(RecvError::Lagged(_)) => send_all(&mut socket, catch_up(shared)).await?,
+                Err(RecvError::Lagged(_)) => catch_up(&mut socket, shared).await?,
                 Err(RecvError::Closed) => break,
             },
         }
@@ -92,19 +108,34 @@ pub fn publish(shared: &Shared, event: &ClusterEvent) {
     let _ = shared.events.send(Bytes::from(wire::encode(event)));
 }
 
-/// `Nodes` then one `NodeState` per node, encoded.
-fn catch_up(shared: &Shared) -> Vec<Bytes> {
-    let nodes = nodes_event(shared);
-    let states = shared.replicas().node_states();
-    std::iter::once(nodes)
-        .chain(states)
-        .map(|event| Bytes::from(wire::encode(&event)))
-        .collect()
-}
-
-async fn send_all(socket: &mut WebSocket, frames: Vec<Bytes>) -> Result<(), axum::Error> {
-    for frame in frames {
-        send(socket, frame).await?;
+/// `Nodes`, then each node's state as `NodeState` chunks of at most
+/// `stream_chunk_bytes` encoded. Each chunk is taken under a short lock and
+/// sent before the next is taken: a browser never holds a copy of a whole
+/// replica, and no frame grows with the keyspace.
+async fn catch_up(socket: &mut WebSocket, shared: &Shared) -> Result<(), axum::Error> {
+    send(socket, Bytes::from(wire::encode(&nodes_event(shared)))).await?;
+    let max_bytes = shared.config.stream_chunk_bytes;
+    let addrs = shared.replicas().addrs();
+    for addr in addrs {
+        let mut chunker = SnapshotChunker::new();
+        let mut first = true;
+        while !chunker.is_done() {
+            let chunk = shared
+                .replicas()
+                .state_chunk(&addr, &mut chunker, max_bytes);
+            // The node left the table meanwhile; a `Nodes` event tells the browser.
+            let Some((node, state, last)) = chunk else {
+                break;
+            };
+            let event = ClusterEvent::NodeState {
+                node,
+                state,
+                first,
+                last,
+            };
+            send(socket, Bytes::from(wire::encode(&event))).await?;
+            first = false;
+        }
     }
     Ok(())
 }

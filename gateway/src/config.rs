@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use tally_protocol::access::ApiTokens;
 use tally_protocol::cluster_key::ClusterKeys;
+use tally_protocol::events::SNAPSHOT_CHUNK_BYTES;
+use tally_protocol::http_server::ServerLimits;
 
 /// Largest request body the gateway forwards (larger → 413).
 pub use tally_protocol::http_error::MAX_BODY_BYTES;
@@ -34,6 +36,12 @@ pub struct GatewayConfig {
     pub forget_after: Duration,
     /// Most browsers on `/ws` at once (more → 503).
     pub max_browsers: usize,
+    /// Most browsers on `/ws` from one client address at once (more → 429).
+    pub max_browsers_per_ip: usize,
+    /// Largest encoded chunk of a node's state sent to a browser.
+    pub stream_chunk_bytes: usize,
+    /// The HTTP server's bounds: connection cap, header/body/idle timeouts.
+    pub http: ServerLimits,
     /// Events buffered per browser before it counts as lagging and is resynced.
     pub event_buffer: usize,
     /// The cluster secret(s): sign calls to discovery and check that nodes
@@ -59,6 +67,9 @@ impl Default for GatewayConfig {
             discovery_interval: Duration::from_secs(1),
             forget_after: Duration::from_secs(30),
             max_browsers: 1_000,
+            max_browsers_per_ip: 8,
+            stream_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
+            http: ServerLimits::default(),
             event_buffer: 1_024,
             cluster_keys: None,
             max_node_answer: MAX_NODE_ANSWER_BYTES,

@@ -156,6 +156,8 @@ mod tests {
         let snapshot = NodeEvent::Snapshot {
             node: "n1".into(),
             state: CounterMap::new(),
+            first: true,
+            last: true,
         };
         assert_eq!(identity(&snapshot), ("n1", None));
     }

@@ -29,6 +29,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tally_discovery::DiscoveryClient;
+use tally_protocol::http_server::{self, ConnectionStats};
 use tokio::net::TcpListener;
 
 pub use api::NodeView;
@@ -59,6 +60,7 @@ pub async fn serve(
             })
         }
     };
+    let limits = config.http.clone();
     let shared = Shared::new(config, controls)?;
     let stop = shared.shutdown.clone();
     followers::reconcile(&shared);
@@ -72,12 +74,12 @@ pub async fn serve(
     }
     let app = api::router(Arc::clone(&shared));
     let stopping = stop.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.cancel();
-        })
-        .await;
+    let stats = Arc::new(ConnectionStats::default());
+    let served = http_server::serve(listener, app, limits, stats, async move {
+        shutdown.await;
+        stopping.cancel();
+    })
+    .await;
     stop.cancel();
     Ok(served?)
 }

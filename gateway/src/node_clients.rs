@@ -17,8 +17,12 @@ use tally_protocol::request_auth::{self, unix_now_ms, RequestParts};
 /// the same `Bytes` both ways, never re-encoded.
 pub type NodeClient = Client<HttpConnector, Full<Bytes>>;
 
-/// Idle pooled connections are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle pooled connections are closed after this long: sooner than a node
+/// closes them (its `--header-timeout`, 10 s by default, also bounds how
+/// long a keep-alive connection may wait for its next request), so the
+/// gateway never sends a request on a connection the node is closing — a
+/// write lost that way could not be retried safely.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The proxy's client: keep-alive pool, `connect_timeout` per connection,
 /// Nagle off (requests and answers are single small writes).
@@ -41,6 +45,7 @@ pub fn for_checks_and_admin(
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .timeout(request_timeout)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         // Nodes are reached directly; an ambient HTTP_PROXY must not reroute them.
         .no_proxy()
         .build()

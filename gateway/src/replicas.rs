@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use crdt_core::{CounterMap, DEFAULT_COUNTER};
 use serde::{Deserialize, Serialize};
-use tally_protocol::events::{ClusterEvent, NodeEvent};
+use tally_protocol::events::{ClusterEvent, NodeEvent, SnapshotChunker};
 
 /// Every node's replica, as its stream told us, and the merge of them all.
 #[derive(Debug, Default)]
@@ -21,11 +21,27 @@ impl Replicas {
     /// Applies a state event from the node at `http_addr`; returns what browsers should see.
     pub fn apply(&mut self, http_addr: &str, event: NodeEvent) -> Option<ClusterEvent> {
         match event {
-            NodeEvent::Snapshot { node, state } => {
+            NodeEvent::Snapshot {
+                node,
+                state,
+                first,
+                last,
+            } => {
                 self.merged.merge(&state);
-                let replaced = (node.clone(), state.clone());
-                self.nodes.insert(http_addr.to_owned(), replaced);
-                Some(ClusterEvent::NodeState { node, state })
+                let (id, replica) = self.nodes.entry(http_addr.to_owned()).or_default();
+                id.clone_from(&node);
+                // The first chunk is "this is all I have" so far; the rest add to it.
+                if first {
+                    replica.clone_from(&state);
+                } else {
+                    replica.merge(&state);
+                }
+                Some(ClusterEvent::NodeState {
+                    node,
+                    state,
+                    first,
+                    last,
+                })
             }
             NodeEvent::Delta {
                 node,
@@ -51,15 +67,24 @@ impl Replicas {
         self.nodes.remove(http_addr);
     }
 
-    /// One `NodeState` per node: what a browser needs to catch up.
-    pub fn node_states(&self) -> Vec<ClusterEvent> {
-        self.nodes
-            .values()
-            .map(|(node, state)| ClusterEvent::NodeState {
-                node: node.clone(),
-                state: state.clone(),
-            })
-            .collect()
+    /// The nodes (by HTTP address) whose replica is known.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    /// The next chunk of the replica of the node at `http_addr` (at most
+    /// `max_bytes` encoded): its id, the chunk, and whether it is the last.
+    /// `None` once the node is gone. A browser catches up chunk by chunk,
+    /// so no replica is ever copied whole.
+    pub fn state_chunk(
+        &self,
+        http_addr: &str,
+        chunker: &mut SnapshotChunker,
+        max_bytes: usize,
+    ) -> Option<(String, CounterMap, bool)> {
+        let (node, replica) = self.nodes.get(http_addr)?;
+        let (chunk, last) = chunker.next_chunk(replica, max_bytes);
+        Some((node.clone(), chunk, last))
     }
 
     /// The node's value of the default counter (0 when never written),
@@ -166,6 +191,8 @@ mod tests {
         let snapshot = NodeEvent::Snapshot {
             node: "n1".into(),
             state: state.clone(),
+            first: true,
+            last: true,
         };
         let shown = replicas.apply("h:1", snapshot);
         assert!(matches!(shown, Some(ClusterEvent::NodeState { .. })));
@@ -185,9 +212,76 @@ mod tests {
             NodeEvent::Snapshot {
                 node: "n1".into(),
                 state,
+                first: true,
+                last: true,
             },
         );
         assert_eq!(replicas.lag("h:1"), Some(Lag::default()));
-        assert_eq!(replicas.node_states().len(), 2);
+        assert_eq!(replicas.addrs().len(), 2);
+    }
+
+    fn many_counters(actor: &str, count: usize) -> CounterMap {
+        let mut map = CounterMap::new();
+        for i in 0..count {
+            write(&mut map, actor, &format!("counter-{i}"), Op::Increment(1));
+        }
+        write(&mut map, actor, "default", Op::Increment(7));
+        map
+    }
+
+    fn chunked(node: &str, state: &CounterMap) -> Vec<NodeEvent> {
+        let chunks = tally_protocol::events::snapshot_chunks(state, 1024);
+        let count = chunks.len();
+        (chunks.into_iter().enumerate())
+            .map(|(i, chunk)| NodeEvent::Snapshot {
+                node: node.into(),
+                state: chunk,
+                first: i == 0,
+                last: i + 1 == count,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chunked_snapshot_replaces_at_its_first_chunk_and_merges_the_rest() {
+        let mut replicas = Replicas::default();
+        // What the node held before it restarted from an older copy.
+        let before = many_counters("old~1", 50);
+        for event in chunked("n1", &before) {
+            replicas.apply("h:1", event);
+        }
+        assert_eq!(replicas.default_value("h:1"), Some(7));
+        let now = many_counters("new~2", 300);
+        let events = chunked("n1", &now);
+        assert!(events.len() > 3, "{} chunks", events.len());
+        let mut events = events.into_iter();
+        replicas.apply("h:1", events.next().unwrap());
+        // The first chunk replaced the old state: none of "old~1" is left.
+        let partial = &replicas.nodes["h:1"].1;
+        assert!(partial.counters().all(|(_, c)| c.entry("old~1").is_none()));
+        for event in events {
+            let shown = replicas.apply("h:1", event);
+            assert!(matches!(
+                shown,
+                Some(ClusterEvent::NodeState { first: false, .. })
+            ));
+        }
+        assert_eq!(replicas.nodes["h:1"].1, now);
+        // The merged view keeps both.
+        assert_eq!(replicas.merged.value("default"), Some(14));
+        // A browser catching up gets the replica back in chunks.
+        let mut chunker = SnapshotChunker::new();
+        let mut caught_up = CounterMap::new();
+        let mut chunks = 0;
+        while !chunker.is_done() {
+            let (node, chunk, _) = replicas.state_chunk("h:1", &mut chunker, 1024).unwrap();
+            assert_eq!(node, "n1");
+            assert!(crdt_core::wire::encode(&chunk).len() <= 1024);
+            caught_up.merge(&chunk);
+            chunks += 1;
+        }
+        assert!(chunks > 3);
+        assert_eq!(caught_up, now);
+        assert!(replicas.state_chunk("h:9", &mut chunker, 1024).is_none());
     }
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
+use tally_protocol::http_server::PerIpLimit;
 use tokio::sync::{broadcast, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub events: broadcast::Sender<Bytes>,
     /// One permit per connected browser.
     pub browser_slots: Arc<Semaphore>,
+    /// Browsers per client address.
+    pub browsers_per_ip: Arc<PerIpLimit>,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,
     balancer: Mutex<Balancer>,
@@ -55,6 +58,7 @@ impl Shared {
         Ok(Arc::new(Self {
             balancer: Mutex::new(Balancer::new(&config.nodes, Instant::now())),
             browser_slots: Arc::new(Semaphore::new(config.max_browsers)),
+            browsers_per_ip: PerIpLimit::new(config.max_browsers_per_ip),
             config,
             http,
             proxy,

@@ -172,6 +172,8 @@ impl StandIn {
         let snapshot = NodeEvent::Snapshot {
             node: id.to_owned(),
             state: default_counter_at(value),
+            first: true,
+            last: true,
         };
         let stream = move |upgrade: WebSocketUpgrade| async move {
             upgrade.on_upgrade(move |mut socket| async move {
@@ -354,7 +356,7 @@ async fn browsers_get_the_node_list_first() {
         other => panic!("expected Nodes first, got {other:?}"),
     }
     match next_event(&mut browser).await {
-        ClusterEvent::NodeState { node, state } => {
+        ClusterEvent::NodeState { node, state, .. } => {
             assert_eq!((node.as_str(), state.value("default")), ("n1", Some(3)));
         }
         other => panic!("expected the node's state next, got {other:?}"),

@@ -92,6 +92,8 @@ impl StandIn {
                         let snapshot = NodeEvent::Snapshot {
                             node: ws_id.clone(),
                             state,
+                            first: true,
+                            last: true,
                         };
                         let members = NodeEvent::Members {
                             node: ws_id.clone(),
@@ -286,7 +288,7 @@ async fn node_streams_reach_browsers_and_show_lag() {
             let Some(Ok(Message::Binary(frame))) = browser.next().await else {
                 panic!("browser stream ended");
             };
-            if let ClusterEvent::NodeState { node, state } = wire::decode(&frame).unwrap() {
+            if let ClusterEvent::NodeState { node, state, .. } = wire::decode(&frame).unwrap() {
                 values.insert(node, state.value("default"));
             }
         }
@@ -347,7 +349,13 @@ async fn a_browser_that_falls_behind_still_converges() {
             };
             match wire::decode(&frame).unwrap() {
                 ClusterEvent::Nodes { .. } => resyncs += 1,
-                ClusterEvent::NodeState { state, .. } => replica = state,
+                // The first chunk of a state replaces, the rest merge.
+                ClusterEvent::NodeState {
+                    state, first: true, ..
+                } => replica = state,
+                ClusterEvent::NodeState { state, .. } => {
+                    replica.merge(&state);
+                }
                 ClusterEvent::NodeDelta { delta, .. } => {
                     replica.merge(&delta);
                 }

@@ -1,29 +1,32 @@
 //! The node's HTTP API (axum, JSON). Every error is `{"error": "..."}`
 //! with a fitting status; nothing a client sends can panic the node.
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use crdt_core::{CounterName, Op, DEFAULT_COUNTER};
 use serde::{Deserialize, Serialize};
 use tally_protocol::access::{self, AccessPolicy};
 use tally_protocol::cluster_key::ClusterKeys;
-use tally_protocol::events::{MemberInfo, NodeEvent};
+use tally_protocol::events::{MemberInfo, NodeEvent, SnapshotChunker};
 use tally_protocol::health_proof;
 use tally_protocol::http_error::{ApiError, MAX_BODY_BYTES};
+use tally_protocol::http_server::PerIpLimit;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::gossip::Gossip;
 use crate::membership::Status;
-use crate::metrics::{Metrics, PeerCounts};
+use crate::metrics::{Metrics, PeerCounts, StateSize};
 use crate::replica::Replica;
 use crate::transport::Tcp;
 use crate::writer::{WriteError, WriterHandle};
@@ -52,10 +55,88 @@ pub struct ApiState {
     pub subscribers: Arc<tokio::sync::Semaphore>,
     /// API tokens, allowed origins, internal signatures.
     pub access: Arc<AccessPolicy>,
+    /// Bounds `/ws` subscribers per client address.
+    pub subscribers_per_ip: Arc<PerIpLimit>,
+    /// `--max-counters`: when local writes may create a counter.
+    pub counter_limit: Arc<CounterLimit>,
+    /// Largest encoded snapshot chunk on `/ws`.
+    pub stream_chunk_bytes: usize,
 }
 
 /// Most `/ws` subscribers at once (the gateways and tools following a node).
 pub const MAX_SUBSCRIBERS: usize = 64;
+
+/// Most `/ws` subscribers from one client address at once (a gateway
+/// needs one per node).
+pub const MAX_SUBSCRIBERS_PER_IP: usize = 8;
+
+/// A subscriber that cannot take one frame in this long is dropped, so a
+/// stalled socket never holds its task, its slot and a snapshot forever.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--max-counters`: a local write may create a counter only while the map
+/// holds fewer than `max`. Writes to existing counters, and merges from
+/// peers, are never refused, so the map can still outgrow `max` by gossip.
+#[derive(Debug, Default)]
+pub struct CounterLimit {
+    max: Option<usize>,
+    /// Creations admitted and not yet acknowledged: counted against `max`
+    /// so concurrent writes to new names cannot overshoot it.
+    creating: Mutex<usize>,
+}
+
+/// A creation admitted under the limit, counted until the write finishes.
+#[derive(Debug)]
+pub struct Creation(Arc<CounterLimit>);
+
+impl Drop for Creation {
+    fn drop(&mut self) {
+        let mut creating = (self.0.creating.lock()).unwrap_or_else(PoisonError::into_inner);
+        *creating = creating.saturating_sub(1);
+    }
+}
+
+impl CounterLimit {
+    /// At most `max` counters created by local writes (`None`: unlimited).
+    pub fn new(max: Option<usize>) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            creating: Mutex::new(0),
+        })
+    }
+
+    /// Whether a local write to `name` may go ahead: always for a counter
+    /// that exists; for a new one, only under the limit (507 otherwise).
+    /// Hold the answer until the write is done.
+    pub fn admit(
+        self: &Arc<Self>,
+        replica: &Replica,
+        name: &CounterName,
+    ) -> Result<Option<Creation>, ApiError> {
+        let Some(max) = self.max else {
+            return Ok(None);
+        };
+        let mut creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = {
+            let state = replica.read();
+            if state.map.get(name.as_str()).is_some() {
+                return Ok(None);
+            }
+            state.map.len()
+        };
+        if held.saturating_add(*creating) >= max {
+            return Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "counter limit reached: this node holds {held} counters (--max-counters {max}); \
+                     {name:?} cannot be created, existing counters can still be written"
+                ),
+            ));
+        }
+        *creating += 1;
+        Ok(Some(Creation(Arc::clone(self))))
+    }
+}
 
 /// The router.
 pub fn router(state: ApiState) -> Router {
@@ -174,7 +255,9 @@ async fn write_default(
     op: fn(u64) -> Op,
 ) -> Result<Json<ValueAnswer>, ApiError> {
     let amount = parse_amount(&body?)?;
-    let value = state.writer.write(default_name(), op(amount)).await?;
+    let name = default_name();
+    let _creation = admit(&state, &name)?;
+    let value = state.writer.write(name, op(amount)).await?;
     Ok(Json(ValueAnswer {
         value,
         node: state.node,
@@ -208,12 +291,25 @@ async fn write_named(
 ) -> Result<Json<NamedAnswer>, ApiError> {
     let name = counter_name(&name)?;
     let amount = parse_amount(&body?)?;
+    let _creation = admit(&state, &name)?;
     let value = state.writer.write(name.clone(), op(amount)).await?;
     Ok(Json(NamedAnswer {
         name: name.to_string(),
         value,
         node: state.node,
     }))
+}
+
+/// [`CounterLimit::admit`], counting a refusal as a refused operation.
+fn admit(state: &ApiState, name: &CounterName) -> Result<Option<Creation>, ApiError> {
+    let admitted = state.counter_limit.admit(&state.replica, name);
+    if admitted.is_err() {
+        state
+            .metrics
+            .rejected_ops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    admitted
 }
 
 #[derive(Deserialize)]
@@ -321,10 +417,22 @@ fn member_infos(state: &ApiState, with_self: bool) -> Vec<MemberInfo> {
 
 /// Alive, with this node's id; when a gateway sends a challenge, the answer
 /// carries proof that this node holds the cluster secret (`health_proof`).
+/// A node whose writer refuses writes (a WAL failure) answers 503 with the
+/// reason, so gateways take it out of their rotation.
 async fn get_health(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    let alive = state.gossip.members().alive();
-    let body =
-        Json(serde_json::json!({ "status": "ok", "node": state.node, "peers_alive": alive }));
+    let (status, body) = match state.writer.refusal() {
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "unavailable", "node": state.node, "reason": reason }),
+        ),
+        None => {
+            let alive = state.gossip.members().alive();
+            let body =
+                serde_json::json!({ "status": "ok", "node": state.node, "peers_alive": alive });
+            (StatusCode::OK, body)
+        }
+    };
+    let body = (status, Json(body));
     let challenge = headers
         .get(health_proof::CHALLENGE_HEADER)
         .and_then(|value| value.to_str().ok());
@@ -347,8 +455,15 @@ async fn get_metrics(State(state): State<ApiState>) -> impl IntoResponse {
             dead: members.count(Status::Dead),
         }
     };
-    let counters = state.replica.read().map.len();
-    let text = state.metrics.render(&state.node, counters, peers);
+    let size = {
+        let replica = state.replica.read();
+        StateSize {
+            counters: replica.map.len(),
+            actors: replica.map.summary().len(),
+            entries: replica.map.entry_count(),
+        }
+    };
+    let text = state.metrics.render(&state.node, size, peers);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -393,7 +508,31 @@ fn require_fault_injection(state: &ApiState) -> Result<(), ApiError> {
     }
 }
 
-async fn websocket(State(state): State<ApiState>, upgrade: WebSocketUpgrade) -> Response {
+async fn websocket(
+    State(state): State<ApiState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // Served by another loop than ours (tests), the peer is unknown: only the global cap applies.
+    let ip_slot = match peer {
+        Some(Extension(ConnectInfo(peer))) => {
+            match state.subscribers_per_ip.try_acquire(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    return ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "too many /ws subscribers from {} (at most {} per address)",
+                            peer.ip(),
+                            state.subscribers_per_ip.max()
+                        ),
+                    )
+                    .into_response()
+                }
+            }
+        }
+        None => None,
+    };
     let Ok(permit) = Arc::clone(&state.subscribers).try_acquire_owned() else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -401,31 +540,33 @@ async fn websocket(State(state): State<ApiState>, upgrade: WebSocketUpgrade) -> 
         )
         .into_response();
     };
-    upgrade.on_upgrade(move |socket| async move {
-        stream_changes(state, socket).await;
-        drop(permit);
-    })
+    // Subscribers only listen; anything they send is tiny or a mistake.
+    upgrade
+        .max_message_size(4 * 1024)
+        .on_upgrade(move |socket| async move {
+            if let Err(error) = stream_changes(state, socket).await {
+                tracing::debug!(%error, "/ws subscriber dropped");
+            }
+            drop(permit);
+            drop(ip_slot);
+        })
 }
 
-/// Streams the replica to one subscriber: a snapshot, the members, then
-/// every change. A subscriber too slow to keep up gets a fresh snapshot
-/// instead of an ever-growing backlog.
-async fn stream_changes(state: ApiState, mut socket: WebSocket) {
+/// Streams the replica to one subscriber: a snapshot (in chunks), the
+/// members, then every change. A subscriber too slow to keep up gets a
+/// fresh snapshot instead of an ever-growing backlog; one that cannot take
+/// a frame within [`SEND_TIMEOUT`] is dropped.
+async fn stream_changes(state: ApiState, mut socket: WebSocket) -> Result<(), axum::Error> {
+    // Subscribed before the snapshot is taken: a change the snapshot
+    // misses (a counter created behind the chunker) arrives as a delta.
     let mut changes = state.replica.subscribe();
     let mut member_changes = state.gossip.member_changes();
-    let snapshot = |state: &ApiState| NodeEvent::Snapshot {
-        node: state.node.clone(),
-        state: state.replica.read().map.clone(),
-    };
     let members = |state: &ApiState| NodeEvent::Members {
         node: state.node.clone(),
         members: member_infos(state, true),
     };
-    if send_event(&mut socket, &snapshot(&state)).await.is_err()
-        || send_event(&mut socket, &members(&state)).await.is_err()
-    {
-        return;
-    }
+    send_snapshot(&state, &mut socket).await?;
+    send_event(&mut socket, &members(&state)).await?;
     loop {
         let event = tokio::select! {
             change = changes.recv() => match change {
@@ -434,28 +575,54 @@ async fn stream_changes(state: ApiState, mut socket: WebSocket) {
                     delta: change.delta.clone(),
                     via_gossip: change.from_peer.is_some(),
                 },
-                Err(RecvError::Lagged(_)) => snapshot(&state),
-                Err(RecvError::Closed) => return,
+                Err(RecvError::Lagged(_)) => {
+                    send_snapshot(&state, &mut socket).await?;
+                    continue;
+                }
+                Err(RecvError::Closed) => return Ok(()),
             },
             changed = member_changes.changed() => match changed {
                 Ok(()) => members(&state),
-                Err(_) => return,
+                Err(_) => return Ok(()),
             },
             incoming = socket.recv() => match incoming {
-                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return Ok(()),
                 Some(Ok(_)) => continue,
             },
         };
-        if send_event(&mut socket, &event).await.is_err() {
-            return;
-        }
+        send_event(&mut socket, &event).await?;
     }
 }
 
+/// The whole replica as `Snapshot` chunks of at most `stream_chunk_bytes`
+/// encoded, each taken under a short read lock: the map is never cloned
+/// whole, and no frame grows with the keyspace.
+async fn send_snapshot(state: &ApiState, socket: &mut WebSocket) -> Result<(), axum::Error> {
+    let mut chunker = SnapshotChunker::new();
+    let mut first = true;
+    while !chunker.is_done() {
+        let (chunk, last) = {
+            let replica = state.replica.read();
+            chunker.next_chunk(&replica.map, state.stream_chunk_bytes)
+        };
+        let event = NodeEvent::Snapshot {
+            node: state.node.clone(),
+            state: chunk,
+            first,
+            last,
+        };
+        send_event(socket, &event).await?;
+        first = false;
+    }
+    Ok(())
+}
+
 async fn send_event(socket: &mut WebSocket, event: &NodeEvent) -> Result<(), axum::Error> {
-    socket
-        .send(WsMessage::Binary(crdt_core::wire::encode(event).into()))
-        .await
+    let frame = WsMessage::Binary(crdt_core::wire::encode(event).into());
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(frame)).await {
+        Ok(sent) => sent,
+        Err(_) => Err(axum::Error::new("subscriber too slow: send timed out")),
+    }
 }
 
 #[cfg(test)]
@@ -482,5 +649,41 @@ mod tests {
         ] {
             assert!(parse_amount(bad.as_bytes()).is_err(), "{bad} was accepted");
         }
+    }
+
+    fn name(text: &str) -> CounterName {
+        CounterName::new(text).unwrap()
+    }
+
+    #[test]
+    fn the_counter_limit_refuses_only_new_names_and_counts_creations_in_flight() {
+        use crate::replica::ReplicaState;
+        let actor = crdt_core::ActorId::new("n1~1").unwrap();
+        let replica = Replica::new(actor.clone(), ReplicaState::default());
+        let _ = (replica.write().map).apply(&actor, &name("a"), Op::Increment(1));
+        let limit = CounterLimit::new(Some(2));
+        // An existing counter needs no room.
+        assert!(limit.admit(&replica, &name("a")).unwrap().is_none());
+        // One held, one being created: full, though the creation has not landed yet.
+        let creating = limit.admit(&replica, &name("b")).unwrap();
+        assert!(creating.is_some());
+        let refused = limit.admit(&replica, &name("c")).unwrap_err();
+        assert_eq!(refused.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(
+            refused.message.contains("--max-counters 2"),
+            "{}",
+            refused.message
+        );
+        // A creation that failed gives its room back.
+        drop(creating);
+        assert!(limit.admit(&replica, &name("c")).unwrap().is_some());
+        // Past the limit (by gossip), existing counters stay writable.
+        for extra in ["x", "y", "z"] {
+            let _ = (replica.write().map).apply(&actor, &name(extra), Op::Increment(1));
+        }
+        assert!(limit.admit(&replica, &name("z")).unwrap().is_none());
+        assert!(limit.admit(&replica, &name("new")).is_err());
+        let unlimited = CounterLimit::new(None);
+        assert!(unlimited.admit(&replica, &name("new")).unwrap().is_none());
     }
 }

@@ -25,6 +25,7 @@ use std::time::Duration;
 use std::iter::Peekable;
 
 use crdt_core::{ActorId, Change, CounterMap, CounterName, Watermarks};
+use futures_util::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -90,8 +91,11 @@ const MAX_HANDSHAKES: usize = 64;
 
 /// Where news learned from peers goes to be made durable.
 pub trait RemoteSink: Send + Sync + 'static {
-    /// Persists `news` (and the watermarks of a completed pull).
-    fn persist(&self, news: CounterMap, watermarks: Option<Watermarks>);
+    /// Persists `news` (and the watermarks of a completed pull). Resolves
+    /// once the sink has taken it: a sink that is behind makes the caller
+    /// (the connection's reader) wait, which slows the peer through TCP
+    /// instead of queueing without bound.
+    fn persist(&self, news: CounterMap, watermarks: Option<Watermarks>) -> BoxFuture<'_, ()>;
 }
 
 /// Since when a pull sent on a link waits for its answer (`None`: nothing pending).
@@ -464,7 +468,7 @@ impl<N: Network> Gossip<N> {
                         }
                     }
                 } else {
-                    self.handle(peer, message);
+                    self.handle(peer, message).await;
                 }
             }
         };
@@ -523,7 +527,7 @@ impl<N: Network> Gossip<N> {
 
     /// Handles one message from `peer` that needs no answer (pulls are
     /// answered by [`Gossip::answer_pull`], chunk by chunk).
-    pub fn handle(&self, peer: &str, message: Message) {
+    pub async fn handle(&self, peer: &str, message: Message) {
         match message {
             Message::Pull { members, .. } | Message::Ack { members } => {
                 self.add_members(&members, Source::Peer(peer))
@@ -534,13 +538,13 @@ impl<N: Network> Gossip<N> {
                 members,
             } => {
                 self.add_members(&members, Source::Peer(peer));
-                self.absorb(peer, &changes, done);
+                self.absorb(peer, &changes, done).await;
             }
-            Message::Delta { changes } => self.absorb(peer, &changes, None),
+            Message::Delta { changes } => self.absorb(peer, &changes, None).await,
         }
     }
 
-    fn absorb(&self, peer: &str, changes: &CounterMap, done: Option<Watermarks>) {
+    async fn absorb(&self, peer: &str, changes: &CounterMap, done: Option<Watermarks>) {
         let news = self.replica.merge_remote(changes, done.as_ref());
         if news.is_empty() && done.is_none() {
             return;
@@ -552,7 +556,7 @@ impl<N: Network> Gossip<N> {
             self.replica.publish(news.clone(), Some(peer.to_owned()));
         }
         if let Some(sink) = &self.sink {
-            sink.persist(news, done);
+            sink.persist(news, done).await;
         }
     }
 

@@ -9,10 +9,17 @@
 //! |------|---------------------------------------------|----------------------------------|
 //! | 1    | `(CounterName, ActorId, Entry)`             | one local operation              |
 //! | 2    | `(CounterMap, Option<Watermarks>)`          | news from a peer (+ watermarks)  |
-//! | snap | `(CounterMap, Watermarks)`                  | the whole replica                |
+//! | snap | `tag ‖ Watermarks ‖ chunk… ‖ []` ([`snapshot`]) | the whole replica, a chunk of counters at a time |
+//!
+//! (A snapshot written by an earlier version, `(CounterMap, Watermarks)`, is
+//! still read.)
+//!
+//! News larger than a record may hold (a catch-up chunk can be as large as a
+//! gossip frame) is split into several kind-2 records ([`merge_records`]); only
+//! the last carries the watermarks, so replay adopts them after every entry.
 use crdt_core::{ActorId, CounterMap, CounterName, Entry, Watermarks};
 
-use crate::replica::ReplicaState;
+use crate::replica::{Replica, ReplicaState};
 use crate::wal::{RecoveredRecord, WalError};
 
 /// A local operation's resulting entry.
@@ -46,9 +53,136 @@ pub fn merge_record(news: &CounterMap, watermarks: Option<&Watermarks>) -> Vec<u
     crdt_core::wire::encode(&(news, watermarks))
 }
 
-/// Payload of a snapshot.
-pub fn snapshot(state: &ReplicaState) -> Vec<u8> {
-    crdt_core::wire::encode(&(&state.map, &state.watermarks))
+/// Upper bound of the encoded bytes of one entry beyond its counter name and
+/// actor id: two u128 and one u64 varint (19 + 19 + 10) plus the length
+/// prefixes of the name, the actor and the counter's entry list.
+const ENTRY_OVERHEAD: usize = 64;
+/// Room kept in every chunk for the map's and the tuple's own framing.
+const CHUNK_SLACK: usize = 1024;
+
+/// Payloads of the [`KIND_MERGE`] records for `news`: one when it fits in
+/// `max` bytes, else several, each at most `max`. The watermarks go with the
+/// last one (or in a last record of their own when they do not fit beside
+/// it): replay is merge, and watermarks may only be adopted once every entry
+/// they vouch for is in. Fails only when the watermarks alone exceed `max`.
+pub fn merge_records(
+    news: &CounterMap,
+    watermarks: Option<&Watermarks>,
+    max: usize,
+) -> Result<Vec<Vec<u8>>, WalError> {
+    let whole = merge_record(news, watermarks);
+    if whole.len() <= max {
+        return Ok(vec![whole]);
+    }
+    let budget = max.saturating_sub(CHUNK_SLACK).max(1);
+    let mut records = Vec::new();
+    let mut chunk = CounterMap::new();
+    let mut chunk_bytes = 0;
+    for (name, actor, entry) in news.all_changes() {
+        let size = name.as_str().len() + actor.as_str().len() + ENTRY_OVERHEAD;
+        if !chunk.is_empty() && chunk_bytes + size > budget {
+            records.push(fitting(merge_record(&chunk, None), max)?);
+            chunk = CounterMap::new();
+            chunk_bytes = 0;
+        }
+        chunk.merge_entry(&name, &actor, entry);
+        chunk_bytes += size;
+    }
+    let last = merge_record(&chunk, watermarks);
+    if last.len() <= max {
+        records.push(last);
+    } else {
+        records.push(fitting(merge_record(&chunk, None), max)?);
+        records.push(fitting(merge_record(&CounterMap::new(), watermarks), max)?);
+    }
+    Ok(records)
+}
+
+fn fitting(payload: Vec<u8>, max: usize) -> Result<Vec<u8>, WalError> {
+    if payload.len() > max {
+        return Err(WalError::RecordTooLarge {
+            len: payload.len(),
+            max,
+        });
+    }
+    Ok(payload)
+}
+
+/// First value of a chunked snapshot. A whole-map snapshot (the earlier
+/// format, still read) starts with its number of counters, which can never
+/// be this.
+const CHUNKED_SNAPSHOT_TAG: u64 = u64::MAX - 1;
+/// Counters encoded per read-lock hold while a snapshot is taken.
+pub const SNAPSHOT_CHUNK_COUNTERS: usize = 4096;
+
+/// Payload of a snapshot of `replica`, encoded a chunk of counters at a
+/// time so the replica's lock is never held for long (writers and merges go
+/// on between chunks):
+///
+/// ```text
+/// tag u64 ‖ Watermarks ‖ chunk … ‖ empty chunk      (each a postcard value;
+/// chunk = [(CounterName, [(ActorId, Entry)])], in name order, disjoint)
+/// ```
+///
+/// Sound although the replica changes meanwhile: the watermarks are read
+/// first and entries only grow, so they never claim more than the chunks
+/// hold; every record before the log rotation is already in the replica,
+/// so every chunk covers it; and what a chunk holds beyond it is replayed
+/// again from later segments, harmlessly (replay is merge).
+pub fn snapshot(replica: &Replica) -> Vec<u8> {
+    let mut payload = crdt_core::wire::encode(&CHUNKED_SNAPSHOT_TAG);
+    payload.extend(crdt_core::wire::encode(&replica.read().watermarks));
+    let mut after: Option<CounterName> = None;
+    loop {
+        let state = replica.read();
+        let chunk: Vec<(&CounterName, Vec<(&ActorId, &Entry)>)> = state
+            .map
+            .page("", after.as_ref().map(CounterName::as_str))
+            .take(SNAPSHOT_CHUNK_COUNTERS)
+            .map(|(name, counter)| (name, counter.entries().collect()))
+            .collect();
+        payload.extend(crdt_core::wire::encode(&chunk));
+        let Some((last, _)) = chunk.last() else {
+            return payload;
+        };
+        after = Some((*last).clone());
+    }
+}
+
+/// Merges a snapshot payload (either format) into `state`.
+fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_core::CrdtError> {
+    let (tag, rest) = crdt_core::wire::take::<u64>(payload)?;
+    if tag != CHUNKED_SNAPSHOT_TAG {
+        let (map, watermarks): (CounterMap, Watermarks) = crdt_core::wire::decode(payload)?;
+        // The snapshot comes first, into an empty replica: take it as
+        // decoded rather than merging a million entries a second time.
+        if state.map.is_empty() {
+            state.map = map;
+        } else {
+            state.map.merge(&map);
+        }
+        state.watermarks.raise_all(&watermarks);
+        return Ok(());
+    }
+    let (watermarks, mut rest) = crdt_core::wire::take::<Watermarks>(rest)?;
+    loop {
+        let (chunk, after) =
+            crdt_core::wire::take::<Vec<(CounterName, Vec<(ActorId, Entry)>)>>(rest)?;
+        rest = after;
+        if chunk.is_empty() {
+            break;
+        }
+        for (name, entries) in chunk {
+            for (actor, entry) in entries {
+                state.map.merge_entry(&name, &actor, entry);
+            }
+        }
+    }
+    if !rest.is_empty() {
+        return Err(crdt_core::CrdtError::Decode("trailing bytes"));
+    }
+    state.watermarks.raise_all(&watermarks);
+    Ok(())
 }
 
 /// Applies one recovered record to `state`.
@@ -59,16 +193,7 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
     };
     match record {
         RecoveredRecord::Snapshot(payload) => {
-            let (map, watermarks): (CounterMap, Watermarks) =
-                crdt_core::wire::decode(payload).map_err(|e| undecodable("snapshot", e))?;
-            // The snapshot comes first, into an empty replica: take it as
-            // decoded rather than merging a million entries a second time.
-            if state.map.is_empty() {
-                state.map = map;
-            } else {
-                state.map.merge(&map);
-            }
-            state.watermarks.raise_all(&watermarks);
+            replay_snapshot(state, payload).map_err(|e| undecodable("snapshot", e))?;
         }
         RecoveredRecord::Entry {
             kind: KIND_LOCAL,
@@ -98,4 +223,181 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn news(counters: usize, actors: usize) -> CounterMap {
+        let mut map = CounterMap::new();
+        for c in 0..counters {
+            let name =
+                CounterName::new(&format!("counter-{c:05}-{}", "x".repeat(c % 100))).unwrap();
+            for a in 0..actors {
+                let actor = ActorId::new(&format!("node-{a}~inc")).unwrap();
+                let n = (c * actors + a) as u64;
+                let entry = Entry {
+                    inc: u128::from(n) * 1_000_003,
+                    dec: u128::from(n % 7),
+                    seq: n + 1,
+                };
+                map.merge_entry(&name, &actor, entry);
+            }
+        }
+        map
+    }
+
+    fn watermarks(actors: usize) -> Watermarks {
+        let mut watermarks = Watermarks::new();
+        for a in 0..actors {
+            watermarks.raise(
+                &ActorId::new(&format!("node-{a}~inc")).unwrap(),
+                1000 + a as u64,
+            );
+        }
+        watermarks
+    }
+
+    /// Replays `records` into an empty state, checking what is adopted when.
+    fn replayed(records: &[Vec<u8>]) -> ReplicaState {
+        let mut state = ReplicaState::default();
+        for (i, payload) in records.iter().enumerate() {
+            replay(
+                &mut state,
+                RecoveredRecord::Entry {
+                    kind: KIND_MERGE,
+                    payload,
+                },
+            )
+            .unwrap();
+            if i + 1 < records.len() {
+                assert!(
+                    state.watermarks.is_empty(),
+                    "watermarks adopted before the last record"
+                );
+            }
+        }
+        state
+    }
+
+    #[test]
+    fn small_news_is_one_record() {
+        let news = news(10, 2);
+        let records = merge_records(&news, Some(&watermarks(2)), MAX).unwrap();
+        assert_eq!(records, vec![merge_record(&news, Some(&watermarks(2)))]);
+    }
+
+    const MAX: usize = crate::wal::MAX_RECORD_PAYLOAD;
+
+    #[test]
+    fn big_news_is_split_under_the_limit_with_the_watermarks_last() {
+        let news = news(3000, 3);
+        let max = 16 << 10;
+        let records = merge_records(&news, Some(&watermarks(3)), max).unwrap();
+        assert!(records.len() > 10, "{} records", records.len());
+        assert!(records.iter().all(|r| r.len() <= max));
+        let state = replayed(&records);
+        assert_eq!(state.map, news);
+        assert_eq!(state.watermarks, watermarks(3));
+    }
+
+    #[test]
+    fn watermarks_that_do_not_fit_beside_the_last_chunk_get_their_own_record() {
+        let news = news(400, 1);
+        let wide = watermarks(300);
+        let max = merge_record(&CounterMap::new(), Some(&wide)).len() + 64;
+        let records = merge_records(&news, Some(&wide), max).unwrap();
+        assert!(records.iter().all(|r| r.len() <= max));
+        let (map, last): (CounterMap, Option<Watermarks>) =
+            crdt_core::wire::decode(records.last().unwrap()).unwrap();
+        assert!(map.is_empty() && last == Some(wide.clone()));
+        let state = replayed(&records);
+        assert_eq!((state.map, state.watermarks), (news, wide));
+    }
+
+    #[test]
+    fn watermarks_over_the_limit_alone_are_refused_not_fatal() {
+        let wide = watermarks(300);
+        let error = merge_records(&news(400, 1), Some(&wide), 1024).unwrap_err();
+        assert!(matches!(error, WalError::RecordTooLarge { .. }));
+        assert!(!error.is_fatal());
+    }
+
+    fn replica_of(map: CounterMap) -> Replica {
+        let actor = ActorId::new("node-0~inc").unwrap();
+        let mut watermarks = Watermarks::new();
+        watermarks.raise(&actor, 7);
+        Replica::new(actor, ReplicaState { map, watermarks })
+    }
+
+    fn from_snapshot(payload: &[u8]) -> ReplicaState {
+        let mut state = ReplicaState::default();
+        replay(&mut state, RecoveredRecord::Snapshot(payload)).unwrap();
+        state
+    }
+
+    #[test]
+    fn a_chunked_snapshot_replays_to_the_same_replica() {
+        let map = news(3 * SNAPSHOT_CHUNK_COUNTERS + 17, 2);
+        let replica = replica_of(map.clone());
+        let state = from_snapshot(&snapshot(&replica));
+        assert_eq!(state.map, map);
+        assert_eq!(state.map.digest(), map.digest());
+        assert_eq!(state.watermarks, replica.read().watermarks);
+        let empty = from_snapshot(&snapshot(&replica_of(CounterMap::new())));
+        assert!(empty.map.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_of_the_earlier_format_is_still_read() {
+        let map = news(50, 3);
+        let mut watermarks = Watermarks::new();
+        watermarks.raise(&ActorId::new("node-1~inc").unwrap(), 9);
+        let old = crdt_core::wire::encode(&(&map, &watermarks));
+        let state = from_snapshot(&old);
+        assert_eq!((state.map, state.watermarks), (map, watermarks));
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_writes_go_on_holds_everything_from_before() {
+        let replica = std::sync::Arc::new(replica_of(news(4 * SNAPSHOT_CHUNK_COUNTERS, 1)));
+        let before = replica.read().map.clone();
+        let writing = {
+            let replica = std::sync::Arc::clone(&replica);
+            std::thread::spawn(move || {
+                let actor = ActorId::new("node-9~late").unwrap();
+                for i in 0..2_000 {
+                    let name =
+                        CounterName::new(&format!("counter-{:05}", (i * 7) % 20_000)).unwrap();
+                    let _ = replica
+                        .write()
+                        .map
+                        .apply(&actor, &name, crdt_core::Op::Increment(1));
+                }
+            })
+        };
+        let payload = snapshot(&replica);
+        writing.join().unwrap();
+        let mut state = from_snapshot(&payload);
+        // Everything from before is there; merging what came later again changes nothing of it.
+        let mut with_before = state.map.clone();
+        with_before.merge(&before);
+        assert_eq!(
+            with_before, state.map,
+            "the snapshot lost entries it started with"
+        );
+        state.map.merge(&replica.read().map);
+        assert_eq!(state.map, replica.read().map);
+    }
+
+    #[test]
+    fn garbage_snapshots_are_errors_not_panics() {
+        let mut bad = crdt_core::wire::encode(&CHUNKED_SNAPSHOT_TAG);
+        bad.extend([1, 2, 3]);
+        for payload in [&bad[..], &[0xff; 3][..], &[][..]] {
+            let mut state = ReplicaState::default();
+            assert!(replay(&mut state, RecoveredRecord::Snapshot(payload)).is_err());
+        }
+    }
 }

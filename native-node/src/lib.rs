@@ -1,5 +1,6 @@
 //! The Tally node. See ARCHITECTURE.md for the map.
 pub mod api;
+pub mod data_dir;
 pub mod gossip;
 pub mod identity;
 pub mod journal;

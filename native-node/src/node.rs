@@ -8,12 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tally_protocol::access::{AccessPolicy, ApiTokens};
 use tally_protocol::cluster_key::ClusterKeys;
+use tally_protocol::http_server::{self, PerIpLimit, ServerLimits};
 use tally_protocol::request_auth::server::RequestVerifier;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState};
+use crate::data_dir::{DataDirError, DataDirLock};
 use crate::gossip::{Gossip, GossipConfig, RemoteSink};
-use crate::identity::{Identity, IdentityError};
+use crate::identity::{Identity, IdentityError, IdentityFile};
 use crate::journal::{self, JournalError};
 use crate::metrics::Metrics;
 use crate::protocol::MemberRecord;
@@ -58,6 +60,14 @@ pub struct NodeConfig {
     pub segment_bytes: u64,
     /// Snapshot after this many log bytes.
     pub snapshot_bytes: u64,
+    /// The HTTP server's bounds: connection cap, header/body/idle timeouts.
+    pub http: ServerLimits,
+    /// `--max-counters`: local writes may not create counters beyond this
+    /// many (merges from peers are never refused). `None`: unlimited.
+    pub max_counters: Option<usize>,
+    /// Largest encoded snapshot chunk on `/ws`
+    /// ([`tally_protocol::events::SNAPSHOT_CHUNK_BYTES`] by default).
+    pub stream_chunk_bytes: usize,
 }
 
 /// Why a node could not start.
@@ -73,6 +83,9 @@ pub enum NodeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Another process holds the data directory.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// The data directory's identity.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -104,6 +117,8 @@ pub async fn run(
     on_ready: impl FnOnce(&Running),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    // Before anything in the directory is read or changed; held until `run` returns.
+    let _lock = DataDirLock::acquire(&config.data_dir)?;
     let identity = Identity::load_or_create(&config.data_dir, config.id.as_deref())?;
     let started = std::time::Instant::now();
     let (wal, state) = recover(
@@ -113,6 +128,10 @@ pub async fn run(
         },
     )
     .await?;
+    // The incarnation survives only a clean stop; settled before any write.
+    let mut identity_file = IdentityFile::new(config.data_dir.clone(), identity);
+    identity_file.settle(&state.map, wal.truncated_tail())?;
+    let identity = identity_file.identity().clone();
     tracing::info!(
         node = %identity.id,
         actor = %identity.actor(),
@@ -138,6 +157,7 @@ pub async fn run(
         WriterConfig {
             snapshot_bytes: config.snapshot_bytes,
         },
+        identity_file,
     );
     let keys = match &config.cluster_keys {
         Some(keys) => GossipKeys::from_cluster(keys),
@@ -184,10 +204,11 @@ pub async fn run(
         ))
     };
 
+    let http_connections = Arc::clone(&metrics.http_connections);
     let app = api::router(ApiState {
         node: identity.id.clone(),
         replica,
-        writer,
+        writer: writer.clone(),
         gossip,
         metrics,
         allow_fault_injection: config.allow_fault_injection,
@@ -199,12 +220,22 @@ pub async fn run(
         }),
         cluster_keys: config.cluster_keys.clone(),
         subscribers: Arc::new(tokio::sync::Semaphore::new(api::MAX_SUBSCRIBERS)),
+        subscribers_per_ip: PerIpLimit::new(api::MAX_SUBSCRIBERS_PER_IP),
+        counter_limit: api::CounterLimit::new(config.max_counters),
+        stream_chunk_bytes: config.stream_chunk_bytes,
     });
     on_ready(&running);
     tracing::info!(node = %running.id, gossip = %running.gossip_addr, http = %running.http_addr, "node is serving");
-    axum::serve(http_listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    http_server::serve(
+        http_listener,
+        app,
+        config.http.clone(),
+        http_connections,
+        shutdown,
+    )
+    .await?;
+    // Syncs and records the clean stop while the directory is still locked.
+    writer.shutdown().await;
     if let Some(registration) = registration {
         registration.leave().await;
     }

@@ -33,7 +33,8 @@ pub struct ReplicaState {
 
 /// The shared replica of one node.
 pub struct Replica {
-    actor: ActorId,
+    /// Changes only when the writer moves to a new incarnation.
+    actor: RwLock<ActorId>,
     state: RwLock<ReplicaState>,
     changes: broadcast::Sender<Arc<ChangeEvent>>,
 }
@@ -43,15 +44,27 @@ impl Replica {
     pub fn new(actor: ActorId, state: ReplicaState) -> Self {
         let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
         Self {
-            actor,
+            actor: RwLock::new(actor),
             state: RwLock::new(state),
             changes,
         }
     }
 
-    /// The actor this node writes as.
-    pub fn actor(&self) -> &ActorId {
-        &self.actor
+    /// The actor this node writes as now.
+    pub fn actor(&self) -> ActorId {
+        self.actor
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Moves to a new actor (a new incarnation). Only the writer calls it,
+    /// after the new incarnation is durable and before it stamps anything with it.
+    pub(crate) fn set_actor(&self, actor: ActorId) {
+        *self
+            .actor
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = actor;
     }
 
     /// Shared access. A poisoned lock means a panic elsewhere already broke

@@ -10,22 +10,37 @@
 //! cost of one fsync.
 //!
 //! News from peers is appended too, but not waited for: it is synced by the
-//! next batch or within [`FLUSH_DELAY`], whichever comes first.
+//! next batch or within [`FLUSH_DELAY`], whichever comes first. News larger
+//! than a WAL record is split into several ([`journal::merge_records`]).
+//!
+//! A fatal WAL failure (a failed write or fsync: [`WalError::is_fatal`])
+//! disables writes for good and [`WriterHandle::refusal`] says why (`/health`
+//! answers 503 with it); any other failure fails only the operation that met
+//! it. Peers showing this node's actor further along than its own log (a
+//! rolled-back data directory) move the node to a new incarnation before it
+//! stamps anything else. A [clean shutdown](WriterHandle::shutdown) syncs and
+//! records the clean-stop marker that lets the next start keep the actor.
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crdt_core::{CounterMap, CounterName, CrdtError, Entry, Op, PnCounter, Watermarks};
-use tokio::sync::{mpsc, oneshot};
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use crate::gossip::RemoteSink;
+use crate::identity::IdentityFile;
 use crate::journal;
 use crate::metrics::Metrics;
 use crate::replica::Replica;
-use crate::wal::{SnapshotTicket, Wal, WalError};
+use crate::wal::{SnapshotTicket, Wal, WalError, MAX_RECORD_PAYLOAD};
+
+/// Entries of peers' news waiting for the writer before gossip readers wait
+/// too (back-pressure): bounds the writer's memory for news, whatever peers send.
+const REMOTE_BACKLOG_ENTRIES: usize = 1 << 20;
 
 /// Longest a peer's news waits in memory before it is synced.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(100);
@@ -33,6 +48,8 @@ pub const FLUSH_DELAY: Duration = Duration::from_millis(100);
 const MAX_BATCH: usize = 8192;
 /// Requests waiting for the writer before callers are pushed back.
 const QUEUE: usize = 65_536;
+/// After a snapshot could not be started or written, the next attempt waits this long.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a write was not acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +57,9 @@ pub enum WriteError {
     /// The operation is invalid (zero amount, overflow).
     #[error(transparent)]
     Invalid(#[from] CrdtError),
-    /// The WAL failed; the node refuses writes rather than acknowledge what it cannot keep.
-    #[error("storage failure, writes are disabled: {0}")]
+    /// The write was not made durable: either writes are disabled (a WAL
+    /// failure, see [`WriterHandle::refusal`]) or this batch alone failed.
+    #[error("storage failure: {0}")]
     Storage(String),
     /// The node is shutting down.
     #[error("node is shutting down")]
@@ -57,7 +75,11 @@ enum Request {
     Remote {
         news: CounterMap,
         watermarks: Option<Watermarks>,
+        /// Holds this news's share of [`REMOTE_BACKLOG_ENTRIES`] until appended.
+        _backlog: OwnedSemaphorePermit,
     },
+    /// Sync, finish, record the clean stop, then answer.
+    Stop { done: oneshot::Sender<()> },
 }
 
 /// Tuning of the write path.
@@ -67,11 +89,34 @@ pub struct WriterConfig {
     pub snapshot_bytes: u64,
 }
 
+/// Why writes are refused right now; shared by the writer and its handles.
+#[derive(Debug, Default)]
+struct Refusal(Mutex<Option<String>>);
+
+impl Refusal {
+    fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set(&self, reason: Option<String>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = reason;
+    }
+}
+
 /// Sends writes to the writer task.
 #[derive(Clone)]
 pub struct WriterHandle {
     queue: mpsc::Sender<Request>,
+    /// Unbounded as a channel; bounded by `remote_backlog`'s permits.
     remote: mpsc::UnboundedSender<Request>,
+    remote_backlog: Arc<Semaphore>,
+    refusal: Arc<Refusal>,
 }
 
 impl WriterHandle {
@@ -84,36 +129,82 @@ impl WriterHandle {
             .map_err(|_| WriteError::ShuttingDown)?;
         answer.await.map_err(|_| WriteError::ShuttingDown)?
     }
-}
 
-impl RemoteSink for WriterHandle {
-    fn persist(&self, news: CounterMap, watermarks: Option<Watermarks>) {
-        // Unbounded because gossip handling must not block on disk; the
-        // volume is bounded by what peers can send through frame limits.
-        let _ = self.remote.send(Request::Remote { news, watermarks });
+    /// Why the writer refuses writes now (a WAL failure, an incarnation that
+    /// could not be renewed), `None` while it accepts them.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal.get()
+    }
+
+    /// Stops the writer: commits what is queued, syncs, finishes a running
+    /// snapshot and, when the log is healthy, records a clean stop (so the
+    /// next start keeps this incarnation). Later writes get
+    /// [`WriteError::ShuttingDown`]; later peer news is dropped.
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.queue.send(Request::Stop { done }).await.is_ok() {
+            let _ = finished.await;
+        }
     }
 }
 
-/// Starts the writer task over an opened `wal`.
+impl RemoteSink for WriterHandle {
+    fn persist(&self, news: CounterMap, watermarks: Option<Watermarks>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Waits while the writer holds too much unwritten news: the
+            // gossip reader stops reading, and TCP slows the peer.
+            let entries = news.entry_count().clamp(1, REMOTE_BACKLOG_ENTRIES) as u32;
+            let Ok(backlog) = Arc::clone(&self.remote_backlog)
+                .acquire_many_owned(entries)
+                .await
+            else {
+                return;
+            };
+            let request = Request::Remote {
+                news,
+                watermarks,
+                _backlog: backlog,
+            };
+            // An error only means the writer has stopped.
+            let _ = self.remote.send(request);
+        })
+    }
+}
+
+/// Starts the writer task over an opened `wal`, writing as the actor of
+/// `identity` (which must be the replica's).
 pub fn start(
     wal: Wal,
     replica: Arc<Replica>,
     metrics: Arc<Metrics>,
     config: WriterConfig,
+    identity: IdentityFile,
 ) -> WriterHandle {
     let (queue, local_rx) = mpsc::channel(QUEUE);
     let (remote, remote_rx) = mpsc::unbounded_channel();
+    let refusal = Arc::new(Refusal::default());
     record_wal_stats(&metrics, &wal);
+    let own_seq = replica.read().map.last_seq(replica.actor().as_str());
     let writer = Writer {
         wal: Some(wal),
         replica,
         metrics,
         config,
         failed: None,
+        renewal_failing: None,
+        refusal: Arc::clone(&refusal),
         snapshot: None,
+        snapshot_retry_at: None,
+        identity,
+        own_seq,
     };
     tokio::spawn(writer.run(local_rx, remote_rx));
-    WriterHandle { queue, remote }
+    WriterHandle {
+        queue,
+        remote,
+        remote_backlog: Arc::new(Semaphore::new(REMOTE_BACKLOG_ENTRIES)),
+        refusal,
+    }
 }
 
 struct Writer {
@@ -121,10 +212,22 @@ struct Writer {
     replica: Arc<Replica>,
     metrics: Arc<Metrics>,
     config: WriterConfig,
+    /// Set by a fatal WAL failure: writes are refused for good.
     failed: Option<String>,
+    /// Set while a needed new incarnation could not be written: local writes
+    /// are refused until it can.
+    renewal_failing: Option<String>,
+    /// What handles see of the two above.
+    refusal: Arc<Refusal>,
     /// A snapshot being encoded and written off this task, so batches keep
     /// committing meanwhile.
     snapshot: Option<JoinHandle<SnapshotResult>>,
+    /// No snapshot is started before this (after one failed).
+    snapshot_retry_at: Option<Instant>,
+    identity: IdentityFile,
+    /// The highest seq this node stamped, durably, as its current actor.
+    /// The replica holding a higher one for that actor proves a rollback.
+    own_seq: u64,
 }
 
 /// What the snapshot task hands back: the ticket to finish it with.
@@ -179,77 +282,180 @@ impl Writer {
                 request = local.recv() => match request { Some(r) => r, None => break },
                 Some(request) = remote.recv() => request,
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match local.try_recv().or_else(|_| remote.try_recv()) {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
+            let mut batch = Vec::new();
+            let mut stop = None;
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Stop { done } => stop = Some(done),
+                    request => batch.push(request),
+                }
+                if stop.is_none() && batch.len() < MAX_BATCH {
+                    next = local.try_recv().or_else(|_| remote.try_recv()).ok();
                 }
             }
-            match self.commit(batch).await {
-                Unsynced::Appended => {
-                    unsynced_since.get_or_insert_with(Instant::now);
+            if !batch.is_empty() {
+                match self.commit(batch).await {
+                    Unsynced::Appended => {
+                        unsynced_since.get_or_insert_with(Instant::now);
+                    }
+                    Unsynced::AllSynced => unsynced_since = None,
+                    // A batch of refused writes touches nothing: news appended
+                    // earlier keeps its deadline.
+                    Unsynced::Unchanged => {}
                 }
-                Unsynced::AllSynced => unsynced_since = None,
-                // A batch of refused writes touches nothing: news appended
-                // earlier keeps its deadline.
-                Unsynced::Unchanged => {}
+                // Any node, not only one taking local writes, keeps its log
+                // bounded: a follower's log grows by peers' news alone.
+                self.maybe_snapshot().await;
             }
-            // Any node, not only one taking local writes, keeps its log
-            // bounded: a follower's log grows by peers' news alone.
-            self.maybe_snapshot().await;
+            if let Some(done) = stop {
+                self.stop().await;
+                let _ = done.send(());
+                return;
+            }
         }
-        self.sync_only().await;
+        self.stop().await;
+    }
+
+    /// The last work: sync, finish the snapshot, record a clean stop if the
+    /// log vouches for everything this actor wrote.
+    async fn stop(&mut self) {
+        let synced = self.with_wal(|wal| wal.sync().map(|_| ())).await;
         if let Some(task) = self.snapshot.take() {
             self.finish_snapshot(task.await).await;
+        }
+        if let Err(reason) = synced {
+            tracing::warn!(%reason, "no clean stop recorded: the next start takes a new incarnation");
+            return;
+        }
+        if self.rolled_back() {
+            tracing::warn!(
+                "no clean stop recorded: peers hold this actor further along than its log"
+            );
+            return;
+        }
+        let (identity, last_seq) = (self.identity.clone(), self.own_seq);
+        let marked = tokio::task::spawn_blocking(move || identity.mark_clean_stop(last_seq)).await;
+        match marked {
+            Ok(Ok(())) => tracing::info!(last_seq, "clean stop recorded"),
+            Ok(Err(error)) => tracing::warn!(%error, "no clean stop recorded"),
+            Err(panic) => tracing::warn!(%panic, "no clean stop recorded"),
         }
     }
 
     /// Commits one batch: appends its records and, when it holds local
     /// writes, syncs and acknowledges them.
     async fn commit(&mut self, batch: Vec<Request>) -> Unsynced {
+        if self.rolled_back() {
+            self.renew_incarnation().await;
+        }
         let (pending, records) = self.prepare(batch);
         if pending.is_empty() {
             if records.is_empty() {
                 return Unsynced::Unchanged;
             }
-            let appended = self.with_wal(move |wal| append_all(wal, &records)).await;
+            let appended = self
+                .with_wal(move |wal| wal.append_batch(as_slices(&records)))
+                .await;
             return match appended {
                 Ok(()) => Unsynced::Appended,
                 // The log is disabled: there is nothing left to flush.
-                Err(_) => Unsynced::AllSynced,
+                Err(_) if self.failed.is_some() => Unsynced::AllSynced,
+                Err(_) => Unsynced::Unchanged,
             };
         }
         let synced = self
             .with_wal(move |wal| {
-                append_all(wal, &records)?;
+                wal.append_batch(as_slices(&records))?;
                 wal.sync().map(|_| ())
             })
             .await;
         match synced {
-            Ok(()) => self.apply(pending),
+            Ok(()) => {
+                self.apply(pending);
+                Unsynced::AllSynced
+            }
             Err(error) => {
                 for p in pending {
                     let _ = p.reply.send(Err(WriteError::Storage(error.clone())));
                 }
+                // Refused whole (nothing of it buffered): earlier news waits on.
+                if self.failed.is_some() {
+                    Unsynced::AllSynced
+                } else {
+                    Unsynced::Unchanged
+                }
             }
         }
-        Unsynced::AllSynced
+    }
+
+    /// True when the replica holds the current actor at a seq this node never
+    /// wrote: the data directory was rolled back (restored from a copy) and
+    /// peers hold what it lost. Writing on as that actor would reuse seqs
+    /// whose higher totals peers already hold, hiding the new writes.
+    fn rolled_back(&self) -> bool {
+        let actor = self.replica.actor();
+        self.replica.read().map.last_seq(actor.as_str()) > self.own_seq
+    }
+
+    /// Moves to a new incarnation, durable before anything is stamped with it.
+    async fn renew_incarnation(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        let old = self.replica.actor();
+        let seen = self.replica.read().map.last_seq(old.as_str());
+        let mut identity = self.identity.clone();
+        let renewed =
+            tokio::task::spawn_blocking(move || identity.renew().map(|actor| (identity, actor)))
+                .await;
+        match renewed {
+            Ok(Ok((identity, new))) => {
+                tracing::warn!(%old, %new, own_seq = self.own_seq, seen,
+                    "peers hold this actor beyond this node's log (a rolled-back data directory): moved to a new incarnation");
+                self.identity = identity;
+                self.replica.set_actor(new);
+                // A new incarnation has written nothing yet.
+                self.own_seq = 0;
+                self.renewal_failing = None;
+            }
+            Ok(Err(error)) => self.renewal_failed(error.to_string()),
+            Err(panic) => self.renewal_failed(panic.to_string()),
+        }
+        self.refusal
+            .set(self.failed.clone().or_else(|| self.renewal_failing.clone()));
+    }
+
+    fn renewal_failed(&mut self, error: String) {
+        tracing::error!(%error, "cannot start a new incarnation; local writes wait until it can");
+        self.renewal_failing = Some(format!(
+            "writes are held: this node's log was rolled back and a new incarnation cannot be written: {error}"
+        ));
     }
 
     /// Validates and stamps local operations against the replica plus this
     /// batch's earlier operations; encodes every record.
     fn prepare(&self, batch: Vec<Request>) -> (Vec<Pending>, Vec<(u8, Vec<u8>)>) {
-        let actor = self.replica.actor().clone();
+        let actor = self.replica.actor();
         let state = self.replica.read();
-        let mut seq = state.map.last_seq(actor.as_str());
+        // Checked again under the lock that stamping reads: gossip may have
+        // merged proof of a rollback since `commit` looked.
+        let refused = self.failed.clone().or_else(|| {
+            (state.map.last_seq(actor.as_str()) > self.own_seq).then(|| {
+                self.renewal_failing.clone().unwrap_or_else(|| {
+                    "this node's log was rolled back; retry once it moved to a new incarnation"
+                        .to_owned()
+                })
+            })
+        });
+        let mut seq = self.own_seq;
         let mut touched: HashMap<CounterName, PnCounter> = HashMap::new();
         let mut pending = Vec::new();
         let mut records = Vec::with_capacity(batch.len());
         for request in batch {
             match request {
                 Request::Local { name, op, reply } => {
-                    if let Some(reason) = &self.failed {
+                    if let Some(reason) = &refused {
                         let _ = reply.send(Err(WriteError::Storage(reason.clone())));
                         continue;
                     }
@@ -277,30 +483,40 @@ impl Writer {
                         }
                     }
                 }
-                Request::Remote { news, watermarks } => {
-                    records.push((
-                        journal::KIND_MERGE,
-                        journal::merge_record(&news, watermarks.as_ref()),
-                    ));
+                Request::Remote {
+                    news, watermarks, ..
+                } => {
+                    match journal::merge_records(&news, watermarks.as_ref(), MAX_RECORD_PAYLOAD) {
+                        Ok(payloads) => {
+                            records.extend(payloads.into_iter().map(|p| (journal::KIND_MERGE, p)))
+                        }
+                        // Only watermarks wider than a record: the news stays in
+                        // memory, and a restart fetches it again by anti-entropy.
+                        Err(error) => tracing::warn!(%error, "peer news not journaled"),
+                    }
                 }
+                Request::Stop { .. } => {}
             }
         }
         (pending, records)
     }
 
     /// Makes durable local operations visible, publishes them, answers callers.
-    fn apply(&self, pending: Vec<Pending>) {
-        let actor = self.replica.actor().clone();
+    fn apply(&mut self, pending: Vec<Pending>) {
+        let actor = self.replica.actor();
         let mut delta = CounterMap::new();
         let mut values = Vec::with_capacity(pending.len());
+        if let Some(last) = pending.last() {
+            self.own_seq = self.own_seq.max(last.entry.seq);
+        }
         {
             let mut state = self.replica.write();
             for p in &pending {
                 state.map.merge_entry(&p.name, &actor, p.entry);
                 delta.merge_entry(&p.name, &actor, p.entry);
             }
-            let last = state.map.last_seq(actor.as_str());
-            state.watermarks.raise(&actor, last);
+            // Every one of this actor's changes up to here is in the map.
+            state.watermarks.raise(&actor, self.own_seq);
             for p in &pending {
                 values.push(state.map.value(p.name.as_str()).unwrap_or(0));
             }
@@ -328,6 +544,7 @@ impl Writer {
     /// later covers it. Replay is merging, so covering more is harmless.
     async fn maybe_snapshot(&mut self) {
         let due = self.snapshot.is_none()
+            && self.snapshot_retry_at.is_none_or(|at| Instant::now() >= at)
             && self
                 .wal
                 .as_ref()
@@ -335,12 +552,16 @@ impl Writer {
         if !due {
             return;
         }
-        let Ok(ticket) = self.with_wal(|wal| wal.begin_snapshot()).await else {
-            return;
+        let ticket = match self.with_wal(|wal| wal.begin_snapshot()).await {
+            Ok(ticket) => ticket,
+            Err(reason) => {
+                self.snapshot_failed(reason);
+                return;
+            }
         };
         let replica = Arc::clone(&self.replica);
         self.snapshot = Some(tokio::task::spawn_blocking(move || {
-            let payload = journal::snapshot(&replica.read());
+            let payload = journal::snapshot(&replica);
             ticket.write(&payload)?;
             Ok(ticket)
         }));
@@ -357,18 +578,25 @@ impl Writer {
         };
         match finished {
             Ok(()) => {
+                self.snapshot_retry_at = None;
                 self.metrics.snapshots.fetch_add(1, Relaxed);
                 tracing::info!("snapshot written, covered log segments removed");
             }
-            Err(error) => {
-                tracing::error!(%error, "snapshot failed; the log keeps growing until one succeeds")
-            }
+            Err(reason) => self.snapshot_failed(reason),
         }
     }
 
-    /// Runs blocking WAL work off the async threads. A failure disables
-    /// writes for good: after a failed fsync the kernel may have dropped
-    /// the dirty pages, so nothing written since can be trusted as durable.
+    fn snapshot_failed(&mut self, reason: String) {
+        if self.failed.is_none() {
+            tracing::warn!(%reason, "snapshot failed; the log keeps its segments and it is retried");
+            self.snapshot_retry_at = Some(Instant::now() + SNAPSHOT_RETRY);
+        }
+    }
+
+    /// Runs blocking WAL work off the async threads. A fatal failure
+    /// ([`WalError::is_fatal`]) disables writes for good: after a failed
+    /// fsync the kernel may have dropped the dirty pages, so nothing written
+    /// since can be trusted as durable. Any other failure fails this work only.
     async fn with_wal<T: Send + 'static>(
         &mut self,
         work: impl FnOnce(&mut Wal) -> Result<T, WalError> + Send + 'static,
@@ -388,15 +616,23 @@ impl Writer {
             Ok((wal, result)) => {
                 record_wal_stats(&self.metrics, &wal);
                 self.wal = Some(wal);
-                result.map_err(|error| self.fail(error.to_string()))
+                result.map_err(|error| {
+                    if error.is_fatal() {
+                        self.fail(error.to_string())
+                    } else {
+                        error.to_string()
+                    }
+                })
             }
             Err(panic) => Err(self.fail(format!("WAL task failed: {panic}"))),
         }
     }
 
-    fn fail(&mut self, reason: String) -> String {
-        tracing::error!(%reason, "WAL failure: refusing further writes");
+    fn fail(&mut self, error: String) -> String {
+        tracing::error!(%error, "WAL failure: refusing further writes");
+        let reason = format!("writes are disabled after a WAL failure: {error}");
         self.failed = Some(reason.clone());
+        self.refusal.set(Some(reason.clone()));
         reason
     }
 }
@@ -427,10 +663,10 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn append_all(wal: &mut Wal, records: &[(u8, Vec<u8>)]) -> Result<(), WalError> {
+fn as_slices(records: &[(u8, Vec<u8>)]) -> impl Iterator<Item = (u8, &[u8])> {
     records
         .iter()
-        .try_for_each(|(kind, payload)| wal.append(*kind, payload))
+        .map(|(kind, payload)| (*kind, payload.as_slice()))
 }
 
 #[cfg(test)]
@@ -440,17 +676,68 @@ mod tests {
     use crdt_core::{ActorId, Entry};
 
     use super::*;
+    use crate::identity::{CleanStop, Identity, CLEAN_STOP_FILE};
     use crate::replica::ReplicaState;
-    use crate::wal::WalOptions;
+    use crate::wal::{Faults, WalOptions};
 
-    fn started(dir: &Path, snapshot_bytes: u64) -> (WriterHandle, Arc<Metrics>) {
-        let wal = Wal::open(dir, WalOptions::default(), |_| Ok::<(), WalError>(())).unwrap();
-        let actor = ActorId::new("node-1~test").unwrap();
-        let replica = Arc::new(Replica::new(actor, ReplicaState::default()));
+    struct Started {
+        writer: WriterHandle,
+        metrics: Arc<Metrics>,
+        replica: Arc<Replica>,
+        faults: Arc<Faults>,
+    }
+
+    /// A writer over a new data directory `dir` (identity + `wal/`).
+    fn started(dir: &Path, snapshot_bytes: u64, segment_bytes: u64) -> Started {
+        let identity = Identity::load_or_create(dir, Some("node-1")).unwrap();
+        let options = WalOptions { segment_bytes };
+        let mut state = ReplicaState::default();
+        let wal = Wal::open(&dir.join("wal"), options, |record| {
+            journal::replay(&mut state, record).map_err(|e| WalError::Corrupt {
+                file: dir.into(),
+                offset: 0,
+                reason: e.to_string(),
+            })
+        })
+        .unwrap();
+        let faults = wal.faults();
         let metrics = Arc::new(Metrics::default());
         let config = WriterConfig { snapshot_bytes };
-        let handle = start(wal, replica, Arc::clone(&metrics), config);
-        (handle, metrics)
+        // As a node starts: settle the incarnation (removing the marker) first.
+        let mut identity = IdentityFile::new(dir.to_owned(), identity);
+        identity.settle(&state.map, wal.truncated_tail()).unwrap();
+        let replica = Arc::new(Replica::new(identity.identity().actor(), state));
+        let writer = start(
+            wal,
+            Arc::clone(&replica),
+            Arc::clone(&metrics),
+            config,
+            identity,
+        );
+        Started {
+            writer,
+            metrics,
+            replica,
+            faults,
+        }
+    }
+
+    /// What the log in `dir` replays to.
+    fn recovered(dir: &Path) -> ReplicaState {
+        let mut state = ReplicaState::default();
+        Wal::open(&dir.join("wal"), WalOptions::default(), |record| {
+            journal::replay(&mut state, record).map_err(|e| WalError::Corrupt {
+                file: dir.into(),
+                offset: 0,
+                reason: e.to_string(),
+            })
+        })
+        .unwrap();
+        state
+    }
+
+    fn name(text: &str) -> CounterName {
+        CounterName::new(text).unwrap()
     }
 
     /// One entry of peer news, as gossip would hand it over.
@@ -466,7 +753,7 @@ mod tests {
     }
 
     async fn eventually(mut holds: impl FnMut() -> bool) -> bool {
-        for _ in 0..100 {
+        for _ in 0..300 {
             if holds() {
                 return true;
             }
@@ -478,14 +765,14 @@ mod tests {
     #[tokio::test]
     async fn peer_news_is_synced_within_the_flush_delay_even_after_a_refused_write() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, metrics) = started(dir.path(), u64::MAX);
+        let Started {
+            writer, metrics, ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
         let fsyncs_before = metrics.wal_fsyncs.load(Relaxed);
-        writer.persist(news(0), None);
+        writer.persist(news(0), None).await;
         // Let the writer append the news in a batch of its own.
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let refused = writer
-            .write(CounterName::new("c").unwrap(), Op::Increment(0))
-            .await;
+        let refused = writer.write(name("c"), Op::Increment(0)).await;
         assert!(
             matches!(refused, Err(WriteError::Invalid(_))),
             "{refused:?}"
@@ -497,14 +784,206 @@ mod tests {
     #[tokio::test]
     async fn a_node_that_only_receives_peer_news_still_snapshots() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, metrics) = started(dir.path(), 4096);
+        let Started {
+            writer, metrics, ..
+        } = started(dir.path(), 4096, 64 << 20);
         for index in 0..400 {
-            writer.persist(news(index), None);
+            writer.persist(news(index), None).await;
         }
         let snapshotted = eventually(|| metrics.snapshots.load(Relaxed) > 0).await;
         assert!(
             snapshotted,
             "a follower's log grew past --snapshot-bytes without a snapshot"
         );
+    }
+
+    /// News larger than a WAL record (a catch-up chunk under a 64 MiB
+    /// `--max-frame`) used to disable writes for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peer_news_over_the_record_limit_is_split_and_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started {
+            writer, replica, ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
+        let peer = ActorId::new("node-2~peer").unwrap();
+        let mut big = CounterMap::new();
+        let mut index: u64 = 0;
+        while crdt_core::wire::encode(&(&big, None::<Watermarks>)).len() <= MAX_RECORD_PAYLOAD {
+            for _ in 0..20_000 {
+                index += 1;
+                let long = format!("{index:0>120}");
+                let entry = Entry {
+                    inc: u128::from(index),
+                    dec: 0,
+                    seq: index,
+                };
+                big.merge_entry(&name(&long), &peer, entry);
+            }
+        }
+        let mut watermarks = Watermarks::new();
+        watermarks.raise(&peer, index);
+        replica.merge_remote(&big, Some(&watermarks));
+        writer.persist(big.clone(), Some(watermarks.clone())).await;
+        assert_eq!(writer.write(name("c"), Op::Increment(2)).await.unwrap(), 2);
+        assert_eq!(writer.refusal(), None);
+        writer.shutdown().await;
+        let state = recovered(dir.path());
+        assert_eq!(state.map.entry_count(), big.entry_count() + 1);
+        assert_eq!(state.map.value("c"), Some(2));
+        assert_eq!(state.watermarks.get(peer.as_str()), index);
+    }
+
+    const EMFILE: i32 = 24;
+
+    /// Running out of file descriptors while the log rotates or snapshots
+    /// fails nothing durable: no write is refused, and the log goes on.
+    #[tokio::test]
+    async fn too_many_open_files_while_rotating_or_snapshotting_refuses_no_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started {
+            writer,
+            metrics,
+            faults,
+            ..
+        } = started(dir.path(), 2048, 256);
+        // Every segment rotation, snapshot file and retry for a while.
+        faults.fail_creates(40, EMFILE);
+        for i in 1..=200 {
+            let value = writer.write(name("c"), Op::Increment(1)).await;
+            assert_eq!(value.unwrap(), i, "write {i}");
+        }
+        assert_eq!(writer.refusal(), None);
+        assert_eq!(
+            faults.pending_creates(),
+            0,
+            "the log never tried to create a file"
+        );
+        // Once files can be created again, snapshots resume (after their retry delay).
+        let mut i = 200;
+        for _ in 0..300 {
+            if metrics.snapshots.load(Relaxed) > 0 {
+                break;
+            }
+            i += 1;
+            assert_eq!(writer.write(name("c"), Op::Increment(1)).await.unwrap(), i);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            metrics.snapshots.load(Relaxed) > 0,
+            "no snapshot after the fault cleared"
+        );
+        writer.shutdown().await;
+        assert_eq!(recovered(dir.path()).map.value("c"), Some(i));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_refuses_writes_for_good_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started { writer, faults, .. } = started(dir.path(), u64::MAX, 64 << 20);
+        assert_eq!(writer.write(name("c"), Op::Increment(1)).await.unwrap(), 1);
+        faults.fail_writes(1);
+        let failed = writer.write(name("c"), Op::Increment(1)).await;
+        assert!(matches!(failed, Err(WriteError::Storage(_))), "{failed:?}");
+        let reason = writer.refusal().expect("a refusal reason");
+        assert!(reason.contains("writes are disabled"), "{reason}");
+        let later = writer.write(name("c"), Op::Increment(1)).await;
+        assert!(matches!(later, Err(WriteError::Storage(_))), "{later:?}");
+        // No clean stop is recorded for a log that failed.
+        writer.shutdown().await;
+        assert!(!dir.path().join(CLEAN_STOP_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn a_clean_shutdown_records_the_incarnation_and_last_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started {
+            writer, replica, ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
+        for _ in 0..3 {
+            writer.write(name("c"), Op::Increment(1)).await.unwrap();
+        }
+        writer.shutdown().await;
+        let marker: CleanStop =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CLEAN_STOP_FILE)).unwrap())
+                .unwrap();
+        let actor = replica.actor();
+        assert_eq!(
+            marker,
+            CleanStop {
+                incarnation: actor.as_str().split('~').nth(1).unwrap().to_owned(),
+                last_seq: 3
+            }
+        );
+        let after = writer.write(name("c"), Op::Increment(1)).await;
+        assert!(matches!(after, Err(WriteError::ShuttingDown)), "{after:?}");
+    }
+
+    /// A peer holding this actor at a seq the node never wrote (its data
+    /// directory was restored from an older copy) moves the node to a new
+    /// incarnation before it acknowledges anything else.
+    #[tokio::test]
+    async fn peers_holding_this_actor_further_along_start_a_new_incarnation() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started {
+            writer, replica, ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
+        let old = replica.actor();
+        for _ in 0..2 {
+            writer.write(name("c"), Op::Increment(1)).await.unwrap();
+        }
+        // The lost timeline: this actor went on to seq 10 (10 increments).
+        let lost = CounterMap::single(
+            &name("c"),
+            &old,
+            Entry {
+                inc: 10,
+                dec: 0,
+                seq: 10,
+            },
+        );
+        let news = replica.merge_remote(&lost, None);
+        writer.persist(news, None).await;
+        assert_eq!(writer.write(name("c"), Op::Increment(5)).await.unwrap(), 15);
+        let new = replica.actor();
+        assert_ne!(new, old);
+        let counter = replica.read().map.get("c").cloned().unwrap();
+        assert_eq!(
+            counter.entry(new.as_str()).map(|e| (e.inc, e.seq)),
+            Some((5, 1))
+        );
+        assert_eq!(counter.entry(old.as_str()).map(|e| e.inc), Some(10));
+        // The new incarnation is durable: a restart writes as it.
+        let stored = Identity::load_or_create(dir.path(), None).unwrap();
+        assert_eq!(stored.actor(), new);
+        writer.shutdown().await;
+        let marker: CleanStop =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CLEAN_STOP_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(marker.incarnation, stored.incarnation);
+        assert_eq!(marker.last_seq, 1);
+        let state = recovered(dir.path());
+        assert_eq!(state.map.value("c"), Some(15));
+    }
+
+    #[tokio::test]
+    async fn peer_news_beyond_the_backlog_waits_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = started(dir.path(), u64::MAX, 64 << 20).writer;
+        // Hold every permit but one entry's worth: the next persist of two
+        // entries must wait until the writer frees some.
+        let held = Arc::clone(&writer.remote_backlog)
+            .acquire_many_owned((REMOTE_BACKLOG_ENTRIES - 1) as u32)
+            .await
+            .unwrap();
+        let mut two = news(0);
+        two.merge(&news(1));
+        let waiting = writer.persist(two, None);
+        tokio::pin!(waiting);
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut waiting).await;
+        assert!(early.is_err(), "news beyond the backlog was taken at once");
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the news was taken once the backlog emptied");
     }
 }

@@ -177,12 +177,11 @@ impl AccessPolicy {
         if !changes_something && self.is_signed_internally(method, path, query, headers) {
             return Ok(());
         }
-        let presented = bearer(headers).or_else(|| {
-            is_stream
-                .then(|| query.and_then(access_token_param))
-                .flatten()
-        });
-        let Some(token) = presented else {
+        let from_query = is_stream
+            .then(|| query.and_then(access_token_param))
+            .flatten();
+        let presented = bearer(headers).map(str::to_owned).or(from_query);
+        let Some(token) = presented.as_deref() else {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "this server needs an API token: Authorization: Bearer TOKEN",
@@ -263,10 +262,32 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn access_token_param(query: &str) -> Option<&str> {
-    query
+/// The `access_token` query parameter, percent-decoded (`None` when absent
+/// or not valid UTF-8 once decoded).
+fn access_token_param(query: &str) -> Option<String> {
+    let encoded = query
         .split('&')
-        .find_map(|pair| pair.strip_prefix("access_token="))
+        .find_map(|pair| pair.strip_prefix("access_token="))?;
+    let mut bytes = Vec::with_capacity(encoded.len());
+    let mut rest = encoded.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        match byte {
+            b'%' if tail.len() >= 2 => {
+                let hex = std::str::from_utf8(&tail[..2]).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = &tail[2..];
+            }
+            b'+' => {
+                bytes.push(b' ');
+                rest = tail;
+            }
+            _ => {
+                bytes.push(byte);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 /// Middleware applying an [`AccessPolicy`] to every request.
@@ -363,6 +384,16 @@ mod tests {
             401,
             "only streams read the query"
         );
+    }
+
+    #[test]
+    fn a_query_token_is_percent_decoded() {
+        assert_eq!(
+            access_token_param("a=1&access_token=x%2By%2F%3D").as_deref(),
+            Some("x+y/=")
+        );
+        assert_eq!(access_token_param("access_token=%zz"), None);
+        assert_eq!(access_token_param("prefix=a"), None);
     }
 
     #[test]

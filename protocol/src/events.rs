@@ -5,8 +5,29 @@
 //! with [`crdt_core::wire`]. States travel once, on connect; after that only
 //! deltas (the entries that changed) flow, so a large keyspace never
 //! crosses the wire per change.
+//!
+//! A whole state travels in chunks ([`NodeEvent::Snapshot`],
+//! [`ClusterEvent::NodeState`]), each at most [`SNAPSHOT_CHUNK_BYTES`]
+//! encoded (see [`SnapshotChunker`]), never as one frame: a node with a
+//! million counters would otherwise send one frame of tens of MiB, over any
+//! sane WebSocket frame limit. The first chunk replaces the receiver's copy
+//! of that node's state; every later chunk merges into it (a CRDT merge, so
+//! chunks and deltas interleave harmlessly); `last` marks the end.
 
-use crdt_core::CounterMap;
+use crdt_core::{ActorId, CounterMap, CounterName, Entry, PnCounter};
+
+/// Default size of one snapshot chunk: the encoded counter map of one
+/// `Snapshot`/`NodeState` event is at most this many bytes (the event adds
+/// at most [`CHUNK_ENVELOPE_BYTES`]).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Smallest chunk size [`SnapshotChunker`] honours: one entry (a 128-byte
+/// name, a 128-byte actor and three varints) always fits.
+pub const MIN_SNAPSHOT_CHUNK_BYTES: usize = 1024;
+
+/// What a `Snapshot`/`NodeState` event adds around its chunk: variant tag,
+/// node id (at most 64 bytes) and the two flags.
+pub const CHUNK_ENVELOPE_BYTES: usize = 128;
 
 /// A member as a node or the gateway sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -24,12 +45,18 @@ pub struct MemberInfo {
 /// Events on a node's `/ws`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum NodeEvent {
-    /// First message: the node's whole replica.
+    /// One chunk of the node's whole replica: sent first on connect, and
+    /// again to a subscriber that fell behind.
     Snapshot {
         /// The node's id.
         node: String,
-        /// Its full state.
+        /// Part of its state (at most the node's chunk size, encoded).
         state: CounterMap,
+        /// The first chunk: the receiver replaces its copy of this node's
+        /// state with it; later chunks merge into the copy.
+        first: bool,
+        /// The last chunk: the whole state has arrived.
+        last: bool,
     },
     /// Entries that changed at the node, by a local write or by gossip.
     Delta {
@@ -65,12 +92,18 @@ pub struct NodeHealth {
 /// Events on the gateway's `/ws`, for browsers.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ClusterEvent {
-    /// A node's whole replica (on browser connect, and when a node reconnects).
+    /// One chunk of a node's whole replica (on browser connect, and when a
+    /// node reconnects or resends its snapshot).
     NodeState {
         /// Which node.
         node: String,
-        /// Its full state.
+        /// Part of its state (at most the sender's chunk size, encoded).
         state: CounterMap,
+        /// The first chunk: replaces the browser's view of this node; later
+        /// chunks merge into it.
+        first: bool,
+        /// The last chunk: the whole state has arrived.
+        last: bool,
     },
     /// Entries that changed at one node.
     NodeDelta {
@@ -88,6 +121,118 @@ pub enum ClusterEvent {
         /// True when the gateway can crash/restart/partition nodes (demo mode).
         controls: bool,
     },
+}
+
+/// Cuts a counter map into chunks whose encoding stays under a size, one
+/// call at a time, so a sender can take each chunk under a short lock and
+/// send it before taking the next; the map may change in between.
+///
+/// Chunks are cut between entries (a counter with many actors may span
+/// chunks). Each is a sub-map of the map as it was when that chunk was
+/// taken, so merging every chunk of a pass yields at least every entry the
+/// map held when the pass began and never held entries it did not; a
+/// counter created behind the cursor mid-pass is missed, which is why a
+/// sender subscribes to changes *before* the first chunk.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotChunker {
+    /// The last entry handed out: the next chunk starts after it.
+    cursor: Option<(CounterName, ActorId)>,
+    done: bool,
+}
+
+impl SnapshotChunker {
+    /// A pass starting at the first counter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True once the last chunk was handed out.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The next chunk of `map`, at most `max_bytes` encoded (at least
+    /// [`MIN_SNAPSHOT_CHUNK_BYTES`]), and whether it is the last. An empty
+    /// map gives one empty, last chunk.
+    pub fn next_chunk(&mut self, map: &CounterMap, max_bytes: usize) -> (CounterMap, bool) {
+        let budget = max_bytes.max(MIN_SNAPSHOT_CHUNK_BYTES);
+        let start = self.cursor.clone();
+        let mut chunk = CounterMap::new();
+        // The empty map encodes as one varint: its length.
+        let mut size = varint_len(0);
+        let mut counters = 0u128;
+        // The rest of the counter the previous chunk stopped in, then every later counter.
+        let current = start
+            .as_ref()
+            .and_then(|(name, actor)| Some((name, map.get(name.as_str())?, Some(actor))));
+        let later = map
+            .page("", start.as_ref().map(|(name, _)| name.as_str()))
+            .map(|(name, counter)| (name, counter, None));
+        for (name, counter, after) in current.into_iter().chain(later) {
+            let entries = (counter.entries())
+                .filter(|(actor, _)| after.is_none_or(|after| actor.as_str() > after.as_str()));
+            // `taken`: entries of this counter already in the chunk.
+            for (taken, (actor, entry)) in (0u128..).zip(entries) {
+                let entry_bytes = entry_len(actor, entry);
+                let grows = if taken == 0 {
+                    // A new element of the map: name, entry list, one entry.
+                    str_len(name.as_str()) + varint_len(1) + entry_bytes + varint_len(counters + 1)
+                        - varint_len(counters)
+                } else {
+                    entry_bytes + varint_len(taken + 1) - varint_len(taken)
+                };
+                if size + grows > budget && !chunk.is_empty() {
+                    return (chunk, false);
+                }
+                chunk.merge_entry(name, actor, *entry);
+                size += grows;
+                if taken == 0 {
+                    counters += 1;
+                }
+                self.cursor = Some((name.clone(), actor.clone()));
+            }
+        }
+        self.done = true;
+        (chunk, true)
+    }
+}
+
+/// Every chunk of `map` at once: [`SnapshotChunker`] run to the end.
+pub fn snapshot_chunks(map: &CounterMap, max_bytes: usize) -> Vec<CounterMap> {
+    let mut chunker = SnapshotChunker::new();
+    let mut chunks = Vec::new();
+    while !chunker.is_done() {
+        chunks.push(chunker.next_chunk(map, max_bytes).0);
+    }
+    chunks
+}
+
+/// Bytes of a LEB128 varint (postcard's encoding of every integer here).
+fn varint_len(value: u128) -> usize {
+    let bits = 128 - value.leading_zeros() as usize;
+    bits.div_ceil(7).max(1)
+}
+
+/// Bytes of an encoded string: its length, then its bytes.
+fn str_len(text: &str) -> usize {
+    varint_len(text.len() as u128) + text.len()
+}
+
+/// Bytes of one encoded `(actor, entry)` pair.
+fn entry_len(actor: &ActorId, entry: &Entry) -> usize {
+    str_len(actor.as_str())
+        + varint_len(entry.inc)
+        + varint_len(entry.dec)
+        + varint_len(u128::from(entry.seq))
+}
+
+/// Bytes of one counter as a map encodes it (name, then its entries).
+pub fn encoded_counter_len(name: &CounterName, counter: &PnCounter) -> usize {
+    str_len(name.as_str())
+        + varint_len(counter.actors() as u128)
+        + (counter.entries())
+            .map(|(actor, entry)| entry_len(actor, entry))
+            .sum::<usize>()
 }
 
 #[cfg(test)]
@@ -113,6 +258,8 @@ mod tests {
             NodeEvent::Snapshot {
                 node: node.clone(),
                 state: map.clone(),
+                first: true,
+                last: false,
             },
             NodeEvent::Delta {
                 node: node.clone(),
@@ -133,6 +280,8 @@ mod tests {
             ClusterEvent::NodeState {
                 node: node.clone(),
                 state: map.clone(),
+                first: false,
+                last: true,
             },
             ClusterEvent::NodeDelta {
                 node: node.clone(),
@@ -152,6 +301,92 @@ mod tests {
         (node_events, cluster_events)
     }
 
+    /// Many actors on few counters, so counters span chunks.
+    fn a_wide_map(actors: u32, counters: u32) -> CounterMap {
+        let mut map = CounterMap::new();
+        for a in 0..actors {
+            let actor = ActorId::new(&format!("a-rather-long-actor-name-{a}~1")).unwrap();
+            for c in 0..counters {
+                let name = CounterName::new(&format!("counter-{c}")).unwrap();
+                let _ = map.apply(&actor, &name, Op::Increment(u64::from(a + c + 1)));
+            }
+        }
+        map
+    }
+
+    #[test]
+    fn chunk_sizes_are_computed_exactly() {
+        let map = a_wide_map(7, 50);
+        for (name, counter) in map.counters() {
+            let mut single = CounterMap::new();
+            for (actor, entry) in counter.entries() {
+                single.merge_entry(name, actor, *entry);
+            }
+            // The map's own length varint (1 byte for one counter) plus the counter.
+            let expected = wire::encode(&single).len() - 1;
+            assert_eq!(encoded_counter_len(name, counter), expected);
+        }
+        for max in [1024, 1500, 4096] {
+            let chunks = snapshot_chunks(&map, max);
+            assert!(chunks.len() > 1, "{max}: one chunk");
+            for chunk in &chunks {
+                assert!(wire::encode(chunk).len() <= max);
+            }
+        }
+    }
+
+    #[test]
+    fn a_counter_with_many_actors_spans_chunks() {
+        let map = a_wide_map(200, 1);
+        let chunks = snapshot_chunks(&map, 1024);
+        assert!(chunks.len() > 3, "{} chunks", chunks.len());
+        let mut merged = CounterMap::new();
+        for chunk in &chunks {
+            assert_eq!(chunk.len(), 1);
+            merged.merge(chunk);
+        }
+        assert_eq!(merged, map);
+    }
+
+    #[test]
+    fn an_empty_map_is_one_empty_last_chunk() {
+        let mut chunker = SnapshotChunker::new();
+        let (chunk, last) = chunker.next_chunk(&CounterMap::new(), 0);
+        assert!(chunk.is_empty() && last && chunker.is_done());
+    }
+
+    #[test]
+    fn a_map_changing_between_chunks_loses_nothing_it_held_at_the_start() {
+        let mut map = a_wide_map(3, 100);
+        let at_start = map.clone();
+        let mut chunker = SnapshotChunker::new();
+        let mut merged = CounterMap::new();
+        let writer = ActorId::new("late~1").unwrap();
+        let mut round = 0;
+        while !chunker.is_done() {
+            merged.merge(&chunker.next_chunk(&map, 1024).0);
+            // Writes land before and after the cursor while the pass runs.
+            for name in ["counter-0", "counter-50", "counter-99", "zzz", "aaa"] {
+                let name = CounterName::new(&format!("{name}-{round}")).unwrap();
+                let _ = map.apply(&writer, &name, Op::Increment(1));
+            }
+            round += 1;
+        }
+        let mut check = merged.clone();
+        assert!(
+            !check.merge(&at_start),
+            "a chunk lost an entry held at the start"
+        );
+        for (name, counter) in merged.counters() {
+            for (actor, entry) in counter.entries() {
+                assert_eq!(
+                    map.get(name.as_str()).and_then(|c| c.entry(actor.as_str())),
+                    Some(entry)
+                );
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn every_event_survives_the_wire(writes in prop::collection::vec(any::<(u8, u8, u32)>(), 0..20)) {
@@ -164,6 +399,29 @@ mod tests {
                 let decoded: ClusterEvent = wire::decode(&wire::encode(event)).unwrap();
                 prop_assert_eq!(&decoded, event);
             }
+        }
+
+        #[test]
+        fn a_map_cut_into_chunks_merges_back_into_the_same_map(
+            writes in prop::collection::vec(any::<(u8, u8, u32)>(), 0..300),
+            max_bytes in 0usize..4096,
+        ) {
+            let map = a_map(&writes);
+            let chunks = snapshot_chunks(&map, max_bytes);
+            let budget = max_bytes.max(MIN_SNAPSHOT_CHUNK_BYTES);
+            let mut merged = CounterMap::new();
+            for chunk in &chunks {
+                let encoded = wire::encode(chunk);
+                prop_assert!(encoded.len() <= budget, "{} > {budget}", encoded.len());
+                prop_assert!(!chunk.is_empty() || chunks.len() == 1);
+                let decoded: CounterMap = wire::decode(&encoded).unwrap();
+                merged.merge(&decoded);
+            }
+            prop_assert_eq!(&merged, &map);
+            prop_assert_eq!(merged.digest(), map.digest());
+            // No entry travels twice.
+            let sent: usize = chunks.iter().map(CounterMap::entry_count).sum();
+            prop_assert_eq!(sent, map.entry_count());
         }
 
         #[test]

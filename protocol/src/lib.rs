@@ -10,7 +10,10 @@
 //! - [`http_error`] (feature `http`): the JSON error body and request body
 //!   limit every HTTP server of the cluster answers with;
 //! - [`access`] (feature `http`): API tokens with roles, and the same-origin
-//!   rule, applied alike by nodes and gateways.
+//!   rule, applied alike by nodes and gateways;
+//! - [`http_server`] (feature `http`): the one HTTP server loop they all
+//!   run, with its connection cap, header/body/idle timeouts and per-address
+//!   limits.
 //!
 //! Gossip's own messages are not here: only nodes speak them, so they live
 //! with the node (`tally_node::protocol`).
@@ -28,6 +31,8 @@ pub mod health_proof;
 mod hex;
 #[cfg(feature = "http")]
 pub mod http_error;
+#[cfg(feature = "http")]
+pub mod http_server;
 pub mod node_id;
 #[cfg(feature = "auth")]
 pub mod request_auth;

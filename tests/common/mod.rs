@@ -635,3 +635,43 @@ impl Drop for GatewayProcess {
         kill_and_reap(&mut self.child);
     }
 }
+
+/// Like [`answers_ok`], for a server started with `--api-tokens-file`: the
+/// request carries `Authorization: Bearer token`.
+pub async fn answers_ok_as(url: &str, token: &str, timeout: Duration) -> bool {
+    let http = http();
+    wait_until(timeout, || {
+        let request = http.get(url).bearer_auth(token).send();
+        async move { matches!(request.await, Ok(r) if r.status().is_success()) }
+    })
+    .await
+}
+
+impl NodeProcess {
+    /// [`NodeProcess::wait_ready`] for a node started with
+    /// `--api-tokens-file`: asks `/health` with `token`.
+    pub async fn wait_ready_as(&self, token: &str) {
+        let ready = answers_ok_as(&self.url("/health"), token, Duration::from_secs(20)).await;
+        assert!(ready, "node {} did not become ready", self.id);
+    }
+}
+
+impl GatewayProcess {
+    /// Starts `tally gateway --addr <fresh port>` followed by `args` (its
+    /// nodes, discovery, tokens file…) and returns at once: the caller
+    /// waits for whatever readiness it needs.
+    pub fn spawn(args: &[String]) -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = ChildLog::new("gateway");
+        let child = tally_command(&log)
+            .args(["gateway", "--addr", &addr])
+            .args(args)
+            .spawn()
+            .expect("spawn tally gateway");
+        Self {
+            api: GatewayApi { addr },
+            child,
+            log,
+        }
+    }
+}

@@ -1,10 +1,12 @@
-//! The buttons' HTTP calls to the gateway, with `fetch`.
+//! The buttons' HTTP calls to the gateway, with `fetch` (carrying the
+//! page's API token, if it was opened with one: see [`crate::token`]).
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Request, RequestInit, Response};
 
 use crate::routes::{counter_path, demo_path, CounterAction, DemoAction};
+use crate::token;
 
 /// Why a button press did not work.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,12 @@ async fn post(path: &str, json_body: Option<&JsValue>) -> Result<Response, Actio
         request
             .headers()
             .set("Content-Type", "application/json")
+            .map_err(network)?;
+    }
+    if let Some(token) = token::page_token() {
+        request
+            .headers()
+            .set("Authorization", &token::authorization(&token))
             .map_err(network)?;
     }
     let window = web_sys::window().ok_or_else(|| ActionError::Network("no window".into()))?;

@@ -15,6 +15,7 @@ use crate::actions;
 use crate::observer::{LogKind, Observer};
 use crate::routes::{CounterAction, DemoAction};
 use crate::socket::{stream_url, Link, LinkState, Socket};
+use crate::token;
 use crate::view::{UiState, View, AMOUNTS};
 
 struct App {
@@ -115,6 +116,7 @@ fn connect(shared: &Shared) {
         Some(location) => stream_url(
             &location.protocol().unwrap_or_default(),
             &location.host().unwrap_or_default(),
+            token::page_token().as_deref(),
         ),
         None => return,
     };

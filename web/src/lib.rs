@@ -9,6 +9,7 @@
 //! - [`socket`] — the WebSocket link and its retry schedule;
 //! - [`observer`] — the model, pure Rust (no DOM), tested natively and in the browser;
 //! - [`routes`] — the gateway routes the buttons call;
+//! - [`token`] — the API token of a page opened as `/#token=TOKEN`;
 //! - [`format`] — numbers and durations as the page writes them;
 //! - `actions` (wasm) — the `fetch` calls behind the buttons;
 //! - `view` (wasm) — the DOM, redrawn at most once per animation frame;
@@ -20,6 +21,7 @@ pub mod format;
 pub mod observer;
 pub mod routes;
 pub mod socket;
+pub mod token;
 
 #[cfg(target_arch = "wasm32")]
 mod actions;

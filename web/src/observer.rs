@@ -6,8 +6,9 @@
 //!   Merging is idempotent and order-free, so duplicates, reordering and a
 //!   node's fresh state after a reconnect never lose anything; it only grows.
 //! - A node's view is its latest `NodeState` joined with every `NodeDelta`
-//!   since: a state *replaces* the view (the node says "this is all I have"),
-//!   a delta *merges* into it.
+//!   since. A state travels in chunks: its first chunk *replaces* the view
+//!   (the node says "this is all I have"), its later chunks and every delta
+//!   *merge* into it.
 //! - The cluster is converged when every healthy node's digest equals the
 //!   observer's. Digests are equal exactly for equal states (up to 64-bit
 //!   hash collisions), so this costs O(nodes), not O(keyspace).
@@ -202,7 +203,12 @@ impl Observer {
         // first and the last is the page catching up, not the cluster.
         let is_change = !matches!(event, ClusterEvent::NodeState { .. });
         match event {
-            ClusterEvent::NodeState { node, state } => self.node_state(&node, state, now_ms),
+            ClusterEvent::NodeState {
+                node,
+                state,
+                first,
+                last,
+            } => self.node_state(&node, state, first, last, now_ms),
             ClusterEvent::NodeDelta {
                 node,
                 delta,
@@ -220,20 +226,28 @@ impl Observer {
         self.revision += 1;
     }
 
-    fn node_state(&mut self, node: &str, state: CounterMap, now_ms: f64) {
+    fn node_state(&mut self, node: &str, state: CounterMap, first: bool, last: bool, now_ms: f64) {
         // A state's news is not "recent activity": on connect it is the whole history.
         self.merged.merge(&state);
+        let view = self.view_mut(node);
+        if first {
+            view.state = state;
+        } else {
+            view.state.merge(&state);
+        }
+        if !last {
+            return; // more chunks follow: one log line and one flash per state
+        }
+        view.touched(Update::Snapshot);
+        let (counters, entries) = (view.state.len(), view.state.entry_count());
         self.log.push(
             now_ms,
             LogKind::Snapshot {
                 node: node.to_owned(),
-                counters: state.len(),
-                entries: state.entry_count(),
+                counters,
+                entries,
             },
         );
-        let view = self.view_mut(node);
-        view.state = state;
-        view.touched(Update::Snapshot);
     }
 
     fn node_delta(&mut self, node: &str, delta: CounterMap, via_gossip: bool, now_ms: f64) {

@@ -3,6 +3,8 @@
 //! The retry schedule and the link's states are plain Rust (tested
 //! natively); the browser socket itself is wasm-only.
 
+use crate::routes::encode_segment;
+
 /// The first retry waits this long.
 pub const FIRST_RETRY_MS: u32 = 500;
 /// Retries never wait longer than this.
@@ -16,14 +18,22 @@ pub fn retry_delay_ms(failures: u32) -> u32 {
 }
 
 /// The gateway's stream at the page's own origin: `ws://host/ws`, or
-/// `wss://` when the page came over HTTPS.
-pub fn stream_url(page_protocol: &str, host: &str) -> String {
+/// `wss://` when the page came over HTTPS. With an API `token` (see
+/// [`crate::token`]), `?access_token=TOKEN`, percent-encoded, is appended:
+/// browsers cannot put an `Authorization` header on a WebSocket.
+pub fn stream_url(page_protocol: &str, host: &str, token: Option<&str>) -> String {
     let scheme = if page_protocol == "https:" {
         "wss"
     } else {
         "ws"
     };
-    format!("{scheme}://{host}/ws")
+    match token {
+        Some(token) => format!(
+            "{scheme}://{host}/ws?access_token={}",
+            encode_segment(token)
+        ),
+        None => format!("{scheme}://{host}/ws"),
+    }
 }
 
 /// What the page shows about its link.
@@ -188,12 +198,24 @@ mod tests {
     #[test]
     fn stream_url_follows_the_page_scheme() {
         assert_eq!(
-            stream_url("http:", "localhost:8080"),
+            stream_url("http:", "localhost:8080", None),
             "ws://localhost:8080/ws"
         );
         assert_eq!(
-            stream_url("https:", "tally.example"),
+            stream_url("https:", "tally.example", None),
             "wss://tally.example/ws"
+        );
+    }
+
+    #[test]
+    fn stream_url_carries_the_token_encoded() {
+        assert_eq!(
+            stream_url("http:", "localhost:8080", Some("reader-token-0123456789")),
+            "ws://localhost:8080/ws?access_token=reader-token-0123456789"
+        );
+        assert_eq!(
+            stream_url("https:", "tally.example", Some("a+b/c==&x=1 ü")),
+            "wss://tally.example/ws?access_token=a%2Bb%2Fc%3D%3D%26x%3D1%20%C3%BC"
         );
     }
 

@@ -4,7 +4,7 @@
 //! Runs natively (`cargo test -p tally-web`) and in headless Chromium
 //! (`wasm-pack test --headless --chrome --chromedriver /usr/bin/chromedriver web`).
 use crdt_core::{wire, ActorId, CounterMap, CounterName, Op};
-use tally_protocol::events::{ClusterEvent, NodeHealth};
+use tally_protocol::events::{snapshot_chunks, ClusterEvent, NodeHealth};
 use tally_web::observer::{Convergence, Health, LogKind, Observer, Tone, Update};
 use tally_web::socket::{retry_delay_ms, Link, LinkState, MAX_RETRY_MS};
 
@@ -54,7 +54,23 @@ impl Node {
         ClusterEvent::NodeState {
             node: self.id.clone(),
             state: self.state.clone(),
+            first: true,
+            last: true,
         }
+    }
+
+    /// Its state as the gateway sends a large one: chunks of at most `max_bytes`.
+    fn snapshot_in_chunks(&self, max_bytes: usize) -> Vec<ClusterEvent> {
+        let chunks = snapshot_chunks(&self.state, max_bytes);
+        let count = chunks.len();
+        (chunks.into_iter().enumerate())
+            .map(|(i, state)| ClusterEvent::NodeState {
+                node: self.id.clone(),
+                state,
+                first: i == 0,
+                last: i + 1 == count,
+            })
+            .collect()
     }
 }
 
@@ -139,6 +155,51 @@ fn out_of_order_and_duplicate_events_converge_to_one_view() {
         assert_eq!(observer.merged(), &truth, "seed {seed}");
         assert_eq!(observer.merged().digest(), truth.digest(), "seed {seed}");
     }
+}
+
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test)]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+fn a_state_in_chunks_replaces_the_view_at_its_first_chunk_only() {
+    let mut a = Node::new("a");
+    a.write("gone", Op::Increment(5));
+    let mut observer = Observer::new();
+    feed(&mut observer, &[a.snapshot()]);
+
+    // The node comes back as a new incarnation that lost its data, with a
+    // state too large for one chunk.
+    let mut reborn = Node {
+        id: "a".into(),
+        actor: ActorId::new("a~2").expect("valid"),
+        state: CounterMap::new(),
+    };
+    for i in 0..300 {
+        reborn.write(&format!("counter-{i}"), Op::Increment(i + 1));
+    }
+    reborn.write("default", Op::Increment(9));
+    let chunks = reborn.snapshot_in_chunks(1024);
+    assert!(chunks.len() > 3, "{} chunks", chunks.len());
+    let snapshots_logged = |observer: &Observer| {
+        (observer.log())
+            .filter(|e| matches!(e.kind, LogKind::Snapshot { .. }))
+            .count()
+    };
+    let logged_before = snapshots_logged(&observer);
+    feed(&mut observer, &chunks[..1]);
+    let view = observer.node("a").expect("known node");
+    assert_eq!(
+        view.value("gone"),
+        0,
+        "the first chunk did not replace the view"
+    );
+    assert_eq!(observer.value("gone"), 5, "the observer forgot what it saw");
+    feed(&mut observer, &chunks[1..]);
+    let view = observer.node("a").expect("known node");
+    assert_eq!(view.state(), &reborn.state);
+    assert_eq!(view.value("default"), 9);
+    assert_eq!(view.last_update(), Some(Update::Snapshot));
+    // One log line for the whole state, not one per chunk.
+    assert_eq!(snapshots_logged(&observer), logged_before + 1);
+    assert_eq!(observer.value("gone"), 5);
 }
 
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test)]

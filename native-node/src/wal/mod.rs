@@ -8,7 +8,8 @@
 //! - `wal-<N>.log`: segments, numbered contiguously from the newest snapshot's `N`
 //!   (from 0 without a snapshot). Only the highest-numbered (*last*) segment takes appends.
 //!   A new segment starts when a sync finds the last one at `segment_bytes` or more
-//!   (so it may overshoot by one sync batch), and when a snapshot begins.
+//!   (so it may overshoot by one sync batch, or by more while a new file cannot be
+//!   created), and when a snapshot begins.
 //! - `snapshot-<N>.snap`: the caller's full state, covering every record of the segments `< N`.
 //! - `snapshot-<N>.snap.tmp`: a snapshot being written; deleted on open.
 //!
@@ -26,10 +27,24 @@
 //!
 //! [`Wal::append`] only buffers; [`Wal::sync`] writes the buffer to the last segment and
 //! calls fdatasync once, so only synced records survive a crash. Creating a segment fsyncs
-//! the directory. A snapshot goes to the temp file, is fdatasync'd, renamed into place,
-//! then the directory is fsync'd. After a failed write or fsync the page cache can no
-//! longer be trusted, so the [`Wal`] is poisoned: every later call fails with
-//! [`WalError::Poisoned`] and the caller must reopen, which recovers from what is on disk.
+//! the directory (through a handle opened with the log, so it needs no new descriptor).
+//! A snapshot goes to the temp file, is fdatasync'd, renamed into place, then the directory
+//! is fsync'd.
+//!
+//! # Which failures are fatal ([`WalError::is_fatal`])
+//!
+//! - Fatal: a failed write or fsync of a segment or of the directory (the page cache can
+//!   no longer be trusted), corruption. The [`Wal`] is poisoned: every later call fails with
+//!   [`WalError::Poisoned`] and the caller must reopen, which recovers from what is on disk.
+//! - Not fatal, nothing durable changed: a new file that cannot be created
+//!   ([`WalError::CannotCreate`]: `EMFILE`, `ENFILE`, `ENOSPC`, …). A sync that finds the
+//!   segment full and cannot start the next one keeps appending to the current one
+//!   (segments are a soft size) and tries again at the next sync; [`Wal::begin_snapshot`]
+//!   fails and is retried later. A snapshot that cannot be written
+//!   ([`WalError::SnapshotFailed`]) leaves its segments in place; removing covered files
+//!   that fails ([`WalError::Cleanup`]) is finished by the next snapshot or recovery; a
+//!   record over the limit ([`WalError::RecordTooLarge`]) is refused with its batch
+//!   ([`Wal::append_batch`] buffers all of it or nothing).
 //!
 //! # Recovery rules ([`Wal::open`])
 //!
@@ -47,7 +62,8 @@
 //!    - otherwise a torn tail from an interrupted sync: the last segment is truncated at the
 //!      bad record's offset (with a warning naming file and offset) and appends go on there.
 //!      A damaged length field in the last segment cannot be told from a torn write, so it
-//!      is truncated too — never silently, always with the warning.
+//!      is truncated too — never silently, always with the warning, and
+//!      [`Wal::truncated_tail`] tells the caller.
 //! 5. Segments and snapshots older than the newest snapshot are deleted (this finishes a
 //!    [`Wal::finish_snapshot`] that a crash interrupted).
 
@@ -66,13 +82,17 @@ use std::sync::Arc;
 
 pub use record::{MAX_RECORD_PAYLOAD, RECORD_HEADER_LEN};
 pub use snapshot::SnapshotTicket;
+#[cfg(test)]
+pub(crate) use stats::Faults;
 pub use stats::{SyncStats, WalStats};
 
-use segment::{list_dir, remove_covered, ActiveSegment};
+use segment::{list_dir, remove_covered, ActiveSegment, LogDir};
 use stats::Counters;
 
+/// Why a WAL operation failed; [`WalError::is_fatal`] tells whether the log can go on.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
+    /// A read, write or fsync failed: fatal for the log.
     #[error("WAL I/O error on {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("corrupt WAL file {} at offset {offset}: {reason}", file.display())]
@@ -87,6 +107,43 @@ pub enum WalError {
     Poisoned,
     #[error("snapshot {index} was not written; its segments stay")]
     SnapshotNotWritten { index: u64 },
+    /// A new file could not be created; nothing durable changed.
+    #[error("cannot create {}: {source}; nothing was changed, it is retried later", path.display())]
+    CannotCreate { path: PathBuf, source: io::Error },
+    /// Writing a snapshot failed; the segments it would cover stay.
+    #[error("snapshot {} not written: {source}; the log keeps its segments", path.display())]
+    SnapshotFailed { path: PathBuf, source: io::Error },
+    /// Removing files a snapshot covers failed; the next snapshot or recovery removes them.
+    #[error("cannot remove WAL files a snapshot covers ({}): {source}", path.display())]
+    Cleanup { path: PathBuf, source: io::Error },
+}
+
+impl WalError {
+    /// True when the log can no longer be trusted (a failed write or fsync,
+    /// corruption): the caller must stop acknowledging writes. Anything else
+    /// failed one operation only, changed nothing durable, and may be retried.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Self::Io { .. } | Self::Corrupt { .. } | Self::Poisoned => true,
+            Self::RecordTooLarge { .. }
+            | Self::SnapshotNotWritten { .. }
+            | Self::CannotCreate { .. }
+            | Self::SnapshotFailed { .. }
+            | Self::Cleanup { .. } => false,
+        }
+    }
+}
+
+/// What recovery cut off the end of the last segment: bytes of a write that
+/// was interrupted, or damage that cannot be told from one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment.
+    pub file: PathBuf,
+    /// Where the valid records end (the new length).
+    pub offset: u64,
+    /// How many bytes were dropped.
+    pub dropped_bytes: u64,
 }
 
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -118,7 +175,7 @@ pub enum RecoveredRecord<'a> {
 }
 
 pub struct Wal {
-    dir: PathBuf,
+    dir: Arc<LogDir>,
     options: WalOptions,
     active: ActiveSegment,
     /// Sizes of the segments before the active one that are still on disk.
@@ -127,6 +184,9 @@ pub struct Wal {
     buffered_records: usize,
     counters: Arc<Counters>,
     poisoned: bool,
+    /// A full segment could not be followed by a new one (warned once per streak).
+    rotation_failing: bool,
+    torn: Option<TornTail>,
 }
 
 impl Wal {
@@ -138,9 +198,10 @@ impl Wal {
         mut on_record: impl FnMut(RecoveredRecord<'_>) -> Result<(), E>,
     ) -> Result<Self, E> {
         let counters = Arc::new(Counters::default());
-        let recovered = recovery::recover(dir, &counters, &mut on_record)?;
+        let log_dir = LogDir::open(dir)?;
+        let recovered = recovery::recover(&log_dir, &counters, &mut on_record)?;
         Ok(Self {
-            dir: dir.to_owned(),
+            dir: Arc::new(log_dir),
             options,
             active: recovered.active,
             sealed_bytes: recovered.sealed_bytes,
@@ -148,36 +209,80 @@ impl Wal {
             buffered_records: 0,
             counters,
             poisoned: false,
+            rotation_failing: false,
+            torn: recovered.torn,
         })
+    }
+
+    /// What recovery truncated off the last segment, if anything.
+    pub fn truncated_tail(&self) -> Option<&TornTail> {
+        self.torn.as_ref()
     }
 
     /// Buffers a record; it is durable only once a later [`Wal::sync`] returns Ok.
     pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<(), WalError> {
+        self.append_batch([(kind, payload)])
+    }
+
+    /// Buffers every record, or none of them when one is refused (too large), so a
+    /// refused batch never leaves part of itself to be synced by the next one.
+    pub fn append_batch<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = (u8, &'a [u8])>,
+    ) -> Result<(), WalError> {
         self.check_healthy()?;
-        let header = record::header(kind, payload, MAX_RECORD_PAYLOAD)?;
-        self.buffer.extend_from_slice(&header);
-        self.buffer.extend_from_slice(payload);
-        self.buffered_records += 1;
+        let (buffered, count) = (self.buffer.len(), self.buffered_records);
+        for (kind, payload) in records {
+            let header = match record::header(kind, payload, MAX_RECORD_PAYLOAD) {
+                Ok(header) => header,
+                Err(error) => {
+                    self.buffer.truncate(buffered);
+                    self.buffered_records = count;
+                    return Err(error);
+                }
+            };
+            self.buffer.extend_from_slice(&header);
+            self.buffer.extend_from_slice(payload);
+            self.buffered_records += 1;
+        }
         Ok(())
     }
 
     /// Writes every buffered record and fdatasyncs once (nothing to do: no fsync).
+    ///
+    /// A full segment is followed by a new one first; when that file cannot be
+    /// created, the records go to the current segment and the next sync tries again.
     pub fn sync(&mut self) -> Result<SyncStats, WalError> {
         self.check_healthy()?;
         if self.buffer.is_empty() {
             return Ok(SyncStats::default());
         }
-        let segment_full = self.active.len > 0 && self.active.len >= self.options.segment_bytes;
-        if segment_full {
-            let rotated = self.rotate();
-            self.poison_if_err(rotated)?;
+        let mut rotated = false;
+        if self.active.len > 0 && self.active.len >= self.options.segment_bytes {
+            match self.rotate() {
+                Ok(()) => {
+                    rotated = true;
+                    if std::mem::take(&mut self.rotation_failing) {
+                        tracing::info!(
+                            segment = self.active.index,
+                            "WAL segment rotation works again"
+                        );
+                    }
+                }
+                Err(error) if !error.is_fatal() => {
+                    if !std::mem::replace(&mut self.rotation_failing, true) {
+                        tracing::warn!(%error, "cannot start a new WAL segment; appending to the current one until it can");
+                    }
+                }
+                Err(error) => return Err(self.poison(error)),
+            }
         }
         let written = self.active.write_and_sync(&self.buffer, &self.counters);
         self.poison_if_err(written)?;
         let stats = SyncStats {
             records: self.buffered_records,
             bytes: self.buffer.len() as u64,
-            fsyncs: 1 + u64::from(segment_full),
+            fsyncs: 1 + u64::from(rotated),
         };
         self.buffer.clear();
         self.buffered_records = 0;
@@ -185,21 +290,27 @@ impl Wal {
     }
 
     /// Syncs, then starts a new segment unless the active one is empty; the snapshot the
-    /// ticket writes must hold every record appended before this call.
+    /// ticket writes must hold every record appended before this call. When the new
+    /// segment cannot be created ([`WalError::CannotCreate`]) nothing changed: try later.
     pub fn begin_snapshot(&mut self) -> Result<SnapshotTicket, WalError> {
         self.sync()?;
         if self.active.len > 0 {
-            let rotated = self.rotate();
-            self.poison_if_err(rotated)?;
+            match self.rotate() {
+                Ok(()) => {}
+                Err(error) if !error.is_fatal() => return Err(error),
+                Err(error) => return Err(self.poison(error)),
+            }
         }
         Ok(SnapshotTicket::new(
-            self.dir.clone(),
+            Arc::clone(&self.dir),
             self.active.index,
             Arc::clone(&self.counters),
         ))
     }
 
     /// Deletes the segments and older snapshots that the ticket's written snapshot covers.
+    /// A failure is [`WalError::Cleanup`]: what is left is removed by a later snapshot
+    /// or by recovery, and the log goes on.
     pub fn finish_snapshot(&mut self, ticket: SnapshotTicket) -> Result<(), WalError> {
         if !ticket.is_written() {
             return Err(WalError::SnapshotNotWritten {
@@ -208,7 +319,12 @@ impl Wal {
         }
         // Never the active segment, whatever ticket this is.
         let covered = ticket.index().min(self.active.index);
-        remove_covered(&self.dir, &list_dir(&self.dir)?, covered)?;
+        let removed = list_dir(&self.dir.path)
+            .and_then(|listing| remove_covered(&self.dir.path, &listing, covered));
+        removed.map_err(|error| match error {
+            WalError::Io { path, source } => WalError::Cleanup { path, source },
+            other => other,
+        })?;
         self.sealed_bytes = self.sealed_bytes.split_off(&covered);
         Ok(())
     }
@@ -239,7 +355,17 @@ impl Wal {
     }
 
     fn poison_if_err<T>(&mut self, result: Result<T, WalError>) -> Result<T, WalError> {
-        self.poisoned |= result.is_err();
-        result
+        result.map_err(|error| self.poison(error))
+    }
+
+    fn poison(&mut self, error: WalError) -> WalError {
+        self.poisoned = true;
+        error
+    }
+
+    /// Test hook: makes this log's next file creations or writes fail.
+    #[cfg(test)]
+    pub(crate) fn faults(&self) -> Arc<Faults> {
+        Arc::clone(&self.counters.faults)
     }
 }

@@ -2,24 +2,27 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
 
-use super::segment::{self, list_dir, remove_covered, segment_path, snapshot_path, ActiveSegment};
+use super::segment::{
+    self, list_dir, remove_covered, segment_path, snapshot_path, ActiveSegment, LogDir,
+};
 use super::stats::Counters;
-use super::{io_error, snapshot, RecoveredRecord, WalError};
+use super::{io_error, snapshot, RecoveredRecord, TornTail, WalError};
 
 pub(crate) struct Recovered {
     pub active: ActiveSegment,
     /// Sizes of the replayed segments before the active one.
     pub sealed_bytes: BTreeMap<u64, u64>,
+    /// What was cut off the last segment, if anything.
+    pub torn: Option<TornTail>,
 }
 
 pub(crate) fn recover<E: From<WalError>>(
-    dir: &Path,
+    log_dir: &LogDir,
     counters: &Counters,
     on_record: &mut impl FnMut(RecoveredRecord<'_>) -> Result<(), E>,
 ) -> Result<Recovered, E> {
-    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let dir = log_dir.path.as_path();
     let listing = list_dir(dir)?;
     for temp in &listing.temp_files {
         fs::remove_file(temp).map_err(io_error(temp))?;
@@ -47,6 +50,7 @@ pub(crate) fn recover<E: From<WalError>>(
 
     let mut sealed_bytes = BTreeMap::new();
     let mut active = None;
+    let mut torn = None;
     for (position, &index) in live.iter().enumerate() {
         let path = segment_path(dir, index);
         let bytes = fs::read(&path).map_err(io_error(&path))?;
@@ -60,9 +64,14 @@ pub(crate) fn recover<E: From<WalError>>(
             let dropped_bytes = bytes.len() - replayed.valid_len;
             tracing::warn!(file = %path.display(), offset = replayed.valid_len, dropped_bytes, %reason,
                 "truncating the torn tail of the last WAL segment");
+            torn = Some(TornTail {
+                file: path.clone(),
+                offset: replayed.valid_len as u64,
+                dropped_bytes: dropped_bytes as u64,
+            });
         }
         active = Some(ActiveSegment::open(
-            dir,
+            log_dir,
             index,
             replayed.valid_len as u64,
             counters,
@@ -70,12 +79,13 @@ pub(crate) fn recover<E: From<WalError>>(
     }
     let active = match active {
         Some(active) => active,
-        None => ActiveSegment::create(dir, base, counters)?,
+        None => ActiveSegment::create(log_dir, base, counters)?,
     };
     // Finishes a snapshot whose clean-up a crash interrupted.
     remove_covered(dir, &listing, base)?;
     Ok(Recovered {
         active,
         sealed_bytes,
+        torn,
     })
 }

@@ -53,13 +53,55 @@ fn parse_index(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     well_formed.then(|| digits.parse().ok()).flatten()
 }
 
-/// Makes creations, renames and removals of directory entries durable.
-pub(crate) fn sync_dir(dir: &Path, counters: &Counters) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))?;
-    counters.add_fsync();
-    Ok(())
+/// The log's directory, held open for as long as the log is: making a new entry
+/// durable then never needs a new file descriptor (which may not be available).
+#[derive(Debug)]
+pub(crate) struct LogDir {
+    pub path: PathBuf,
+    handle: File,
+}
+
+impl LogDir {
+    /// Creates the directory if needed and opens it.
+    pub fn open(path: &Path) -> Result<Self, WalError> {
+        fs::create_dir_all(path).map_err(io_error(path))?;
+        let handle = File::open(path).map_err(io_error(path))?;
+        Ok(Self {
+            path: path.to_owned(),
+            handle,
+        })
+    }
+
+    /// Makes creations, renames and removals of directory entries durable.
+    pub fn sync(&self, counters: &Counters) -> Result<(), WalError> {
+        self.handle.sync_all().map_err(io_error(&self.path))?;
+        counters.add_fsync();
+        Ok(())
+    }
+}
+
+/// Creates a file for appending: a new one when `exclusive`, else truncating any
+/// leftover. A failure (too many open files, no space, …) leaves nothing durable
+/// changed, so it is [`WalError::CannotCreate`]: retryable.
+pub(crate) fn create_file(
+    path: &Path,
+    exclusive: bool,
+    counters: &Counters,
+) -> Result<File, WalError> {
+    let mut options = OpenOptions::new();
+    if exclusive {
+        options.append(true).create_new(true);
+    } else {
+        options.write(true).create(true).truncate(true);
+    }
+    let created = match counters.injected_create_error() {
+        Some(error) => Err(error),
+        None => options.open(path),
+    };
+    created.map_err(|source| WalError::CannotCreate {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The segment that receives appends.
@@ -71,11 +113,13 @@ pub(crate) struct ActiveSegment {
 }
 
 impl ActiveSegment {
-    pub fn create(dir: &Path, index: u64, counters: &Counters) -> Result<Self, WalError> {
-        let path = segment_path(dir, index);
-        let file = OpenOptions::new().append(true).create_new(true).open(&path);
-        let file = file.map_err(io_error(&path))?;
-        sync_dir(dir, counters)?;
+    /// Creates segment `index`. Fails with [`WalError::CannotCreate`] (nothing changed,
+    /// retryable) when the file cannot be made, and with a fatal error when the
+    /// directory fsync fails.
+    pub fn create(dir: &LogDir, index: u64, counters: &Counters) -> Result<Self, WalError> {
+        let path = segment_path(&dir.path, index);
+        let file = create_file(&path, true, counters)?;
+        dir.sync(counters)?;
         Ok(Self {
             index,
             len: 0,
@@ -86,12 +130,12 @@ impl ActiveSegment {
 
     /// Opens an existing segment, cutting it back to `valid_len` (its torn tail goes).
     pub fn open(
-        dir: &Path,
+        dir: &LogDir,
         index: u64,
         valid_len: u64,
         counters: &Counters,
     ) -> Result<Self, WalError> {
-        let path = segment_path(dir, index);
+        let path = segment_path(&dir.path, index);
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
@@ -113,6 +157,9 @@ impl ActiveSegment {
 
     /// Appends `bytes` and makes them durable with one fdatasync.
     pub fn write_and_sync(&mut self, bytes: &[u8], counters: &Counters) -> Result<(), WalError> {
+        if let Some(error) = counters.injected_write_error() {
+            return Err(io_error(&self.path)(error));
+        }
         self.file
             .write_all(bytes)
             .and_then(|()| self.file.sync_data())

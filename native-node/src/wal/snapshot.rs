@@ -1,13 +1,13 @@
 //! Snapshot files: one framed record (kind 0) holding the caller's full state.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::record::{self, Decoded, RECORD_HEADER_LEN};
-use super::segment::{snapshot_path, snapshot_temp_path, sync_dir};
+use super::segment::{create_file, snapshot_path, snapshot_temp_path, LogDir};
 use super::stats::Counters;
 use super::{io_error, WalError};
 
@@ -22,14 +22,14 @@ const MAX_SNAPSHOT_PAYLOAD: usize = u32::MAX as usize;
 /// [`super::Wal::finish_snapshot`] afterwards.
 #[derive(Debug)]
 pub struct SnapshotTicket {
-    dir: PathBuf,
+    dir: Arc<LogDir>,
     index: u64,
     written: AtomicBool,
     counters: Arc<Counters>,
 }
 
 impl SnapshotTicket {
-    pub(crate) fn new(dir: PathBuf, index: u64, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(dir: Arc<LogDir>, index: u64, counters: Arc<Counters>) -> Self {
         Self {
             dir,
             index,
@@ -49,22 +49,35 @@ impl SnapshotTicket {
 
     /// Durably writes `snapshot-<index>.snap`: temp file, fsync, rename, directory fsync,
     /// so a crash leaves either no snapshot or a complete one.
+    ///
+    /// No failure here harms the log: until the snapshot is written its segments stay.
+    /// The temp file of a failed attempt is removed (recovery removes any left over).
     pub fn write(&self, payload: &[u8]) -> Result<(), WalError> {
         let header = record::header(SNAPSHOT_KIND, payload, MAX_SNAPSHOT_PAYLOAD)?;
-        let temp = snapshot_temp_path(&self.dir, self.index);
-        let write_temp = || -> std::io::Result<()> {
-            let mut file = File::create(&temp)?;
-            file.write_all(&header)?;
-            file.write_all(payload)?;
-            file.sync_data()
+        let temp = snapshot_temp_path(&self.dir.path, self.index);
+        let mut file = create_file(&temp, false, &self.counters)?;
+        let written = file
+            .write_all(&header)
+            .and_then(|()| file.write_all(payload))
+            .and_then(|()| file.sync_data());
+        drop(file);
+        let failed = |source| {
+            let _ = fs::remove_file(&temp);
+            WalError::SnapshotFailed {
+                path: temp.clone(),
+                source,
+            }
         };
-        write_temp().map_err(io_error(&temp))?;
+        written.map_err(failed)?;
         self.counters
             .add_written((header.len() + payload.len()) as u64);
         self.counters.add_fsync();
-        let target = snapshot_path(&self.dir, self.index);
-        fs::rename(&temp, &target).map_err(io_error(&target))?;
-        sync_dir(&self.dir, &self.counters)?;
+        let target = snapshot_path(&self.dir.path, self.index);
+        fs::rename(&temp, &target).map_err(failed)?;
+        self.dir.sync(&self.counters).map_err(|error| match error {
+            WalError::Io { path, source } => WalError::SnapshotFailed { path, source },
+            other => other,
+        })?;
         self.written.store(true, Ordering::Release);
         Ok(())
     }

@@ -266,6 +266,123 @@ fn corrupt_snapshot_and_missing_segment_are_corrupt() {
     assert_corrupt(open(dir.path(), SMALL), &snapshot, 0);
 }
 
+const EMFILE: i32 = 24;
+
+fn segment_count(dir: &Path) -> usize {
+    list_dir(dir).unwrap().segments.len()
+}
+
+#[test]
+fn a_segment_that_cannot_be_created_leaves_appends_in_the_current_one() {
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _) = open(dir.path(), SMALL).unwrap();
+    let entries: Vec<_> = (0..120).map(entry).collect();
+    wal.faults().fail_creates(u32::MAX, EMFILE);
+    write_all(&mut wal, &entries[..60], 3);
+    assert_eq!(segment_count(dir.path()), 1, "no segment could be created");
+    assert!(fs::metadata(segment_path(dir.path(), 0)).unwrap().len() > SMALL.segment_bytes);
+    // Descriptors are back: the next sync rotates.
+    wal.faults().fail_creates(0, EMFILE);
+    write_all(&mut wal, &entries[60..], 3);
+    assert!(segment_count(dir.path()) > 1);
+    drop(wal);
+    assert_eq!(open(dir.path(), SMALL).unwrap().1.entries, entries);
+}
+
+#[test]
+fn a_snapshot_without_file_descriptors_is_retried_and_poisons_nothing() {
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _) = open(dir.path(), SMALL).unwrap();
+    write_all(&mut wal, &(0..10).map(entry).collect::<Vec<_>>(), 10);
+    // The new segment of the snapshot cannot be created.
+    wal.faults().fail_creates(1, EMFILE);
+    let error = wal.begin_snapshot().unwrap_err();
+    assert!(
+        matches!(error, WalError::CannotCreate { .. }) && !error.is_fatal(),
+        "{error}"
+    );
+    assert!(error.to_string().contains("Too many open files"), "{error}");
+    wal.append(1, b"still fine").unwrap();
+    wal.sync().unwrap();
+    // The snapshot file cannot be created.
+    let ticket = wal.begin_snapshot().unwrap();
+    wal.faults().fail_creates(1, EMFILE);
+    let error = ticket.write(b"state").unwrap_err();
+    assert!(!error.is_fatal(), "{error}");
+    assert!(matches!(
+        wal.finish_snapshot(ticket),
+        Err(WalError::SnapshotNotWritten { .. })
+    ));
+    // A later attempt succeeds and nothing was lost.
+    wal.append(2, b"later").unwrap();
+    let ticket = wal.begin_snapshot().unwrap();
+    ticket.write(b"state").unwrap();
+    wal.finish_snapshot(ticket).unwrap();
+    wal.append(3, b"after").unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, replay) = open(dir.path(), SMALL).unwrap();
+    assert_eq!(replay.snapshot.as_deref(), Some(&b"state"[..]));
+    assert_eq!(replay.entries, vec![(3, b"after".to_vec())]);
+}
+
+#[test]
+fn a_failed_segment_write_is_fatal_and_poisons_the_log() {
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _) = open(dir.path(), SMALL).unwrap();
+    wal.append(1, b"x").unwrap();
+    wal.faults().fail_writes(1);
+    let error = wal.sync().unwrap_err();
+    assert!(
+        matches!(error, WalError::Io { .. }) && error.is_fatal(),
+        "{error}"
+    );
+    assert!(matches!(wal.append(1, b"y"), Err(WalError::Poisoned)));
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
+}
+
+#[test]
+fn a_refused_batch_leaves_nothing_buffered() {
+    let dir = TempDir::new().unwrap();
+    let (mut wal, _) = open(dir.path(), SMALL).unwrap();
+    let big = vec![0; MAX_RECORD_PAYLOAD + 1];
+    let error = wal
+        .append_batch([(1, &b"first"[..]), (2, &big[..])])
+        .unwrap_err();
+    assert!(matches!(error, WalError::RecordTooLarge { .. }) && !error.is_fatal());
+    assert_eq!(wal.bytes_since_snapshot(), 0);
+    wal.append_batch([(1, &b"a"[..]), (2, &b"b"[..])]).unwrap();
+    assert_eq!(wal.sync().unwrap().records, 2);
+}
+
+#[test]
+fn recovery_reports_what_it_truncated() {
+    let dir = TempDir::new().unwrap();
+    write_all(
+        &mut open(dir.path(), SMALL).unwrap().0,
+        &(0..3).map(entry).collect::<Vec<_>>(),
+        3,
+    );
+    assert_eq!(open(dir.path(), SMALL).unwrap().0.truncated_tail(), None);
+    let segment = segment_path(dir.path(), 0);
+    let full = fs::metadata(&segment).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(full - 2)
+        .unwrap();
+    let (wal, _) = open(dir.path(), SMALL).unwrap();
+    let torn = wal.truncated_tail().expect("a truncated tail");
+    assert_eq!(
+        (torn.file.as_path(), torn.dropped_bytes),
+        (segment.as_path(), full - 2 - torn.offset)
+    );
+    drop(wal);
+    // Truncated once: the next recovery finds a clean end.
+    assert_eq!(open(dir.path(), SMALL).unwrap().0.truncated_tail(), None);
+}
+
 proptest! {
     #[test]
     fn any_segment_bytes_give_a_prefix_or_an_error(
