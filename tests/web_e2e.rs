@@ -75,9 +75,9 @@ fn web_bundle() -> Option<PathBuf> {
 }
 
 /// The repository root: this crate's parent directory.
+/// The repository root: this test belongs to the root package.
 fn workspace_root() -> &'static Path {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Loads the page, clicks + `CLICKS` times and waits until the page and
