@@ -268,15 +268,7 @@ impl Demo {
 impl Drop for Demo {
     /// A failed test still stops the demo gracefully, so no node is orphaned.
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.signal(Signal::SIGTERM);
-            let deadline = Instant::now() + PATIENCE;
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        common::terminate_within(&mut self.child, PATIENCE);
     }
 }
 

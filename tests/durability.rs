@@ -145,19 +145,9 @@ async fn acknowledged_increments_survive_sigkill_during_snapshots() {
     common::within(TEST_TIMEOUT, crash_under_load(&args)).await;
 }
 
-/// Actors in `/state`'s increments whose name starts with `<id>~`, with their totals.
+/// [`common::incarnations`], the smallest total first.
 fn incarnations(state: &Value, id: &str) -> Vec<(String, u64)> {
-    let prefix = format!("{id}~");
-    let mut found: Vec<(String, u64)> = state["increments"]
-        .as_object()
-        .map(|actors| {
-            actors
-                .iter()
-                .filter(|(actor, _)| actor.starts_with(&prefix))
-                .map(|(actor, total)| (actor.clone(), total.as_u64().unwrap_or(0)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut found = common::incarnations(state, id);
     found.sort_by_key(|(_, total)| *total);
     found
 }

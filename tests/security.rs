@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     free_port, http, signal_and_reap, status_and_json, wait_until, within, ChildLog, Cluster,
@@ -443,17 +443,9 @@ impl Demo {
 }
 
 impl Drop for Demo {
+    /// A failed test still stops the demo gracefully, so no node is orphaned.
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + PATIENCE;
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::terminate_within(&mut self.child, PATIENCE);
     }
 }
 

@@ -10,27 +10,10 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{wait_until, ChildLog, Cluster, GatewayProcess, NodeProcess};
-use serde_json::Value;
 
 const CONVERGE: Duration = Duration::from_secs(20);
 /// Upper bound on any one test; a hang is a failure, not a stuck CI job.
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// `(actor, increments)` of every incarnation of node `id` in `/state`'s
-/// `default` counter, in the order the actors sort.
-fn incarnations(state: &Value, id: &str) -> Vec<(String, u64)> {
-    let prefix = format!("{id}~");
-    state["increments"]
-        .as_object()
-        .map(|actors| {
-            actors
-                .iter()
-                .filter(|(actor, _)| actor.starts_with(&prefix))
-                .map(|(actor, total)| (actor.clone(), total.as_u64().unwrap_or(0)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 async fn increment(node: &NodeProcess, times: usize) {
     for i in 0..times {
@@ -266,7 +249,7 @@ async fn a_killed_node_comes_back_as_a_new_actor_and_a_cleanly_stopped_one_keeps
         let mut node = NodeProcess::start("n1", &dir.path().join("n1"), &[]);
         node.wait_ready().await;
         increment(&node, 2).await;
-        let first = incarnations(&node.get_json("/state").await, "n1");
+        let first = common::incarnations(&node.get_json("/state").await, "n1");
         assert_eq!(first.len(), 1, "{first:?}");
 
         // SIGTERM and SIGINT are clean stops: the actor goes on.
@@ -279,7 +262,7 @@ async fn a_killed_node_comes_back_as_a_new_actor_and_a_cleanly_stopped_one_keeps
             node.wait_ready().await;
             increment(&node, 1).await;
         }
-        let kept = incarnations(&node.get_json("/state").await, "n1");
+        let kept = common::incarnations(&node.get_json("/state").await, "n1");
         assert_eq!(
             kept,
             vec![(first[0].0.clone(), 4)],
@@ -292,7 +275,7 @@ async fn a_killed_node_comes_back_as_a_new_actor_and_a_cleanly_stopped_one_keeps
         node.restart();
         node.wait_ready().await;
         increment(&node, 1).await;
-        let after_kill = incarnations(&node.get_json("/state").await, "n1");
+        let after_kill = common::incarnations(&node.get_json("/state").await, "n1");
         assert_eq!(after_kill.len(), 2, "{after_kill:?}");
         assert!(
             after_kill.contains(&(first[0].0.clone(), 4)),
@@ -324,7 +307,7 @@ async fn a_restored_clean_backup_moves_to_a_new_incarnation_and_hides_no_write()
         let mut cluster = Cluster::start(2, &[]).await;
         increment(&cluster.nodes[0], 3).await;
         assert!(cluster.converge(None, 3, CONVERGE).await);
-        let original = incarnations(&cluster.nodes[0].get_json("/state").await, "n1");
+        let original = common::incarnations(&cluster.nodes[0].get_json("/state").await, "n1");
 
         let backup = cluster.dir.path().join("n1-backup");
         cluster.nodes[0].terminate();
@@ -352,7 +335,7 @@ async fn a_restored_clean_backup_moves_to_a_new_incarnation_and_hides_no_write()
             "acknowledged writes were hidden: expected 3 + 10 + 5 = 18"
         );
         for node in &cluster.nodes {
-            let actors = incarnations(&node.get_json("/state").await, "n1");
+            let actors = common::incarnations(&node.get_json("/state").await, "n1");
             assert_eq!(actors.len(), 2, "{}: {actors:?}", node.id);
             assert!(actors.contains(&(original[0].0.clone(), 13)), "{actors:?}");
             assert!(actors.iter().any(|(_, total)| *total == 5), "{actors:?}");

@@ -329,6 +329,20 @@ mod tests {
 
     const NOW_MS: u64 = 1_800_000_000_000;
 
+    /// A table for "me" that forgets dead members after 10 minutes.
+    fn table() -> Membership {
+        Membership::new(
+            record("me", 5),
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )
+    }
+
+    /// `records` arrive from `source` now.
+    fn hear(table: &mut Membership, records: &[MemberRecord], source: Source<'_>) -> bool {
+        table.merge(records, source, Instant::now(), NOW_MS)
+    }
+
     fn record(id: &str, heartbeat: u64) -> MemberRecord {
         MemberRecord {
             id: id.into(),
@@ -342,15 +356,10 @@ mod tests {
     async fn silent_members_become_suspect_then_dead_and_revive_on_news() {
         let interval = Duration::from_millis(100);
         let mut table = Membership::new(record("me", 1), interval, Duration::from_secs(600));
-        table.merge(&[record("b", 1)], Source::Peer("b"), Instant::now(), NOW_MS);
+        hear(&mut table, &[record("b", 1)], Source::Peer("b"));
         for beat in 2..20 {
             tokio::time::advance(interval).await;
-            table.merge(
-                &[record("b", beat)],
-                Source::Peer("b"),
-                Instant::now(),
-                NOW_MS,
-            );
+            hear(&mut table, &[record("b", beat)], Source::Peer("b"));
             table.tick(Instant::now());
         }
         assert_eq!(table.peers()[0].1, Status::Alive);
@@ -362,89 +371,46 @@ mod tests {
         }
         assert!(seen.contains(&Status::Suspect));
         assert_eq!(seen.last(), Some(&Status::Dead));
-        table.merge(
-            &[record("b", 99)],
-            Source::Peer("c"),
-            Instant::now(),
-            NOW_MS,
-        );
+        hear(&mut table, &[record("b", 99)], Source::Peer("c"));
         assert_eq!(table.peers()[0].1, Status::Alive);
     }
 
     #[test]
     fn our_own_old_heartbeat_is_overtaken() {
-        let mut table = Membership::new(
-            record("me", 5),
-            Duration::from_millis(100),
-            Duration::from_secs(600),
-        );
-        table.merge(
-            &[record("me", 50)],
-            Source::Peer("b"),
-            Instant::now(),
-            NOW_MS,
-        );
+        let mut table = table();
+        hear(&mut table, &[record("me", 50)], Source::Peer("b"));
         assert_eq!(table.me().heartbeat, 51);
         assert!(table.peers().is_empty());
     }
 
     #[test]
     fn heartbeats_from_the_future_are_refused() {
-        let mut table = Membership::new(
-            record("me", 5),
-            Duration::from_millis(100),
-            Duration::from_secs(600),
-        );
+        let mut table = table();
         let far = NOW_MS + MAX_HEARTBEAT_LEAD_MS + 1;
-        assert!(!table.merge(
+        assert!(!hear(
+            &mut table,
             &[record("evil", far)],
-            Source::Peer("evil"),
-            Instant::now(),
-            NOW_MS
+            Source::Peer("evil")
         ));
         assert!(table.peers().is_empty());
-        table.merge(
-            &[record("me", u64::MAX)],
-            Source::Peer("evil"),
-            Instant::now(),
-            NOW_MS,
-        );
+        hear(&mut table, &[record("me", u64::MAX)], Source::Peer("evil"));
         assert_eq!(
             table.me().heartbeat,
             5,
             "our own heartbeat cannot be pushed to the end"
         );
-        table.merge(
-            &[record("b", 10)],
-            Source::Peer("b"),
-            Instant::now(),
-            NOW_MS,
-        );
-        table.merge(
-            &[record("b", u64::MAX)],
-            Source::Peer("c"),
-            Instant::now(),
-            NOW_MS,
-        );
+        hear(&mut table, &[record("b", 10)], Source::Peer("b"));
+        hear(&mut table, &[record("b", u64::MAX)], Source::Peer("c"));
         assert_eq!(table.peers()[0].0.heartbeat, 10);
     }
 
     #[test]
     fn only_a_member_itself_moves_its_addresses() {
-        let mut table = Membership::new(
-            record("me", 5),
-            Duration::from_millis(100),
-            Duration::from_secs(600),
-        );
-        table.merge(
-            &[record("b", 10)],
-            Source::Peer("b"),
-            Instant::now(),
-            NOW_MS,
-        );
+        let mut table = table();
+        hear(&mut table, &[record("b", 10)], Source::Peer("b"));
         let mut moved = record("b", 11);
         moved.gossip_addr = "attacker:1".into();
-        table.merge(&[moved.clone()], Source::Peer("c"), Instant::now(), NOW_MS);
+        hear(&mut table, &[moved.clone()], Source::Peer("c"));
         let (b, _) = table.peers()[0].clone();
         assert_eq!(
             (b.heartbeat, b.gossip_addr.as_str()),
@@ -452,7 +418,7 @@ mod tests {
             "a hint: liveness only"
         );
         moved.heartbeat = 12;
-        table.merge(&[moved], Source::Peer("b"), Instant::now(), NOW_MS);
+        hear(&mut table, &[moved], Source::Peer("b"));
         assert_eq!(
             table.peers()[0].0.gossip_addr,
             "attacker:1",
@@ -462,18 +428,9 @@ mod tests {
 
     #[test]
     fn an_older_record_never_overwrites_a_fresher_one() {
-        let mut table = Membership::new(
-            record("me", 5),
-            Duration::from_millis(100),
-            Duration::from_secs(600),
-        );
-        table.merge(
-            &[record("b", 10)],
-            Source::Peer("b"),
-            Instant::now(),
-            NOW_MS,
-        );
-        table.merge(&[record("b", 3)], Source::Peer("b"), Instant::now(), NOW_MS);
+        let mut table = table();
+        hear(&mut table, &[record("b", 10)], Source::Peer("b"));
+        hear(&mut table, &[record("b", 3)], Source::Peer("b"));
         assert_eq!(table.peers()[0].0.heartbeat, 10);
     }
 
@@ -482,12 +439,7 @@ mod tests {
         let interval = Duration::from_millis(100);
         let forget = Duration::from_secs(5);
         let mut table = Membership::new(record("me", 1), interval, forget);
-        table.merge(
-            &[record("gone", 7)],
-            Source::Peer("gone"),
-            Instant::now(),
-            NOW_MS,
-        );
+        hear(&mut table, &[record("gone", 7)], Source::Peer("gone"));
         for _ in 0..100 {
             tokio::time::advance(interval).await;
             table.tick(Instant::now());
@@ -498,19 +450,13 @@ mod tests {
         );
         assert_eq!(table.tombstones(), 1);
         // Someone relays the old record: it stays gone.
-        assert!(!table.merge(
-            &[record("gone", 7)],
-            Source::Peer("x"),
-            Instant::now(),
-            NOW_MS
-        ));
+        assert!(!hear(&mut table, &[record("gone", 7)], Source::Peer("x")));
         assert!(table.peers().is_empty());
         // It restarts (a newer heartbeat): it is back.
-        assert!(table.merge(
+        assert!(hear(
+            &mut table,
             &[record("gone", 8_000)],
-            Source::Peer("gone"),
-            Instant::now(),
-            NOW_MS
+            Source::Peer("gone")
         ));
         assert_eq!(table.peers().len(), 1);
         assert_eq!(table.tombstones(), 0);
@@ -522,12 +468,7 @@ mod tests {
         let forget = Duration::from_secs(1);
         let mut table = Membership::new(record("me", 1), interval, forget);
         for id in 0..50 {
-            table.merge(
-                &[record(&format!("m{id}"), 1)],
-                Source::Outside,
-                Instant::now(),
-                NOW_MS,
-            );
+            hear(&mut table, &[record(&format!("m{id}"), 1)], Source::Outside);
         }
         for _ in 0..(10 * 12) {
             tokio::time::advance(interval * 10).await;

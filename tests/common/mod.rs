@@ -234,6 +234,39 @@ pub fn signal_and_reap(child: &mut Child, signal: &str) {
     let _ = child.wait();
 }
 
+/// SIGTERM, then waits up to `patience` for the exit and SIGKILLs after
+/// that: a test that fails still stops its processes, and none is orphaned.
+pub fn terminate_within(child: &mut Child, patience: Duration) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + patience;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_and_reap(child);
+}
+
+/// `(actor, increments)` of every incarnation of node `id` in a node's
+/// `/state` answer (`default` counter), in actor order.
+pub fn incarnations(state: &Value, id: &str) -> Vec<(String, u64)> {
+    let prefix = format!("{id}~");
+    state["increments"]
+        .as_object()
+        .map(|actors| {
+            actors
+                .iter()
+                .filter(|(actor, _)| actor.starts_with(&prefix))
+                .map(|(actor, total)| (actor.clone(), total.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// SIGKILL, then waits for the exit (no zombie left behind).
 fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();
