@@ -28,6 +28,7 @@ fn identity(id: &str) -> PeerIdentity {
 
 fn handshake(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("runtime");
     let (a, b) = (identity("a"), identity("b"));
@@ -44,6 +45,7 @@ fn handshake(c: &mut Criterion) {
 
 fn frames(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("runtime");
     let (a, b) = (identity("a"), identity("b"));
