@@ -136,9 +136,8 @@ async fn run(args: Args, tally: PathBuf) -> anyhow::Result<()> {
     load_and_converge(&cluster, args.counters, args.clients).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     gossip_figures(&cluster, args.counters, &args, baseline.as_ref()).await?;
-    // The trickle wrote one more counter, and the snapshot trigger adds another.
-    restarts(&mut cluster, &extra, args.counters + 1).await?;
-    let total = args.counters + 2;
+    // The trickle wrote one more counter; the restarts' writes add theirs.
+    let total = restarts(&mut cluster, &extra, args.counters + 1).await?;
     cluster.wait_counters(total).await?;
     let caught_up = catch_up(&tally, &mut cluster, &extra, total, &args).await;
     for node in &mut cluster.nodes {
@@ -280,7 +279,8 @@ async fn gossip_figures(
 }
 
 /// Restart from the WAL alone, then force a snapshot and restart from it (on n1).
-async fn restarts(cluster: &mut Cluster, extra: &[String], count: usize) -> anyhow::Result<()> {
+/// Returns how many counters the cluster holds afterwards.
+async fn restarts(cluster: &mut Cluster, extra: &[String], count: usize) -> anyhow::Result<usize> {
     let node = &mut cluster.nodes[0];
     let wal_dir = node.data_dir.join("wal");
     println!(
@@ -366,7 +366,7 @@ async fn restarts(cluster: &mut Cluster, extra: &[String], count: usize) -> anyh
         ready.as_secs_f64()
     );
     verify_count(node, count + 1).await?;
-    Ok(())
+    Ok(count + 1)
 }
 
 fn snapshot_files(wal_dir: &Path) -> anyhow::Result<Vec<(String, u64)>> {
