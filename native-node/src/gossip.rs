@@ -804,3 +804,52 @@ async fn next_queued(outbox: &mut Option<Outbox<'_>>) -> Option<Outgoing> {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> (Link, mpsc::Receiver<Outgoing>) {
+        let (queue, rx) = mpsc::channel(LINK_QUEUE);
+        let link = Link {
+            queue,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+            awaiting: Awaiting::default(),
+        };
+        (link, rx)
+    }
+
+    fn message_of(bytes: usize) -> Outgoing {
+        Outgoing {
+            kind: "delta",
+            body: bytes::Bytes::from(vec![0; bytes]),
+        }
+    }
+
+    #[test]
+    fn a_link_queues_no_more_than_its_byte_budget() {
+        let (link, _rx) = link();
+        let half = LINK_QUEUE_BYTES / 2;
+        assert!(link.offer(message_of(half)));
+        assert!(link.offer(message_of(half)));
+        assert!(
+            !link.offer(message_of(1)),
+            "a byte over the budget was queued"
+        );
+        assert_eq!(link.queued_bytes.load(Relaxed), LINK_QUEUE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn draining_a_link_frees_its_budget() {
+        let (link, mut rx) = link();
+        assert!(link.offer(message_of(LINK_QUEUE_BYTES)));
+        let mut outbox = Some(Outbox {
+            queue: &mut rx,
+            queued_bytes: &link.queued_bytes,
+        });
+        let drained = next_queued(&mut outbox).await.expect("a queued message");
+        assert_eq!(drained.body.len(), LINK_QUEUE_BYTES);
+        assert_eq!(link.queued_bytes.load(Relaxed), 0);
+        assert!(link.offer(message_of(1)));
+    }
+}
