@@ -29,6 +29,7 @@ use futures_util::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use tally_protocol::request_auth::unix_now_ms;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
@@ -324,12 +325,9 @@ impl<N: Network> Gossip<N> {
     /// Learns members: from a peer's authenticated session, or from outside
     /// gossip (discovery, seeds). See [`Membership::merge`] for what each may say.
     pub fn add_members(&self, records: &[MemberRecord], source: Source<'_>) {
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
         let changed = self
             .members()
-            .merge(records, source, Instant::now(), wall_ms);
+            .merge(records, source, Instant::now(), unix_now_ms());
         if changed {
             self.member_changes.send_modify(|v| *v += 1);
         }
