@@ -7,13 +7,24 @@ use clap::{Args, Parser, Subcommand};
 use tally_protocol::access::ApiTokens;
 use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::http_server::ServerLimits;
+use tally_protocol::HostPort;
 
 /// Tally: a gossip-replicated counter cluster.
 ///
 /// With no subcommand, starts the local demo cluster (same as `tally dev`):
 /// a discovery server, three nodes and the gateway serving the live page.
 #[derive(Debug, Parser)]
-#[command(name = "tally", version, about, long_about)]
+#[command(
+    name = "tally",
+    version,
+    about,
+    long_about,
+    after_help = "Every flag can also be set as a TALLY_<FLAG> environment variable \
+(--gossip-addr: TALLY_GOSSIP_ADDR; lists comma-separated; flags true/false/1/0) \
+or in the TOML file given by --config (gossip-addr = \"0.0.0.0:9000\", \
+seed = [\"a:9000\", \"b:9000\"]). The command line wins over the environment, \
+which wins over the file. `tally <command> --print-config` shows the result."
+)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
@@ -21,13 +32,21 @@ pub struct Cli {
     /// Log filter (e.g. `info`, `debug`, `tally=debug,info`); `RUST_LOG` also works.
     #[arg(long, global = true, default_value = "info", env = "TALLY_LOG")]
     pub log: String,
+    /// A TOML file of settings for the command, by flag name (`fanout = 3`,
+    /// `seed = ["a:9000", "b:9000"]`); flags and `TALLY_*` variables win over it.
+    #[arg(long, global = true, value_name = "PATH", env = "TALLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the command's effective settings as TOML (secrets redacted),
+    /// each with where it comes from, and exit without starting anything.
+    #[arg(long, global = true)]
+    pub print_config: bool,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one cluster node: HTTP API, gossip, write-ahead log.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Run the discovery server nodes register with.
     Discovery(DiscoveryArgs),
     /// Run the HTTP gateway: load balancing, failover, live stream and the web page.
@@ -36,6 +55,20 @@ pub enum Command {
     Dev(DevArgs),
     /// Load-test a node or the gateway and measure convergence.
     Bench(BenchArgs),
+    /// GET a URL; exit 0 on a 2xx answer, 1 otherwise (a container's
+    /// health check, where there is no curl).
+    Probe(ProbeArgs),
+}
+
+/// `tally probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The URL to check [default: TALLY_PROBE_URL, else http://127.0.0.1:8010/ready].
+    #[arg(value_name = "URL")]
+    pub url: Option<String>,
+    /// Give up after this long.
+    #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+    pub timeout: Duration,
 }
 
 /// `tally node`.
@@ -45,18 +78,52 @@ pub struct NodeArgs {
     /// on first start and kept in the data directory.
     #[arg(long)]
     pub id: Option<String>,
-    /// Address to accept gossip connections on.
+    /// Address to accept gossip connections on (`0.0.0.0:9000` for every
+    /// interface, then give --gossip-advertise).
     #[arg(long, default_value = "127.0.0.1:9000")]
     pub gossip_addr: SocketAddr,
-    /// Address to serve the HTTP API on.
+    /// Address to serve the HTTP API on (`0.0.0.0:8010` for every
+    /// interface, then give --http-advertise).
     #[arg(long, default_value = "127.0.0.1:8010")]
     pub http_addr: SocketAddr,
+    /// The gossip address peers are told to dial: an IP or a DNS name with
+    /// the port (e.g. `tally-0.tally.prod.svc.cluster.local:9000`)
+    /// [default: --gossip-addr].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub gossip_advertise: Option<HostPort>,
+    /// The HTTP address discovery and gateways are told [default: --http-addr].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_advertise: Option<HostPort>,
     /// Discovery server base URL (repeatable; any reachable one will do).
     #[arg(long, value_name = "URL")]
     pub discovery: Vec<String>,
-    /// Gossip address of a static peer to join through (repeatable).
-    #[arg(long, value_name = "ADDR")]
-    pub seed: Vec<String>,
+    /// Gossip address of a static peer to join through (repeatable); a
+    /// name is resolved again at every dial.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub seed: Vec<HostPort>,
+    /// A DNS name whose every A/AAAA record is a seed, resolved again every
+    /// --dns-refresh (repeatable): a Kubernetes headless Service, e.g.
+    /// `tally.prod.svc.cluster.local:9000`.
+    #[arg(long, value_name = "NAME:PORT")]
+    pub seed_dns: Vec<HostPort>,
+    /// How often --seed-dns names are resolved again.
+    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    pub dns_refresh: Duration,
+    /// `/ready` waits for a first live peer; one that finds none for this
+    /// long after start is ready anyway (and warns), so a node whose
+    /// peers are all gone still serves.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    pub join_timeout: Duration,
+    /// After SIGTERM the node stays up this long answering `/ready` with
+    /// 503 (and its answers with `x-tally-draining`), so gateways and load
+    /// balancers stop sending before it closes its port (0s: no drain).
+    #[arg(long, default_value = "2s", value_parser = duration_or_zero)]
+    pub drain_period: Duration,
+    /// Deadline for the whole graceful stop after SIGTERM (drain, requests
+    /// in flight, deregistration, final fsync); past it the node exits with
+    /// an error. Keep it under Kubernetes' terminationGracePeriodSeconds.
+    #[arg(long, default_value = "20s", value_parser = humantime_duration)]
+    pub shutdown_timeout: Duration,
     /// Where the identity and the write-ahead log live [default: ./data/<id>, or ./data/node without --id].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -248,10 +315,12 @@ pub struct GatewayArgs {
     /// Discovery server base URL to find nodes through (repeatable).
     #[arg(long, value_name = "URL")]
     pub discovery: Vec<String>,
-    /// A node's HTTP address, e.g. 127.0.0.1:8010 (repeatable).
-    #[arg(long, value_name = "ADDR")]
-    pub node: Vec<String>,
-    /// Directory holding the web bundle [default: the repository's web/dist].
+    /// A node's HTTP address, e.g. 127.0.0.1:8010 or
+    /// tally-0.tally:8010 (repeatable; names are resolved at each connection).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub node: Vec<HostPort>,
+    /// Serve the web page from this directory instead of the one built
+    /// into the binary (for page development).
     #[arg(long)]
     pub web_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -288,7 +357,8 @@ pub struct DevArgs {
     /// Where the nodes keep their data (one folder per node).
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Directory holding the web bundle [default: the repository's web/dist].
+    /// Serve the web page from this directory instead of the one built
+    /// into the binary (for page development).
     #[arg(long)]
     pub web_dir: Option<PathBuf>,
 }
@@ -313,8 +383,18 @@ pub struct BenchArgs {
     pub convergence: bool,
 }
 
-/// Parses `200ms`, `1s`, `5m`, or a bare number of milliseconds.
+/// Parses `200ms`, `1s`, `5m`, `1h`, `7d`, or a bare number of
+/// milliseconds; zero is refused.
 pub fn humantime_duration(text: &str) -> Result<Duration, String> {
+    let duration = duration_or_zero(text)?;
+    if duration.is_zero() {
+        return Err("duration must be positive".into());
+    }
+    Ok(duration)
+}
+
+/// Like [`humantime_duration`], zero allowed.
+pub fn duration_or_zero(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
@@ -323,16 +403,22 @@ pub fn humantime_duration(text: &str) -> Result<Duration, String> {
     let value: u64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 200ms, 1s or 5m"))?;
-    let duration = match unit {
-        "" | "ms" => Duration::from_millis(value),
-        "s" => Duration::from_secs(value),
-        "m" => Duration::from_secs(value * 60),
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    let seconds_per_unit = match unit {
+        "" | "ms" => return Ok(Duration::from_millis(value)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
     };
-    if duration.is_zero() {
-        return Err("duration must be positive".into());
-    }
-    Ok(duration)
+    value
+        .checked_mul(seconds_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 #[cfg(test)]
@@ -346,7 +432,11 @@ mod tests {
         assert_eq!(humantime_duration("250"), Ok(Duration::from_millis(250)));
         assert!(humantime_duration("abc").is_err());
         assert!(humantime_duration("0s").is_err());
-        assert!(humantime_duration("5h").is_err());
+        assert_eq!(duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert_eq!(humantime_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(humantime_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(humantime_duration("5w").is_err());
+        assert!(humantime_duration("99999999999999999d").is_err());
     }
 
     fn secret(args: &[&str]) -> SecretArgs {
@@ -429,5 +519,79 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+        // With the `TALLY_*` variables and list delimiters added too.
+        crate::config::command(None).debug_assert();
+        crate::config::command(Some(&Default::default())).debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_a_variable_and_secrets_are_hidden() {
+        let mut command = crate::config::command(None);
+        command.build();
+        let mut checked = 0;
+        for sub in std::iter::once(&command).chain(command.get_subcommands()) {
+            for arg in sub.get_arguments() {
+                let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+                    continue;
+                };
+                checked += 1;
+                let env = env.to_str().unwrap();
+                let id = arg.get_id().as_str();
+                assert!(env.starts_with("TALLY_"), "--{long}: {env}");
+                if id.contains("key") || id.contains("token") {
+                    assert!(arg.is_hide_env_values_set(), "--{long} shows {env}");
+                }
+            }
+            // Every setting of a command has a variable (a false flag's is
+            // left out only when the variable says false).
+            for arg in sub.get_arguments() {
+                if let Some(long) = arg.get_long() {
+                    let unset = std::env::var_os(crate::config::env_name(long)).is_none();
+                    if !matches!(long, "help" | "version") && unset {
+                        assert!(arg.get_env().is_some(), "tally {} --{long}", sub.get_name());
+                    }
+                }
+            }
+        }
+        assert!(checked > 40, "{checked}");
+        // The variables that existed before keep their names.
+        let node = command.find_subcommand("node").unwrap();
+        let env = |id: &str| {
+            let arg = node.get_arguments().find(|arg| arg.get_id() == id).unwrap();
+            arg.get_env().unwrap().to_str().unwrap().to_owned()
+        };
+        assert_eq!(env("cluster_key"), "TALLY_CLUSTER_KEY");
+        assert_eq!(env("api_tokens_file"), "TALLY_API_TOKENS_FILE");
+        assert_eq!(env("log"), "TALLY_LOG");
+        assert_eq!(env("config"), "TALLY_CONFIG");
+        assert_eq!(env("gossip_addr"), "TALLY_GOSSIP_ADDR");
+        assert_eq!(env("max_peer_connections"), "TALLY_MAX_PEER_CONNECTIONS");
+    }
+
+    #[test]
+    fn the_command_line_parses_as_before_with_variables() {
+        // Parsed through the env-augmented command, flags mean what they did.
+        use clap::FromArgMatches;
+        let given = ["discovery", "insecure", "fanout"]
+            .map(str::to_owned)
+            .into();
+        let matches = crate::config::command(Some(&given))
+            .try_get_matches_from([
+                "tally",
+                "node",
+                "--discovery",
+                "http://a/x,y",
+                "--insecure",
+                "--fanout",
+                "7",
+            ])
+            .unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let Some(Command::Node(node)) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(node.discovery, ["http://a/x,y"]);
+        assert!(node.secret.insecure);
+        assert_eq!(node.fanout, 7);
     }
 }

@@ -148,6 +148,8 @@ impl Supervisor {
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .arg("--allow-fault-injection")
+            // The demo's stop button should stop a node promptly.
+            .args(["--drain-period", "500ms"])
             .env("TALLY_CLUSTER_KEY", &self.secret)
             .env(
                 "TALLY_LOG",
@@ -407,8 +409,11 @@ async fn serve(
         cluster_keys: Some(ClusterKeys::parse(&supervisor.secret)?),
         ..GatewayConfig::default()
     };
-    if config.resolved_web_dir().is_none() {
-        println!("note: the web bundle is not built; run `cargo xtask web` (or `cargo xtask demo`) for the page");
+    if !config.has_page() {
+        match &config.web_dir {
+            Some(dir) => println!("note: --web-dir {} does not exist: no web page", dir.display()),
+            None => println!("note: this binary was built without the web page; run `cargo xtask web` (or `cargo xtask demo`), then rebuild"),
+        }
     }
     println!(
         "Tally demo: {} nodes, data in {}",

@@ -1,6 +1,7 @@
 //! The `tally` binary: parses the command line and runs the chosen part.
 mod bench;
 mod cli;
+mod config;
 mod dev;
 
 use std::net::SocketAddr;
@@ -8,14 +9,28 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command, DiscoveryArgs, GatewayArgs, NodeArgs};
 use anyhow::Context;
-use clap::Parser;
 use tally_gateway::GatewayConfig;
 use tally_node::gossip::GossipConfig;
 use tally_node::node::{self, NodeConfig};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // First thing, while this is the only thread: reading the config file
+    // sets environment variables (see `config::parse`).
+    let cli = match config::parse(std::env::args_os().collect()) {
+        Ok(config::Parsed::Run(cli)) => *cli,
+        Ok(config::Parsed::Print(text)) => {
+            use std::io::Write;
+            // Not `print!`: a closed pipe (`| head`) must not panic.
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Err(config::Error::Clap(error)) => error.exit(),
+        Err(config::Error::Config(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(&cli.log);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -31,10 +46,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Some(Command::Node(args)) => run_node(args).await,
+            Some(Command::Node(args)) => run_node(*args).await,
             Some(Command::Discovery(args)) => run_discovery(args).await,
             Some(Command::Gateway(args)) => run_gateway(args).await,
             Some(Command::Bench(args)) => bench::run(args).await,
+            Some(Command::Probe(args)) => probe(args).await,
             Some(Command::Dev(args)) => dev::run(args).await,
             None => dev::run(dev::default_args()).await,
         }
@@ -63,8 +79,15 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         id: args.id,
         gossip_addr: args.gossip_addr,
         http_addr: args.http_addr,
+        gossip_advertise: args.gossip_advertise,
+        http_advertise: args.http_advertise,
         discovery: args.discovery,
         seeds: args.seed,
+        seed_dns: args.seed_dns,
+        dns_refresh: args.dns_refresh,
+        join_timeout: args.join_timeout,
+        drain_period: args.drain_period,
+        shutdown_timeout: args.shutdown_timeout,
         data_dir,
         gossip: GossipConfig {
             interval: args.gossip_interval,
@@ -111,7 +134,7 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let api_tokens = args.access.tokens()?;
     let listener = bind(args.addr).await?;
     let config = GatewayConfig {
-        nodes: args.node,
+        nodes: args.node.iter().map(ToString::to_string).collect(),
         discovery: args.discovery,
         web_dir: args.web_dir,
         cluster_keys,
@@ -125,6 +148,25 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     };
     tracing::info!(addr = %args.addr, "gateway serving");
     tally_gateway::serve(listener, config, None, tally_node::shutdown::signal()).await?;
+    Ok(())
+}
+
+/// `tally probe`: one GET, success on 2xx.
+async fn probe(args: cli::ProbeArgs) -> anyhow::Result<()> {
+    let url = (args.url)
+        .or_else(|| std::env::var("TALLY_PROBE_URL").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:8010/ready".into());
+    let client = reqwest::Client::builder()
+        .timeout(args.timeout)
+        .build()
+        .context("building the HTTP client")?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "GET {url}: {status}");
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{http, wait_until, Cluster, GatewayProcess, NodeProcess};
 use crdt_core::{wire, CounterMap, DEFAULT_COUNTER};
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tally_protocol::events::ClusterEvent;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
@@ -396,12 +396,14 @@ async fn nodes_and_health_report_the_cluster() {
     for node in &mut cluster.nodes {
         node.kill9();
     }
-    let down = wait_until(PATIENCE, || async { gateway.health().await.0 == 503 }).await;
+    // Not ready with no node to send to; still alive (an orchestrator
+    // must not restart a gateway because its nodes are down).
+    let down = wait_until(PATIENCE, || async { gateway.get("/ready").await.0 == 503 }).await;
     assert!(
         down,
-        "/health still {:?} with every node dead",
-        gateway.health().await
+        "/ready still {:?} with every node dead",
+        gateway.get("/ready").await
     );
-    let (_, body) = gateway.health().await;
-    assert_eq!(body["healthy_nodes"], 0, "{body}");
+    let (status, body) = gateway.health().await;
+    assert_eq!((status, &body["healthy_nodes"]), (200, &json!(0)), "{body}");
 }

@@ -130,7 +130,7 @@ impl FakeNode {
             return;
         };
         let (status, body) = match (method.as_str(), path.as_str()) {
-            ("GET", "/health") => {
+            ("GET", "/health" | "/ready") => {
                 counts.health.fetch_add(1, Ordering::SeqCst);
                 ("200 OK", r#"{"status":"ok","node":"fake"}"#)
             }
@@ -755,8 +755,15 @@ async fn api_tokens_give_401_403_or_access_by_role_on_a_node_and_a_gateway() {
             gateway_sees_healthy(&gateway, 1, Some(READ_TOKEN)).await,
             "the gateway never saw the node with tokens healthy"
         );
-        let health = call(Method::GET, &gateway.url("/health"), None, None, None).await;
-        assert_refused(&health, 401, "gateway /health without a token");
+        // Probes carry no token: liveness and readiness stay open, nothing else.
+        for probe in ["/health", "/ready"] {
+            let (status, body) = call(Method::GET, &gateway.url(probe), None, None, None).await;
+            assert_eq!(status, 200, "gateway {probe} without a token: {body}");
+            let (status, body) = call(Method::GET, &node.url(probe), None, None, None).await;
+            assert_eq!(status, 200, "node {probe} without a token: {body}");
+        }
+        let nodes = call(Method::GET, &gateway.url("/nodes"), None, None, None).await;
+        assert_refused(&nodes, 401, "gateway /nodes without a token");
         writes += counter_routes_by_role(&gateway.url(""), "gateway").await;
         let (status, body) = call(
             Method::POST,

@@ -90,8 +90,10 @@ pub fn router(state: DiscoveryState) -> Router {
         None => members,
     };
     members
-        // Liveness only: says nothing about the members.
+        // Probes, open to all: discovery keeps no state it must recover,
+        // so it is ready as soon as it serves.
         .route("/health", get(health))
+        .route("/ready", get(health))
         // Must come after the routes: it applies to the routes registered so far.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -102,7 +104,7 @@ pub fn router(state: DiscoveryState) -> Router {
 /// Serves discovery on an already-bound `listener` until `shutdown` resolves,
 /// then finishes in-flight requests.
 ///
-/// With `keys`, every call but `/health` must be signed with the cluster
+/// With `keys`, every call but `/health` and `/ready` must be signed with the cluster
 /// secret; `None` (only with `--insecure`) leaves the registry open.
 /// HTTP limits are the defaults, with at most [`DISCOVERY_MAX_CONNECTIONS`]
 /// connections (see [`serve_with`]).

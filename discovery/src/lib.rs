@@ -14,9 +14,8 @@ pub mod api;
 pub mod client;
 pub mod registry;
 
-use std::net::SocketAddr;
-
 use serde::{Deserialize, Serialize};
+pub use tally_protocol::HostPort;
 
 pub use api::{router, serve, serve_with, DiscoveryError, DiscoveryState};
 pub use client::{ClientError, DiscoveryClient, HeartbeatOutcome};
@@ -26,15 +25,17 @@ pub use registry::{Registry, RegistryError, DEFAULT_CAPACITY};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: String,
-    pub gossip_addr: SocketAddr,
-    pub http_addr: SocketAddr,
+    /// Where peers dial its gossip (a name or an IP, with the port).
+    pub gossip_addr: HostPort,
+    /// Where gateways and clients reach its HTTP API.
+    pub http_addr: HostPort,
 }
 
 /// A live member as listed by `GET /peers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub id: String,
-    pub gossip_addr: SocketAddr,
-    pub http_addr: SocketAddr,
+    pub gossip_addr: HostPort,
+    pub http_addr: HostPort,
     pub last_seen_ms_ago: u64,
 }

@@ -131,8 +131,8 @@ fn to_peer(entry: &Entry, now: Instant) -> Peer {
     let age = now.saturating_duration_since(entry.last_seen);
     Peer {
         id: entry.member.id.clone(),
-        gossip_addr: entry.member.gossip_addr,
-        http_addr: entry.member.http_addr,
+        gossip_addr: entry.member.gossip_addr.clone(),
+        http_addr: entry.member.http_addr.clone(),
         last_seen_ms_ago: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
     }
 }
@@ -146,8 +146,8 @@ mod tests {
     fn member(id: &str, port: u16) -> Member {
         Member {
             id: id.to_owned(),
-            gossip_addr: ([127, 0, 0, 1], port).into(),
-            http_addr: ([127, 0, 0, 1], port + 1).into(),
+            gossip_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)).into(),
+            http_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port + 1)).into(),
         }
     }
 

@@ -64,8 +64,8 @@ impl TestServer {
 fn member(id: &str, port: u16) -> Member {
     Member {
         id: id.to_owned(),
-        gossip_addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        http_addr: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+        gossip_addr: SocketAddr::from(([127, 0, 0, 1], port)).into(),
+        http_addr: SocketAddr::from(([127, 0, 0, 1], port + 1)).into(),
     }
 }
 
@@ -139,9 +139,12 @@ async fn members_register_heartbeat_list_and_leave() {
     assert_eq!(peers[0].http_addr, member("node-a", 7000).http_addr);
     assert!(peers[0].last_seen_ms_ago < 5000);
 
-    let (status, health) = send(reqwest::Client::new().get(format!("{}/health", server.url))).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(health, json!({ "status": "ok", "members": 2 }));
+    for probe in ["/health", "/ready"] {
+        let (status, answer) =
+            send(reqwest::Client::new().get(format!("{}{probe}", server.url))).await;
+        assert_eq!(status, StatusCode::OK, "{probe}");
+        assert_eq!(answer, json!({ "status": "ok", "members": 2 }), "{probe}");
+    }
 
     client.deregister("node-b").await.unwrap();
     client.deregister("node-b").await.unwrap(); // idempotent for the client

@@ -3,9 +3,9 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::handler::HandlerWithoutStateExt;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::middleware;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use crate::config::MAX_BODY_BYTES;
 use crate::error::ApiError;
 use crate::replicas::Lag;
 use crate::state::Shared;
-use crate::{browser, demo, proxy};
+use crate::{browser, demo, page, proxy};
 
 /// One entry of `GET /nodes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,20 +55,32 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/counters/{name}/decrement", post(proxy::forward))
         .route("/nodes", get(nodes))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/ws", get(browser::upgrade));
     // Without controls the demo routes don't exist at all (404 like any unknown path).
     if shared.controls.is_some() {
         routes = routes.route("/demo/nodes/{id}/{action}", post(demo::act));
     }
     let routes = routes.route_layer(middleware::from_fn_with_state(access, access::enforce));
-    let web_dir = shared.config.resolved_web_dir();
-    let routes = match web_dir {
-        Some(dir) => routes.fallback_service(
+    // `--web-dir` (development) serves a directory as it is on disk; without
+    // it, the page compiled into the binary (`page.rs`).
+    let routes = match &shared.config.web_dir {
+        Some(dir) if dir.is_dir() => routes.fallback_service(
             ServeDir::new(dir)
                 .call_fallback_on_method_not_allowed(true)
                 .not_found_service(not_found.into_service()),
         ),
-        None => routes.route("/", get(no_web_bundle)).fallback(not_found),
+        Some(dir) => {
+            tracing::warn!(dir = %dir.display(), "--web-dir does not exist: no web page");
+            routes.route("/", get(page::no_web_dir)).fallback(not_found)
+        }
+        None if page::is_embedded() => routes.fallback(embedded_page),
+        None => {
+            tracing::warn!(
+                "built without the web bundle: no web page (run `cargo xtask web`, then rebuild)"
+            );
+            routes.route("/", get(page::not_built)).fallback(not_found)
+        }
     };
     routes
         .method_not_allowed_fallback(method_not_allowed)
@@ -76,12 +88,28 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// Liveness: the gateway process answers (200 whatever the nodes do, so
+/// an orchestrator never restarts a gateway for its nodes' sake).
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let healthy_nodes = shared.balancer().healthy_count();
-    let (status, word) = if healthy_nodes > 0 {
-        (StatusCode::OK, "ok")
+    let word = if healthy_nodes > 0 {
+        "ok"
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        "no healthy node"
+    };
+    Json(json!({ "status": word, "healthy_nodes": healthy_nodes })).into_response()
+}
+
+/// Readiness: at least one node in the rotation, else 503.
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    let healthy_nodes = shared.balancer().healthy_count();
+    let (status, word) = if healthy_nodes > 0 {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no healthy node",
+        )
     };
     let body = json!({ "status": word, "healthy_nodes": healthy_nodes });
     (status, Json(body)).into_response()
@@ -114,10 +142,10 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 
-async fn no_web_bundle() -> Html<&'static str> {
-    Html(concat!(
-        "<!doctype html><meta charset=utf-8><title>Tally</title>",
-        "<p>web bundle not built — run <code>cargo xtask web</code>.</p>",
-        "<p>The API works: <a href=/nodes>/nodes</a>, <a href=/counter>/counter</a>.</p>",
-    ))
+/// A file of the embedded page, or 404 like any unknown route.
+async fn embedded_page(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    match page::respond(&method, uri.path(), &headers) {
+        Some(answer) => answer,
+        None => not_found().await.into_response(),
+    }
 }

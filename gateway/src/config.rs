@@ -21,7 +21,8 @@ pub struct GatewayConfig {
     pub nodes: Vec<String>,
     /// Discovery server URLs; their peers join `nodes`, refreshed every `discovery_interval`.
     pub discovery: Vec<String>,
-    /// Where the web bundle lives; `None` uses [`default_web_dir`].
+    /// A directory to serve the web page from (`--web-dir`, for
+    /// development); `None` serves the bundle compiled into the binary.
     pub web_dir: Option<PathBuf>,
     /// How often every node's `/health` is checked.
     pub health_interval: Duration,
@@ -80,14 +81,13 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// The web bundle directory to serve, if there is one.
-    pub fn resolved_web_dir(&self) -> Option<PathBuf> {
-        let dir = self.web_dir.clone().unwrap_or_else(default_web_dir);
-        dir.is_dir().then_some(dir)
+    /// Whether the gateway will serve the web page: from `web_dir` when it
+    /// is set (and exists), else from the bundle compiled into the binary
+    /// (absent when `cargo xtask web` had not run before the build).
+    pub fn has_page(&self) -> bool {
+        match &self.web_dir {
+            Some(dir) => dir.is_dir(),
+            None => crate::page::is_embedded(),
+        }
     }
-}
-
-/// `web/dist` next to this crate: where `cargo xtask web` puts the bundle.
-pub fn default_web_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../web/dist"))
 }

@@ -7,6 +7,7 @@ use futures_util::future::join_all;
 use serde::Deserialize;
 use tally_discovery::DiscoveryClient;
 use tally_protocol::health_proof;
+use tally_protocol::probes::READY_PATH;
 use tokio::time::{interval, MissedTickBehavior};
 
 use crate::balancer::Balancer;
@@ -14,7 +15,7 @@ use crate::node_clients;
 use crate::node_table;
 use crate::state::Shared;
 
-/// The part of a node's `/health` answer the gateway uses.
+/// The part of a node's `/ready` answer the gateway uses.
 #[derive(Deserialize)]
 struct NodeHealthAnswer {
     node: String,
@@ -80,17 +81,19 @@ async fn check_all(shared: &Arc<Shared>) {
     });
 }
 
-/// One check: healthy means a 200 with the node's id within
-/// `health_timeout` and, in a closed cluster, a valid proof that the node
-/// holds the cluster secret (a stranger that registered or was listed
-/// somehow never enters the rotation).
+/// One check of the node's readiness: healthy means a 200 from `/ready`
+/// with the node's id within `health_timeout` (so a node that is starting,
+/// refusing writes or draining before it stops is out of the rotation)
+/// and, in a closed cluster, a valid proof that the node holds the cluster
+/// secret (a stranger that registered or was listed somehow never enters
+/// the rotation).
 async fn check(shared: &Shared, addr: &str) -> Option<NodeHealthAnswer> {
-    let url = format!("http://{addr}/health");
+    let url = format!("http://{addr}{READY_PATH}");
     let challenge = health_proof::challenge(rand::random());
     let mut request = shared.http.get(url).timeout(shared.config.health_timeout);
     if let Some(keys) = &shared.config.cluster_keys {
         request = request.header(health_proof::CHALLENGE_HEADER, &challenge);
-        for (name, value) in node_clients::signed_read(keys, "/health") {
+        for (name, value) in node_clients::signed_read(keys, READY_PATH) {
             request = request.header(name, value);
         }
     }
@@ -112,7 +115,7 @@ async fn check(shared: &Shared, addr: &str) -> Option<NodeHealthAnswer> {
     Some(answer)
 }
 
-/// Largest `/health` answer read; a real one is under 100 bytes.
+/// Largest `/ready` answer read; a real one is under 100 bytes.
 const MAX_HEALTH_ANSWER: usize = 4096;
 
 async fn read_small_json<T: serde::de::DeserializeOwned>(

@@ -8,7 +8,7 @@
 //!   (`replicas`), and fans the cluster's state out to browsers on `/ws`
 //!   (`browser`);
 //! * runs the demo's crash/restart/partition/heal buttons (`demo`);
-//! * serves the web page.
+//! * serves the web page, compiled into the binary (`page`, from `build.rs`).
 mod api;
 mod balancer;
 mod browser;
@@ -21,6 +21,7 @@ mod followers;
 mod health;
 mod node_clients;
 mod node_table;
+mod page;
 mod proxy;
 mod replicas;
 mod state;
@@ -33,7 +34,7 @@ use tally_protocol::http_server::{self, ConnectionStats};
 use tokio::net::TcpListener;
 
 pub use api::NodeView;
-pub use config::{default_web_dir, GatewayConfig, MAX_BODY_BYTES};
+pub use config::{GatewayConfig, MAX_BODY_BYTES};
 pub use demo_controls::DemoControls;
 pub use error::GatewayError;
 pub use replicas::Lag;

@@ -14,6 +14,7 @@ use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full, Limited};
+use tally_protocol::probes;
 
 use crate::error::{self, ApiError};
 use crate::failover::{self, Failure, Next, RequestKind};
@@ -72,7 +73,13 @@ impl NodeRequest {
         let mut answer = error::no_healthy_node();
         for addr in order {
             let failure = match self.send(shared, &addr).await {
-                Ok(response) => return Ok(response),
+                Ok((response, draining)) => {
+                    if draining {
+                        tracing::info!(node = %addr, "node is draining before it stops; it leaves the rotation");
+                        node_table::mark_unhealthy(shared, &addr);
+                    }
+                    return Ok(response);
+                }
                 Err(failure) => failure,
             };
             tracing::warn!(node = %addr, "proxied request failed; node leaves the rotation");
@@ -86,7 +93,8 @@ impl NodeRequest {
         Err(answer)
     }
 
-    async fn send(&self, shared: &Shared, addr: &str) -> Result<Response, Failure> {
+    /// The node's answer, and whether it said it is draining.
+    async fn send(&self, shared: &Shared, addr: &str) -> Result<(Response, bool), Failure> {
         let request = self.to_node(addr)?;
         tokio::time::timeout(
             shared.config.request_timeout,
@@ -124,16 +132,14 @@ async fn exchange(
     client: &NodeClient,
     request: Request<Full<Bytes>>,
     limit: usize,
-) -> Result<Response, Failure> {
+) -> Result<(Response, bool), Failure> {
     let answer = client.request(request).await.map_err(classify)?;
     let (head, body) = answer.into_parts();
+    let draining = head.headers.contains_key(probes::DRAINING_HEADER);
     let body = Limited::new(body, limit).collect().await;
     let body = body.map_err(|error| Failure::Broken(error.to_string()))?;
-    Ok(as_gateway_answer(
-        head.status,
-        head.headers,
-        body.to_bytes(),
-    ))
+    let answer = as_gateway_answer(head.status, head.headers, body.to_bytes());
+    Ok((answer, draining))
 }
 
 /// Only a failure to connect proves the request never left; anything later

@@ -134,7 +134,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(
         .unwrap_or_else(|_| panic!("never: {what}"));
 }
 
-/// The least of a node the gateway talks to: `/health` passes (naming the
+/// The least of a node the gateway talks to: `/ready` passes (naming the
 /// node) only while `passing` is set, `/counter` names the node and counts
 /// the reads, and `/ws` streams one snapshot of a default counter at
 /// `value`. Runs until the test ends.
@@ -184,7 +184,7 @@ impl StandIn {
             })
         };
         let app = Router::new()
-            .route("/health", get(health))
+            .route("/ready", get(health))
             .route("/counter", get(read))
             .route("/ws", get(stream));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -225,11 +225,13 @@ fn default_counter_at(value: u64) -> CounterMap {
 async fn without_nodes_everything_answers_json_errors() {
     let gateway = Gateway::start(empty_config(), None).await;
 
-    let (status, body) = gateway.get("/health").await;
+    let (status, body) = gateway.get("/ready").await;
     assert_eq!(
         (status, json(&body)["healthy_nodes"].as_u64()),
         (503, Some(0))
     );
+    // Alive all the same: liveness does not depend on the nodes.
+    assert_eq!(gateway.get("/health").await.0, 200);
     let (status, body) = gateway.get("/counter").await;
     assert_eq!(status, 503);
     assert!(json(&body)["error"].is_string(), "{body}");
@@ -292,7 +294,7 @@ async fn only_nodes_that_pass_their_health_check_are_used() {
         good.health_checks() >= 3
     })
     .await;
-    let (status, body) = gateway.get("/health").await;
+    let (status, body) = gateway.get("/ready").await;
     assert_eq!(
         (status, json(&body)["healthy_nodes"].as_u64()),
         (503, Some(0))
@@ -300,11 +302,11 @@ async fn only_nodes_that_pass_their_health_check_are_used() {
     assert_eq!(gateway.get("/counter").await.0, 503);
 
     good.start_passing();
-    eventually("/health answers 200", || async {
-        gateway.get("/health").await.0 == 200
+    eventually("/ready answers 200", || async {
+        gateway.get("/ready").await.0 == 200
     })
     .await;
-    let (_, body) = gateway.get("/health").await;
+    let (_, body) = gateway.get("/ready").await;
     assert_eq!(json(&body)["healthy_nodes"].as_u64(), Some(1), "{body}");
     for _ in 0..4 {
         let (status, body) = gateway.get("/counter").await;
@@ -452,7 +454,7 @@ async fn the_web_bundle_is_served_at_the_root() {
     let (status, body) = gateway.get("/missing.js").await;
     assert_eq!((status, json(&body)["error"].is_string()), (404, true));
     assert_eq!(
-        gateway.get("/health").await.0,
+        gateway.get("/ready").await.0,
         503,
         "API routes win over files"
     );

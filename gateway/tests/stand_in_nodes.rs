@@ -55,7 +55,7 @@ impl StandIn {
         let (health_id, read_id, ws_id) = (id.clone(), id.clone(), id.clone());
         let app = Router::new()
             .route(
-                "/health",
+                "/ready",
                 get(move || async move { Json(json!({"status": "ok", "node": health_id})) }),
             )
             .route(

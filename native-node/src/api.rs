@@ -19,14 +19,15 @@ use serde::{Deserialize, Serialize};
 use tally_protocol::access::{self, AccessPolicy};
 use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::events::{MemberInfo, NodeEvent, SnapshotChunker};
-use tally_protocol::health_proof;
 use tally_protocol::http_error::{ApiError, MAX_BODY_BYTES};
 use tally_protocol::http_server::PerIpLimit;
+use tally_protocol::{health_proof, probes};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::gossip::Gossip;
 use crate::membership::Status;
 use crate::metrics::{Metrics, PeerCounts, StateSize};
+use crate::readiness::Readiness;
 use crate::replica::Replica;
 use crate::transport::Tcp;
 use crate::writer::{WriteError, WriterHandle};
@@ -61,6 +62,8 @@ pub struct ApiState {
     pub counter_limit: Arc<CounterLimit>,
     /// Largest encoded snapshot chunk on `/ws`.
     pub stream_chunk_bytes: usize,
+    /// What `/ready` answers; draining once shutdown begins.
+    pub readiness: Arc<Readiness>,
 }
 
 /// Most `/ws` subscribers at once (the gateways and tools following a node).
@@ -163,6 +166,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/state", get(get_state))
         .route("/peers", get(get_peers))
         .route("/health", get(get_health))
+        .route("/ready", get(get_ready))
         .route("/metrics", get(get_metrics))
         .route("/ws", get(websocket))
         .route(
@@ -177,6 +181,10 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::map_response_with_state(
+            Arc::clone(&state.readiness),
+            mark_draining,
+        ))
         // Outermost: nothing, not even a 404, is answered to a caller the
         // policy refuses.
         .layer(middleware::from_fn_with_state(
@@ -432,7 +440,36 @@ async fn get_health(State(state): State<ApiState>, headers: HeaderMap) -> Respon
             (StatusCode::OK, body)
         }
     };
-    let body = (status, Json(body));
+    with_proof(&state, &headers, (status, Json(body)).into_response())
+}
+
+/// Whether this node should get traffic now (see [`crate::readiness`]):
+/// 200 `{"status":"ready"}`, or 503 with the reason. Answers a gateway's
+/// challenge like `/health`, so only a member of the cluster passes.
+async fn get_ready(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let alive = state.gossip.members().alive();
+    let known = state.gossip.knows_other_nodes();
+    let assessed = (state.readiness).assess(
+        alive,
+        known,
+        state.writer.refusal(),
+        std::time::Instant::now(),
+    );
+    let (status, body) = match assessed {
+        Ok(()) => (
+            StatusCode::OK,
+            serde_json::json!({ "status": "ready", "node": state.node, "peers_alive": alive }),
+        ),
+        Err(not_ready) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "not ready", "node": state.node, "reason": not_ready.to_string() }),
+        ),
+    };
+    with_proof(&state, &headers, (status, Json(body)).into_response())
+}
+
+/// Adds the proof of cluster membership a gateway's challenge asks for.
+fn with_proof(state: &ApiState, headers: &HeaderMap, mut answer: Response) -> Response {
     let challenge = headers
         .get(health_proof::CHALLENGE_HEADER)
         .and_then(|value| value.to_str().ok());
@@ -440,10 +477,22 @@ async fn get_health(State(state): State<ApiState>, headers: HeaderMap) -> Respon
         (Some(keys), Some(challenge)) => health_proof::prove(keys, challenge, &state.node),
         _ => None,
     };
-    match proof {
-        Some(proof) => ([(health_proof::PROOF_HEADER, proof)], body).into_response(),
-        None => body.into_response(),
+    if let Some(value) = proof.and_then(|proof| header::HeaderValue::from_str(&proof).ok()) {
+        answer
+            .headers_mut()
+            .insert(health_proof::PROOF_HEADER, value);
     }
+    answer
+}
+
+async fn mark_draining(State(readiness): State<Arc<Readiness>>, mut answer: Response) -> Response {
+    if readiness.is_draining() {
+        answer.headers_mut().insert(
+            probes::DRAINING_HEADER,
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    answer
 }
 
 async fn get_metrics(State(state): State<ApiState>) -> impl IntoResponse {

@@ -243,6 +243,8 @@ pub struct Gossip<N: Network> {
     links: Mutex<HashMap<String, Link>>,
     partitioned: RwLock<HashSet<String>>,
     seeds: Vec<String>,
+    /// Seeds from `--seed-dns`, replaced at each resolution.
+    dns_seeds: RwLock<Vec<String>>,
     sink: Option<Arc<dyn RemoteSink>>,
     metrics: Arc<Metrics>,
     member_changes: watch::Sender<u64>,
@@ -280,6 +282,7 @@ impl<N: Network> Gossip<N> {
             links: Mutex::default(),
             partitioned: RwLock::default(),
             seeds,
+            dns_seeds: RwLock::default(),
             sink,
             metrics,
             member_changes: watch::channel(0).0,
@@ -331,6 +334,25 @@ impl<N: Network> Gossip<N> {
         if changed {
             self.member_changes.send_modify(|v| *v += 1);
         }
+    }
+
+    /// Replaces the seeds found by DNS (`--seed-dns`).
+    pub fn set_dns_seeds(&self, seeds: Vec<String>) {
+        *self.dns_seeds.write().unwrap_or_else(|p| p.into_inner()) = seeds;
+    }
+
+    /// Whether any other node is known: a seed, or a member in any state.
+    pub fn knows_other_nodes(&self) -> bool {
+        !self.all_seeds().is_empty() || !self.members().peers().is_empty()
+    }
+
+    /// Every seed address, static and from DNS, but our own.
+    fn all_seeds(&self) -> Vec<String> {
+        let dns = self.dns_seeds.read().unwrap_or_else(|p| p.into_inner());
+        (self.seeds.iter().chain(dns.iter()))
+            .filter(|seed| **seed != self.me.member.gossip_addr)
+            .cloned()
+            .collect()
     }
 
     /// Drops all gossip to and from these peers (fault injection); empty heals.
@@ -616,7 +638,7 @@ impl<N: Network> Gossip<N> {
             let members = self.members();
             (members.peers().into_iter())
                 .map(|(record, _)| record.gossip_addr)
-                .chain(self.seeds.iter().cloned())
+                .chain(self.all_seeds())
                 .collect()
         };
         // Dropping a link closes its queue; its task ends with the connection.
@@ -640,12 +662,7 @@ impl<N: Network> Gossip<N> {
             .map(|m| m.gossip_addr)
             .collect();
         if members.alive() == 0 {
-            let others: Vec<&String> = self
-                .seeds
-                .iter()
-                .filter(|s| **s != self.me.member.gossip_addr)
-                .collect();
-            targets.extend(others.choose(&mut *rng).map(|s| (*s).clone()));
+            targets.extend(self.all_seeds().choose(&mut *rng).cloned());
         }
         targets
     }

@@ -10,15 +10,18 @@ use tally_protocol::access::{AccessPolicy, ApiTokens};
 use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::http_server::{self, PerIpLimit, ServerLimits};
 use tally_protocol::request_auth::server::RequestVerifier;
+use tally_protocol::HostPort;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState};
 use crate::data_dir::{DataDirError, DataDirLock};
+use crate::dns_seeds;
 use crate::gossip::{Gossip, GossipConfig, RemoteSink};
 use crate::identity::{Identity, IdentityError, IdentityFile};
 use crate::journal::{self, JournalError};
 use crate::metrics::Metrics;
 use crate::protocol::MemberRecord;
+use crate::readiness::Readiness;
 use crate::registration::{self, Registration};
 use crate::replica::{Replica, ReplicaState};
 use crate::transport::{GossipKeys, PeerIdentity, Tcp};
@@ -34,10 +37,29 @@ pub struct NodeConfig {
     pub gossip_addr: SocketAddr,
     /// Where to serve HTTP.
     pub http_addr: SocketAddr,
+    /// The gossip address peers are told (`--gossip-advertise`); `None`:
+    /// the bound one, which then may not be unspecified (`0.0.0.0`).
+    pub gossip_advertise: Option<HostPort>,
+    /// The HTTP address discovery and gateways are told (`--http-advertise`).
+    pub http_advertise: Option<HostPort>,
     /// Discovery server base URLs.
     pub discovery: Vec<String>,
-    /// Static peers' gossip addresses.
-    pub seeds: Vec<String>,
+    /// Static peers' gossip addresses (names resolved at each dial).
+    pub seeds: Vec<HostPort>,
+    /// Names whose every A/AAAA record is a seed (`--seed-dns`).
+    pub seed_dns: Vec<HostPort>,
+    /// How often `seed_dns` names are resolved again.
+    pub dns_refresh: Duration,
+    /// A node that finds no peer within this long of its start becomes
+    /// ready anyway (see [`crate::readiness`]).
+    pub join_timeout: Duration,
+    /// After SIGTERM, how long the node keeps serving while not ready, so
+    /// gateways and load balancers stop sending before it closes.
+    pub drain_period: Duration,
+    /// The whole graceful stop (drain, in-flight requests, deregistration,
+    /// final sync) must finish within this long, else the node gives up
+    /// with an error (acknowledged writes are on disk either way).
+    pub shutdown_timeout: Duration,
     /// Data directory (identity + WAL).
     pub data_dir: PathBuf,
     /// Gossip tuning.
@@ -98,6 +120,22 @@ pub enum NodeError {
     /// The discovery URLs are unusable.
     #[error("discovery: {0}")]
     Discovery(String),
+    /// Bound to every interface with no address to tell peers.
+    #[error(
+        "{bind_flag} {addr} listens on every interface, which nobody can dial: \
+         give {advertise_flag} HOST:PORT, the address others should use"
+    )]
+    NothingToAdvertise {
+        /// The listen flag.
+        bind_flag: &'static str,
+        /// The flag that fixes it.
+        advertise_flag: &'static str,
+        /// The unspecified address.
+        addr: SocketAddr,
+    },
+    /// The graceful stop took longer than `--shutdown-timeout`.
+    #[error("graceful shutdown did not finish within {0:?}; stopping anyway (acknowledged writes are on disk)")]
+    ShutdownTimedOut(Duration),
 }
 
 /// A running node's listening addresses.
@@ -109,6 +147,10 @@ pub struct Running {
     pub gossip_addr: SocketAddr,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
+    /// The gossip address peers are told.
+    pub gossip_advertised: HostPort,
+    /// The HTTP address discovery and gateways are told.
+    pub http_advertised: HostPort,
 }
 
 /// Runs a node until `shutdown` resolves. `on_ready` hears the bound addresses.
@@ -117,6 +159,7 @@ pub async fn run(
     on_ready: impl FnOnce(&Running),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    check_advertised(&config)?;
     // Before anything in the directory is read or changed; held until `run` returns.
     let _lock = DataDirLock::acquire(&config.data_dir)?;
     let identity = Identity::load_or_create(&config.data_dir, config.id.as_deref())?;
@@ -142,10 +185,13 @@ pub async fn run(
 
     let gossip_listener = bind("gossip", config.gossip_addr).await?;
     let http_listener = bind("HTTP", config.http_addr).await?;
+    let (gossip_addr, http_addr) = (gossip_listener.local_addr()?, http_listener.local_addr()?);
     let running = Running {
         id: identity.id.clone(),
-        gossip_addr: gossip_listener.local_addr()?,
-        http_addr: http_listener.local_addr()?,
+        gossip_addr,
+        http_addr,
+        gossip_advertised: (config.gossip_advertise.clone()).unwrap_or_else(|| gossip_addr.into()),
+        http_advertised: (config.http_advertise.clone()).unwrap_or_else(|| http_addr.into()),
     };
 
     let metrics = Arc::new(Metrics::default());
@@ -168,8 +214,8 @@ pub async fn run(
         keys,
         member: MemberRecord {
             id: identity.id.clone(),
-            gossip_addr: running.gossip_addr.to_string(),
-            http_addr: running.http_addr.to_string(),
+            gossip_addr: running.gossip_advertised.to_string(),
+            http_addr: running.http_advertised.to_string(),
             heartbeat: boot_heartbeat(),
         },
         max_frame: config.max_frame,
@@ -181,11 +227,23 @@ pub async fn run(
         me,
         config.gossip.clone(),
         Arc::clone(&replica),
-        config.seeds.clone(),
+        config.seeds.iter().map(HostPort::to_string).collect(),
         Some(sink),
         Arc::clone(&metrics),
     );
     gossip.start(gossip_listener);
+    let dns_seeds = (!config.seed_dns.is_empty()).then(|| {
+        let own = vec![
+            running.gossip_advertised.to_string(),
+            gossip_addr.to_string(),
+        ];
+        dns_seeds::start(
+            config.seed_dns.clone(),
+            own,
+            config.dns_refresh,
+            Arc::clone(&gossip),
+        )
+    });
 
     let registration = if config.discovery.is_empty() {
         None
@@ -195,7 +253,11 @@ pub async fn run(
         if let Some(keys) = &config.cluster_keys {
             client = client.signed_with(keys.clone());
         }
-        let member = registration::member(&identity.id, running.gossip_addr, running.http_addr);
+        let member = registration::member(
+            &identity.id,
+            running.gossip_advertised.clone(),
+            running.http_advertised.clone(),
+        );
         Some(Registration::start(
             client,
             member,
@@ -204,6 +266,9 @@ pub async fn run(
         ))
     };
 
+    let alone_by_config =
+        config.seeds.is_empty() && config.seed_dns.is_empty() && config.discovery.is_empty();
+    let readiness = Arc::new(Readiness::new(alone_by_config, config.join_timeout));
     let http_connections = Arc::clone(&metrics.http_connections);
     let app = api::router(ApiState {
         node: identity.id.clone(),
@@ -223,23 +288,101 @@ pub async fn run(
         subscribers_per_ip: PerIpLimit::new(api::MAX_SUBSCRIBERS_PER_IP),
         counter_limit: api::CounterLimit::new(config.max_counters),
         stream_chunk_bytes: config.stream_chunk_bytes,
+        readiness: Arc::clone(&readiness),
     });
     on_ready(&running);
-    tracing::info!(node = %running.id, gossip = %running.gossip_addr, http = %running.http_addr, "node is serving");
-    http_server::serve(
-        http_listener,
-        app,
-        config.http.clone(),
-        http_connections,
-        shutdown,
-    )
-    .await?;
-    // Syncs and records the clean stop while the directory is still locked.
-    writer.shutdown().await;
-    if let Some(registration) = registration {
-        registration.leave().await;
+    tracing::info!(
+        node = %running.id,
+        gossip = %running.gossip_addr,
+        http = %running.http_addr,
+        gossip_advertised = %running.gossip_advertised,
+        http_advertised = %running.http_advertised,
+        "node is serving"
+    );
+
+    // The graceful stop: not ready and out of discovery at once, requests
+    // still served for the drain period (gateways see `/ready` fail and the
+    // draining header, and stop sending), then no new connection, requests
+    // in flight finish, the WAL is synced and the clean stop recorded.
+    let (signalled, deadline_starts) = tokio::sync::oneshot::channel::<()>();
+    let registration = Arc::new(tokio::sync::Mutex::new(registration));
+    let stop_serving = {
+        let (readiness, registration) = (Arc::clone(&readiness), Arc::clone(&registration));
+        let drain_period = config.drain_period;
+        async move {
+            shutdown.await;
+            let _ = signalled.send(());
+            readiness.start_draining();
+            tracing::info!(
+                drain_ms = drain_period.as_millis() as u64,
+                "draining: not ready, still serving"
+            );
+            if let Some(registration) = registration.lock().await.take() {
+                registration.leave().await;
+            }
+            tokio::time::sleep(drain_period).await;
+        }
+    };
+    let stop = async {
+        http_server::serve(
+            http_listener,
+            app,
+            config.http.clone(),
+            http_connections,
+            stop_serving,
+        )
+        .await?;
+        // Syncs and records the clean stop while the directory is still locked.
+        writer.shutdown().await;
+        if let Some(registration) = registration.lock().await.take() {
+            registration.leave().await;
+        }
+        Ok::<(), NodeError>(())
+    };
+    let deadline = async {
+        if deadline_starts.await.is_err() {
+            // Serving ended without a signal: no deadline applies.
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(config.shutdown_timeout).await;
+    };
+    tokio::select! {
+        stopped = stop => stopped?,
+        () = deadline => return Err(NodeError::ShutdownTimedOut(config.shutdown_timeout)),
+    }
+    if let Some(task) = dns_seeds {
+        task.abort();
     }
     tracing::info!(node = %running.id, "node stopped");
+    Ok(())
+}
+
+/// Refuses an unspecified listen address (`0.0.0.0`, `[::]`) with nothing
+/// advertised: peers and gateways would be told an address nobody can dial.
+fn check_advertised(config: &NodeConfig) -> Result<(), NodeError> {
+    let checks = [
+        (
+            config.gossip_addr,
+            &config.gossip_advertise,
+            "--gossip-addr",
+            "--gossip-advertise",
+        ),
+        (
+            config.http_addr,
+            &config.http_advertise,
+            "--http-addr",
+            "--http-advertise",
+        ),
+    ];
+    for (addr, advertise, bind_flag, advertise_flag) in checks {
+        if addr.ip().is_unspecified() && advertise.is_none() {
+            return Err(NodeError::NothingToAdvertise {
+                bind_flag,
+                advertise_flag,
+                addr,
+            });
+        }
+    }
     Ok(())
 }
 

@@ -7,11 +7,10 @@
 //! or a registration when the server does not know us or we lost contact),
 //! then refreshes the peer list. A discovery server that restarted empty
 //! therefore hears from every node within one period.
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_discovery::{ClientError, DiscoveryClient, HeartbeatOutcome, Member};
+use tally_discovery::{ClientError, DiscoveryClient, HeartbeatOutcome, HostPort, Member};
 use tokio::task::JoinHandle;
 
 use crate::gossip::Gossip;
@@ -54,7 +53,7 @@ impl Registration {
 }
 
 /// Our record for discovery.
-pub fn member(id: &str, gossip_addr: SocketAddr, http_addr: SocketAddr) -> Member {
+pub fn member(id: &str, gossip_addr: HostPort, http_addr: HostPort) -> Member {
     Member {
         id: id.to_owned(),
         gossip_addr,

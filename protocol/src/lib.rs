@@ -4,6 +4,9 @@
 //! and the browser page — everything the CRDT itself need not know:
 //!
 //! - [`events`]: the live state stream, node `/ws` → gateway → browser `/ws`;
+//! - [`address`]: `host:port` as processes advertise and dial it (names
+//!   kept, resolved at each dial);
+//! - [`probes`]: `/health`, `/ready` and the draining header;
 //! - [`node_id`]: what a node id may look like (one rule for every process);
 //! - [`cluster_key`] and [`request_auth`] (feature `auth`): the cluster
 //!   secret, the keys derived from it, and signed requests between processes;
@@ -22,6 +25,7 @@
 
 #[cfg(feature = "http")]
 pub mod access;
+pub mod address;
 #[cfg(feature = "auth")]
 pub mod cluster_key;
 pub mod events;
@@ -34,7 +38,9 @@ pub mod http_error;
 #[cfg(feature = "http")]
 pub mod http_server;
 pub mod node_id;
+pub mod probes;
 #[cfg(feature = "auth")]
 pub mod request_auth;
 
+pub use address::{HostPort, InvalidAddress};
 pub use node_id::{validate_node_id, InvalidNodeId};

@@ -311,6 +311,10 @@ impl NodeProcess {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Tests stop nodes often: a short drain unless the test sets one.
+        if !extra.iter().any(|arg| arg == "--drain-period") {
+            args.extend(["--drain-period".to_string(), "100ms".to_string()]);
+        }
         args.push("--data-dir".into());
         args.push(data_dir.display().to_string());
         args.extend(extra.iter().cloned());
@@ -353,6 +357,16 @@ impl NodeProcess {
         if let Some(mut child) = self.child.take() {
             kill_and_reap(&mut child);
         }
+    }
+
+    /// SIGTERM, then waits for the exit and returns how it went.
+    pub fn stop_gracefully(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        child.wait().ok()
     }
 
     /// SIGTERM, then waits for the exit.

@@ -4,8 +4,10 @@
 //! - `setup` installs the missing toolchain pieces (idempotent).
 //! - `web` builds the browser bundle into `web/dist/`.
 //! - `demo [args…]` sets up, builds the bundle and starts the demo cluster.
+//! - `deploy-check` validates `deploy/` (Dockerfile, compose, Kubernetes) offline.
 //! - `ci` runs every check in order and fails fast.
 mod ci;
+mod deploy;
 mod lockfile;
 mod process;
 mod setup;
@@ -21,10 +23,11 @@ usage: cargo xtask <command>
 
 commands:
   setup          install what is missing (wasm target, wasm-bindgen CLI, wasm-pack,
-                 chromium + chromedriver, wasm-opt); safe to run again
+                 chromium + chromedriver, wasm-opt, the deploy-check tools); safe to run again
   web            build the browser bundle into web/dist/
   demo [args…]   setup + web, then `cargo run --release -p tally -- [args…]`
-  ci             setup, then fmt, clippy, web, tests (native, node, headless chrome)";
+  deploy-check   lint deploy/: hadolint, compose schema, Kubernetes schemas, consistency
+  ci             setup, then fmt, deploy-check, clippy, web, tests (native, node, headless chrome)";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -48,6 +51,7 @@ fn run(args: Vec<String>) -> Result<()> {
         "setup" => setup::run(&root),
         "web" => web::build(&root),
         "demo" => demo(&root, rest),
+        "deploy-check" => deploy::check(&root),
         "ci" => ci::run(&root),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");

