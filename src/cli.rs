@@ -127,13 +127,15 @@ pub struct NodeArgs {
     /// Where the identity and the write-ahead log live [default: ./data/<id>, or ./data/node without --id].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Time between anti-entropy rounds.
+    /// Time between gossip rounds: each pings one member (failure detection,
+    /// digest comparison); a silent member is suspect after 3 rounds, dead 5 later.
     #[arg(long, default_value = "200ms", value_parser = humantime_duration)]
     pub gossip_interval: Duration,
-    /// Peers contacted per round and per eager push.
+    /// Most pulls started per round (where a probe showed states differ), and
+    /// members sent membership news per round while there is any.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub fanout: u16,
-    /// Every this many rounds, one pull asks for the full state (a backstop; free when digests agree).
+    /// Every this many pulls, one asks for the full state (a backstop; free when digests agree).
     #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(1..))]
     pub full_sync_every: u64,
     /// Most inbound gossip connections at once; more are closed at once and

@@ -502,6 +502,7 @@ async fn get_metrics(State(state): State<ApiState>) -> impl IntoResponse {
             alive: members.count(Status::Alive),
             suspect: members.count(Status::Suspect),
             dead: members.count(Status::Dead),
+            suspicions: members.suspicions(),
         }
     };
     let size = {

@@ -1,22 +1,27 @@
-//! Anti-entropy and eager push over persistent peer connections.
+//! Probes, repair and broadcast over persistent peer connections.
 //!
-//! - **Rounds**: every `interval`, raise our heartbeat, re-check members,
-//!   and send a `Pull` to `fanout` random live peers — never a second one
-//!   to a peer whose answer is still coming (every `full_sync_every` rounds
-//!   one of them gets a `Pull` with no watermarks, a full-state backstop; it
-//!   still costs nothing when digests agree).
-//! - **Answers** are built chunk by chunk as the connection drains them,
-//!   each chunk under the frame budget and under the read lock only while it
-//!   is collected, so a peer far behind costs bounded memory and never
-//!   stalls writers.
-//! - **Eager push**: every change to the replica (a durable local write, or
-//!   news from a peer) goes out at once as a `Delta` to `fanout` peers
-//!   other than the one it came from; since only news is forwarded, the
-//!   spread stops by itself once everyone has it.
+//! - **Rounds**: every `interval`, re-check members (unanswered probes →
+//!   suspect → dead), close links nobody needs, and `Ping` one member
+//!   (round-robin, see `membership`). Ping and answer carry both sides'
+//!   state and member digests and a few membership updates: idle, a round
+//!   costs two small frames per node, whatever the cluster or keyspace size.
+//! - **Repair** (anti-entropy), only where a probe showed digests differ:
+//!   a `Pull` with our watermarks (at most `fanout` started per round; every
+//!   `full_sync_every`-th one asks for everything), answered chunk by chunk
+//!   as the connection drains it; a member-digest difference sends the
+//!   whole member table. Since every node probes one member per round and
+//!   both ends of a probe compare, a difference is found within a round or
+//!   two and spreads like an epidemic.
+//! - **Broadcast**: a durable local write goes out at once as one `Delta` to
+//!   every member not dead; receivers merge it and do not forward it, so
+//!   each member receives each change once, one hop after the write. A lost
+//!   delta (a full queue, a cut link) shows up as a digest difference at the
+//!   next probe and is pulled.
 //! - **Links**: one outbound connection per peer address, opened on first
 //!   use and kept; a task per link redials with exponential backoff.
 //!   Outbound queues are bounded and drop when full: anti-entropy repairs
-//!   anything a dropped message would have carried.
+//!   anything a dropped message would have carried. Links to addresses no
+//!   member has any more are closed every round.
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,9 +38,9 @@ use tally_protocol::request_auth::unix_now_ms;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
-use crate::membership::{Membership, Source};
+use crate::membership::{Membership, Source, Timing};
 use crate::metrics::Metrics;
-use crate::protocol::{MemberRecord, Message};
+use crate::protocol::{MemberRecord, MemberUpdate, Message};
 use crate::replica::Replica;
 use crate::transport::{self, Connection, Network, PeerIdentity, TransportError};
 
@@ -58,15 +63,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// at least [`MIN_REPLY_TIMEOUT`]) is presumed broken and redialled.
 const REPLY_TIMEOUT_ROUNDS: u32 = 10;
 const MIN_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Member records per `Members` chunk: a record is an id and two addresses
+/// (≤ ~600 bytes even with long names), so a chunk stays far under a frame.
+const MEMBERS_PER_CHUNK: usize = 256;
 
 /// Tuning of the gossip layer.
 #[derive(Debug, Clone)]
 pub struct GossipConfig {
     /// Time between anti-entropy rounds.
     pub interval: Duration,
-    /// Peers contacted per round and per eager push.
+    /// Most pulls started per round (each where a probe showed a difference).
     pub fanout: usize,
-    /// Every this many rounds, one pull asks for the full state.
+    /// Every this many pulls, one asks for the full state.
     pub full_sync_every: u64,
     /// Most inbound gossip connections at once; more are closed and counted.
     pub max_inbound: usize,
@@ -127,7 +135,10 @@ struct Link {
     queue: mpsc::Sender<Outgoing>,
     /// Encoded bytes waiting in `queue`.
     queued_bytes: Arc<AtomicUsize>,
+    /// The pull sent and not yet answered in full.
     awaiting: Awaiting,
+    /// The oldest ping sent and not answered (a link that answers none is redialled).
+    ping_awaiting: Awaiting,
 }
 
 impl Link {
@@ -145,6 +156,22 @@ impl Link {
     }
 }
 
+/// What a link's task shares with its [`Link`].
+struct LinkWaits {
+    queued_bytes: Arc<AtomicUsize>,
+    awaiting: Awaiting,
+    ping_awaiting: Awaiting,
+}
+
+/// Member-table chunks for the digest repair, each well under a frame.
+fn table_messages(members: &Membership) -> Vec<Message> {
+    (members.table().chunks(MEMBERS_PER_CHUNK))
+        .map(|records| Message::Members {
+            records: records.to_vec(),
+        })
+        .collect()
+}
+
 /// The receiving end of a link's queue, as the connection's writer drains it.
 struct Outbox<'a> {
     queue: &'a mut mpsc::Receiver<Outgoing>,
@@ -157,7 +184,6 @@ pub struct PullAnswer {
     cursor: Watermarks,
     /// Our watermarks when the answer began; sent with the last chunk.
     watermarks: Option<Watermarks>,
-    members: Vec<MemberRecord>,
     budget: usize,
     /// The digests agreed: the whole answer is one `Ack`.
     ack: bool,
@@ -172,9 +198,7 @@ impl PullAnswer {
     /// chunks carry.
     pub fn next_message(&mut self, replica: &Replica) -> Option<Message> {
         if std::mem::take(&mut self.ack) {
-            return Some(Message::Ack {
-                members: std::mem::take(&mut self.members),
-            });
+            return Some(Message::Ack);
         }
         self.watermarks.as_ref()?;
         let chunk = {
@@ -186,7 +210,6 @@ impl PullAnswer {
             return Some(Message::Push {
                 changes: chunk,
                 done: self.watermarks.take(),
-                members: std::mem::take(&mut self.members),
             });
         }
         // Chunks follow each actor's seq order, so everything up to the
@@ -197,7 +220,6 @@ impl PullAnswer {
         Some(Message::Push {
             changes: chunk,
             done: None,
-            members: vec![],
         })
     }
 }
@@ -250,6 +272,10 @@ pub struct Gossip<N: Network> {
     member_changes: watch::Sender<u64>,
     /// Picks gossip partners; seedable so simulations are reproducible.
     rng: Mutex<StdRng>,
+    /// Pulls sent so far (every `full_sync_every`-th asks for everything).
+    pulls: AtomicUsize,
+    /// Pulls that may still start this round (`fanout` per round).
+    pull_budget: AtomicUsize,
     /// One permit per open inbound connection.
     inbound: Arc<Semaphore>,
     /// One permit per inbound handshake under way.
@@ -269,8 +295,7 @@ impl<N: Network> Gossip<N> {
     ) -> Arc<Self> {
         let members = Mutex::new(Membership::new(
             me.member.clone(),
-            config.interval,
-            config.forget_dead_after,
+            Timing::for_interval(config.interval, config.forget_dead_after),
         ));
         let inbound = Arc::new(Semaphore::new(config.max_inbound.max(1)));
         Arc::new(Self {
@@ -287,6 +312,8 @@ impl<N: Network> Gossip<N> {
             metrics,
             member_changes: watch::channel(0).0,
             rng: Mutex::new(StdRng::from_entropy()),
+            pulls: AtomicUsize::new(0),
+            pull_budget: AtomicUsize::new(0),
             inbound,
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
         })
@@ -325,12 +352,32 @@ impl<N: Network> Gossip<N> {
         self.member_changes.subscribe()
     }
 
-    /// Learns members: from a peer's authenticated session, or from outside
-    /// gossip (discovery, seeds). See [`Membership::merge`] for what each may say.
+    /// Learns members from outside gossip (discovery, seeds): introductions
+    /// of members taken as alive. See [`Membership::merge`] for what each may say.
     pub fn add_members(&self, records: &[MemberRecord], source: Source<'_>) {
-        let changed = self
-            .members()
-            .merge(records, source, Instant::now(), unix_now_ms());
+        let updates: Vec<MemberUpdate> = (records.iter())
+            .map(|record| MemberUpdate {
+                record: record.clone(),
+                status: crate::membership::Status::Alive,
+            })
+            .collect();
+        self.merge_members(&updates, source, false);
+    }
+
+    /// Merges membership news (`bulk`: a whole table, see [`Membership::merge`]).
+    fn merge_members(&self, updates: &[MemberUpdate], source: Source<'_>, bulk: bool) {
+        if updates.is_empty() {
+            return;
+        }
+        let changed = (self.members()).merge(updates, source, bulk, Instant::now(), unix_now_ms());
+        if changed {
+            self.member_changes.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// A peer's handshake: its own word about itself, and proof it is up.
+    fn hello(&self, record: &MemberRecord) {
+        let changed = self.members().hello(record, Instant::now(), unix_now_ms());
         if changed {
             self.member_changes.send_modify(|v| *v += 1);
         }
@@ -389,12 +436,10 @@ impl<N: Network> Gossip<N> {
                         drop(handshake_slot);
                         match accepted {
                             Ok((connection, hello)) => {
-                                gossip.add_members(
-                                    std::slice::from_ref(&hello.member),
-                                    Source::Peer(&hello.member.id),
-                                );
+                                gossip.hello(&hello.member);
+                                let none = Awaiting::default();
                                 let result = gossip
-                                    .drive(connection, &hello.member.id, None, &Awaiting::default())
+                                    .drive(connection, &hello.member.id, None, &none, &none)
                                     .await;
                                 gossip.log_end(&hello.member.id, result);
                             }
@@ -444,11 +489,12 @@ impl<N: Network> Gossip<N> {
     /// Serves one connection: handles what arrives, sends replies and (on
     /// outbound links) queued messages, until either side fails.
     async fn drive(
-        &self,
+        self: &Arc<Self>,
         connection: Connection<N::Stream>,
         peer: &str,
         mut outbox: Option<Outbox<'_>>,
         awaiting_reply: &Awaiting,
+        awaiting_ping: &Awaiting,
     ) -> Result<(), TransportError> {
         let Connection {
             mut reader,
@@ -469,26 +515,41 @@ impl<N: Network> Gossip<N> {
                 {
                     let mut awaiting = awaiting();
                     *awaiting = match message {
-                        Message::Ack { .. } | Message::Push { done: Some(_), .. } => None,
-                        _ => awaiting.map(|_| Instant::now()),
+                        Message::Ack | Message::Push { done: Some(_), .. } => None,
+                        Message::Push { .. } => awaiting.map(|_| Instant::now()),
+                        _ => *awaiting,
                     };
                 }
+                if let Message::PingAck { .. } = message {
+                    *lock_awaiting(awaiting_ping) = None;
+                }
                 self.metrics.gossip_in.record(message.kind(), size);
-                if let Message::Pull {
-                    digest,
-                    known,
-                    members,
-                } = message
-                {
-                    self.add_members(&members, Source::Peer(peer));
-                    let mut answer = self.answer_pull(digest, known);
-                    while let Some(reply) = answer.next_message(&self.replica) {
-                        if reply_tx.send(reply).await.is_err() {
-                            return Ok(());
+                match message {
+                    Message::Pull { digest, known } => {
+                        let mut answer = self.answer_pull(digest, known);
+                        while let Some(reply) = answer.next_message(&self.replica) {
+                            if reply_tx.send(reply).await.is_err() {
+                                return Ok(());
+                            }
                         }
                     }
-                } else {
-                    self.handle(peer, message).await;
+                    Message::Ping {
+                        probe,
+                        digest,
+                        members,
+                        updates,
+                    } => {
+                        self.merge_members(&updates, Source::Peer(peer), false);
+                        for reply in self.answer_ping(peer, probe, members) {
+                            if reply_tx.send(reply).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        if digest != self.replica.read().map.digest() {
+                            self.pull_from(peer);
+                        }
+                    }
+                    message => self.handle(peer, message).await,
                 }
             }
         };
@@ -535,6 +596,10 @@ impl<N: Network> Gossip<N> {
                 if waited.is_some_and(|waited| waited >= timeout) {
                     return Err(TransportError::Timeout("pull reply"));
                 }
+                let waited = lock_awaiting(awaiting_ping).map(|since| since.elapsed());
+                if waited.is_some_and(|waited| waited >= timeout) {
+                    return Err(TransportError::Timeout("ping reply"));
+                }
             }
         };
         tokio::select! {
@@ -545,22 +610,78 @@ impl<N: Network> Gossip<N> {
         }
     }
 
-    /// Handles one message from `peer` that needs no answer (pulls are
-    /// answered by [`Gossip::answer_pull`], chunk by chunk).
-    pub async fn handle(&self, peer: &str, message: Message) {
+    /// Handles one message from `peer` that needs no answer (pulls and
+    /// pings are answered in `drive`).
+    pub async fn handle(self: &Arc<Self>, peer: &str, message: Message) {
         match message {
-            Message::Pull { members, .. } | Message::Ack { members } => {
-                self.add_members(&members, Source::Peer(peer))
-            }
-            Message::Push {
-                changes,
-                done,
+            Message::Pull { .. } | Message::Ping { .. } | Message::Ack => {}
+            Message::PingAck {
+                probe,
+                digest,
                 members,
+                updates,
             } => {
-                self.add_members(&members, Source::Peer(peer));
-                self.absorb(peer, &changes, done).await;
+                self.merge_members(&updates, Source::Peer(peer), false);
+                self.members().acked(peer, probe);
+                if digest != self.replica.read().map.digest() {
+                    self.pull_from(peer);
+                }
+                // The responder sent its table first if ours differed; if
+                // they still differ, it lacks something we hold.
+                let table = {
+                    let ours = self.members();
+                    (ours.digest() != members).then(|| table_messages(&ours))
+                };
+                if let (Some(table), Some(addr)) = (table, self.addr_of(peer)) {
+                    (table.iter()).for_each(|m| self.send(&addr, Outgoing::encode(m)));
+                }
             }
+            Message::Members { records } => self.merge_members(&records, Source::Peer(peer), true),
+            Message::News { updates } => self.merge_members(&updates, Source::Peer(peer), false),
+            Message::Push { changes, done } => self.absorb(peer, &changes, done).await,
             Message::Delta { changes } => self.absorb(peer, &changes, None).await,
+        }
+    }
+
+    /// The answer to a ping from `peer`: our whole member table first when
+    /// its digest differs from ours, then the `PingAck`.
+    fn answer_ping(&self, peer: &str, probe: u64, their_members: u64) -> Vec<Message> {
+        let digest = self.replica.read().map.digest();
+        let mut members = self.members();
+        let mut replies: Vec<Message> = Vec::new();
+        let ours = members.digest();
+        if ours != their_members {
+            replies.extend(table_messages(&members));
+        }
+        replies.push(Message::PingAck {
+            probe,
+            digest,
+            members: ours,
+            updates: members.piggyback(peer),
+        });
+        replies
+    }
+
+    /// The gossip address of member `id`.
+    fn addr_of(&self, id: &str) -> Option<String> {
+        self.members().get(id).map(|r| r.gossip_addr.clone())
+    }
+
+    /// Starts a pull from member `id` (a probe showed our states differ),
+    /// unless this round's `fanout` pulls are spent.
+    fn pull_from(self: &Arc<Self>, id: &str) {
+        let spend = |left: usize| left.checked_sub(1);
+        if self
+            .pull_budget
+            .fetch_update(Relaxed, Relaxed, spend)
+            .is_err()
+        {
+            return;
+        }
+        if let Some(addr) = self.addr_of(id) {
+            let every = self.config.full_sync_every.max(1) as usize;
+            let full = (self.pulls.fetch_add(1, Relaxed) + 1) % every == 0;
+            self.send_pull(&addr, full);
         }
     }
 
@@ -583,7 +704,6 @@ impl<N: Network> Gossip<N> {
     /// `Ack` when digests agree; otherwise what the puller lacks, in chunks
     /// that each fit a frame, the last one carrying our watermarks.
     pub fn answer_pull(&self, digest: u64, known: Watermarks) -> PullAnswer {
-        let members = self.members().records();
         let state = self.replica.read();
         let agreed = state.map.digest() == digest;
         let watermarks = state.watermarks.clone();
@@ -591,14 +711,12 @@ impl<N: Network> Gossip<N> {
         PullAnswer {
             cursor: known,
             watermarks: (!agreed).then_some(watermarks),
-            members,
             budget: self.me.max_frame / 2,
             ack: agreed,
         }
     }
 
     fn pull(&self, full: bool) -> Message {
-        let members = self.members().records();
         let state = self.replica.read();
         let known = if full {
             Watermarks::new()
@@ -608,27 +726,63 @@ impl<N: Network> Gossip<N> {
         Message::Pull {
             digest: state.map.digest(),
             known,
-            members,
         }
     }
 
     async fn round_loop(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut round: u64 = 0;
         loop {
             ticker.tick().await;
-            round += 1;
             if self.members().tick(Instant::now()) {
                 self.member_changes.send_modify(|v| *v += 1);
             }
             self.reap_links();
-            let targets = self.round_targets();
-            let full_sync_target = (round % self.config.full_sync_every.max(1) == 0).then_some(0);
-            for (index, addr) in targets.iter().enumerate() {
-                self.send_pull(addr, full_sync_target == Some(index));
+            self.pull_budget.store(self.config.fanout.max(1), Relaxed);
+            for (addr, message) in self.round_pings() {
+                match message {
+                    Message::Ping { .. } => self.send_ping(&addr, message),
+                    news => self.send(&addr, Outgoing::encode(&news)),
+                }
             }
         }
+    }
+
+    /// This round's pings: to the members `Membership::probe_targets`
+    /// picks, or to a seed while we know no member that is not dead.
+    fn round_pings(&self) -> Vec<(String, Message)> {
+        let digest = self.replica.read().map.digest();
+        let mut rng = self.rng();
+        let mut members = self.members();
+        let mut targets: Vec<(String, String, u64)> = (members
+            .probe_targets(Instant::now(), &mut *rng))
+        .into_iter()
+        .map(|(record, probe)| (record.id, record.gossip_addr, probe))
+        .collect();
+        if members.reachable().is_empty() {
+            if let Some(seed) = self.all_seeds().choose(&mut *rng) {
+                targets.push((String::new(), seed.clone(), 0));
+            }
+        }
+        let member_digest = members.digest();
+        let mut messages: Vec<(String, Message)> = (targets.into_iter())
+            .map(|(id, addr, probe)| {
+                let ping = Message::Ping {
+                    probe,
+                    digest,
+                    members: member_digest,
+                    updates: members.piggyback(&id),
+                };
+                (addr, ping)
+            })
+            .collect();
+        for target in members.news_targets(self.config.fanout, &mut *rng) {
+            let updates = members.piggyback(&target.id);
+            if !updates.is_empty() {
+                messages.push((target.gossip_addr, Message::News { updates }));
+            }
+        }
+        messages
     }
 
     /// Closes links to addresses no member (and no seed) has any more: a
@@ -651,22 +805,9 @@ impl<N: Network> Gossip<N> {
         self.links.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Gossip partners for a round; seeds while we know no live member.
-    fn round_targets(&self) -> Vec<String> {
-        let mut rng = self.rng();
-        let members = self.members();
-        let mut targets: Vec<String> = members
-            .gossip_targets(self.config.fanout, &mut *rng)
-            .into_iter()
-            .filter(|m| !self.is_partitioned(&m.id))
-            .map(|m| m.gossip_addr)
-            .collect();
-        if members.alive() == 0 {
-            targets.extend(self.all_seeds().choose(&mut *rng).cloned());
-        }
-        targets
-    }
-
+    /// Sends every durable local change, at once, to every member not dead
+    /// (see the module docs). News merged from peers is not forwarded: its
+    /// origin sent it to everyone, and anti-entropy covers what was lost.
     async fn eager_push_loop(self: Arc<Self>) {
         let mut changes = self.replica.subscribe();
         loop {
@@ -675,34 +816,43 @@ impl<N: Network> Gossip<N> {
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            let mut delta = event.delta.clone();
-            let mut sources: HashSet<Option<String>> = HashSet::from([event.from_peer.clone()]);
-            while let Ok(more) = changes.try_recv() {
-                delta.merge(&more.delta);
-                sources.insert(more.from_peer.clone());
+            // Everything waiting goes as one delta (the writer's group
+            // commit already batches; this batches what piled up since).
+            let mut delta = CounterMap::new();
+            if event.from_peer.is_none() {
+                delta.merge(&event.delta);
             }
-            if delta.entry_count() > MAX_EAGER_ENTRIES {
+            while let Ok(more) = changes.try_recv() {
+                if more.from_peer.is_none() {
+                    delta.merge(&more.delta);
+                }
+            }
+            if delta.is_empty() || delta.entry_count() > MAX_EAGER_ENTRIES {
                 continue;
             }
-            let targets = {
-                let mut rng = self.rng();
-                self.members()
-                    .gossip_targets(self.config.fanout + 1, &mut *rng)
-            };
+            let targets = self.members().reachable();
             let messages: Vec<Outgoing> = split(&delta, self.me.max_frame / 2)
                 .into_iter()
                 .map(|changes| Outgoing::encode(&Message::Delta { changes }))
                 .collect();
-            targets
-                .into_iter()
-                .filter(|m| !sources.contains(&Some(m.id.clone())) && !self.is_partitioned(&m.id))
-                .take(self.config.fanout)
-                .for_each(|m| {
-                    messages
-                        .iter()
-                        .for_each(|message| self.send(&m.gossip_addr, message.clone()))
-                });
+            for member in targets.iter().filter(|m| !self.is_partitioned(&m.id)) {
+                for message in &messages {
+                    self.send(&member.gossip_addr, message.clone());
+                }
+            }
         }
+    }
+
+    /// Queues a ping for the peer at `addr`; the link notes when the oldest
+    /// unanswered ping left, so a link that answers none is redialled.
+    fn send_ping(self: &Arc<Self>, addr: &str, ping: Message) {
+        self.with_link(addr, |link| {
+            let queued = link.offer(Outgoing::encode(&ping));
+            if queued {
+                lock_awaiting(&link.ping_awaiting).get_or_insert_with(Instant::now);
+            }
+            queued
+        });
     }
 
     /// Queues `message` for the peer at `addr`, opening its link if needed.
@@ -733,20 +883,21 @@ impl<N: Network> Gossip<N> {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         let link = links.entry(addr.to_owned()).or_insert_with(|| {
             let (queue, rx) = mpsc::channel(LINK_QUEUE);
-            let awaiting = Awaiting::default();
-            let queued_bytes = Arc::new(AtomicUsize::new(0));
-            let gossip = Arc::clone(self);
-            let (addr, link_awaiting, link_bytes) = (
-                addr.to_owned(),
-                Arc::clone(&awaiting),
-                Arc::clone(&queued_bytes),
-            );
-            tokio::spawn(async move { gossip.run_link(addr, rx, link_bytes, link_awaiting).await });
-            Link {
+            let link = Link {
                 queue,
-                queued_bytes,
-                awaiting,
-            }
+                queued_bytes: Arc::new(AtomicUsize::new(0)),
+                awaiting: Awaiting::default(),
+                ping_awaiting: Awaiting::default(),
+            };
+            let gossip = Arc::clone(self);
+            let waits = LinkWaits {
+                queued_bytes: Arc::clone(&link.queued_bytes),
+                awaiting: Arc::clone(&link.awaiting),
+                ping_awaiting: Arc::clone(&link.ping_awaiting),
+            };
+            let addr = addr.to_owned();
+            tokio::spawn(async move { gossip.run_link(addr, rx, waits).await });
+            link
         });
         if !enqueue(link) {
             self.metrics
@@ -760,9 +911,13 @@ impl<N: Network> Gossip<N> {
         self: Arc<Self>,
         addr: String,
         mut queue: mpsc::Receiver<Outgoing>,
-        queued_bytes: Arc<AtomicUsize>,
-        awaiting: Awaiting,
+        waits: LinkWaits,
     ) {
+        let LinkWaits {
+            queued_bytes,
+            awaiting,
+            ping_awaiting,
+        } = waits;
         let mut backoff = Duration::from_millis(50);
         loop {
             let result = match self.net.connect(&addr).await {
@@ -772,19 +927,23 @@ impl<N: Network> Gossip<N> {
             match result {
                 Ok((connection, hello)) => {
                     backoff = Duration::from_millis(50);
-                    self.add_members(
-                        std::slice::from_ref(&hello.member),
-                        Source::Peer(&hello.member.id),
-                    );
+                    self.hello(&hello.member);
                     let outbox = Outbox {
                         queue: &mut queue,
                         queued_bytes: &queued_bytes,
                     };
                     let result = self
-                        .drive(connection, &hello.member.id, Some(outbox), &awaiting)
+                        .drive(
+                            connection,
+                            &hello.member.id,
+                            Some(outbox),
+                            &awaiting,
+                            &ping_awaiting,
+                        )
                         .await;
                     // Whatever was pending died with the connection.
                     *lock_awaiting(&awaiting) = None;
+                    *lock_awaiting(&ping_awaiting) = None;
                     self.log_end(&hello.member.id, result);
                 }
                 Err(error) => {
@@ -797,6 +956,7 @@ impl<N: Network> Gossip<N> {
                         queued_bytes.fetch_sub(stale.body.len(), Relaxed);
                     }
                     *lock_awaiting(&awaiting) = None;
+                    *lock_awaiting(&ping_awaiting) = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -830,6 +990,7 @@ mod tests {
             queue,
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             awaiting: Awaiting::default(),
+            ping_awaiting: Awaiting::default(),
         };
         (link, rx)
     }

@@ -1,15 +1,24 @@
-//! Who is in the cluster, and who seems to be up.
+//! Who is in the cluster, and who seems to be up (SWIM-style).
 //!
-//! Members spread by gossip: every exchange carries the sender's member
-//! list, and a record with a higher heartbeat replaces an older one. Each
-//! node raises its own heartbeat every round, so a member whose heartbeat
-//! stops rising — seen directly or through anyone else — is failing.
-//!
-//! Failure detection is φ-accrual over heartbeat inter-arrival times
-//! (exponential model: φ = Δt / (mean · ln 10)): above `SUSPECT_PHI` a member
-//! is *suspect* (still gossiped with), above `DEAD_PHI` it is *dead* (not
-//! chosen for gossip, but probed now and then so a healed partition is
-//! noticed). Any newer heartbeat makes it alive again.
+//! - **Records carry a version** (`MemberRecord::heartbeat`: the member's boot
+//!   time in ms, raised by the member only, to refute a suspicion). News about
+//!   a member is `(version, status)`; a higher version wins, and at the same
+//!   version suspect beats alive and dead beats suspect ([`supersedes`]).
+//! - **Dissemination**: every piece of news this node learns or makes is
+//!   queued and piggybacked on the next probes and answers, at most
+//!   [`MAX_PIGGYBACK`] per message, each sent [`retransmits`] times
+//!   (4·⌈log₁₀ n⌉), and while there is news it also goes each round to
+//!   `fanout` random members: membership costs nothing while nothing changes.
+//! - **Digest**: a hash over `(id, version)` of every member not dead, us
+//!   included ([`Membership::digest`]). Probes carry it; when two nodes'
+//!   digests differ, they exchange whole tables (the repair path, rare).
+//! - **Failure detection**: each round one member is probed, round-robin over
+//!   a shuffled list; no answer within the probe timeout → *suspect* (and
+//!   gossiped), suspect for the suspicion timeout → *dead*. A member that
+//!   hears it is suspected raises its version: that refutes it everywhere.
+//!   Dead members are probed now and then, so a healed partition is noticed.
+//! - **Forgetting**: a member dead for `forget_dead_after` leaves the table
+//!   and leaves a tombstone, so that old records cannot bring it back.
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -17,16 +26,19 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::protocol::MemberRecord;
+pub use crate::protocol::Status;
+use crate::protocol::{MemberRecord, MemberUpdate};
 
-const SUSPECT_PHI: f64 = 5.0;
-const DEAD_PHI: f64 = 10.0;
-const WINDOW: usize = 32;
-/// Chance per round of probing one dead member.
+/// Chance per round of also probing one dead member.
 const DEAD_PROBE_CHANCE: f64 = 0.25;
-/// A heartbeat further ahead of the wall clock than this (in ms) is refused.
-/// Heartbeats start at a node's boot time in ms and grow by one per round,
-/// so an honest one trails the clock; this leaves room for clock skew.
+/// Membership updates piggybacked on one message at most.
+pub const MAX_PIGGYBACK: usize = 6;
+/// Queued updates kept at most (older ones are dropped first; the digest
+/// exchange repairs whatever they would have told).
+const MAX_QUEUED_UPDATES: usize = 4096;
+/// A version further ahead of the wall clock than this (in ms) is refused.
+/// Versions start at a node's boot time in ms and grow by one per
+/// refutation, so an honest one trails the clock; this leaves room for skew.
 pub const MAX_HEARTBEAT_LEAD_MS: u64 = 10 * 60 * 1000;
 
 /// How member records reached us, which decides how far they are believed.
@@ -40,49 +52,80 @@ pub enum Source<'a> {
     Outside,
 }
 
-/// How a member seems from here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Heartbeats arrive as expected.
-    Alive,
-    /// Heartbeats are late.
-    Suspect,
-    /// Heartbeats stopped.
-    Dead,
+/// How the failure detector is timed.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// One probe per round.
+    pub interval: Duration,
+    /// A probe unanswered this long makes its target suspect.
+    pub probe_timeout: Duration,
+    /// A suspect not refuted this long is dead.
+    pub suspect_timeout: Duration,
+    /// A member dead this long leaves the table.
+    pub forget_dead_after: Duration,
 }
 
-impl Status {
-    /// The name used in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Alive => "alive",
-            Status::Suspect => "suspect",
-            Status::Dead => "dead",
+impl Timing {
+    /// The timing for gossip rounds of `interval`: a probe may take 3 rounds
+    /// (a new link needs a dial and a handshake first), a suspect has 5 more
+    /// to refute.
+    pub fn for_interval(interval: Duration, forget_dead_after: Duration) -> Self {
+        Self {
+            interval,
+            probe_timeout: interval * 3,
+            suspect_timeout: interval * 5,
+            forget_dead_after,
         }
     }
 }
 
-struct Member {
-    record: MemberRecord,
-    last_heard: Instant,
-    intervals: VecDeque<f64>,
-    status: Status,
+/// Whether news `(version, status)` replaces what is held: a higher version
+/// always does; at the same version only a worse status does.
+pub fn supersedes(news: (u64, Status), held: (u64, Status)) -> bool {
+    news.0 > held.0 || (news.0 == held.0 && news.1 > held.1)
 }
 
-impl Member {
-    fn phi(&self, now: Instant, min_interval: f64) -> f64 {
-        let mean = if self.intervals.is_empty() {
-            min_interval
-        } else {
-            (self.intervals.iter().sum::<f64>() / self.intervals.len() as f64).max(min_interval)
-        };
-        now.duration_since(self.last_heard).as_secs_f64() / (mean * std::f64::consts::LN_10)
+/// How many times each update is piggybacked by each node that learns it:
+/// 4·⌈log₁₀(n+1)⌉ (memberlist's rule): every node that learns news passes
+/// it on, so the epidemic reaches all n w.h.p.; the digest repair covers
+/// the rare member it misses.
+pub fn retransmits(members: usize) -> u32 {
+    let mut digits = 1;
+    let mut n = members as u64 + 1;
+    while n > 10 {
+        n = n.div_ceil(10);
+        digits += 1;
     }
+    4 * digits
+}
+
+/// Whether a member coming back at version `news` after `held` refuted a
+/// suspicion (it raises its version by one per refutation) rather than
+/// restarted (a new boot jumps the version to the boot time in ms, at least
+/// a second later than the last boot).
+pub fn is_refutation(news: u64, held: u64) -> bool {
+    news > held && news - held < 1000
+}
+
+/// When a round came this much later than planned, the process was not
+/// running (paused, starved): the answers to its probes may be sitting
+/// unread, so their deadlines restart rather than turning into suspicions.
+pub fn was_paused(since_last_tick: Duration, interval: Duration) -> bool {
+    since_last_tick > interval * 3
+}
+
+struct Member {
+    record: MemberRecord,
+    status: Status,
+    /// When `status` last changed.
+    since: Instant,
+    /// We suspected it ourselves (a refutation then counts as a false suspicion).
+    suspected_here: bool,
 }
 
 /// A member that was dead long enough to leave the table: remembered for a
 /// while so that old records relayed by others cannot bring it back; only
-/// a newer heartbeat (it really restarted) does.
+/// a newer version (it really restarted) does.
 struct Tombstone {
     heartbeat: u64,
     since: Instant,
@@ -92,28 +135,53 @@ struct Tombstone {
 /// `forget_dead_after`: long enough for every old record to have died out.
 const TOMBSTONE_LIFETIMES: u32 = 10;
 
+/// A probe waiting for its answer.
+struct Pending {
+    probe: u64,
+    deadline: Instant,
+}
+
+/// What the failure detector counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Suspicions {
+    /// Members this node suspected (a probe went unanswered).
+    pub raised: u64,
+    /// Of those, members that then refuted (they were up after all).
+    pub refuted: u64,
+}
+
 /// The membership table of one node.
 pub struct Membership {
     me: MemberRecord,
-    /// Ordered so that a seeded partner choice is reproducible (a HashMap's
+    /// Ordered so that a seeded choice is reproducible (a HashMap's
     /// iteration order differs from process to process).
     members: BTreeMap<String, Member>,
     tombstones: BTreeMap<String, Tombstone>,
-    min_interval: f64,
-    forget_dead_after: Duration,
+    timing: Timing,
+    pending: BTreeMap<String, Pending>,
+    next_probe: u64,
+    /// Round-robin order of probe targets; reshuffled at each pass.
+    order: Vec<String>,
+    /// News to piggyback, with how often each was sent.
+    queue: VecDeque<(MemberUpdate, u32)>,
+    last_tick: Option<Instant>,
+    suspicions: Suspicions,
 }
 
 impl Membership {
-    /// A table holding only `me`; `interval` is the gossip interval, the
-    /// shortest heartbeat spacing the detector assumes; members silent for
-    /// `forget_dead_after` (dead by then) leave the table.
-    pub fn new(me: MemberRecord, interval: Duration, forget_dead_after: Duration) -> Self {
+    /// A table holding only `me`.
+    pub fn new(me: MemberRecord, timing: Timing) -> Self {
         Self {
             me,
             members: BTreeMap::new(),
             tombstones: BTreeMap::new(),
-            min_interval: interval.as_secs_f64(),
-            forget_dead_after,
+            timing,
+            pending: BTreeMap::new(),
+            next_probe: 0,
+            order: Vec::new(),
+            queue: VecDeque::new(),
+            last_tick: None,
+            suspicions: Suspicions::default(),
         }
     }
 
@@ -122,77 +190,355 @@ impl Membership {
         &self.me
     }
 
-    /// Raises our heartbeat, re-evaluates everyone and forgets members gone
-    /// for good; true when a status changed or a member left the table.
+    /// What the failure detector counted so far.
+    pub fn suspicions(&self) -> Suspicions {
+        self.suspicions
+    }
+
+    /// Unanswered probes turn into suspicions, old suspicions into deaths,
+    /// and members dead long enough are forgotten; true when anything changed.
     pub fn tick(&mut self, now: Instant) -> bool {
-        self.me.heartbeat = self.me.heartbeat.saturating_add(1);
-        let mut changed = self.forget_the_long_dead(now);
-        for member in self.members.values_mut() {
-            let phi = member.phi(now, self.min_interval);
-            let status = if phi >= DEAD_PHI {
-                Status::Dead
-            } else if phi >= SUSPECT_PHI {
-                Status::Suspect.max_with(member.status)
-            } else {
-                member.status
-            };
-            if status != member.status {
-                tracing::info!(peer = %member.record.id, from = member.status.as_str(), to = status.as_str(), "member status changed");
-                member.status = status;
+        if let Some(last) = self.last_tick {
+            if was_paused(now.duration_since(last), self.timing.interval) {
+                for pending in self.pending.values_mut() {
+                    pending.deadline = now + self.timing.probe_timeout;
+                }
+            }
+        }
+        self.last_tick = Some(now);
+        let mut changed = false;
+        let expired: Vec<String> = (self.pending.iter())
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.pending.remove(&id);
+            if let Some(member) = self.members.get_mut(&id) {
+                if member.status == Status::Alive {
+                    tracing::info!(peer = %id, "probe unanswered: member suspect");
+                    member.status = Status::Suspect;
+                    member.since = now;
+                    member.suspected_here = true;
+                    self.suspicions.raised += 1;
+                    let update = update_of(member);
+                    self.enqueue(update);
+                    changed = true;
+                }
+            }
+        }
+        let suspect_timeout = self.timing.suspect_timeout;
+        let dead: Vec<String> = (self.members.iter())
+            .filter(|(_, m)| {
+                m.status == Status::Suspect && now.duration_since(m.since) >= suspect_timeout
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dead {
+            if let Some(member) = self.members.get_mut(&id) {
+                tracing::info!(peer = %id, "suspect not refuted: member dead");
+                member.status = Status::Dead;
+                member.since = now;
+                let update = update_of(member);
+                self.enqueue(update);
                 changed = true;
             }
         }
-        changed
+        changed | self.forget_the_long_dead(now)
     }
 
-    /// Merges records from `source`; true when a member appeared or changed
-    /// status. `wall_ms` is the wall clock (unix ms): heartbeats more than
-    /// [`MAX_HEARTBEAT_LEAD_MS`] ahead of it are refused, so no record can
-    /// pin a member's heartbeat near `u64::MAX` and silence its real news.
+    /// The members to probe this round: the next in round-robin order among
+    /// those not dead (a probe awaited from then on), and now and then a
+    /// dead one (awaited by nobody: only its refutation revives it).
+    pub fn probe_targets(&mut self, now: Instant, rng: &mut impl Rng) -> Vec<(MemberRecord, u64)> {
+        let mut targets = Vec::new();
+        if let Some(id) = self.next_in_order(rng) {
+            self.next_probe += 1;
+            let probe = self.next_probe;
+            let deadline = now + self.timing.probe_timeout;
+            // A probe already awaited keeps its deadline: a member that
+            // never answers becomes suspect on time however often it is picked.
+            self.pending
+                .entry(id.clone())
+                .or_insert(Pending { probe, deadline });
+            let probe = self.pending[&id].probe;
+            targets.push((self.members[&id].record.clone(), probe));
+        }
+        if rng.gen_bool(DEAD_PROBE_CHANCE) {
+            let dead: Vec<&Member> = (self.members.values())
+                .filter(|m| m.status == Status::Dead)
+                .collect();
+            if let Some(member) = dead.choose(rng) {
+                self.next_probe += 1;
+                targets.push((member.record.clone(), self.next_probe));
+            }
+        }
+        targets
+    }
+
+    fn next_in_order(&mut self, rng: &mut impl Rng) -> Option<String> {
+        for pass in 0..2 {
+            while let Some(id) = self.order.pop() {
+                if self
+                    .members
+                    .get(&id)
+                    .is_some_and(|m| m.status != Status::Dead)
+                {
+                    return Some(id);
+                }
+            }
+            if pass == 0 {
+                self.order = (self.members.iter())
+                    .filter(|(_, m)| m.status != Status::Dead)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                self.order.shuffle(rng);
+            }
+        }
+        None
+    }
+
+    /// An answer to probe `probe` came from `id`.
+    pub fn acked(&mut self, id: &str, probe: u64) {
+        if self.pending.get(id).is_some_and(|p| p.probe == probe) {
+            self.pending.remove(id);
+        }
+    }
+
+    /// Merges news from `source`; true when a member appeared or changed.
+    /// `bulk` marks a whole table (the digest repair): a death it reports is
+    /// taken as a suspicion only, so a healed partition, whose sides each
+    /// declared the other dead, does not kill everyone (memberlist does the
+    /// same); the suspects refute in time. `wall_ms` is the wall clock (unix
+    /// ms): versions more than [`MAX_HEARTBEAT_LEAD_MS`] ahead are refused.
     ///
-    /// A record is news only with a higher heartbeat than the one held (a
-    /// fresher record is never overwritten). A known member's addresses
-    /// change only on its own word ([`Source::Peer`] with its id): others
-    /// relay liveness, not where to reach it.
+    /// A known member's addresses change only on its own word
+    /// ([`Source::Peer`] with its id): others relay status, not where to
+    /// reach it.
     pub fn merge(
         &mut self,
-        records: &[MemberRecord],
+        updates: &[MemberUpdate],
         source: Source<'_>,
+        bulk: bool,
         now: Instant,
         wall_ms: u64,
     ) -> bool {
         let horizon = wall_ms.saturating_add(MAX_HEARTBEAT_LEAD_MS);
         let mut changed = false;
-        for record in records {
+        for update in updates {
+            let record = &update.record;
             if record.heartbeat > horizon {
-                tracing::warn!(peer = %record.id, heartbeat = record.heartbeat, ?source, "member record from the future refused");
+                tracing::warn!(peer = %record.id, version = record.heartbeat, ?source, "member record from the future refused");
                 continue;
             }
             if record.id == self.me.id {
-                // Someone remembers an older boot of ours with a higher
-                // heartbeat: jump past it so our news wins again.
-                self.me.heartbeat = self.me.heartbeat.max(record.heartbeat.saturating_add(1));
+                self.hear_about_me(update);
                 continue;
             }
+            let status = if bulk && update.status == Status::Dead {
+                Status::Suspect
+            } else {
+                update.status
+            };
             let own_word = source == Source::Peer(&record.id);
-            changed |= self.observe(record, own_word, now);
+            // What a whole table told us is not passed on as news: the
+            // sender holds it, and whoever else differs repairs by tables too.
+            changed |= self.observe(record, status, own_word, !bulk, now);
         }
         changed
     }
 
-    /// Moves members silent for `forget_dead_after` to tombstones, and drops
+    /// Learns our own record from a connection's handshake (`Hello`): the
+    /// member is up, whatever it was thought to be.
+    pub fn hello(&mut self, record: &MemberRecord, now: Instant, wall_ms: u64) -> bool {
+        let update = MemberUpdate {
+            record: record.clone(),
+            status: Status::Alive,
+        };
+        self.merge(&[update], Source::Peer(&record.id), false, now, wall_ms)
+    }
+
+    /// Records about us: an older boot of ours remembered with a higher
+    /// version, or a suspicion — either way we move past it and say so.
+    fn hear_about_me(&mut self, update: &MemberUpdate) {
+        let version = update.record.heartbeat;
+        let refute = version > self.me.heartbeat
+            || (version == self.me.heartbeat && update.status != Status::Alive);
+        if refute {
+            tracing::info!(
+                version,
+                status = update.status.as_str(),
+                "refuting news about us"
+            );
+            self.me.heartbeat = version.saturating_add(1);
+            let me = MemberUpdate {
+                record: self.me.clone(),
+                status: Status::Alive,
+            };
+            self.enqueue(me);
+        }
+    }
+
+    fn observe(
+        &mut self,
+        record: &MemberRecord,
+        status: Status,
+        own_word: bool,
+        spread: bool,
+        now: Instant,
+    ) -> bool {
+        if let Some(tombstone) = self.tombstones.get(&record.id) {
+            if record.heartbeat <= tombstone.heartbeat {
+                return false;
+            }
+            self.tombstones.remove(&record.id);
+        }
+        let Some(member) = self.members.get_mut(&record.id) else {
+            if status == Status::Dead {
+                // No news to us: we never knew it.
+                return false;
+            }
+            tracing::info!(peer = %record.id, gossip = %record.gossip_addr, "new member");
+            let member = Member {
+                record: record.clone(),
+                status,
+                since: now,
+                suspected_here: false,
+            };
+            let update = update_of(&member);
+            self.members.insert(record.id.clone(), member);
+            if spread {
+                self.enqueue(update);
+            }
+            return true;
+        };
+        if !supersedes(
+            (record.heartbeat, status),
+            (member.record.heartbeat, member.status),
+        ) {
+            return false;
+        }
+        if status == Status::Alive && member.status != Status::Alive {
+            tracing::info!(peer = %record.id, "member is alive");
+            if member.suspected_here && is_refutation(record.heartbeat, member.record.heartbeat) {
+                self.suspicions.refuted += 1;
+            }
+        }
+        if status != member.status {
+            member.since = now;
+        }
+        // Our suspicion stands, whoever else declares the same version
+        // dead; a new version settles it.
+        if record.heartbeat != member.record.heartbeat {
+            member.suspected_here = false;
+        }
+        member.status = status;
+        member.record.heartbeat = record.heartbeat;
+        if own_word {
+            member.record.gossip_addr.clone_from(&record.gossip_addr);
+            member.record.http_addr.clone_from(&record.http_addr);
+        }
+        let update = update_of(member);
+        if spread {
+            self.enqueue(update);
+        }
+        true
+    }
+
+    /// Queues news for piggybacking, replacing older news about the same member.
+    fn enqueue(&mut self, update: MemberUpdate) {
+        self.queue
+            .retain(|(queued, _)| queued.record.id != update.record.id);
+        self.queue.push_front((update, 0));
+        self.queue.truncate(MAX_QUEUED_UPDATES);
+    }
+
+    /// News to send on one message to `to`: what we hold about `to` itself
+    /// when we doubt it (so it can refute), then the least-sent queued news.
+    pub fn piggyback(&mut self, to: &str) -> Vec<MemberUpdate> {
+        let mut updates = Vec::new();
+        if let Some(member) = self.members.get(to).filter(|m| m.status != Status::Alive) {
+            updates.push(update_of(member));
+        }
+        let limit = retransmits(self.members.len());
+        // Fresh news is at the front: it is the least sent.
+        let mut index = 0;
+        while updates.len() < MAX_PIGGYBACK && index < self.queue.len() {
+            let (update, sent) = &mut self.queue[index];
+            if update.record.id != to || update.status == Status::Alive {
+                updates.push(update.clone());
+                *sent += 1;
+            }
+            index += 1;
+        }
+        self.queue.retain(|(_, sent)| *sent < limit);
+        // Least sent first next time.
+        self.queue.make_contiguous().sort_by_key(|(_, sent)| *sent);
+        updates
+    }
+
+    /// Up to `count` random members not dead, to send news to this round
+    /// (none when there is no news: idle, this costs nothing).
+    pub fn news_targets(&self, count: usize, rng: &mut impl Rng) -> Vec<MemberRecord> {
+        if self.queue.is_empty() {
+            return Vec::new();
+        }
+        let reachable: Vec<&Member> = (self.members.values())
+            .filter(|m| m.status != Status::Dead)
+            .collect();
+        (reachable.choose_multiple(rng, count))
+            .map(|m| m.record.clone())
+            .collect()
+    }
+
+    /// How member `id` seems from here, if known.
+    pub fn status_of(&self, id: &str) -> Option<Status> {
+        self.members.get(id).map(|m| m.status)
+    }
+
+    /// Membership news waiting to be piggybacked.
+    pub fn queued_updates(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Hash of `(id, version)` over every member not dead, us included:
+    /// equal tables (but for suspicions) give equal digests.
+    pub fn digest(&self) -> u64 {
+        let hash = |record: &MemberRecord| {
+            let mut bytes = record.id.as_bytes().to_vec();
+            bytes.extend_from_slice(&record.heartbeat.to_le_bytes());
+            fnv(&bytes)
+        };
+        (self.members.values())
+            .filter(|m| m.status != Status::Dead)
+            .map(|m| hash(&m.record))
+            .fold(hash(&self.me), u64::wrapping_add)
+    }
+
+    /// The whole table, us included, for the digest repair.
+    pub fn table(&self) -> Vec<MemberUpdate> {
+        let mut table: Vec<MemberUpdate> = self.members.values().map(update_of).collect();
+        table.push(MemberUpdate {
+            record: self.me.clone(),
+            status: Status::Alive,
+        });
+        table
+    }
+
+    /// Moves members dead for `forget_dead_after` to tombstones, and drops
     /// tombstones past their lifetime; true when a member left.
     fn forget_the_long_dead(&mut self, now: Instant) -> bool {
-        let forget_after = self.forget_dead_after;
+        let forget_after = self.timing.forget_dead_after;
         let gone: Vec<String> = (self.members.iter())
             .filter(|(_, m)| {
-                m.status == Status::Dead && now.duration_since(m.last_heard) >= forget_after
+                m.status == Status::Dead && now.duration_since(m.since) >= forget_after
             })
             .map(|(id, _)| id.clone())
             .collect();
         for id in &gone {
             if let Some(member) = self.members.remove(id) {
                 tracing::info!(peer = %id, "member gone for good; forgotten");
+                self.pending.remove(id);
+                self.queue.retain(|(update, _)| update.record.id != *id);
                 let tombstone = Tombstone {
                     heartbeat: member.record.heartbeat,
                     since: now,
@@ -206,99 +552,29 @@ impl Membership {
         !gone.is_empty()
     }
 
-    fn observe(&mut self, record: &MemberRecord, own_word: bool, now: Instant) -> bool {
-        if let Some(tombstone) = self.tombstones.get(&record.id) {
-            if record.heartbeat <= tombstone.heartbeat {
-                return false;
-            }
-            self.tombstones.remove(&record.id);
-        }
-        match self.members.get_mut(&record.id) {
-            None => {
-                tracing::info!(peer = %record.id, gossip = %record.gossip_addr, "new member");
-                self.members.insert(
-                    record.id.clone(),
-                    Member {
-                        record: record.clone(),
-                        last_heard: now,
-                        intervals: VecDeque::new(),
-                        status: Status::Alive,
-                    },
-                );
-                true
-            }
-            Some(member) if record.heartbeat > member.record.heartbeat => {
-                let gap = now.duration_since(member.last_heard).as_secs_f64();
-                if member.intervals.len() == WINDOW {
-                    member.intervals.pop_front();
-                }
-                member.intervals.push_back(gap);
-                member.last_heard = now;
-                member.record.heartbeat = record.heartbeat;
-                if own_word {
-                    member.record.gossip_addr.clone_from(&record.gossip_addr);
-                    member.record.http_addr.clone_from(&record.http_addr);
-                }
-                let revived = member.status != Status::Alive;
-                if revived {
-                    tracing::info!(peer = %record.id, "member is alive");
-                    member.status = Status::Alive;
-                }
-                revived
-            }
-            Some(_) => false,
-        }
-    }
-
-    /// Every known record, ours included: what we gossip.
-    pub fn records(&self) -> Vec<MemberRecord> {
-        let mut records: Vec<MemberRecord> =
-            self.members.values().map(|m| m.record.clone()).collect();
-        records.push(self.me.clone());
-        records
-    }
-
-    /// Up to `fanout` gossip partners: random live members, and sometimes a dead one to probe.
-    pub fn gossip_targets(&self, fanout: usize, rng: &mut impl Rng) -> Vec<MemberRecord> {
-        let live: Vec<&Member> = self
-            .members
-            .values()
+    /// Every member not dead: where a fresh change is sent.
+    pub fn reachable(&self) -> Vec<MemberRecord> {
+        (self.members.values())
             .filter(|m| m.status != Status::Dead)
-            .collect();
-        let mut targets: Vec<MemberRecord> = live
-            .choose_multiple(rng, fanout)
             .map(|m| m.record.clone())
-            .collect();
-        if rng.gen_bool(DEAD_PROBE_CHANCE) {
-            let dead: Vec<&Member> = self
-                .members
-                .values()
-                .filter(|m| m.status == Status::Dead)
-                .collect();
-            if let Some(member) = dead.choose(rng) {
-                targets.push(member.record.clone());
-            }
-        }
-        targets
+            .collect()
+    }
+
+    /// The record of member `id`, if known.
+    pub fn get(&self, id: &str) -> Option<&MemberRecord> {
+        self.members.get(id).map(|m| &m.record)
     }
 
     /// Number of members (not us) currently alive.
     pub fn alive(&self) -> usize {
-        self.members
-            .values()
-            .filter(|m| m.status == Status::Alive)
-            .count()
+        self.count(Status::Alive)
     }
 
     /// Every member but us, with its status, sorted by id.
     pub fn peers(&self) -> Vec<(MemberRecord, Status)> {
-        let mut peers: Vec<_> = self
-            .members
-            .values()
+        (self.members.values())
             .map(|m| (m.record.clone(), m.status))
-            .collect();
-        peers.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        peers
+            .collect()
     }
 
     /// Members forgotten recently, still guarded against revival by old records.
@@ -312,104 +588,306 @@ impl Membership {
     }
 }
 
-impl Status {
-    /// Suspicion never downgrades a dead member: only a heartbeat revives it.
-    fn max_with(self, current: Status) -> Status {
-        if current == Status::Dead {
-            Status::Dead
-        } else {
-            self
-        }
+fn update_of(member: &Member) -> MemberUpdate {
+    MemberUpdate {
+        record: member.record.clone(),
+        status: member.status,
     }
+}
+
+/// FNV-1a, then the splitmix64 finaliser: a fixed hash, the same in every process.
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
 
     const NOW_MS: u64 = 1_800_000_000_000;
+    const INTERVAL: Duration = Duration::from_millis(100);
 
     /// A table for "me" that forgets dead members after 10 minutes.
     fn table() -> Membership {
-        Membership::new(
-            record("me", 5),
-            Duration::from_millis(100),
-            Duration::from_secs(600),
-        )
+        table_forgetting_after(Duration::from_secs(600))
     }
 
-    /// `records` arrive from `source` now.
-    fn hear(table: &mut Membership, records: &[MemberRecord], source: Source<'_>) -> bool {
-        table.merge(records, source, Instant::now(), NOW_MS)
+    fn table_forgetting_after(forget: Duration) -> Membership {
+        Membership::new(record("me", 5), Timing::for_interval(INTERVAL, forget))
     }
 
-    fn record(id: &str, heartbeat: u64) -> MemberRecord {
+    fn record(id: &str, version: u64) -> MemberRecord {
         MemberRecord {
             id: id.into(),
             gossip_addr: format!("{id}:1"),
             http_addr: format!("{id}:2"),
-            heartbeat,
+            heartbeat: version,
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn silent_members_become_suspect_then_dead_and_revive_on_news() {
-        let interval = Duration::from_millis(100);
-        let mut table = Membership::new(record("me", 1), interval, Duration::from_secs(600));
-        hear(&mut table, &[record("b", 1)], Source::Peer("b"));
-        for beat in 2..20 {
-            tokio::time::advance(interval).await;
-            hear(&mut table, &[record("b", beat)], Source::Peer("b"));
+    fn news(id: &str, version: u64, status: Status) -> MemberUpdate {
+        MemberUpdate {
+            record: record(id, version),
+            status,
+        }
+    }
+
+    /// `updates` arrive from `source` now.
+    fn hear(table: &mut Membership, updates: &[MemberUpdate], source: Source<'_>) -> bool {
+        table.merge(updates, source, false, Instant::now(), NOW_MS)
+    }
+
+    fn status_of(table: &Membership, id: &str) -> Option<Status> {
+        (table.peers().into_iter())
+            .find(|(r, _)| r.id == id)
+            .map(|(_, s)| s)
+    }
+
+    /// Ticks through `rounds` rounds of simulated time.
+    async fn rounds(table: &mut Membership, rounds: u32) {
+        for _ in 0..rounds {
+            tokio::time::advance(INTERVAL).await;
             table.tick(Instant::now());
         }
-        assert_eq!(table.peers()[0].1, Status::Alive);
-        let mut seen = vec![];
-        for _ in 0..30 {
-            tokio::time::advance(interval).await;
-            table.tick(Instant::now());
-            seen.push(table.peers()[0].1);
-        }
-        assert!(seen.contains(&Status::Suspect));
-        assert_eq!(seen.last(), Some(&Status::Dead));
-        hear(&mut table, &[record("b", 99)], Source::Peer("c"));
-        assert_eq!(table.peers()[0].1, Status::Alive);
     }
 
     #[test]
-    fn our_own_old_heartbeat_is_overtaken() {
+    fn a_higher_version_beats_any_status_and_a_worse_status_wins_a_tie() {
+        use Status::*;
+        assert!(supersedes((2, Alive), (1, Dead)));
+        assert!(supersedes((1, Suspect), (1, Alive)));
+        assert!(supersedes((1, Dead), (1, Suspect)));
+        assert!(!supersedes((1, Alive), (1, Suspect)));
+        assert!(!supersedes((1, Alive), (1, Alive)));
+        assert!(!supersedes((1, Dead), (2, Alive)));
+    }
+
+    #[test]
+    fn news_is_retransmitted_four_log10_n_times() {
+        assert_eq!(retransmits(0), 4);
+        assert_eq!(retransmits(8), 4);
+        assert_eq!(retransmits(9), 4);
+        assert_eq!(retransmits(10), 8);
+        assert_eq!(retransmits(99), 8);
+        assert_eq!(retransmits(199), 12);
+        assert_eq!(retransmits(10_000), 20);
+    }
+
+    #[test]
+    fn a_small_version_step_is_a_refutation_a_jump_is_a_restart() {
+        assert!(is_refutation(8, 7));
+        assert!(is_refutation(12, 7));
+        assert!(!is_refutation(7, 7));
+        assert!(!is_refutation(1_800_000_005_000, 1_800_000_000_000));
+    }
+
+    #[test]
+    fn a_late_round_means_we_were_paused() {
+        assert!(!was_paused(INTERVAL, INTERVAL));
+        assert!(!was_paused(INTERVAL * 3, INTERVAL));
+        assert!(was_paused(INTERVAL * 10, INTERVAL));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_probe_makes_a_suspect_then_a_dead_member() {
         let mut table = table();
-        hear(&mut table, &[record("me", 50)], Source::Peer("b"));
+        let mut rng = StdRng::seed_from_u64(1);
+        hear(
+            &mut table,
+            &[news("b", 1, Status::Alive)],
+            Source::Peer("b"),
+        );
+        let targets = table.probe_targets(Instant::now(), &mut rng);
+        assert_eq!(targets[0].0.id, "b");
+        rounds(&mut table, 3).await;
+        assert_eq!(status_of(&table, "b"), Some(Status::Suspect));
+        assert_eq!(table.suspicions().raised, 1);
+        // The suspicion is news to spread.
+        let told = table.piggyback("c");
+        assert!(told.contains(&news("b", 1, Status::Suspect)), "{told:?}");
+        rounds(&mut table, 5).await;
+        assert_eq!(status_of(&table, "b"), Some(Status::Dead));
+        assert!(table.reachable().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_probe_suspects_nobody() {
+        let mut table = table();
+        let mut rng = StdRng::seed_from_u64(1);
+        hear(
+            &mut table,
+            &[news("b", 1, Status::Alive)],
+            Source::Peer("b"),
+        );
+        for _ in 0..20 {
+            let targets = table.probe_targets(Instant::now(), &mut rng);
+            let (target, probe) = &targets[0];
+            table.acked(&target.id, *probe);
+            rounds(&mut table, 1).await;
+        }
+        assert_eq!(status_of(&table, "b"), Some(Status::Alive));
+        assert_eq!(table.suspicions().raised, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_pause_probes_get_a_new_deadline_instead_of_suspicions() {
+        let mut table = table();
+        let mut rng = StdRng::seed_from_u64(1);
+        hear(
+            &mut table,
+            &[news("b", 1, Status::Alive)],
+            Source::Peer("b"),
+        );
+        table.tick(Instant::now());
+        table.probe_targets(Instant::now(), &mut rng);
+        // We were stopped for a second: b's answer may be sitting unread.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        table.tick(Instant::now());
+        assert_eq!(status_of(&table, "b"), Some(Status::Alive));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_suspect_that_refutes_is_alive_and_counted_as_a_false_suspicion() {
+        let mut table = table();
+        let mut rng = StdRng::seed_from_u64(1);
+        hear(
+            &mut table,
+            &[news("b", 1, Status::Alive)],
+            Source::Peer("b"),
+        );
+        table.probe_targets(Instant::now(), &mut rng);
+        rounds(&mut table, 3).await;
+        assert_eq!(status_of(&table, "b"), Some(Status::Suspect));
+        // A ping to b tells b what we think of it, so it can refute.
+        assert_eq!(table.piggyback("b")[0], news("b", 1, Status::Suspect));
+        // Someone else declares it dead first: still our suspicion.
+        hear(&mut table, &[news("b", 1, Status::Dead)], Source::Peer("c"));
+        hear(
+            &mut table,
+            &[news("b", 2, Status::Alive)],
+            Source::Peer("c"),
+        );
+        assert_eq!(status_of(&table, "b"), Some(Status::Alive));
+        assert_eq!(
+            table.suspicions(),
+            Suspicions {
+                raised: 1,
+                refuted: 1
+            }
+        );
+    }
+
+    #[test]
+    fn hearing_we_are_suspected_raises_our_version_and_says_so() {
+        let mut table = table();
+        hear(
+            &mut table,
+            &[news("me", 5, Status::Suspect)],
+            Source::Peer("b"),
+        );
+        assert_eq!(table.me().heartbeat, 6);
+        assert_eq!(table.piggyback("b")[0], news("me", 6, Status::Alive));
+        // An older boot of ours remembered with a higher version: we move past it.
+        hear(
+            &mut table,
+            &[news("me", 50, Status::Alive)],
+            Source::Peer("b"),
+        );
+        assert_eq!(table.me().heartbeat, 51);
+        // Stale doubts change nothing.
+        hear(
+            &mut table,
+            &[news("me", 7, Status::Dead)],
+            Source::Peer("b"),
+        );
         assert_eq!(table.me().heartbeat, 51);
         assert!(table.peers().is_empty());
     }
 
     #[test]
-    fn heartbeats_from_the_future_are_refused() {
+    fn a_death_in_a_whole_table_is_only_a_suspicion() {
         let mut table = table();
-        let far = NOW_MS + MAX_HEARTBEAT_LEAD_MS + 1;
+        hear(
+            &mut table,
+            &[news("b", 1, Status::Alive)],
+            Source::Peer("b"),
+        );
+        let dead = [news("b", 1, Status::Dead)];
+        table.merge(&dead, Source::Peer("c"), true, Instant::now(), NOW_MS);
+        assert_eq!(status_of(&table, "b"), Some(Status::Suspect));
+        hear(&mut table, &dead, Source::Peer("c"));
+        assert_eq!(status_of(&table, "b"), Some(Status::Dead));
+    }
+
+    #[test]
+    fn the_dead_we_never_knew_are_not_learnt() {
+        let mut table = table();
         assert!(!hear(
             &mut table,
-            &[record("evil", far)],
-            Source::Peer("evil")
+            &[news("x", 1, Status::Dead)],
+            Source::Peer("c")
         ));
         assert!(table.peers().is_empty());
-        hear(&mut table, &[record("me", u64::MAX)], Source::Peer("evil"));
-        assert_eq!(
-            table.me().heartbeat,
-            5,
-            "our own heartbeat cannot be pushed to the end"
+    }
+
+    #[test]
+    fn the_digest_covers_versions_of_the_living_not_suspicions() {
+        let (mut a, mut b) = (table(), table());
+        hear(&mut a, &[news("x", 1, Status::Alive)], Source::Outside);
+        assert_ne!(a.digest(), b.digest());
+        hear(&mut b, &[news("x", 1, Status::Suspect)], Source::Outside);
+        assert_eq!(a.digest(), b.digest(), "a suspicion is no difference");
+        hear(&mut b, &[news("x", 1, Status::Dead)], Source::Outside);
+        assert_ne!(a.digest(), b.digest(), "a death is");
+        hear(&mut a, &[news("x", 1, Status::Dead)], Source::Outside);
+        assert_eq!(a.digest(), b.digest());
+        hear(&mut a, &[news("x", 2, Status::Alive)], Source::Outside);
+        assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn piggybacked_news_is_bounded_per_message_and_stops_after_its_retransmits() {
+        let mut table = table();
+        for i in 0..20 {
+            hear(
+                &mut table,
+                &[news(&format!("m{i}"), 1, Status::Alive)],
+                Source::Outside,
+            );
+        }
+        let mut messages = 0;
+        while table.queued_updates() > 0 {
+            assert!(table.piggyback("someone").len() <= MAX_PIGGYBACK);
+            messages += 1;
+            assert!(messages < 1000, "news never stops being sent");
+        }
+        let limit = retransmits(20) as usize;
+        assert_eq!(messages, (20 * limit).div_ceil(MAX_PIGGYBACK));
+        assert!(
+            table.piggyback("someone").is_empty(),
+            "idle messages carry no news"
         );
-        hear(&mut table, &[record("b", 10)], Source::Peer("b"));
-        hear(&mut table, &[record("b", u64::MAX)], Source::Peer("c"));
-        assert_eq!(table.peers()[0].0.heartbeat, 10);
     }
 
     #[test]
     fn only_a_member_itself_moves_its_addresses() {
         let mut table = table();
-        hear(&mut table, &[record("b", 10)], Source::Peer("b"));
-        let mut moved = record("b", 11);
-        moved.gossip_addr = "attacker:1".into();
+        hear(
+            &mut table,
+            &[news("b", 10, Status::Alive)],
+            Source::Peer("b"),
+        );
+        let mut moved = news("b", 11, Status::Alive);
+        moved.record.gossip_addr = "attacker:1".into();
         hear(&mut table, &[moved.clone()], Source::Peer("c"));
         let (b, _) = table.peers()[0].clone();
         assert_eq!(
@@ -417,7 +895,7 @@ mod tests {
             (11, "b:1"),
             "a hint: liveness only"
         );
-        moved.heartbeat = 12;
+        moved.record.heartbeat = 12;
         hear(&mut table, &[moved], Source::Peer("b"));
         assert_eq!(
             table.peers()[0].0.gossip_addr,
@@ -427,35 +905,69 @@ mod tests {
     }
 
     #[test]
+    fn versions_from_the_future_are_refused() {
+        let mut table = table();
+        let far = NOW_MS + MAX_HEARTBEAT_LEAD_MS + 1;
+        assert!(!hear(
+            &mut table,
+            &[news("evil", far, Status::Alive)],
+            Source::Peer("evil")
+        ));
+        assert!(table.peers().is_empty());
+        hear(
+            &mut table,
+            &[news("me", u64::MAX, Status::Alive)],
+            Source::Peer("evil"),
+        );
+        assert_eq!(
+            table.me().heartbeat,
+            5,
+            "our own version cannot be pushed to the end"
+        );
+    }
+
+    #[test]
     fn an_older_record_never_overwrites_a_fresher_one() {
         let mut table = table();
-        hear(&mut table, &[record("b", 10)], Source::Peer("b"));
-        hear(&mut table, &[record("b", 3)], Source::Peer("b"));
-        assert_eq!(table.peers()[0].0.heartbeat, 10);
+        hear(
+            &mut table,
+            &[news("b", 10, Status::Alive)],
+            Source::Peer("b"),
+        );
+        hear(&mut table, &[news("b", 3, Status::Dead)], Source::Peer("c"));
+        assert_eq!(table.peers()[0], (record("b", 10), Status::Alive));
     }
 
     #[tokio::test(start_paused = true)]
     async fn members_dead_long_enough_leave_and_old_records_cannot_revive_them() {
-        let interval = Duration::from_millis(100);
-        let forget = Duration::from_secs(5);
-        let mut table = Membership::new(record("me", 1), interval, forget);
-        hear(&mut table, &[record("gone", 7)], Source::Peer("gone"));
+        let mut table = table_forgetting_after(Duration::from_secs(5));
+        let mut rng = StdRng::seed_from_u64(3);
+        hear(
+            &mut table,
+            &[news("gone", 7, Status::Alive)],
+            Source::Peer("gone"),
+        );
         for _ in 0..100 {
-            tokio::time::advance(interval).await;
-            table.tick(Instant::now());
+            table.probe_targets(Instant::now(), &mut rng);
+            rounds(&mut table, 1).await;
         }
         assert!(
             table.peers().is_empty(),
             "a member dead for 10 s is still listed"
         );
         assert_eq!(table.tombstones(), 1);
+        assert_eq!(table.queued_updates(), 0, "news about it is dropped too");
         // Someone relays the old record: it stays gone.
-        assert!(!hear(&mut table, &[record("gone", 7)], Source::Peer("x")));
+        assert!(!hear(
+            &mut table,
+            &[news("gone", 7, Status::Alive)],
+            Source::Peer("x")
+        ));
         assert!(table.peers().is_empty());
-        // It restarts (a newer heartbeat): it is back.
+        // It restarts (a newer version): it is back.
         assert!(hear(
             &mut table,
-            &[record("gone", 8_000)],
+            &[news("gone", 8_000, Status::Alive)],
             Source::Peer("gone")
         ));
         assert_eq!(table.peers().len(), 1);
@@ -464,14 +976,26 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tombstones_do_not_pile_up() {
-        let interval = Duration::from_millis(100);
-        let forget = Duration::from_secs(1);
-        let mut table = Membership::new(record("me", 1), interval, forget);
+        let mut table = table_forgetting_after(Duration::from_secs(1));
         for id in 0..50 {
-            hear(&mut table, &[record(&format!("m{id}"), 1)], Source::Outside);
+            hear(
+                &mut table,
+                &[news(&format!("m{id}"), 1, Status::Dead)],
+                Source::Outside,
+            );
+            hear(
+                &mut table,
+                &[news(&format!("m{id}"), 1, Status::Alive)],
+                Source::Outside,
+            );
+            hear(
+                &mut table,
+                &[news(&format!("m{id}"), 1, Status::Dead)],
+                Source::Outside,
+            );
         }
-        for _ in 0..(10 * 12) {
-            tokio::time::advance(interval * 10).await;
+        for _ in 0..120 {
+            tokio::time::advance(INTERVAL * 10).await;
             table.tick(Instant::now());
         }
         assert!(table.peers().is_empty());

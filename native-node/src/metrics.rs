@@ -7,13 +7,15 @@ use std::sync::Arc;
 use tally_protocol::http_server::ConnectionStats;
 
 /// Message kinds, indexing the per-kind gossip counters.
-pub const KINDS: [&str; 4] = ["pull", "ack", "push", "delta"];
+pub const KINDS: [&str; 8] = [
+    "pull", "ack", "push", "delta", "ping", "ping_ack", "members", "news",
+];
 
 /// Gossip traffic of one direction.
 #[derive(Default)]
 pub struct Traffic {
-    frames: [AtomicU64; 4],
-    bytes: [AtomicU64; 4],
+    frames: [AtomicU64; KINDS.len()],
+    bytes: [AtomicU64; KINDS.len()],
 }
 
 impl Traffic {
@@ -28,6 +30,11 @@ impl Traffic {
     /// Total bytes over all kinds.
     pub fn total_bytes(&self) -> u64 {
         self.bytes.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// Frames of `kind` so far (0 for an unknown kind).
+    pub fn frames(&self, kind: &str) -> u64 {
+        (KINDS.iter().position(|k| *k == kind)).map_or(0, |index| self.frames[index].load(Relaxed))
     }
 }
 
@@ -97,6 +104,8 @@ pub struct PeerCounts {
     pub suspect: usize,
     /// Dead peers.
     pub dead: usize,
+    /// What this node's failure detector counted.
+    pub suspicions: crate::membership::Suspicions,
 }
 
 impl Metrics {
@@ -160,7 +169,7 @@ impl Metrics {
                 &[(String::new(), value.load(Relaxed))],
             );
         }
-        let by_kind = |values: &[AtomicU64; 4]| -> Vec<(String, u64)> {
+        let by_kind = |values: &[AtomicU64; KINDS.len()]| -> Vec<(String, u64)> {
             KINDS
                 .iter()
                 .zip(values)
@@ -226,6 +235,18 @@ impl Metrics {
         ]
         .map(|(status, count)| (format!(",status=\"{status}\""), count as u64));
         put("peers", "Peers by status.", "gauge", &by_status);
+        put(
+            "gossip_suspicions_total",
+            "Members this node suspected: a probe went unanswered.",
+            "counter",
+            &[(String::new(), peers.suspicions.raised)],
+        );
+        put(
+            "gossip_false_suspicions_total",
+            "Members this node suspected that then refuted the suspicion (they were up).",
+            "counter",
+            &[(String::new(), peers.suspicions.refuted)],
+        );
         out
     }
 }
@@ -247,6 +268,7 @@ mod tests {
             alive: 1,
             suspect: 0,
             dead: 2,
+            suspicions: Default::default(),
         };
         metrics.render("n1", state, peers)
     }

@@ -1,24 +1,32 @@
 //! The gossip protocol: what peers say to each other once a connection is
 //! authenticated. Every frame carries one [`Message`] encoded with postcard.
 //!
-//! An exchange (anti-entropy round):
-//! 1. `Pull { digest, known, members }` — "this is my state's digest and,
-//!    per actor, the highest operation number I hold *everything* up to".
-//! 2. Equal digest → `Ack { members }`. Otherwise → one or more
-//!    `Push { changes, done: None }` chunks (each under the frame limit)
-//!    and a final `Push { done: Some(known) }` carrying the responder's own
-//!    watermarks, which the puller adopts only now that it has every chunk.
-//! 3. Any state change is also sent at once as `Delta` to `fanout` peers
-//!    (eager push); a node that learns something new from a `Delta` passes
-//!    it on the same way, so a write reaches the cluster in a few hops.
+//! Three exchanges, each cheap when there is nothing to say:
+//! 1. **Probe** (every round, to one member, SWIM style):
+//!    `Ping { probe, digest, members, updates }` → `PingAck { probe, digest,
+//!    members, updates }`. An answered ping proves the member is up; both
+//!    carry the sender's state digest and membership digest, so each side
+//!    learns whether the other holds something it lacks, and a few recent
+//!    membership changes ride along (`updates`). Idle, that is two small
+//!    frames per round whatever the cluster or keyspace size.
+//! 2. **Repair**, only when the digests of a probe disagreed:
+//!    - state: `Pull { digest, known }` → `Ack` (digests agree by now) or
+//!      `Push` chunks, the last one carrying the responder's watermarks;
+//!    - membership: `Members` chunks of the whole member table.
+//!    - membership news also goes, while there is any, as `News` to a few
+//!      members each round.
+//! 3. **Broadcast**: a durable local write goes at once as one `Delta` to
+//!    every live member (receivers do not forward it), so each member
+//!    receives each change once, one hop after the write.
 use crdt_core::{CounterMap, Watermarks};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Message`] or the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: probes (`Ping`/`PingAck`), membership as versioned updates and digests
+/// (`Members`), no member lists on `Pull`/`Ack`/`Push`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// A member as gossiped: its addresses and its heartbeat, which it raises
-/// every gossip round. A higher heartbeat is newer news about that member.
+/// A member as gossiped: its addresses and its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
     /// The node id.
@@ -27,40 +35,102 @@ pub struct MemberRecord {
     pub gossip_addr: String,
     /// Where it serves HTTP.
     pub http_addr: String,
-    /// Its heartbeat counter (starts at its boot time in ms, so it grows across restarts).
+    /// Its version (SWIM's incarnation): the boot time in ms, so it grows
+    /// across restarts, raised by one each time the member refutes a
+    /// suspicion about itself. Only the member itself raises it.
     pub heartbeat: u64,
+}
+
+/// How a member seems: gossiped with a record, and the status a node shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Status {
+    /// Answers probes (or nobody has reason to doubt it).
+    Alive,
+    /// A probe went unanswered; dead unless it refutes in time.
+    Suspect,
+    /// Suspected for too long: not probed (but now and then), not sent to.
+    Dead,
+}
+
+impl Status {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Alive => "alive",
+            Status::Suspect => "suspect",
+            Status::Dead => "dead",
+        }
+    }
+}
+
+/// One piece of membership news: a member's record and its status at that
+/// version. At the same version, suspect beats alive and dead beats both; a
+/// higher version beats any status (only the member raises it, to refute).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberUpdate {
+    /// The member.
+    pub record: MemberRecord,
+    /// Its status at `record.heartbeat`.
+    pub status: Status,
 }
 
 /// One gossip message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// Ask for what the sender lacks.
+    /// Ask for what the sender lacks (sent when a probe showed digests differ).
     Pull {
         /// Digest of the sender's whole state.
         digest: u64,
         /// Actor → highest seq the sender has everything up to.
         known: Watermarks,
-        /// The sender's membership view.
-        members: Vec<MemberRecord>,
     },
     /// Answer to a `Pull` whose digest matched: nothing to send.
-    Ack {
-        /// The responder's membership view.
-        members: Vec<MemberRecord>,
-    },
+    Ack,
     /// Part of the answer to a `Pull`: entries the puller lacks.
     Push {
         /// The entries.
         changes: CounterMap,
         /// Set on the last chunk: the responder's watermarks.
         done: Option<Watermarks>,
-        /// The responder's membership view (last chunk only).
-        members: Vec<MemberRecord>,
     },
-    /// Eager push of fresh changes.
+    /// A fresh local change, sent once to every live member by its origin.
     Delta {
         /// The entries that changed.
         changes: CounterMap,
+    },
+    /// A failure-detector probe, also comparing states and member tables.
+    Ping {
+        /// Echoed in the answer.
+        probe: u64,
+        /// Digest of the sender's whole state.
+        digest: u64,
+        /// Digest of the sender's member table (see `Membership::digest`).
+        members: u64,
+        /// A few recent membership changes.
+        updates: Vec<MemberUpdate>,
+    },
+    /// The answer to a `Ping`.
+    PingAck {
+        /// The probe answered.
+        probe: u64,
+        /// Digest of the responder's whole state.
+        digest: u64,
+        /// Digest of the responder's member table.
+        members: u64,
+        /// A few recent membership changes.
+        updates: Vec<MemberUpdate>,
+    },
+    /// Membership news, sent each round to a few members while there is any
+    /// (piggybacking alone would spread it only as fast as probes go).
+    News {
+        /// Recent membership changes.
+        updates: Vec<MemberUpdate>,
+    },
+    /// A chunk of the sender's whole member table, sent when a probe showed
+    /// the member digests differ.
+    Members {
+        /// Every member the sender knows (itself included), with status.
+        records: Vec<MemberUpdate>,
     },
 }
 
@@ -69,9 +139,13 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Pull { .. } => "pull",
-            Message::Ack { .. } => "ack",
+            Message::Ack => "ack",
             Message::Push { .. } => "push",
             Message::Delta { .. } => "delta",
+            Message::Ping { .. } => "ping",
+            Message::PingAck { .. } => "ping_ack",
+            Message::Members { .. } => "members",
+            Message::News { .. } => "news",
         }
     }
 }

@@ -167,7 +167,7 @@ mod tests {
             (hello_a.member.id.as_str(), hello_b.member.id.as_str()),
             ("a", "b")
         );
-        let ack = Message::Ack { members: vec![] };
+        let ack = Message::Ack;
         dialed.writer.send(&ack).await.unwrap();
         assert_eq!(accepted.reader.recv().await.unwrap().0, ack);
         accepted.writer.send(&ack).await.unwrap();
@@ -185,15 +185,19 @@ mod tests {
         let (mut dialed, _) = dialed.unwrap();
         let (mut accepted, _) = accepted.unwrap();
         let member = a.member.clone();
-        let huge = Message::Ack {
-            members: vec![member; (1 << 16) / 4],
+        let record = crate::protocol::MemberUpdate {
+            record: member,
+            status: crate::protocol::Status::Alive,
+        };
+        let huge = Message::Members {
+            records: vec![record; (1 << 16) / 4],
         };
         assert!(matches!(
             dialed.writer.send(&huge).await,
             Err(TransportError::TooLarge(_))
         ));
         // The dropped message took no frame number: the next one still authenticates.
-        let ack = Message::Ack { members: vec![] };
+        let ack = Message::Ack;
         dialed.writer.send(&ack).await.unwrap();
         assert_eq!(accepted.reader.recv().await.unwrap().0, ack);
     }
