@@ -347,8 +347,11 @@ impl Membership {
         changed
     }
 
-    /// Learns our own record from a connection's handshake (`Hello`): the
-    /// member is up, whatever it was thought to be.
+    /// Learns a member's record from its connection's handshake (`Hello`):
+    /// its own word, taken as alive at its version. A member we hold as
+    /// suspect or dead at that version stays so: a handshake proves a TCP
+    /// path, not that it answers, and only its refutation (a new version)
+    /// revives it everywhere at once.
     pub fn hello(&mut self, record: &MemberRecord, now: Instant, wall_ms: u64) -> bool {
         let update = MemberUpdate {
             record: record.clone(),

@@ -2,7 +2,7 @@
 //!
 //! Every simulated host runs the real gossip engine — handshake, framed and
 //! MAC'd messages, membership and failure detection, anti-entropy rounds,
-//! eager push — over turmoil's simulated TCP, with simulated time. Only the
+//! direct push, probes — over turmoil's simulated TCP, with simulated time. Only the
 //! WAL and the HTTP API are left out: the test driver plays the writer,
 //! applying local operations straight to a node's replica the way
 //! `writer.rs` does once they are durable.
