@@ -82,6 +82,8 @@ struct Figures {
     size: usize,
     idle_per_node: f64,
     deltas_per_write: f64,
+    /// Anti-entropy `Push` frames received per write per other node.
+    pushes_per_write: f64,
     seen_p50: Duration,
     seen_p99: Duration,
     detected: Duration,
@@ -110,6 +112,8 @@ async fn measure(size: usize, idle: Duration, writes: usize) -> Figures {
     let deltas = "tally_gossip_frames_in_total";
     let delta = "type=\"delta\"";
     let deltas_before = sum_metric(&everyone, deltas, delta).await;
+    let push = "type=\"push\"";
+    let pushes_before = sum_metric(&everyone, deltas, push).await;
     let mut seen = Vec::with_capacity(writes);
     let client = common::http();
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url("/counter")).collect();
@@ -138,6 +142,8 @@ async fn measure(size: usize, idle: Duration, writes: usize) -> Figures {
     }
     let deltas_after = sum_metric(&everyone, deltas, delta).await;
     let deltas_per_write = (deltas_after - deltas_before) as f64 / (writes * (size - 1)) as f64;
+    let pushes = sum_metric(&everyone, deltas, push).await - pushes_before;
+    let pushes_per_write = pushes as f64 / (writes * (size - 1)) as f64;
     seen.sort();
     let percentile = |p: f64| seen[((seen.len() - 1) as f64 * p).round() as usize];
 
@@ -187,6 +193,7 @@ async fn measure(size: usize, idle: Duration, writes: usize) -> Figures {
         size,
         idle_per_node,
         deltas_per_write,
+        pushes_per_write,
         seen_p50: percentile(0.5),
         seen_p99: percentile(0.99),
         detected,
@@ -199,12 +206,14 @@ impl Figures {
     fn print(&self) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "{} real nodes: idle {:.0} B/s per node; {:.2} delta frames per write per other node; \
+            "{} real nodes: idle {:.0} B/s per node; {:.2} delta frames per write per other node \
+             ({:.2} repair pushes); \
              write seen by all p50 {:.1} ms, p99 {:.1} ms; killed node suspect everywhere after {:.0} ms; \
              1 s SIGSTOP: {} suspicions, {} refuted",
             self.size,
             self.idle_per_node,
             self.deltas_per_write,
+            self.pushes_per_write,
             ms(self.seen_p50),
             ms(self.seen_p99),
             ms(self.detected),
