@@ -498,6 +498,14 @@ impl Membership {
         self.members.get(id).map(|m| m.status)
     }
 
+    /// The news waiting to be piggybacked (diagnostics, tests).
+    pub fn queued_news(&self) -> Vec<MemberUpdate> {
+        self.queue
+            .iter()
+            .map(|(update, _)| update.clone())
+            .collect()
+    }
+
     /// Membership news waiting to be piggybacked.
     pub fn queued_updates(&self) -> usize {
         self.queue.len()

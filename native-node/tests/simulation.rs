@@ -839,11 +839,19 @@ impl SimCluster {
         state.map.get(counter).map_or(0, |c| c.value())
     }
 
-    /// No node has membership news left to piggyback.
+    /// Membership is at rest: no running node has news left to piggyback,
+    /// and all hold the same member digest (suspicions settled by timers,
+    /// not news, count too).
     fn nothing_to_tell(&self) -> bool {
-        (self.nodes.iter()).all(|node| {
-            (node.gossip.borrow().as_ref()).is_none_or(|g| g.members().queued_updates() == 0)
-        })
+        let mut digests = (self.nodes.iter()).filter_map(|node| {
+            let gossip = node.gossip.borrow();
+            let members = gossip.as_ref()?.members();
+            Some((members.queued_updates(), members.digest()))
+        });
+        let Some((queued, digest)) = digests.next() else {
+            return true;
+        };
+        queued == 0 && digests.all(|(queued, other)| queued == 0 && other == digest)
     }
 
     fn suspicions(&self) -> (u64, u64) {
@@ -1030,12 +1038,13 @@ fn half_leave(cluster: &mut SimCluster) {
     let staying: Vec<usize> = (0..half).collect();
     let shrunk = cluster
         .run_until(SETTLE, |c| {
-            staying.iter().all(|&i| {
-                let gossip = c.nodes[i].gossip.borrow();
-                let gossip = gossip.as_ref().expect("running");
-                let members = gossip.members();
-                members.peers().len() == half - 1 && members.queued_updates() == 0
-            })
+            c.nothing_to_tell()
+                && staying.iter().all(|&i| {
+                    let gossip = c.nodes[i].gossip.borrow();
+                    let gossip = gossip.as_ref().expect("running");
+                    let members = gossip.members();
+                    members.peers().len() == half - 1
+                })
         })
         .expect("members that left were never forgotten");
     let links = (staying.iter())
@@ -1050,6 +1059,20 @@ fn half_leave(cluster: &mut SimCluster) {
         .max()
         .unwrap_or(0);
     let (idle_mean, idle_max) = cluster.idle_traffic(Duration::from_secs(10));
+    if std::env::var("SIM_KINDS").is_ok() {
+        for i in 0..3 {
+            let gossip = cluster.nodes[i].gossip.borrow();
+            let members = gossip.as_ref().expect("running").members();
+            let news: Vec<String> = (members.queued_news().iter())
+                .map(|u| format!("{}@{}:{:?}", u.record.id, u.record.heartbeat, u.status))
+                .collect();
+            eprintln!(
+                "n{i}: digest {:x}, {} peers, news {news:?}",
+                members.digest(),
+                members.peers().len()
+            );
+        }
+    }
     println!(
         "{size} → {half} nodes: forgotten after {} ms; links per node ≤ {links}; idle {idle_mean:.0} B/s per node (max {idle_max:.0})",
         shrunk.as_millis()
