@@ -144,7 +144,7 @@ async fn exchange(
 
 /// Only a failure to connect proves the request never left; anything later
 /// may have reached the node.
-fn classify(error: hyper_util::client::legacy::Error) -> Failure {
+pub fn classify(error: hyper_util::client::legacy::Error) -> Failure {
     match error.is_connect() {
         true => Failure::NotSent(error.to_string()),
         false => Failure::Broken(error.to_string()),

@@ -14,6 +14,7 @@ use crdt_core::{wire, ActorId, CounterMap, CounterName, Op};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tally_gateway::{serve, GatewayConfig, Lag, NodeView};
+use tally_protocol::batch::{BatchAnswer, BatchRequest, ItemResult, BATCH_PATH};
 use tally_protocol::events::{ClusterEvent, MemberInfo, NodeEvent};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -51,6 +52,7 @@ impl StandIn {
     ) -> Self {
         let writes = Arc::new(AtomicUsize::new(0));
         let (id, counted) = (id.to_owned(), Arc::clone(&writes));
+        let (batch_id, batch_counted) = (id.clone(), Arc::clone(&writes));
         let value = state.value("default").unwrap_or(0) as i64;
         let (health_id, read_id, ws_id) = (id.clone(), id.clone(), id.clone());
         let app = Router::new()
@@ -77,6 +79,27 @@ impl StandIn {
                     counted.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(write_delay).await;
                     Json(json!({"value": value + 1, "node": id}))
+                }),
+            )
+            // What the gateway's combined writes use: every item applied.
+            .route(
+                BATCH_PATH,
+                post(move |body: axum::body::Bytes| async move {
+                    batch_counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(write_delay).await;
+                    let request: BatchRequest = wire::decode(&body).unwrap();
+                    let results = (request.items.iter())
+                        .map(|_| ItemResult::Applied {
+                            value: i128::from(value) + 1,
+                            seq: 1,
+                        })
+                        .collect();
+                    let answer = BatchAnswer {
+                        node: batch_id.clone(),
+                        actor: format!("{batch_id}~1"),
+                        results,
+                    };
+                    wire::encode(&answer)
                 }),
             )
             .route(
