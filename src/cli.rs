@@ -375,9 +375,25 @@ pub struct DevArgs {
 /// `tally bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// HTTP addresses of the nodes (or the gateway) to load; writes go round robin.
-    #[arg(long = "target", value_name = "ADDR", required = true)]
+    /// HTTP addresses of the nodes (or the gateway) to load; writes go round
+    /// robin. Needed unless `--compare-gateway` is given (checked when the
+    /// bench starts, so `--print-config` works without it).
+    #[arg(long = "target", value_name = "ADDR")]
     pub targets: Vec<String>,
+    /// Compare a gateway with one node: load `--compare-direct` and then
+    /// this gateway, the same way (writes, then reads, at each of
+    /// `--compare-clients`), and print the table. Starts nothing itself.
+    #[arg(long, value_name = "ADDR", requires = "compare_direct")]
+    pub compare_gateway: Option<String>,
+    /// The node loaded directly in the comparison.
+    #[arg(long, value_name = "ADDR", requires = "compare_gateway")]
+    pub compare_direct: Option<String>,
+    /// Client counts of the comparison.
+    #[arg(long, value_delimiter = ',', default_value = "32,64,256")]
+    pub compare_clients: Vec<usize>,
+    /// How long each comparison run loads its target.
+    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    pub compare_duration: Duration,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,

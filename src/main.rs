@@ -1,6 +1,7 @@
 //! The `tally` binary: parses the command line and runs the chosen part.
 mod bench;
 mod cli;
+mod compare;
 mod config;
 mod dev;
 
