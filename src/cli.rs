@@ -334,7 +334,7 @@ pub struct GatewayArgs {
     pub max_browsers_per_ip: u64,
     /// Combined write batches in flight at once per healthy node: writes
     /// arriving meanwhile wait and travel together in the next batch.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub write_lanes_per_node: u64,
     /// How long a read answered from the gateway's merged view waits for a
     /// write this gateway acknowledged to show there before asking a node

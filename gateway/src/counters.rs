@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use crdt_core::{CounterName, DEFAULT_COUNTER};
-use serde_json::json;
+use serde::Serialize;
 use tally_protocol::batch::{self, Direction};
 
 use crate::error::ApiError;
@@ -30,6 +30,15 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// What reads answered from the merged view give as `"node"`.
 pub const LOCAL_NODE: &str = "gateway";
+
+/// A counter answer, the node's shape: `{"name"?, "value", "node"}`.
+#[derive(Serialize)]
+struct Answer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    value: i128,
+    node: &'a str,
+}
 
 /// `POST /increment`, `/decrement`.
 pub async fn write_default(
@@ -93,10 +102,11 @@ async fn write(
     let authorization = headers.get(AUTHORIZATION).cloned();
     let counter = counter.as_str().to_owned();
     match writes::submit(&shared, authorization, counter.clone(), direction, amount).await {
-        Ok(done) => match name {
-            Some(_) => Json(json!({ "name": counter, "value": done.value, "node": done.node })),
-            None => Json(json!({ "value": done.value, "node": done.node })),
-        }
+        Ok(done) => Json(Answer {
+            name: name.is_some().then_some(counter.as_str()),
+            value: done.value,
+            node: &done.node,
+        })
         .into_response(),
         Err(error) => error.into_response(),
     }
@@ -136,11 +146,12 @@ async fn read(
     if uri.query().is_none() {
         let counter = name.as_deref().unwrap_or(DEFAULT_COUNTER);
         if let Some(value) = local_value(&shared, counter).await {
-            return match name {
-                Some(name) => Json(json!({ "name": name, "value": value, "node": LOCAL_NODE })),
-                None => Json(json!({ "value": value, "node": LOCAL_NODE })),
-            }
-            .into_response();
+            let answer = Answer {
+                name: name.as_deref(),
+                value,
+                node: LOCAL_NODE,
+            };
+            return Json(answer).into_response();
         }
     }
     proxy::forward(State(shared), method, uri, headers, Ok(Bytes::new())).await
