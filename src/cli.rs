@@ -394,6 +394,9 @@ pub struct BenchArgs {
     /// How long each comparison run loads its target.
     #[arg(long, default_value = "5s", value_parser = humantime_duration)]
     pub compare_duration: Duration,
+    /// Alternating runs per cell of the comparison (medians are printed).
+    #[arg(long, default_value_t = 3)]
+    pub compare_rounds: usize,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,

@@ -2,7 +2,8 @@
 //! node and on a gateway, side by side. Durable increments (`POST
 //! /counters/{c}/increment {"amount":1}`) and reads (`GET /counters/{c}`)
 //! from 32, 64 and 256 clients (`--compare-clients`), each for
-//! `--compare-duration`, each client on its own keep-alive connection.
+//! `--compare-duration`, each client on its own keep-alive connection;
+//! `--compare-rounds` alternating runs per cell, medians reported.
 //! Starts nothing: point it at a running node and gateway.
 use std::time::{Duration, Instant};
 
@@ -43,8 +44,9 @@ pub async fn run(direct: &str, gateway: &str, args: &BenchArgs) -> anyhow::Resul
     crdt_core::CounterName::new(&args.counter).map_err(|e| anyhow::anyhow!("--counter: {e}"))?;
     let (direct, gateway) = (base_url(direct), base_url(gateway));
     println!(
-        "comparing {direct} (direct) with {gateway} (gateway), {:?} per run",
-        args.compare_duration
+        "comparing {direct} (direct) with {gateway} (gateway), {:?} per run, median of {} alternating runs",
+        args.compare_duration,
+        args.compare_rounds.max(1)
     );
     println!(
         "| load | clients | direct /s | direct p99 | gateway /s | gateway p99 | gateway ÷ direct |"
@@ -53,8 +55,13 @@ pub async fn run(direct: &str, gateway: &str, args: &BenchArgs) -> anyhow::Resul
     for kind in [Kind::Write, Kind::Read] {
         for &clients in &args.compare_clients {
             let clients = clients.max(1);
-            let near = load(&direct, kind, clients, args).await?;
-            let far = load(&gateway, kind, clients, args).await?;
+            // Alternating runs, medians: a shared machine's noise hits both sides.
+            let (mut nears, mut fars) = (Vec::new(), Vec::new());
+            for _ in 0..args.compare_rounds.max(1) {
+                nears.push(load(&direct, kind, clients, args).await?);
+                fars.push(load(&gateway, kind, clients, args).await?);
+            }
+            let (near, far) = (median(nears), median(fars));
             let errors = match near.errors + far.errors {
                 0 => String::new(),
                 _ => format!(" (errors: {} / {})", near.errors, far.errors),
@@ -71,6 +78,21 @@ pub async fn run(direct: &str, gateway: &str, args: &BenchArgs) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// The run with the median throughput, its p99 the median of the p99s,
+/// its errors the sum.
+fn median(mut runs: Vec<Figures>) -> Figures {
+    let errors = runs.iter().map(|run| run.errors).sum();
+    let mut p99s: Vec<f64> = runs.iter().map(|run| run.p99_ms).collect();
+    p99s.sort_by(f64::total_cmp);
+    runs.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+    let middle = runs.len() / 2;
+    Figures {
+        per_second: runs.get(middle).map_or(0.0, |run| run.per_second),
+        p99_ms: p99s.get(middle).copied().unwrap_or(0.0),
+        errors,
+    }
 }
 
 async fn load(base: &str, kind: Kind, clients: usize, args: &BenchArgs) -> anyhow::Result<Figures> {
