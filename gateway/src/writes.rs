@@ -126,19 +126,43 @@ fn lanes_wanted(shared: &Shared) -> usize {
 
 /// Sends batches while writes wait, then retires.
 async fn run_lane(shared: Arc<Shared>) {
+    let mut lane = Lane {
+        shared,
+        retired: false,
+    };
     loop {
         let next = {
-            let mut queue = shared.combiner.queue();
+            let mut queue = lane.shared.combiner.queue();
             match take_batch(&mut queue.waiting) {
                 Some(next) => next,
                 None => {
+                    // Under the lock that `submit` checks: a write queued
+                    // after this sees the lane gone and starts another.
                     queue.lanes_busy -= 1;
+                    lane.retired = true;
                     return;
                 }
             }
         };
         let (authorization, batch) = next;
-        send(&shared, authorization, batch).await;
+        send(&lane.shared, authorization, batch).await;
+    }
+}
+
+/// A running lane; should its task end any other way than by retiring
+/// (a panic, the runtime shutting down), its slot is given back, so the
+/// gateway never runs out of lanes.
+struct Lane {
+    shared: Arc<Shared>,
+    retired: bool,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        if !self.retired {
+            let mut queue = self.shared.combiner.queue();
+            queue.lanes_busy = queue.lanes_busy.saturating_sub(1);
+        }
     }
 }
 
