@@ -17,6 +17,12 @@ const CONVERGENCE_PROBES: usize = 20;
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let (Some(gateway), Some(direct)) = (&args.compare_gateway, &args.compare_direct) {
+        return crate::compare::run(direct, gateway, &args).await;
+    }
+    if args.targets.is_empty() {
+        bail!("give at least one --target <addr> (or --compare-gateway with --compare-direct)");
+    }
     if args.clients == 0 || args.requests == 0 {
         bail!("--clients and --requests must be at least 1");
     }

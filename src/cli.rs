@@ -334,6 +334,15 @@ pub struct GatewayArgs {
     /// proxy's address: raise it there.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_browsers_per_ip: u64,
+    /// Combined write batches in flight at once per healthy node: writes
+    /// arriving meanwhile wait and travel together in the next batch.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub write_lanes_per_node: u64,
+    /// How long a read answered from the gateway's merged view waits for a
+    /// write this gateway acknowledged to show there before asking a node
+    /// (0s: ask a node at once).
+    #[arg(long, default_value = "100ms", value_parser = duration_or_zero)]
+    pub read_wait: Duration,
     #[command(flatten)]
     pub http: HttpLimitArgs,
 }
@@ -368,9 +377,28 @@ pub struct DevArgs {
 /// `tally bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// HTTP addresses of the nodes (or the gateway) to load; writes go round robin.
-    #[arg(long = "target", value_name = "ADDR", required = true)]
+    /// HTTP addresses of the nodes (or the gateway) to load; writes go round
+    /// robin. Needed unless `--compare-gateway` is given (checked when the
+    /// bench starts, so `--print-config` works without it).
+    #[arg(long = "target", value_name = "ADDR")]
     pub targets: Vec<String>,
+    /// Compare a gateway with one node: load `--compare-direct` and then
+    /// this gateway, the same way (writes, then reads, at each of
+    /// `--compare-clients`), and print the table. Starts nothing itself.
+    #[arg(long, value_name = "ADDR", requires = "compare_direct")]
+    pub compare_gateway: Option<String>,
+    /// The node loaded directly in the comparison.
+    #[arg(long, value_name = "ADDR", requires = "compare_gateway")]
+    pub compare_direct: Option<String>,
+    /// Client counts of the comparison.
+    #[arg(long, value_delimiter = ',', default_value = "32,64,256")]
+    pub compare_clients: Vec<usize>,
+    /// How long each comparison run loads its target.
+    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    pub compare_duration: Duration,
+    /// Alternating runs per cell of the comparison (medians are printed).
+    #[arg(long, default_value_t = 3)]
+    pub compare_rounds: usize,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,

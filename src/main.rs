@@ -1,6 +1,7 @@
 //! The `tally` binary: parses the command line and runs the chosen part.
 mod bench;
 mod cli;
+mod compare;
 mod config;
 mod dev;
 
@@ -144,6 +145,8 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
             .http
             .limits(tally_protocol::http_server::DEFAULT_MAX_CONNECTIONS),
         max_browsers_per_ip: args.max_browsers_per_ip as usize,
+        lanes_per_node: args.write_lanes_per_node as usize,
+        read_wait: args.read_wait,
         ..GatewayConfig::default()
     };
     tracing::info!(addr = %args.addr, "gateway serving");

@@ -18,7 +18,8 @@ use crate::config::MAX_BODY_BYTES;
 use crate::error::ApiError;
 use crate::replicas::Lag;
 use crate::state::Shared;
-use crate::{browser, demo, page, proxy};
+use crate::{browser, counters, demo, page, proxy};
+use tally_protocol::batch::Direction::{Decrement, Increment};
 
 /// One entry of `GET /nodes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,13 +47,25 @@ pub fn router(shared: Arc<Shared>) -> Router {
         internal: None,
     });
     let mut routes = Router::new()
-        .route("/counter", get(proxy::forward))
-        .route("/increment", post(proxy::forward))
-        .route("/decrement", post(proxy::forward))
+        .route("/counter", get(counters::read_default))
+        .route(
+            "/increment",
+            post(|s, m, u, h, b| counters::write_default(s, m, u, h, b, Increment)),
+        )
+        .route(
+            "/decrement",
+            post(|s, m, u, h, b| counters::write_default(s, m, u, h, b, Decrement)),
+        )
         .route("/counters", get(proxy::forward))
-        .route("/counters/{name}", get(proxy::forward))
-        .route("/counters/{name}/increment", post(proxy::forward))
-        .route("/counters/{name}/decrement", post(proxy::forward))
+        .route("/counters/{name}", get(counters::read_named))
+        .route(
+            "/counters/{name}/increment",
+            post(|s, m, u, h, p, b| counters::write_named(s, m, u, h, p, b, Increment)),
+        )
+        .route(
+            "/counters/{name}/decrement",
+            post(|s, m, u, h, p, b| counters::write_named(s, m, u, h, p, b, Decrement)),
+        )
         .route("/nodes", get(nodes))
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -104,6 +104,10 @@ pub fn nodes_event(shared: &Shared) -> ClusterEvent {
 
 /// Sends `event` to every connected browser, encoded once for all of them.
 pub fn publish(shared: &Shared, event: &ClusterEvent) {
+    // Nothing to encode for nobody: under write load every change passes here.
+    if shared.events.receiver_count() == 0 {
+        return;
+    }
     // No browser listening is not an error.
     let _ = shared.events.send(Bytes::from(wire::encode(event)));
 }

@@ -54,6 +54,12 @@ pub struct GatewayConfig {
     pub api_tokens: Option<ApiTokens>,
     /// Origins allowed to write and open streams; empty = same origin.
     pub allowed_origins: Vec<String>,
+    /// Combined write batches in flight at once, per healthy node
+    /// (`writes`): more lanes mean smaller batches, fewer mean longer waits.
+    pub lanes_per_node: usize,
+    /// How long a read answered from the merged view waits for a write this
+    /// gateway acknowledged to show there before a node is asked instead.
+    pub read_wait: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -76,6 +82,10 @@ impl Default for GatewayConfig {
             max_node_answer: MAX_NODE_ANSWER_BYTES,
             api_tokens: None,
             allowed_origins: Vec::new(),
+            // Measured: 1 beats 2 and 4 on a loaded 2-core machine (fewer,
+            // larger batches: fewer commits, gossip messages and deltas).
+            lanes_per_node: 1,
+            read_wait: Duration::from_millis(100),
         }
     }
 }

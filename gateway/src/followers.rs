@@ -52,6 +52,8 @@ async fn follow_node(shared: Arc<Shared>, http_addr: String) {
             Ok(()) => retry_in = FIRST_RETRY,
             Err(error) => tracing::debug!(node = %http_addr, %error, "node stream unavailable"),
         }
+        // Until a whole state arrives again, this node feeds no local reads.
+        shared.replicas().mark_offline(&http_addr);
         tokio::time::sleep(retry_in).await;
         retry_in = (retry_in * 2).min(LONGEST_RETRY);
     }
@@ -110,6 +112,9 @@ fn on_node_event(shared: &Shared, http_addr: &str, event: NodeEvent) {
         browser::publish(shared, &browser::nodes_event(shared));
     }
     let shown = shared.replicas().apply(http_addr, event);
+    shared
+        .view_changed
+        .send_modify(|version| *version = version.wrapping_add(1));
     if let Some(shown) = shown {
         browser::publish(shared, &shown);
     }

@@ -1,7 +1,10 @@
 //! The Tally gateway: one address in front of a cluster of nodes.
 //!
-//! * proxies the counter API round-robin over healthy nodes (`proxy`),
-//!   failing over only when that cannot count a write twice (`failover`);
+//! * combines concurrent writes into batches sent round-robin over healthy
+//!   nodes (`combine`, `writes`), answers reads from its merged view with
+//!   read-your-writes (`counters`, `replicas`) and proxies the rest
+//!   (`proxy`), failing over only when that cannot count a write twice
+//!   (`failover`);
 //! * keeps the node table true with active and passive health checks and
 //!   discovery (`balancer`, `health`, `node_table`);
 //! * follows every node's live stream (`followers`) and merges them
@@ -12,7 +15,9 @@
 mod api;
 mod balancer;
 mod browser;
+mod combine;
 mod config;
+mod counters;
 mod demo;
 mod demo_controls;
 mod error;
@@ -25,6 +30,7 @@ mod page;
 mod proxy;
 mod replicas;
 mod state;
+mod writes;
 
 use std::future::Future;
 use std::sync::Arc;

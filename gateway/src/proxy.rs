@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use tally_protocol::probes;
 
+use crate::counters::IDEMPOTENCY_KEY;
 use crate::error::{self, ApiError};
 use crate::failover::{self, Failure, Next, RequestKind};
 use crate::node_clients::NodeClient;
@@ -47,6 +48,9 @@ pub async fn forward(
         content_type: headers.get(CONTENT_TYPE).cloned(),
         // Nodes with their own tokens file check the client's token too.
         authorization: headers.get(AUTHORIZATION).cloned(),
+        // Its meaning is the node's: a write carrying it goes through here
+        // alone (never combined, see `counters`) and keeps it.
+        idempotency_key: headers.get(IDEMPOTENCY_KEY).cloned(),
         body,
     };
     match request.send_to_any(&shared).await {
@@ -60,6 +64,7 @@ struct NodeRequest {
     path: PathAndQuery,
     content_type: Option<HeaderValue>,
     authorization: Option<HeaderValue>,
+    idempotency_key: Option<HeaderValue>,
     body: Bytes,
 }
 
@@ -119,6 +124,9 @@ impl NodeRequest {
         if let Some(content_type) = &self.content_type {
             request = request.header(CONTENT_TYPE, content_type.clone());
         }
+        if let Some(key) = &self.idempotency_key {
+            request = request.header(IDEMPOTENCY_KEY, key.clone());
+        }
         if let Some(authorization) = &self.authorization {
             request = request.header(AUTHORIZATION, authorization.clone());
         }
@@ -144,7 +152,7 @@ async fn exchange(
 
 /// Only a failure to connect proves the request never left; anything later
 /// may have reached the node.
-fn classify(error: hyper_util::client::legacy::Error) -> Failure {
+pub fn classify(error: hyper_util::client::legacy::Error) -> Failure {
     match error.is_connect() {
         true => Failure::NotSent(error.to_string()),
         false => Failure::Broken(error.to_string()),

@@ -3,7 +3,13 @@
 //!
 //! Pure state (no I/O) so the merge rules can be tested directly: the
 //! stream followers feed node events in, `/nodes` and browsers read views out.
-use std::collections::HashMap;
+//!
+//! It also answers counter reads from the merged view (`read`), with
+//! read-your-writes for the writes this gateway acknowledged: each batch
+//! answer names the `(actor, seq)` that stamped a write (`acknowledged`),
+//! and a read of that counter waits until the view holds that actor's
+//! entry at that seq or later (entries only grow, so it then holds the write).
+use std::collections::{HashMap, HashSet};
 
 use crdt_core::{CounterMap, DEFAULT_COUNTER};
 use serde::{Deserialize, Serialize};
@@ -15,6 +21,29 @@ pub struct Replicas {
     /// By HTTP address: `(node id, its replica)`.
     nodes: HashMap<String, (String, CounterMap)>,
     merged: CounterMap,
+    /// Nodes whose stream is connected and has delivered a whole state:
+    /// while one is, the merged view is at least as new as that node.
+    live: HashSet<String>,
+    /// Writes this gateway acknowledged that the view did not hold yet:
+    /// counter → `(actor, seq)`, the highest per actor.
+    acknowledged: HashMap<String, Vec<(String, u64)>>,
+}
+
+/// Most counters with acknowledged writes the view has not shown yet.
+/// Beyond it, those the view shows are dropped, then (a view that stopped
+/// following, say) all: a read then waits for nothing, like any read.
+const MAX_ACKNOWLEDGED: usize = 100_000;
+
+/// What the merged view can say about a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalRead {
+    /// Its value, with every write this gateway acknowledged on it.
+    Value(i128),
+    /// The view lacks a write this gateway acknowledged: wait, or ask a node.
+    Behind,
+    /// The view cannot answer (no live stream, or a counter it never saw
+    /// and no write to wait for): ask a node.
+    Unknown,
 }
 
 impl Replicas {
@@ -35,6 +64,9 @@ impl Replicas {
                     replica.clone_from(&state);
                 } else {
                     replica.merge(&state);
+                }
+                if last {
+                    self.mark_live(http_addr);
                 }
                 Some(ClusterEvent::NodeState {
                     node,
@@ -65,6 +97,66 @@ impl Replicas {
     /// Forgets a node's replica (what it contributed to the merge stays: merges only grow).
     pub fn remove(&mut self, http_addr: &str) {
         self.nodes.remove(http_addr);
+        self.live.remove(http_addr);
+    }
+
+    /// The node's stream is connected and its whole state arrived.
+    fn mark_live(&mut self, http_addr: &str) {
+        if !self.live.contains(http_addr) {
+            self.live.insert(http_addr.to_owned());
+        }
+    }
+
+    /// The node's stream broke: the view no longer follows it.
+    pub fn mark_offline(&mut self, http_addr: &str) {
+        self.live.remove(http_addr);
+    }
+
+    /// Records a write this gateway acknowledged: `actor` stamped it `seq`
+    /// on `counter`. Nothing to remember when the view already holds it.
+    pub fn acknowledged(&mut self, counter: &str, actor: &str, seq: u64) {
+        if self.holds(counter, actor, seq) {
+            return;
+        }
+        if !self.acknowledged.contains_key(counter) && self.acknowledged.len() >= MAX_ACKNOWLEDGED {
+            let merged = &self.merged;
+            self.acknowledged.retain(|counter, marks| {
+                marks.retain(|(actor, seq)| !holds(merged, counter, actor, *seq));
+                !marks.is_empty()
+            });
+            if self.acknowledged.len() >= MAX_ACKNOWLEDGED {
+                self.acknowledged.clear();
+            }
+        }
+        let marks = self.acknowledged.entry(counter.to_owned()).or_default();
+        match marks.iter_mut().find(|(known, _)| known == actor) {
+            Some((_, highest)) => *highest = (*highest).max(seq),
+            None => marks.push((actor.to_owned(), seq)),
+        }
+    }
+
+    /// Reads `counter` from the merged view (see [`LocalRead`]); forgets
+    /// the acknowledged writes the view now holds.
+    pub fn read(&mut self, counter: &str) -> LocalRead {
+        if self.live.is_empty() {
+            return LocalRead::Unknown;
+        }
+        if let Some(marks) = self.acknowledged.get_mut(counter) {
+            let merged = &self.merged;
+            marks.retain(|(actor, seq)| !holds(merged, counter, actor, *seq));
+            if !marks.is_empty() {
+                return LocalRead::Behind;
+            }
+            self.acknowledged.remove(counter);
+        }
+        match self.merged.value(counter) {
+            Some(value) => LocalRead::Value(value),
+            None => LocalRead::Unknown,
+        }
+    }
+
+    fn holds(&self, counter: &str, actor: &str, seq: u64) -> bool {
+        holds(&self.merged, counter, actor, seq)
     }
 
     /// The nodes (by HTTP address) whose replica is known.
@@ -99,6 +191,15 @@ impl Replicas {
         let (_, replica) = self.nodes.get(http_addr)?;
         Some(lag(&self.merged, replica))
     }
+}
+
+/// Whether `map` holds `actor`'s write `seq` on `counter`: the actor's
+/// entry there is at that seq or later (an entry's totals include every
+/// earlier write of its actor on that counter).
+fn holds(map: &CounterMap, counter: &str, actor: &str, seq: u64) -> bool {
+    map.get(counter)
+        .and_then(|counter| counter.entry(actor))
+        .is_some_and(|entry| entry.seq >= seq)
 }
 
 /// How far a node trails the gateway's merged view.
@@ -283,5 +384,81 @@ mod tests {
         assert!(chunks > 3);
         assert_eq!(caught_up, now);
         assert!(replicas.state_chunk("h:9", &mut chunker, 1024).is_none());
+    }
+
+    fn snapshot(node: &str, state: CounterMap, last: bool) -> NodeEvent {
+        NodeEvent::Snapshot {
+            node: node.into(),
+            state,
+            first: true,
+            last,
+        }
+    }
+
+    #[test]
+    fn reads_are_answered_locally_only_while_a_stream_is_live() {
+        let mut state = CounterMap::new();
+        write(&mut state, "n1~1", "c", Op::Increment(4));
+        let mut replicas = Replicas::default();
+        assert_eq!(
+            replicas.read("c"),
+            LocalRead::Unknown,
+            "nothing followed yet"
+        );
+        replicas.apply("h:1", snapshot("n1", state.clone(), false));
+        assert_eq!(
+            replicas.read("c"),
+            LocalRead::Unknown,
+            "state not whole yet"
+        );
+        replicas.apply("h:1", snapshot("n1", state, true));
+        assert_eq!(replicas.read("c"), LocalRead::Value(4));
+        assert_eq!(replicas.read("never-written"), LocalRead::Unknown);
+        replicas.mark_offline("h:1");
+        assert_eq!(replicas.read("c"), LocalRead::Unknown, "stream broke");
+    }
+
+    #[test]
+    fn a_read_waits_for_the_acknowledged_seq_of_every_actor() {
+        let mut node = CounterMap::new();
+        write(&mut node, "n1~1", "c", Op::Increment(1));
+        let mut replicas = Replicas::default();
+        replicas.apply("h:1", snapshot("n1", node.clone(), true));
+        // Acknowledged, not streamed yet: seq 3 of n1~1 and seq 1 of n2~1.
+        replicas.acknowledged("c", "n1~1", 3);
+        replicas.acknowledged("c", "n1~1", 2);
+        replicas.acknowledged("c", "n2~1", 1);
+        // A write the view already holds is not remembered.
+        replicas.acknowledged("c", "n1~1", 1);
+        assert_eq!(replicas.read("c"), LocalRead::Behind);
+        assert_eq!(replicas.read("unrelated"), LocalRead::Unknown);
+        let delta = write(&mut node, "n1~1", "other", Op::Increment(1));
+        let delta2 = write(&mut node, "n1~1", "c", Op::Increment(2));
+        for delta in [delta, delta2] {
+            replicas.apply(
+                "h:1",
+                NodeEvent::Delta {
+                    node: "n1".into(),
+                    delta,
+                    via_gossip: false,
+                },
+            );
+        }
+        assert_eq!(replicas.read("c"), LocalRead::Behind, "n2~1 still missing");
+        let mut other = CounterMap::new();
+        let delta = write(&mut other, "n2~1", "c", Op::Decrement(1));
+        replicas.apply(
+            "h:2",
+            NodeEvent::Delta {
+                node: "n2".into(),
+                delta,
+                via_gossip: false,
+            },
+        );
+        assert_eq!(replicas.read("c"), LocalRead::Value(2));
+        assert!(
+            replicas.acknowledged.is_empty(),
+            "satisfied marks are forgotten"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tally_protocol::http_server::PerIpLimit;
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +16,7 @@ use crate::config::GatewayConfig;
 use crate::demo_controls::DemoControls;
 use crate::node_clients::{self, NodeClient};
 use crate::replicas::Replicas;
+use crate::writes::Combiner;
 use crate::GatewayError;
 
 pub struct Shared {
@@ -33,6 +34,11 @@ pub struct Shared {
     pub browsers_per_ip: Arc<PerIpLimit>,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,
+    /// Client writes waiting to be combined into batches.
+    pub combiner: Combiner,
+    /// Bumped whenever the merged view changes: reads waiting for a write
+    /// to show there wake up.
+    pub view_changed: watch::Sender<u64>,
     balancer: Mutex<Balancer>,
     replicas: Mutex<Replicas>,
     /// The stream follower task of each node, by HTTP address.
@@ -65,6 +71,8 @@ impl Shared {
             controls,
             events,
             shutdown: CancellationToken::new(),
+            combiner: Combiner::default(),
+            view_changed: watch::channel(0).0,
             replicas: Mutex::default(),
             followers: Mutex::default(),
         }))

@@ -235,8 +235,11 @@ async fn without_nodes_everything_answers_json_errors() {
     let (status, body) = gateway.get("/counter").await;
     assert_eq!(status, 503);
     assert!(json(&body)["error"].is_string(), "{body}");
-    let (status, body) = gateway.post("/counters/x/increment", b"{}".to_vec()).await;
+    let (status, body) = gateway.post("/counters/x/increment", Vec::new()).await;
     assert_eq!((status, body["error"].is_string()), (503, true));
+    // An invalid write is refused as a node would refuse it, node or not.
+    let (status, body) = gateway.post("/counters/x/increment", b"{}".to_vec()).await;
+    assert_eq!((status, body["error"].is_string()), (400, true));
 
     let (status, body) = gateway.get("/no/such/route").await;
     assert_eq!((status, json(&body)["error"].is_string()), (404, true));
@@ -309,7 +312,8 @@ async fn only_nodes_that_pass_their_health_check_are_used() {
     let (_, body) = gateway.get("/ready").await;
     assert_eq!(json(&body)["healthy_nodes"].as_u64(), Some(1), "{body}");
     for _ in 0..4 {
-        let (status, body) = gateway.get("/counter").await;
+        // `?r=` bypasses the gateway's merged view: a node answers.
+        let (status, body) = gateway.get("/counter?r=node").await;
         assert_eq!((status, json(&body)["node"].as_str()), (200, Some("good")));
     }
     assert_eq!(

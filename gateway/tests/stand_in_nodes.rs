@@ -14,6 +14,7 @@ use crdt_core::{wire, ActorId, CounterMap, CounterName, Op};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tally_gateway::{serve, GatewayConfig, Lag, NodeView};
+use tally_protocol::batch::{BatchAnswer, BatchRequest, ItemResult, BATCH_PATH};
 use tally_protocol::events::{ClusterEvent, MemberInfo, NodeEvent};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -28,6 +29,10 @@ const ONCE: Duration = Duration::from_secs(3600);
 struct StandIn {
     addr: String,
     writes: Arc<AtomicUsize>,
+    /// Single writes (`POST /increment`) that carried an `Idempotency-Key`.
+    keyed: Arc<AtomicUsize>,
+    /// `POST /batch` requests.
+    batches: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -51,6 +56,10 @@ impl StandIn {
     ) -> Self {
         let writes = Arc::new(AtomicUsize::new(0));
         let (id, counted) = (id.to_owned(), Arc::clone(&writes));
+        let (keyed, batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let keyed_counted = Arc::clone(&keyed);
+        let (batch_id, batch_counted) = (id.clone(), Arc::clone(&writes));
+        let batches_counted = Arc::clone(&batches);
         let value = state.value("default").unwrap_or(0) as i64;
         let (health_id, read_id, ws_id) = (id.clone(), id.clone(), id.clone());
         let app = Router::new()
@@ -73,10 +82,35 @@ impl StandIn {
             )
             .route(
                 "/increment",
-                post(move || async move {
+                post(move |headers: axum::http::HeaderMap| async move {
                     counted.fetch_add(1, Ordering::SeqCst);
+                    if headers.contains_key("idempotency-key") {
+                        keyed_counted.fetch_add(1, Ordering::SeqCst);
+                    }
                     tokio::time::sleep(write_delay).await;
                     Json(json!({"value": value + 1, "node": id}))
+                }),
+            )
+            // What the gateway's combined writes use: every item applied.
+            .route(
+                BATCH_PATH,
+                post(move |body: axum::body::Bytes| async move {
+                    batch_counted.fetch_add(1, Ordering::SeqCst);
+                    batches_counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(write_delay).await;
+                    let request: BatchRequest = wire::decode(&body).unwrap();
+                    let results = (request.items.iter())
+                        .map(|_| ItemResult::Applied {
+                            value: i128::from(value) + 1,
+                            seq: 1,
+                        })
+                        .collect();
+                    let answer = BatchAnswer {
+                        node: batch_id.clone(),
+                        actor: format!("{batch_id}~1"),
+                        results,
+                    };
+                    wire::encode(&answer)
                 }),
             )
             .route(
@@ -128,6 +162,8 @@ impl StandIn {
         Self {
             addr,
             writes,
+            keyed,
+            batches,
             stop: Some(stop),
             task,
         }
@@ -367,4 +403,25 @@ async fn a_browser_that_falls_behind_still_converges() {
         .expect("browser never caught up");
     assert_eq!(replica, node_state);
     eprintln!("browser got {resyncs} Nodes events (1 = never lagged)");
+}
+
+#[tokio::test]
+async fn a_write_with_an_idempotency_key_is_passed_through_alone_and_keeps_it() {
+    let node = StandIn::start("n", CounterMap::new(), Duration::ZERO).await;
+    let gateway = Gateway::start(&[&node], PATIENCE).await;
+    let url = format!("http://{}/increment", gateway.addr);
+    let keyed = gateway
+        .http
+        .post(&url)
+        .header("idempotency-key", "k-1")
+        .send();
+    let answer = keyed.await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let batches = node.batches.load(Ordering::SeqCst);
+    assert_eq!((node.keyed.load(Ordering::SeqCst), batches), (1, 0));
+    // Without the key the same write is combined: it goes as a batch.
+    let (status, body) = gateway.call(reqwest::Method::POST, "/increment").await;
+    assert_eq!((status, body["node"].as_str()), (200, Some("n")), "{body}");
+    assert_eq!(node.batches.load(Ordering::SeqCst), 1);
+    assert_eq!(node.keyed.load(Ordering::SeqCst), 1);
 }

@@ -17,6 +17,7 @@ use axum::{Extension, Json, Router};
 use crdt_core::{CounterName, Op, DEFAULT_COUNTER};
 use serde::{Deserialize, Serialize};
 use tally_protocol::access::{self, AccessPolicy};
+use tally_protocol::batch::{self, BatchAnswer, BatchRequest, Direction, ItemResult};
 use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::events::{MemberInfo, NodeEvent, SnapshotChunker};
 use tally_protocol::http_error::{ApiError, MAX_BODY_BYTES};
@@ -163,6 +164,7 @@ pub fn router(state: ApiState) -> Router {
             "/counters/{name}/decrement",
             post(|s, p, b| write_named(s, p, b, Op::Decrement)),
         )
+        .route(batch::BATCH_PATH, post(write_batch))
         .route("/state", get(get_state))
         .route("/peers", get(get_peers))
         .route("/health", get(get_health))
@@ -217,28 +219,9 @@ struct NamedAnswer {
     node: String,
 }
 
-/// Body of a write: `{"amount": n}`, or no body at all for 1.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AmountBody {
-    amount: u64,
-}
-
-/// Parses the optional amount; anything but a whole number ≥ 1 that fits u64 is refused.
+/// Parses the optional amount (one rule with the gateway: [`batch::parse_amount`]).
 fn parse_amount(body: &[u8]) -> Result<u64, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(1);
-    }
-    let parsed: AmountBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "body must be {{\"amount\": <integer from 1 to {}>}}: {e}",
-            u64::MAX
-        ))
-    })?;
-    if parsed.amount == 0 {
-        return Err(ApiError::bad_request("amount must be at least 1"));
-    }
-    Ok(parsed.amount)
+    batch::parse_amount(body).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn counter_name(name: &str) -> Result<CounterName, ApiError> {
@@ -306,6 +289,85 @@ async fn write_named(
         value,
         node: state.node,
     }))
+}
+
+/// `POST /batch`: every valid item in one commit (one fsync), each answered
+/// with its own result (see [`tally_protocol::batch`]). An item that is
+/// invalid or over the counter limit is refused alone.
+async fn write_batch(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let answer = batch_answer(&state, &body?).await?;
+    let encoded = crdt_core::wire::encode(&answer);
+    Ok(([(header::CONTENT_TYPE, batch::BATCH_CONTENT_TYPE)], encoded).into_response())
+}
+
+async fn batch_answer(state: &ApiState, body: &[u8]) -> Result<BatchAnswer, ApiError> {
+    let request: BatchRequest = crdt_core::wire::decode(body)
+        .map_err(|e| ApiError::bad_request(format!("body must be a postcard batch: {e}")))?;
+    let count = request.items.len();
+    if count == 0 || count > batch::MAX_BATCH_ITEMS {
+        return Err(ApiError::bad_request(format!(
+            "a batch holds 1 to {} items, not {count}",
+            batch::MAX_BATCH_ITEMS
+        )));
+    }
+    let refused = |error: ApiError| ItemResult::Refused {
+        status: error.status.as_u16(),
+        error: error.message,
+    };
+    let mut results: Vec<Option<ItemResult>> = vec![None; count];
+    let mut writes = Vec::with_capacity(count);
+    let mut positions = Vec::with_capacity(count);
+    // Held until the commit is done, like a single write's.
+    let mut creations = Vec::new();
+    for (position, item) in request.items.into_iter().enumerate() {
+        let admitted = counter_name(&item.counter).and_then(|name| {
+            if item.amount == 0 {
+                return Err(ApiError::bad_request(batch::AmountError::Zero.to_string()));
+            }
+            let creation = admit(state, &name)?;
+            Ok((name, creation))
+        });
+        match admitted {
+            Ok((name, creation)) => {
+                creations.extend(creation);
+                let op = match item.direction {
+                    Direction::Increment => Op::Increment(item.amount),
+                    Direction::Decrement => Op::Decrement(item.amount),
+                };
+                writes.push((name, op));
+                positions.push(position);
+            }
+            Err(error) => results[position] = Some(refused(error)),
+        }
+    }
+    let mut actor = None;
+    let outcomes = state.writer.write_all(writes).await;
+    drop(creations);
+    for (position, outcome) in positions.into_iter().zip(outcomes) {
+        results[position] = Some(match outcome {
+            Ok(written) => {
+                actor = Some(written.actor);
+                ItemResult::Applied {
+                    value: written.value,
+                    seq: written.seq,
+                }
+            }
+            Err(error) => refused(error.into()),
+        });
+    }
+    let actor = actor.unwrap_or_else(|| state.replica.actor());
+    Ok(BatchAnswer {
+        node: state.node.clone(),
+        actor: actor.as_str().to_owned(),
+        // Every position got a result above: refused up front or written.
+        results: results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| refused(WriteError::ShuttingDown.into())))
+            .collect(),
+    })
 }
 
 /// [`CounterLimit::admit`], counting a refusal as a refused operation.
@@ -678,28 +740,6 @@ async fn send_event(socket: &mut WebSocket, event: &NodeEvent) -> Result<(), axu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn amounts_are_whole_positive_numbers_only() {
-        assert_eq!(parse_amount(b"").unwrap(), 1);
-        assert_eq!(parse_amount(b"{\"amount\": 5}").unwrap(), 5);
-        assert_eq!(
-            parse_amount(b"{\"amount\": 18446744073709551615}").unwrap(),
-            u64::MAX
-        );
-        for bad in [
-            "{\"amount\": 0}",
-            "{\"amount\": -1}",
-            "{\"amount\": 1.5}",
-            "{\"amount\": \"abc\"}",
-            "{\"amount\": 18446744073709551616}",
-            "{\"amout\": 2}",
-            "abc",
-            "{}",
-        ] {
-            assert!(parse_amount(bad.as_bytes()).is_err(), "{bad} was accepted");
-        }
-    }
 
     fn name(text: &str) -> CounterName {
         CounterName::new(text).unwrap()

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crdt_core::{CounterMap, CounterName, CrdtError, Entry, Op, PnCounter, Watermarks};
+use crdt_core::{ActorId, CounterMap, CounterName, CrdtError, Entry, Op, PnCounter, Watermarks};
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle};
@@ -66,12 +66,30 @@ pub enum WriteError {
     ShuttingDown,
 }
 
+/// A durable local write: the counter's value after the commit that holds
+/// it, and the `(actor, seq)` that stamped it (what a reader of a merged
+/// view waits for to see this write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The counter's value after the commit.
+    pub value: i128,
+    /// The actor that stamped the write.
+    pub actor: ActorId,
+    /// Its seq.
+    pub seq: u64,
+}
+
+type Reply = oneshot::Sender<Result<Written, WriteError>>;
+
 enum Request {
     Local {
         name: CounterName,
         op: Op,
-        reply: oneshot::Sender<Result<i128, WriteError>>,
+        reply: Reply,
     },
+    /// Several local writes that must share one commit (`POST /batch`):
+    /// one message, so the writer cannot split them between batches.
+    Locals(Vec<Request>),
     Remote {
         news: CounterMap,
         watermarks: Option<Watermarks>,
@@ -127,7 +145,34 @@ impl WriterHandle {
             .send(Request::Local { name, op, reply })
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
-        answer.await.map_err(|_| WriteError::ShuttingDown)?
+        let written = answer.await.map_err(|_| WriteError::ShuttingDown)??;
+        Ok(written.value)
+    }
+
+    /// Applies every write of `writes` in one commit (one fsync), in order;
+    /// returns each one's outcome. An invalid write (overflow) is refused
+    /// alone; a storage failure refuses them all.
+    pub async fn write_all(
+        &self,
+        writes: Vec<(CounterName, Op)>,
+    ) -> Vec<Result<Written, WriteError>> {
+        let mut answers = Vec::with_capacity(writes.len());
+        let mut requests = Vec::with_capacity(writes.len());
+        for (name, op) in writes {
+            let (reply, answer) = oneshot::channel();
+            requests.push(Request::Local { name, op, reply });
+            answers.push(answer);
+        }
+        let sent = self.queue.send(Request::Locals(requests)).await;
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let outcome = match sent {
+                Ok(()) => answer.await.unwrap_or(Err(WriteError::ShuttingDown)),
+                Err(_) => Err(WriteError::ShuttingDown),
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
     }
 
     /// Why the writer refuses writes now (a WAL failure, an incarnation that
@@ -249,7 +294,7 @@ struct Pending {
     name: CounterName,
     entry: Entry,
     op: Op,
-    reply: oneshot::Sender<Result<i128, WriteError>>,
+    reply: Reply,
 }
 
 impl Writer {
@@ -288,6 +333,7 @@ impl Writer {
             while let Some(request) = next.take() {
                 match request {
                     Request::Stop { done } => stop = Some(done),
+                    Request::Locals(requests) => batch.extend(requests),
                     request => batch.push(request),
                 }
                 if stop.is_none() && batch.len() < MAX_BATCH {
@@ -495,7 +541,8 @@ impl Writer {
                         Err(error) => tracing::warn!(%error, "peer news not journaled"),
                     }
                 }
-                Request::Stop { .. } => {}
+                // Flattened into the batch by `run`; nothing else sends these.
+                Request::Locals(_) | Request::Stop { .. } => {}
             }
         }
         (pending, records)
@@ -528,7 +575,12 @@ impl Writer {
                 Op::Decrement(_) => &self.metrics.decrements,
             };
             counter.fetch_add(1, Relaxed);
-            let _ = p.reply.send(Ok(value));
+            let written = Written {
+                value,
+                actor: actor.clone(),
+                seq: p.entry.seq,
+            };
+            let _ = p.reply.send(Ok(written));
         }
     }
 
@@ -985,5 +1037,41 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("the news was taken once the backlog emptied");
+    }
+
+    #[tokio::test]
+    async fn a_batch_shares_one_fsync_and_answers_each_write_with_its_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started {
+            writer,
+            metrics,
+            replica,
+            ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
+        writer.write(name("a"), Op::Increment(1)).await.unwrap();
+        let fsyncs_before = metrics.wal_fsyncs.load(Relaxed);
+        let writes = vec![
+            (name("a"), Op::Increment(2)),
+            (name("b"), Op::Decrement(3)),
+            // Refused alone: the value would leave i64.
+            (name("a"), Op::Increment(u64::MAX)),
+            (name("a"), Op::Increment(4)),
+        ];
+        let outcomes = writer.write_all(writes).await;
+        assert_eq!(metrics.wal_fsyncs.load(Relaxed), fsyncs_before + 1);
+        let actor = replica.actor();
+        let applied: Vec<Option<(i128, u64)>> = outcomes
+            .iter()
+            .map(|outcome| {
+                let written = outcome.as_ref().ok()?;
+                assert_eq!(written.actor, actor);
+                Some((written.value, written.seq))
+            })
+            .collect();
+        // Values are after the whole commit; seqs follow the order.
+        assert_eq!(applied, [Some((7, 2)), Some((-3, 3)), None, Some((7, 4))]);
+        assert!(matches!(outcomes[2], Err(WriteError::Invalid(_))));
+        writer.shutdown().await;
+        assert_eq!(recovered(dir.path()).map.value("a"), Some(7));
     }
 }

@@ -8,8 +8,11 @@
 //! too low. Reads need `read`, writes `write`, `/admin/*` and `/demo/*`
 //! `admin`. Browsers cannot set headers on a WebSocket, so `/ws` and
 //! `/watch` also take `?access_token=TOKEN`. A request signed with the
-//! cluster secret ([`crate::request_auth`], only for reads: the gateway's
-//! health checks and stream followers) passes as `admin`.
+//! cluster secret ([`crate::request_auth`]) passes as `admin` when it is a
+//! read (the gateway's health checks and stream followers) or the one write
+//! route built for internal callers, `POST /batch` ([`crate::batch`]): its
+//! signature covers the body, so that body is read and checked here before
+//! the handler sees it. No other write is ever let through by a signature.
 //!
 //! **Origins**: a request that changes something, or opens a stream, and
 //! carries an `Origin` header (every browser sends one on such requests) is
@@ -27,7 +30,8 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::http_error::ApiError;
+use crate::batch::BATCH_PATH;
+use crate::http_error::{ApiError, MAX_BODY_BYTES};
 use crate::request_auth::server::RequestVerifier;
 use crate::request_auth::{RequestParts, SIGNATURE_HEADER};
 
@@ -229,6 +233,44 @@ impl AccessPolicy {
         }
     }
 
+    /// Whether this request asks to pass as a signed internal write: the
+    /// batch route, carrying a signature, on a server that checks tokens
+    /// and knows the cluster secret. Its fate is then the signature's
+    /// alone ([`Self::check_signed_write`]).
+    fn wants_signed_write(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        self.tokens.is_some()
+            && self.internal.is_some()
+            && method == Method::POST
+            && path == BATCH_PATH
+            && headers.contains_key(SIGNATURE_HEADER)
+    }
+
+    /// Checks a signed batch write: origin, then the signature over method,
+    /// path and query, and `body`.
+    pub fn check_signed_write(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), ApiError> {
+        self.check_origin(headers)?;
+        let Some(verifier) = &self.internal else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this server checks no cluster signatures",
+            ));
+        };
+        let request = RequestParts {
+            method: method.as_str(),
+            path_and_query,
+            body,
+        };
+        verifier
+            .check(request, headers)
+            .map_err(|error| ApiError::new(StatusCode::UNAUTHORIZED, error.to_string()))
+    }
+
     fn is_signed_internally(
         &self,
         method: &Method,
@@ -302,9 +344,32 @@ pub async fn enforce(
     next: Next,
 ) -> Response {
     let uri = request.uri();
+    if policy.wants_signed_write(request.method(), uri.path(), request.headers()) {
+        return enforce_signed_write(&policy, request, next).await;
+    }
     let decision = policy.check(request.method(), uri.path(), uri.query(), request.headers());
     match decision {
         Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// The signed batch write: its body is signed, so it is read here (at most
+/// the body limit, 413 beyond), checked, and handed on unchanged.
+async fn enforce_signed_write(
+    policy: &AccessPolicy,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            .into_response();
+    };
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let decision = policy.check_signed_write(&parts.method, path_and_query, &parts.headers, &body);
+    match decision {
+        Ok(()) => next.run(Request::from_parts(parts, Body::from(body))).await,
         Err(refused) => refused.into_response(),
     }
 }
@@ -441,5 +506,83 @@ mod tests {
         };
         let dash = headers(&[(header::ORIGIN, "https://dash.example")]);
         assert_eq!(status(listed.check(&Method::GET, "/ws", None, &dash)), 200);
+    }
+
+    fn signed(keys: &str, method: &str, path: &str, body: &[u8]) -> HeaderMap {
+        let keys = crate::cluster_key::ClusterKeys::parse(keys).unwrap();
+        let request = RequestParts {
+            method,
+            path_and_query: path,
+            body,
+        };
+        let signed = crate::request_auth::sign(
+            &keys,
+            request,
+            crate::request_auth::unix_now_ms(),
+            rand_nonce(),
+        );
+        let pairs: Vec<(header::HeaderName, &str)> = signed
+            .iter()
+            .map(|(name, value)| (header::HeaderName::from_static(name), value.as_str()))
+            .collect();
+        headers(&pairs)
+    }
+
+    fn rand_nonce() -> [u8; 16] {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static NEXT: AtomicU8 = AtomicU8::new(1);
+        [NEXT.fetch_add(1, Ordering::Relaxed); 16]
+    }
+
+    const SECRET: &str = "cluster-secret-for-tests";
+
+    fn with_secret() -> AccessPolicy {
+        let keys = crate::cluster_key::ClusterKeys::parse(SECRET).unwrap();
+        AccessPolicy {
+            internal: Some(Arc::new(RequestVerifier::new(keys))),
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn a_signed_batch_passes_only_with_its_own_body_and_the_cluster_secret() {
+        let policy = with_secret();
+        let body = b"items";
+        let good = signed(SECRET, "POST", BATCH_PATH, body);
+        assert!(policy.wants_signed_write(&Method::POST, BATCH_PATH, &good));
+        let check = |headers: &HeaderMap, body: &[u8]| {
+            status(policy.check_signed_write(&Method::POST, BATCH_PATH, headers, body))
+        };
+        assert_eq!(check(&good, body), 200);
+        assert_eq!(check(&good, body), 401, "a replay");
+        let other_body = signed(SECRET, "POST", BATCH_PATH, body);
+        assert_eq!(check(&other_body, b"other items"), 401);
+        let wrong_key = signed("another-cluster-secret", "POST", BATCH_PATH, body);
+        assert_eq!(check(&wrong_key, body), 401);
+    }
+
+    #[test]
+    fn a_signature_lets_no_other_write_through() {
+        let policy = with_secret();
+        for path in ["/increment", "/counters/a/increment", "/admin/partition"] {
+            let headers = signed(SECRET, "POST", path, b"");
+            assert!(!policy.wants_signed_write(&Method::POST, path, &headers));
+            let got = status(policy.check(&Method::POST, path, None, &headers));
+            assert_eq!(got, 401, "{path}");
+        }
+        // The batch route itself still takes a write token, and refuses a reader's.
+        let as_ = |token: &str| headers(&[(header::AUTHORIZATION, &format!("Bearer {token}"))]);
+        let check =
+            |headers: &HeaderMap| status(policy.check(&Method::POST, BATCH_PATH, None, headers));
+        assert_eq!(check(&as_(WRITER)), 200);
+        assert_eq!(check(&as_(READER)), 403);
+        assert_eq!(check(&HeaderMap::new()), 401);
+        // Without a tokens file there is nothing to prove.
+        let open = AccessPolicy::default();
+        assert!(!open.wants_signed_write(
+            &Method::POST,
+            BATCH_PATH,
+            &signed(SECRET, "POST", BATCH_PATH, b"")
+        ));
     }
 }

@@ -3,6 +3,7 @@
 //! The cluster's own vocabulary, shared by the node, discovery, the gateway
 //! and the browser page — everything the CRDT itself need not know:
 //!
+//! - [`batch`]: the batch write route the gateway combines writes into;
 //! - [`events`]: the live state stream, node `/ws` → gateway → browser `/ws`;
 //! - [`address`]: `host:port` as processes advertise and dial it (names
 //!   kept, resolved at each dial);
@@ -26,6 +27,7 @@
 #[cfg(feature = "http")]
 pub mod access;
 pub mod address;
+pub mod batch;
 #[cfg(feature = "auth")]
 pub mod cluster_key;
 pub mod events;

@@ -352,6 +352,11 @@ impl NodeProcess {
         assert!(ready, "node {} did not become ready", self.id);
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,0 +1,186 @@
+//! The counter routes: writes go through the combiner (`writes`), reads
+//! are answered from the merged view (`replicas`); what neither may take
+//! is proxied unchanged (`proxy`).
+//!
+//! Proxied unchanged: a write carrying `Idempotency-Key` (its meaning is
+//! the node's, and a combined write would lose it), any request with a
+//! query string (`?r=` and whatever later features put there), and a read
+//! the view cannot answer in time.
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use crdt_core::{CounterName, DEFAULT_COUNTER};
+use serde::Serialize;
+use tally_protocol::batch::{self, Direction};
+
+use crate::error::ApiError;
+use crate::proxy;
+use crate::replicas::LocalRead;
+use crate::state::Shared;
+use crate::writes;
+
+/// Header of the (future) idempotent writes: never combined.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// What reads answered from the merged view give as `"node"`.
+pub const LOCAL_NODE: &str = "gateway";
+
+/// A counter answer, the node's shape: `{"name"?, "value", "node"}`.
+#[derive(Serialize)]
+struct Answer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    value: i128,
+    node: &'a str,
+}
+
+/// `POST /increment`, `/decrement`.
+pub async fn write_default(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    direction: Direction,
+) -> Response {
+    write(shared, method, uri, headers, body, None, direction).await
+}
+
+/// `POST /counters/{name}/increment`, `/decrement`.
+pub async fn write_named(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+    direction: Direction,
+) -> Response {
+    write(shared, method, uri, headers, body, Some(name), direction).await
+}
+
+async fn write(
+    shared: Arc<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    name: Option<String>,
+    direction: Direction,
+) -> Response {
+    if headers.contains_key(IDEMPOTENCY_KEY) || uri.query().is_some() {
+        return proxy::forward(State(shared), method, uri, headers, body).await;
+    }
+    // The node's checks, in the node's order, with its messages: the
+    // answer is the same whether the write is combined or not.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return ApiError::new(rejection.status(), rejection.body_text()).into_response()
+        }
+    };
+    let counter = match &name {
+        Some(name) => match CounterName::new(name) {
+            Ok(counter) => counter,
+            Err(error) => return ApiError::bad_request(error.to_string()).into_response(),
+        },
+        None => match CounterName::new(DEFAULT_COUNTER) {
+            Ok(counter) => counter,
+            Err(error) => return ApiError::bad_request(error.to_string()).into_response(),
+        },
+    };
+    let amount = match batch::parse_amount(&body) {
+        Ok(amount) => amount,
+        Err(error) => return ApiError::bad_request(error.to_string()).into_response(),
+    };
+    let authorization = headers.get(AUTHORIZATION).cloned();
+    let counter = counter.as_str().to_owned();
+    match writes::submit(&shared, authorization, counter.clone(), direction, amount).await {
+        Ok(done) => Json(Answer {
+            name: name.is_some().then_some(counter.as_str()),
+            value: done.value,
+            node: &done.node,
+        })
+        .into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// `GET /counter`.
+pub async fn read_default(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    read(shared, method, uri, headers, None).await
+}
+
+/// `GET /counters/{name}`.
+pub async fn read_named(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    read(shared, method, uri, headers, Some(name)).await
+}
+
+/// From the merged view when it holds the counter and every write this
+/// gateway acknowledged on it (waiting up to `read_wait` for those);
+/// otherwise from a node, like before.
+async fn read(
+    shared: Arc<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    name: Option<String>,
+) -> Response {
+    if uri.query().is_none() {
+        let counter = name.as_deref().unwrap_or(DEFAULT_COUNTER);
+        if let Some(value) = local_value(&shared, counter).await {
+            let answer = Answer {
+                name: name.as_deref(),
+                value,
+                node: LOCAL_NODE,
+            };
+            return Json(answer).into_response();
+        }
+    }
+    proxy::forward(State(shared), method, uri, headers, Ok(Bytes::new())).await
+}
+
+/// The counter's value from the merged view, `None` when a node must answer.
+async fn local_value(shared: &Shared, counter: &str) -> Option<i128> {
+    // Invalid names are the node's to refuse (400), as before.
+    CounterName::new(counter).ok()?;
+    // With no node in the rotation the gateway answers reads 503 as
+    // before, whatever streams it still follows (a node not ready yet may
+    // stream a state it has not finished catching up).
+    if shared.balancer().healthy_count() == 0 {
+        return None;
+    }
+    let deadline = tokio::time::Instant::now() + shared.config.read_wait;
+    let mut changes = shared.view_changed.subscribe();
+    loop {
+        // Marked seen before reading the view: a change after this read wakes us.
+        changes.borrow_and_update();
+        match shared.replicas().read(counter) {
+            LocalRead::Value(value) => return Some(value),
+            LocalRead::Unknown => return None,
+            LocalRead::Behind => {}
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out (or the view stopped changing for good): ask a node.
+            Ok(Err(_)) | Err(_) => return None,
+        }
+    }
+}

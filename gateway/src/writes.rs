@@ -1,0 +1,340 @@
+//! The write path through the gateway: client writes wait in one bounded
+//! queue, and a few upstream "lanes" carry them to nodes as combined
+//! batches (`POST /batch`, postcard, over the pooled keep-alive
+//! connections), the rules of which are in `combine`.
+//!
+//! A lane takes everything waiting (up to a batch), sends it to the next
+//! node of the rotation, answers every client of the batch, and goes on
+//! while writes wait; so while a batch is in flight, new writes gather for
+//! the next one, and a busy gateway sends few, large upstream requests.
+//!
+//! Safety is the proxy's: a batch moves to the next node only when it
+//! certainly never left (`failover`); once it may have reached a node,
+//! every client of the batch gets 502/504 and nothing is resent. Writes
+//! are combined only with writes carrying the same `Authorization`
+//! header, which goes upstream with them, so a node with a tokens file
+//! judges every client's token exactly as it would judge a single write.
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::body::Bytes;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::uri::{Authority, Scheme};
+use axum::http::{HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use tally_protocol::batch::{BatchAnswer, Direction, BATCH_CONTENT_TYPE, BATCH_PATH};
+use tally_protocol::probes;
+use tokio::sync::oneshot;
+
+use crate::combine::{self, Batch, Outcome, Write};
+use crate::error::{self, ApiError};
+use crate::failover::{self, Failure, Next, RequestKind};
+use crate::node_table;
+use crate::state::Shared;
+
+/// Client writes waiting for a lane, at most; beyond, 503 at once (the
+/// queue's memory is bounded whatever clients do).
+pub const MAX_WAITING: usize = 16_384;
+
+/// A durable write, as its client is told.
+#[derive(Debug, Clone)]
+pub struct Done {
+    pub value: i128,
+    /// The node that made it durable.
+    pub node: String,
+}
+
+type Reply = oneshot::Sender<Result<Done, ApiError>>;
+
+struct Waiting {
+    authorization: Option<HeaderValue>,
+    write: Write<Reply>,
+}
+
+/// The queue and the lanes at work on it.
+#[derive(Default)]
+pub struct Combiner {
+    state: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Waiting>,
+    lanes_busy: usize,
+}
+
+impl Combiner {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Writes `amount` to `counter` through a combined batch; answers once the
+/// batch's node made it durable (or with the error every client of the
+/// batch gets).
+pub async fn submit(
+    shared: &Arc<Shared>,
+    authorization: Option<HeaderValue>,
+    counter: String,
+    direction: Direction,
+    amount: u64,
+) -> Result<Done, ApiError> {
+    let lanes = lanes_wanted(shared);
+    let (reply, answer) = oneshot::channel();
+    let write = Write {
+        counter,
+        direction,
+        amount,
+        ticket: reply,
+    };
+    let start_lane = {
+        let mut queue = shared.combiner.queue();
+        if queue.waiting.len() >= MAX_WAITING {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("too many writes waiting in the gateway (at most {MAX_WAITING}); retry"),
+            ));
+        }
+        queue.waiting.push_back(Waiting {
+            authorization,
+            write,
+        });
+        let start = queue.lanes_busy < lanes;
+        if start {
+            queue.lanes_busy += 1;
+        }
+        start
+    };
+    if start_lane {
+        // A task of its own: a client that goes away must not cancel a
+        // batch carrying other clients' writes.
+        tokio::spawn(run_lane(Arc::clone(shared)));
+    }
+    answer.await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "the gateway lost this write's answer; it may or may not have been applied",
+        ))
+    })
+}
+
+/// Lanes (batches in flight at once): `lanes_per_node` per healthy node.
+fn lanes_wanted(shared: &Shared) -> usize {
+    let healthy = shared.balancer().healthy_count().max(1);
+    healthy.saturating_mul(shared.config.lanes_per_node.max(1))
+}
+
+/// Sends batches while writes wait, then retires.
+async fn run_lane(shared: Arc<Shared>) {
+    let mut lane = Lane {
+        shared,
+        retired: false,
+    };
+    loop {
+        let next = {
+            let mut queue = lane.shared.combiner.queue();
+            match take_batch(&mut queue.waiting) {
+                Some(next) => next,
+                None => {
+                    // Under the lock that `submit` checks: a write queued
+                    // after this sees the lane gone and starts another.
+                    queue.lanes_busy -= 1;
+                    lane.retired = true;
+                    return;
+                }
+            }
+        };
+        let (authorization, batch) = next;
+        send(&lane.shared, authorization, batch).await;
+    }
+}
+
+/// A running lane; should its task end any other way than by retiring
+/// (a panic, the runtime shutting down), its slot is given back, so the
+/// gateway never runs out of lanes.
+struct Lane {
+    shared: Arc<Shared>,
+    retired: bool,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        if !self.retired {
+            let mut queue = self.shared.combiner.queue();
+            queue.lanes_busy = queue.lanes_busy.saturating_sub(1);
+        }
+    }
+}
+
+/// The next batch: the oldest write and every waiting write with the same
+/// `Authorization` that fits, in arrival order; the rest keep their places.
+fn take_batch(waiting: &mut VecDeque<Waiting>) -> Option<(Option<HeaderValue>, Batch<Reply>)> {
+    let authorization = waiting.front()?.authorization.clone();
+    let mut batch = Batch::default();
+    let mut kept = VecDeque::new();
+    while let Some(next) = waiting.pop_front() {
+        if next.authorization != authorization {
+            kept.push_back(next);
+            continue;
+        }
+        // An empty batch takes any write, so the oldest always goes.
+        if let Err(write) = batch.push(next.write) {
+            kept.push_back(Waiting {
+                authorization: next.authorization,
+                write,
+            });
+        }
+    }
+    *waiting = kept;
+    Some((authorization, batch))
+}
+
+/// Sends one batch, failing over only while it certainly never left, and
+/// answers its clients.
+async fn send(shared: &Arc<Shared>, authorization: Option<HeaderValue>, batch: Batch<Reply>) {
+    let body = Bytes::from(crdt_core::wire::encode(&batch.request()));
+    let order = shared.balancer().rotation();
+    let mut failed = error::no_healthy_node();
+    for addr in order {
+        let sent = tokio::time::timeout(
+            shared.config.request_timeout,
+            post_batch(shared, &addr, authorization.as_ref(), body.clone()),
+        )
+        .await
+        .unwrap_or(Err(Failure::TimedOut));
+        let failure = match sent {
+            Ok((reply, draining)) => {
+                if draining {
+                    tracing::info!(node = %addr, "node is draining before it stops; it leaves the rotation");
+                    node_table::mark_unhealthy(shared, &addr);
+                }
+                answer(shared, batch, reply);
+                return;
+            }
+            Err(failure) => failure,
+        };
+        tracing::warn!(node = %addr, "batch write failed; node leaves the rotation");
+        node_table::mark_unhealthy(shared, &addr);
+        let next = failover::after_failure(RequestKind::Write, &failure);
+        failed = failure.into_api_error(&addr, shared.config.request_timeout);
+        if next == Next::Stop {
+            break;
+        }
+    }
+    for combined in batch.into_items() {
+        for reply in combined.tickets {
+            let _ = reply.send(Err(failed.clone()));
+        }
+    }
+}
+
+/// What a node said to a batch.
+enum NodeReply {
+    /// Per-item results.
+    Answer(BatchAnswer),
+    /// The whole batch refused (401/403, 400, 503, …): nothing applied;
+    /// every client gets this status and message.
+    Refused(ApiError),
+}
+
+/// Answers every client of `batch` from the node's reply; records applied
+/// writes for read-your-writes first, so a client that reads right after
+/// its answer waits for its write.
+fn answer(shared: &Shared, batch: Batch<Reply>, reply: NodeReply) {
+    let answer = match reply {
+        NodeReply::Answer(answer) => answer,
+        NodeReply::Refused(error) => {
+            for combined in batch.into_items() {
+                for reply in combined.tickets {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+            return;
+        }
+    };
+    let answered = combine::answers(batch.into_items(), answer.results);
+    {
+        let mut replicas = shared.replicas();
+        for (item, _, outcome) in &answered {
+            if let Outcome::Applied { seq, .. } = outcome {
+                replicas.acknowledged(&item.counter, &answer.actor, *seq);
+            }
+        }
+    }
+    for (_, tickets, outcome) in answered {
+        let result = match outcome {
+            Outcome::Applied { value, .. } => Ok(Done {
+                value,
+                node: answer.node.clone(),
+            }),
+            Outcome::Refused { status, error } => Err(ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                error,
+            )),
+            Outcome::Unknown => Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "node {} answered the batch without this write; it may or may not have been applied",
+                    answer.node
+                ),
+            )),
+        };
+        for reply in tickets {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// `POST /batch` to the node at `addr`: its reply, and whether it said it
+/// is draining.
+async fn post_batch(
+    shared: &Shared,
+    addr: &str,
+    authorization: Option<&HeaderValue>,
+    body: Bytes,
+) -> Result<(NodeReply, bool), Failure> {
+    // A bad address in the node table means the request cannot leave.
+    let not_sent = |error: axum::http::Error| Failure::NotSent(error.to_string());
+    let authority = Authority::try_from(addr).map_err(|e| not_sent(e.into()))?;
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(BATCH_PATH)
+        .build()
+        .map_err(not_sent)?;
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(CONTENT_TYPE, BATCH_CONTENT_TYPE);
+    if let Some(authorization) = authorization {
+        request = request.header(AUTHORIZATION, authorization.clone());
+    }
+    let request = request.body(Full::new(body)).map_err(not_sent)?;
+    let answer = shared
+        .proxy
+        .request(request)
+        .await
+        .map_err(crate::proxy::classify)?;
+    let (head, body) = answer.into_parts();
+    let draining = head.headers.contains_key(probes::DRAINING_HEADER);
+    let body = Limited::new(body, shared.config.max_node_answer)
+        .collect()
+        .await
+        .map_err(|error| Failure::Broken(error.to_string()))?
+        .to_bytes();
+    if !head.status.is_success() {
+        // The node refused the batch as a whole and applied none of it.
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|json| json["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Ok((
+            NodeReply::Refused(ApiError::new(head.status, message)),
+            draining,
+        ));
+    }
+    // An answer we cannot read may follow an applied batch: unknown, never resent.
+    let answer = crdt_core::wire::decode::<BatchAnswer>(&body)
+        .map_err(|error| Failure::Broken(format!("unreadable batch answer: {error}")))?;
+    Ok((NodeReply::Answer(answer), draining))
+}
