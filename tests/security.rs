@@ -785,6 +785,34 @@ async fn api_tokens_give_401_403_or_access_by_role_on_a_node_and_a_gateway() {
         .await;
         assert_eq!((status, body["value"].as_i64()), (200, Some(writes)));
 
+        // A gateway without the file in front of the same node answers no
+        // read from its own view: the node decides who reads.
+        let open_gateway = GatewayProcess::spawn(&["--node".into(), node.http_addr.clone()]);
+        assert!(
+            gateway_sees_healthy(&open_gateway, 1, None).await,
+            "the gateway without tokens never saw the node healthy"
+        );
+        let read = call(Method::GET, &open_gateway.url("/counter"), None, None, None).await;
+        assert_refused(
+            &read,
+            401,
+            "a read through a gateway without tokens, no token",
+        );
+        let (status, body) = call(
+            Method::GET,
+            &open_gateway.url("/counter"),
+            Some(READ_TOKEN),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body["value"].as_i64()),
+            (200, Some(writes)),
+            "{body}"
+        );
+        drop(open_gateway);
+
         // /nodes: healthy, and the value came over the node's stream.
         let nodes_url = gateway.url("/nodes");
         assert_refused(

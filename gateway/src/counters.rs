@@ -161,6 +161,15 @@ async fn read(
 async fn local_value(shared: &Shared, counter: &str) -> Option<i128> {
     // Invalid names are the node's to refuse (400), as before.
     CounterName::new(counter).ok()?;
+    // Nodes that check tokens while this gateway has none to check: only
+    // a node may decide who reads.
+    let unchecked = shared.config.api_tokens.is_none()
+        && shared
+            .nodes_check_tokens
+            .load(std::sync::atomic::Ordering::Relaxed);
+    if unchecked {
+        return None;
+    }
     // With no node in the rotation the gateway answers reads 503 as
     // before, whatever streams it still follows (a node not ready yet may
     // stream a state it has not finished catching up).

@@ -19,6 +19,9 @@ use crate::state::Shared;
 #[derive(Deserialize)]
 struct NodeHealthAnswer {
     node: String,
+    /// Whether the node checks API tokens (absent: an older node; no).
+    #[serde(default)]
+    tokens: bool,
 }
 
 /// One node's health check, as the node table takes it.
@@ -75,6 +78,10 @@ async fn check_all(shared: &Arc<Shared>) {
             addr,
             node_id: answer.as_ref().map(|answer| answer.node.as_str()),
         });
+    let tokens = answers.iter().flatten().any(|answer| answer.tokens);
+    shared
+        .nodes_check_tokens
+        .fetch_or(tokens, std::sync::atomic::Ordering::Relaxed);
     let (now, forget_after) = (Instant::now(), shared.config.forget_after);
     node_table::update(shared, |balancer| {
         apply_checks(balancer, results, now, forget_after)

@@ -2,6 +2,7 @@
 //! that change it live with their idea (`node_table`, `followers`,
 //! `health`, `proxy`).
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -39,6 +40,10 @@ pub struct Shared {
     /// Bumped whenever the merged view changes: reads waiting for a write
     /// to show there wake up.
     pub view_changed: watch::Sender<u64>,
+    /// Set once any node said it checks API tokens: without a tokens file
+    /// of its own, the gateway then sends every read to a node (which
+    /// checks the client's token) instead of answering from its view.
+    pub nodes_check_tokens: AtomicBool,
     balancer: Mutex<Balancer>,
     replicas: Mutex<Replicas>,
     /// The stream follower task of each node, by HTTP address.
@@ -73,6 +78,7 @@ impl Shared {
             shutdown: CancellationToken::new(),
             combiner: Combiner::default(),
             view_changed: watch::channel(0).0,
+            nodes_check_tokens: AtomicBool::new(false),
             replicas: Mutex::default(),
             followers: Mutex::default(),
         }))

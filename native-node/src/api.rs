@@ -520,7 +520,14 @@ async fn get_ready(State(state): State<ApiState>, headers: HeaderMap) -> Respons
     let (status, body) = match assessed {
         Ok(()) => (
             StatusCode::OK,
-            serde_json::json!({ "status": "ready", "node": state.node, "peers_alive": alive }),
+            serde_json::json!({
+                "status": "ready",
+                "node": state.node,
+                "peers_alive": alive,
+                // Whether this node checks API tokens: a gateway answering
+                // reads from its own view must then check them itself.
+                "tokens": state.access.tokens.is_some(),
+            }),
         ),
         Err(not_ready) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -388,11 +388,6 @@ impl NodeProcess {
         }
     }
 
-    /// Its process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Starts it again with the same command line (same ports and data dir).
     pub fn restart(&mut self) {
         self.kill9();
