@@ -470,17 +470,17 @@ async fn a_node_whose_snapshot_spans_many_chunks_is_followed_by_the_gateway() {
                 panic!("the browser stream ended");
             };
             match wire::decode(&frame).unwrap() {
-                ClusterEvent::NodeState { state, first, .. } => {
+                ClusterEvent::Counters { state, first, .. } => {
                     if first {
                         seen = state;
                     } else {
                         seen.merge(&state);
                     }
                 }
-                ClusterEvent::NodeDelta { delta, .. } => {
+                ClusterEvent::CountersDelta { delta } => {
                     seen.merge(&delta);
                 }
-                ClusterEvent::Nodes { .. } => {}
+                _ => {}
             }
         }
         assert_eq!(seen, state);

@@ -147,7 +147,19 @@ async fn follow<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    follow_for(socket, merged, done, PATIENCE).await;
+}
+
+/// [`follow`] for at most `patience`.
+async fn follow_for<S>(
+    socket: &mut WsStream<S>,
+    merged: &mut CounterMap,
+    done: impl Fn(&CounterMap) -> bool,
+    patience: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + patience;
     while !done(merged) {
         let next = tokio::time::timeout_at(deadline, socket.next()).await;
         let Ok(Some(Ok(message))) = next else {
@@ -157,9 +169,9 @@ async fn follow<S>(
             continue;
         };
         match wire::decode::<ClusterEvent>(&frame).expect("a ClusterEvent") {
-            ClusterEvent::NodeState { state, .. } => merged.merge(&state),
-            ClusterEvent::NodeDelta { delta, .. } => merged.merge(&delta),
-            ClusterEvent::Nodes { .. } => false,
+            ClusterEvent::Counters { state, .. } => merged.merge(&state),
+            ClusterEvent::CountersDelta { delta } => merged.merge(&delta),
+            _ => false,
         };
     }
 }
@@ -244,7 +256,7 @@ enum Recovery {
 }
 
 /// Reads a stalled browser's stream from the start: after its first catch-up
-/// (the `Nodes` event and one state per node), a state in the middle of the
+/// (`Nodes`, `Summary`, `Busiest` and the counters), a state in the middle of the
 /// deltas shows a resync; the stream ending shows a drop. `None`: it went
 /// quiet with neither, so every change fit in the socket buffers and the
 /// load was too small to stall anything.
@@ -261,8 +273,8 @@ async fn recovery(socket: &mut WsStream<tokio::net::TcpStream>) -> Option<Recove
             continue;
         };
         match wire::decode::<ClusterEvent>(&frame).expect("a ClusterEvent") {
-            ClusterEvent::NodeDelta { .. } => deltas_seen = true,
-            ClusterEvent::NodeState { .. } if deltas_seen => return Some(Recovery::Resynced),
+            ClusterEvent::CountersDelta { .. } => deltas_seen = true,
+            ClusterEvent::Counters { .. } if deltas_seen => return Some(Recovery::Resynced),
             _ => {}
         }
     }
@@ -273,7 +285,9 @@ async fn browsers_that_never_read_do_not_grow_the_gateway() {
     const STALLED: usize = 4;
     const NAMES: usize = 200;
     const WRITERS: usize = 16;
-    const WRITES_PER_WRITER: usize = 600;
+    // Each write reaches a browser once (the merged view's news), not once
+    // per node: enough of them to outgrow the socket buffers.
+    const WRITES_PER_WRITER: usize = 1_800;
     let cluster = Cluster::start(3, &[]).await;
     let gateway = GatewayProcess::start(&cluster.nodes, None).await;
     let baseline = gateway.rss_bytes();
@@ -288,7 +302,15 @@ async fn browsers_that_never_read_do_not_grow_the_gateway() {
     let reading = tokio::spawn(async move {
         let mut merged = CounterMap::new();
         let writes = (WRITERS * WRITES_PER_WRITER) as i128;
-        follow(&mut reader, &mut merged, |merged| total(merged) == writes).await;
+        // It follows the whole load, which takes longer than one wait.
+        let whole_load = PATIENCE * 4;
+        follow_for(
+            &mut reader,
+            &mut merged,
+            |merged| total(merged) == writes,
+            whole_load,
+        )
+        .await;
     });
 
     // A fixed set of counters: the state stays small while the stream of

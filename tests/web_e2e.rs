@@ -2,12 +2,14 @@
 //! real `tally gateway` serving the built bundle, and headless Chromium
 //! driven through chromedriver. The page must show every node, count the
 //! clicks on its + button, agree with every node's `GET /counter`, and log
-//! no errors to the browser console.
+//! no errors to the browser console. Its filter box must narrow what the
+//! gateway streams to the matching counters (`/ws?prefix=`), and the
+//! cluster picture must show a crashed node as such.
 //!
 //! Needs `/usr/bin/chromium`, `/usr/bin/chromedriver` and the bundle from
 //! `cargo xtask web`. Without the bundle the test skips locally but fails
 //! under `CI` (where the xtask builds it first). A screenshot of the final
-//! page goes to `target/artifacts/web-e2e.png`.
+//! page goes to `target/artifacts/web-e2e.png` and `target/e2e/page.png`.
 mod common;
 
 use std::os::unix::process::CommandExt;
@@ -34,7 +36,8 @@ async fn the_page_counts_clicks_and_agrees_with_every_node() {
         eprintln!("SKIPPED web_e2e: web/dist/index.html is missing — run `cargo xtask web` first");
         return;
     };
-    let cluster = Cluster::start(NODES, &[]).await;
+    // Fault injection: the test partitions a node with `/admin/partition`.
+    let mut cluster = Cluster::start(NODES, &["--allow-fault-injection"]).await;
     let gateway = GatewayProcess::start(&cluster.nodes, Some(&web_dir)).await;
     // Declared before the driver process so it is dropped after it:
     // Chromium is gone before its profile is deleted.
@@ -42,7 +45,16 @@ async fn the_page_counts_clicks_and_agrees_with_every_node() {
     let driver_process = ChromeDriverProcess::start().await;
     let browser = open_browser(&driver_process, profile.path()).await;
 
-    let outcome = exercise_page(&browser, &gateway, &cluster).await;
+    let mut outcome = exercise_page(&browser, &gateway, &cluster).await;
+    if outcome.is_ok() {
+        outcome = filter_narrows_the_stream(&browser, &gateway).await;
+    }
+    if outcome.is_ok() {
+        outcome = the_picture_shows_a_partitioned_node(&browser, &cluster).await;
+    }
+    if outcome.is_ok() {
+        outcome = the_picture_shows_a_crashed_node(&browser, &mut cluster).await;
+    }
     settle_animations(&browser).await;
     let screenshot = save_screenshot(&browser).await;
     let console_errors = console_errors(&browser).await;
@@ -157,6 +169,200 @@ async fn exercise_page(
     Ok(())
 }
 
+/// Typing a prefix in the filter resubscribes: the page then holds, lists
+/// and keeps receiving only the counters that start with it.
+async fn filter_narrows_the_stream(
+    browser: &WebDriver,
+    gateway: &GatewayProcess,
+) -> Result<(), String> {
+    for (name, times) in [("e2e-a", 3), ("e2e-b", 1), ("other-x", 5)] {
+        for _ in 0..times {
+            let (status, _) = gateway
+                .post(&format!("/counters/{name}/increment"), "")
+                .await;
+            if status != 200 {
+                return Err(format!("writing {name} through the gateway: {status}"));
+            }
+        }
+    }
+    let filter = browser
+        .find(By::Css("input.filter"))
+        .await
+        .map_err(|e| format!("no filter box: {e}"))?;
+    filter
+        .send_keys("e2e-")
+        .await
+        .map_err(|e| format!("typing in the filter: {e}"))?;
+    let narrowed = wait_until(PATIENCE, || async {
+        let rows = row_names(browser).await;
+        let log = shown_text(browser, ".log").await.unwrap_or_default();
+        rows.iter().all(|name| name.starts_with("e2e-"))
+            && rows.contains(&"e2e-a".to_owned())
+            && rows.contains(&"e2e-b".to_owned())
+            && log.contains("following \"e2e-…\": 2 counters")
+    })
+    .await;
+    if !narrowed {
+        return Err(format!(
+            "the filter never narrowed the stream to e2e-*: rows {:?}, page:\n{}",
+            row_names(browser).await,
+            page_text(browser).await
+        ));
+    }
+    // Changes keep streaming for what matches, and only for that.
+    for name in ["other-x", "e2e-b"] {
+        let (status, _) = gateway
+            .post(&format!("/counters/{name}/increment"), "")
+            .await;
+        if status != 200 {
+            return Err(format!("writing {name} through the gateway: {status}"));
+        }
+    }
+    let live = wait_until(PATIENCE, || async {
+        let Ok(row) = browser
+            .find(By::Css(".counters li[data-name='e2e-b'] .row-value"))
+            .await
+        else {
+            return false;
+        };
+        let value = row.text().await.ok().and_then(|t| parse_shown(&t));
+        value == Some(2)
+            && row_names(browser)
+                .await
+                .iter()
+                .all(|n| n.starts_with("e2e-"))
+    })
+    .await;
+    if !live {
+        return Err(format!(
+            "e2e-b never showed 2 under the filter: rows {:?}",
+            row_names(browser).await
+        ));
+    }
+    // Back to every counter, so the screenshot shows the whole page.
+    let clear = "const f = document.querySelector('input.filter'); \
+                 f.value = ''; f.dispatchEvent(new Event('input'));";
+    browser
+        .execute(clear, Vec::new())
+        .await
+        .map_err(|e| format!("clearing the filter: {e}"))?;
+    let everything = wait_until(PATIENCE, || async {
+        row_names(browser).await.contains(&"other-x".to_owned())
+    })
+    .await;
+    match everything {
+        true => Ok(()),
+        false => Err("clearing the filter never brought other-x back".into()),
+    }
+}
+
+/// The names in the busiest-counters list, in page order.
+async fn row_names(browser: &WebDriver) -> Vec<String> {
+    let mut names = Vec::new();
+    for row in browser
+        .find_all(By::Css(".counters li[data-name]"))
+        .await
+        .unwrap_or_default()
+    {
+        names.extend(row.attr("data-name").await.ok().flatten());
+    }
+    names
+}
+
+/// What the topology canvas says it shows (its `aria-label`).
+async fn topology_label(browser: &WebDriver) -> Option<String> {
+    match browser.find(By::Css("canvas.topology")).await {
+        Ok(canvas) => canvas.attr("aria-label").await.ok().flatten(),
+        Err(_) => None,
+    }
+}
+
+/// Cuts the second node off from its peers (the gateway still reaches
+/// it): the picture must show it partitioned, and healthy once healed.
+async fn the_picture_shows_a_partitioned_node(
+    browser: &WebDriver,
+    cluster: &Cluster,
+) -> Result<(), String> {
+    let node = &cluster.nodes[1];
+    let peers: Vec<&str> = (cluster.nodes.iter())
+        .filter(|other| other.id != node.id)
+        .map(|other| other.id.as_str())
+        .collect();
+    let body = serde_json::json!({ "peers": peers }).to_string();
+    let (status, _) = node.post("/admin/partition", &body).await;
+    if status != 200 {
+        return Err(format!("partitioning {}: {status}", node.id));
+    }
+    let cut = format!("{} partitioned", node.id);
+    let shown = wait_until(PATIENCE, || async {
+        topology_label(browser)
+            .await
+            .is_some_and(|label| label.contains(&cut))
+    })
+    .await;
+    if !shown {
+        return Err(format!(
+            "the topology never showed {cut:?}: {:?}",
+            topology_label(browser).await
+        ));
+    }
+    let healed = http().delete(node.url("/admin/partition")).send().await;
+    if !healed.is_ok_and(|answer| answer.status().is_success()) {
+        return Err(format!("healing {} failed", node.id));
+    }
+    let back = format!("{} healthy", node.id);
+    let healthy = wait_until(PATIENCE, || async {
+        topology_label(browser)
+            .await
+            .is_some_and(|label| label.contains(&back))
+    })
+    .await;
+    match healthy {
+        true => Ok(()),
+        false => Err(format!(
+            "after healing, the topology never showed {back:?}: {:?}",
+            topology_label(browser).await
+        )),
+    }
+}
+
+/// Kills a node: the topology canvas must describe it as down (its
+/// `aria-label` says what the picture shows).
+async fn the_picture_shows_a_crashed_node(
+    browser: &WebDriver,
+    cluster: &mut Cluster,
+) -> Result<(), String> {
+    let label = || topology_label(browser);
+    let all_healthy = (cluster.nodes.iter())
+        .map(|node| format!("{} healthy", node.id))
+        .collect::<Vec<_>>();
+    let healthy = wait_until(PATIENCE, || async {
+        let shown = label().await.unwrap_or_default();
+        all_healthy.iter().all(|node| shown.contains(node))
+    })
+    .await;
+    if !healthy {
+        return Err(format!(
+            "the topology never showed every node healthy: {:?}",
+            label().await
+        ));
+    }
+    let victim = cluster.nodes.last_mut().ok_or("no nodes")?;
+    victim.kill9();
+    let down = format!("{} unhealthy", victim.id);
+    let shown = wait_until(PATIENCE, || async {
+        label().await.is_some_and(|shown| shown.contains(&down))
+    })
+    .await;
+    match shown {
+        true => Ok(()),
+        false => Err(format!(
+            "the topology never showed {down:?}: {:?}",
+            label().await
+        )),
+    }
+}
+
 /// One card per node, named by the node's id.
 async fn check_node_cards(browser: &WebDriver, nodes: &[NodeProcess]) -> Result<(), String> {
     let mut shown = Vec::new();
@@ -256,8 +462,19 @@ async fn save_screenshot(browser: &WebDriver) -> String {
         return format!("not saved: cannot create {}: {e}", dir.display());
     }
     let path = dir.join("web-e2e.png");
+    // The clicks scrolled the page; the top (the picture) tells the most.
+    let _ = browser.execute("window.scrollTo(0, 0);", Vec::new()).await;
     match browser.screenshot(&path).await {
-        Ok(()) => path.display().to_string(),
+        Ok(()) => {
+            // Also where the issue asks for it; best effort.
+            let copy = workspace_root().join("target/e2e/page.png");
+            let copied = std::fs::create_dir_all(workspace_root().join("target/e2e"))
+                .and_then(|()| std::fs::copy(&path, &copy));
+            match copied {
+                Ok(_) => format!("{} and {}", path.display(), copy.display()),
+                Err(_) => path.display().to_string(),
+            }
+        }
         Err(e) => format!("not saved: {e}"),
     }
 }

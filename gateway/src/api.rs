@@ -69,7 +69,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/nodes", get(nodes))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/ws", get(browser::upgrade));
+        .route("/ws", get(browser::upgrade))
+        .route("/watch", get(browser::watch));
     // Without controls the demo routes don't exist at all (404 like any unknown path).
     if shared.controls.is_some() {
         routes = routes.route("/demo/nodes/{id}/{action}", post(demo::act));

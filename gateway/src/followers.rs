@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use crdt_core::wire;
 use futures_util::StreamExt;
-use tally_protocol::events::NodeEvent;
+use tally_protocol::events::{ClusterEvent, NodeEvent};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::browser;
+use crate::live::News;
 use crate::node_clients;
 use crate::state::Shared;
 
@@ -111,12 +112,37 @@ fn on_node_event(shared: &Shared, http_addr: &str, event: NodeEvent) {
     if renamed {
         browser::publish(shared, &browser::nodes_event(shared));
     }
-    let shown = shared.replicas().apply(http_addr, event);
+    if let NodeEvent::Members { node, members } = &event {
+        shared.activity().members(node, members);
+    }
+    let (shown, changed, news) = {
+        let mut replicas = shared.replicas();
+        let shown = replicas.apply(http_addr, event);
+        (shown, replicas.take_changed(), replicas.take_news())
+    };
+    // Reads waiting for an acknowledged write to show in the view wake up.
     shared
         .view_changed
         .send_modify(|version| *version = version.wrapping_add(1));
-    if let Some(shown) = shown {
-        browser::publish(shared, &shown);
+    shared.watch.changed(changed.iter().map(String::as_str));
+    // Browsers get the merged view's news, not each node's: a write that
+    // three nodes stream is sent once. The node's own delta only counts
+    // towards its summary (local write or gossip).
+    {
+        let mut activity = shared.activity();
+        if let Some(ClusterEvent::NodeDelta {
+            node,
+            delta,
+            via_gossip,
+        }) = &shown
+        {
+            activity.node_changed(node, *via_gossip, delta.len());
+        }
+        activity.merged_changed(&news);
+    }
+    if !news.is_empty() {
+        // No browser listening is not an error.
+        let _ = shared.deltas.send(Arc::new(News::new(news)));
     }
 }
 

@@ -9,7 +9,8 @@
 //!   discovery (`balancer`, `health`, `node_table`);
 //! * follows every node's live stream (`followers`) and merges them
 //!   (`replicas`), and fans the cluster's state out to browsers on `/ws`
-//!   (`browser`);
+//!   (`browser`): each gets the merged view under its prefix, node
+//!   summaries and the busiest counters (`live`);
 //! * runs the demo's crash/restart/partition/heal buttons (`demo`);
 //! * serves the web page, compiled into the binary (`page`, from `build.rs`).
 mod api;
@@ -24,6 +25,7 @@ mod error;
 mod failover;
 mod followers;
 mod health;
+mod live;
 mod node_clients;
 mod node_table;
 mod page;
@@ -37,6 +39,7 @@ use std::sync::Arc;
 
 use tally_discovery::DiscoveryClient;
 use tally_protocol::http_server::{self, ConnectionStats};
+use tally_protocol::watch::CounterSource;
 use tokio::net::TcpListener;
 
 pub use api::NodeView;
@@ -71,6 +74,10 @@ pub async fn serve(
     let shared = Shared::new(config, controls)?;
     let stop = shared.shutdown.clone();
     followers::reconcile(&shared);
+    let watch = Arc::clone(&shared.watch).run(Arc::clone(&shared) as Arc<dyn CounterSource>);
+    tokio::spawn(stop.clone().run_until_cancelled_owned(watch));
+    let live = live::run(Arc::clone(&shared));
+    tokio::spawn(stop.clone().run_until_cancelled_owned(live));
     tokio::spawn(
         stop.clone()
             .run_until_cancelled_owned(health::check_nodes(Arc::clone(&shared))),

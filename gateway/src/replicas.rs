@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use crdt_core::{CounterMap, DEFAULT_COUNTER};
 use serde::{Deserialize, Serialize};
-use tally_protocol::events::{ClusterEvent, NodeEvent, SnapshotChunker};
+use tally_protocol::events::{ClusterEvent, NodeEvent, NodeSummary, SnapshotChunker};
 
 /// Every node's replica, as its stream told us, and the merge of them all.
 #[derive(Debug, Default)]
@@ -21,6 +21,11 @@ pub struct Replicas {
     /// By HTTP address: `(node id, its replica)`.
     nodes: HashMap<String, (String, CounterMap)>,
     merged: CounterMap,
+    /// Counters whose merged value changed since [`Replicas::take_changed`].
+    changed: Vec<String>,
+    /// Entries the merged view learned since [`Replicas::take_news`]: what
+    /// browsers are sent, once, however many nodes streamed the same write.
+    news: CounterMap,
     /// Nodes whose stream is connected and has delivered a whole state:
     /// while one is, the merged view is at least as new as that node.
     live: HashSet<String>,
@@ -56,7 +61,7 @@ impl Replicas {
                 first,
                 last,
             } => {
-                self.merged.merge(&state);
+                self.merge_into_view(&state);
                 let (id, replica) = self.nodes.entry(http_addr.to_owned()).or_default();
                 id.clone_from(&node);
                 // The first chunk is "this is all I have" so far; the rest add to it.
@@ -80,7 +85,7 @@ impl Replicas {
                 delta,
                 via_gossip,
             } => {
-                self.merged.merge(&delta);
+                self.merge_into_view(&delta);
                 let (id, replica) = self.nodes.entry(http_addr.to_owned()).or_default();
                 id.clone_from(&node);
                 replica.merge(&delta);
@@ -92,6 +97,83 @@ impl Replicas {
             }
             NodeEvent::Members { .. } => None,
         }
+    }
+
+    /// Merges a node's news into the merged view, noting the counters
+    /// whose value it changed (for `/watch`).
+    fn merge_into_view(&mut self, news: &CounterMap) {
+        for (name, counter) in news.counters() {
+            let before = self.merged.value(name.as_str());
+            for (actor, entry) in counter.entries() {
+                if let Some(joined) = self.merged.merge_entry(name, actor, *entry) {
+                    self.news.merge_entry(name, actor, joined);
+                }
+            }
+            if self.merged.value(name.as_str()) != before {
+                self.changed.push(name.as_str().to_owned());
+            }
+        }
+    }
+
+    /// The counters whose merged value changed since the last call.
+    pub fn take_changed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The merged view's values of these counters (for `/watch`).
+    pub fn merged_values(&self, names: &[String]) -> Vec<(String, i128)> {
+        (names.iter())
+            .filter_map(|name| Some((name.clone(), self.merged.value(name)?)))
+            .collect()
+    }
+
+    /// A page of the merged view (for `/watch` snapshots).
+    pub fn merged_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(String, i128)> {
+        (self.merged.page(prefix, after))
+            .take(limit)
+            .map(|(name, counter)| (name.as_str().to_owned(), counter.value()))
+            .collect()
+    }
+
+    /// The entries the merged view learned since the last call.
+    pub fn take_news(&mut self) -> CounterMap {
+        std::mem::take(&mut self.news)
+    }
+
+    /// The merged view's value of one counter.
+    pub fn merged_value(&self, name: &str) -> Option<i128> {
+        self.merged.value(name)
+    }
+
+    /// The next chunk of the merged view, restricted to the chunker's
+    /// prefix (at most `max_bytes` encoded), and whether it is the last.
+    pub fn merged_chunk(
+        &self,
+        chunker: &mut SnapshotChunker,
+        max_bytes: usize,
+    ) -> (CounterMap, bool) {
+        chunker.next_chunk(&self.merged, max_bytes)
+    }
+
+    /// The node at `http_addr` summed up for browsers (its change counts
+    /// and `cut_off` left for the caller to fill): O(1) in the keyspace — the default
+    /// counter's lag and a digest comparison, never a walk over every counter.
+    pub fn node_summary(&self, http_addr: &str) -> Option<NodeSummary> {
+        let (id, replica) = self.nodes.get(http_addr)?;
+        Some(NodeSummary {
+            id: id.clone(),
+            value: replica.value(DEFAULT_COUNTER).unwrap_or(0),
+            behind: default_behind(&self.merged, replica),
+            in_sync: replica.digest() == self.merged.digest(),
+            local_changes: 0,
+            gossip_changes: 0,
+            cut_off: false,
+        })
     }
 
     /// Forgets a node's replica (what it contributed to the merge stays: merges only grow).
@@ -159,26 +241,6 @@ impl Replicas {
         holds(&self.merged, counter, actor, seq)
     }
 
-    /// The nodes (by HTTP address) whose replica is known.
-    pub fn addrs(&self) -> Vec<String> {
-        self.nodes.keys().cloned().collect()
-    }
-
-    /// The next chunk of the replica of the node at `http_addr` (at most
-    /// `max_bytes` encoded): its id, the chunk, and whether it is the last.
-    /// `None` once the node is gone. A browser catches up chunk by chunk,
-    /// so no replica is ever copied whole.
-    pub fn state_chunk(
-        &self,
-        http_addr: &str,
-        chunker: &mut SnapshotChunker,
-        max_bytes: usize,
-    ) -> Option<(String, CounterMap, bool)> {
-        let (node, replica) = self.nodes.get(http_addr)?;
-        let (chunk, last) = chunker.next_chunk(replica, max_bytes);
-        Some((node.clone(), chunk, last))
-    }
-
     /// The node's value of the default counter (0 when never written),
     /// `None` before its stream delivered anything.
     pub fn default_value(&self, http_addr: &str) -> Option<i128> {
@@ -211,6 +273,24 @@ pub struct Lag {
     pub total: u64,
     /// `(counter, actor)` entries where the node is behind.
     pub entries_behind: u64,
+}
+
+/// Increments plus decrements of the default counter the node has not seen.
+fn default_behind(merged: &CounterMap, node: &CounterMap) -> u64 {
+    let Some(ours) = merged.get(DEFAULT_COUNTER) else {
+        return 0;
+    };
+    let theirs = node.get(DEFAULT_COUNTER);
+    (ours.entries())
+        .map(|(actor, ours)| {
+            let seen = (theirs.and_then(|theirs| theirs.entry(actor.as_str())))
+                .copied()
+                .unwrap_or_default();
+            let missing = (ours.inc.saturating_sub(seen.inc))
+                .saturating_add(ours.dec.saturating_sub(seen.dec));
+            u64::try_from(missing).unwrap_or(u64::MAX)
+        })
+        .fold(0, u64::saturating_add)
 }
 
 /// Compares a node's replica with the merged view, entry by entry.
@@ -318,7 +398,54 @@ mod tests {
             },
         );
         assert_eq!(replicas.lag("h:1"), Some(Lag::default()));
-        assert_eq!(replicas.addrs().len(), 2);
+        assert_eq!(replicas.nodes.len(), 2);
+    }
+
+    #[test]
+    fn news_and_summaries_come_from_the_merged_view() {
+        let mut n1 = CounterMap::new();
+        let first = write(&mut n1, "a", "default", Op::Increment(2));
+        let mut replicas = Replicas::default();
+        for (addr, node) in [("h:1", "n1"), ("h:2", "n2")] {
+            let event = NodeEvent::Delta {
+                node: node.into(),
+                delta: first.clone(),
+                via_gossip: addr == "h:2",
+            };
+            replicas.apply(addr, event);
+        }
+        // The same write from two nodes is news once.
+        assert_eq!(replicas.take_news(), first);
+        assert!(replicas.take_news().is_empty());
+        let second = write(&mut n1, "a", "page/x", Op::Increment(1));
+        let third = write(&mut n1, "a", "default", Op::Decrement(1));
+        for delta in [second, third] {
+            let event = NodeEvent::Delta {
+                node: "n1".into(),
+                delta,
+                via_gossip: false,
+            };
+            replicas.apply("h:1", event);
+        }
+        let news = replicas.take_news();
+        assert_eq!(news.len(), 2);
+        let n1 = replicas.node_summary("h:1").unwrap();
+        let n2 = replicas.node_summary("h:2").unwrap();
+        assert_eq!(
+            (n1.id.as_str(), n1.value, n1.behind, n1.in_sync),
+            ("n1", 1, 0, true)
+        );
+        assert_eq!(
+            (n2.id.as_str(), n2.value, n2.behind, n2.in_sync),
+            ("n2", 2, 1, false)
+        );
+        assert!(replicas.node_summary("h:3").is_none());
+        let mut chunker = SnapshotChunker::with_prefix("page/");
+        let (chunk, last) = replicas.merged_chunk(&mut chunker, 1024);
+        assert!(last);
+        assert_eq!(chunk.len(), 1);
+        assert_eq!(chunk.value("page/x"), Some(1));
+        assert_eq!(replicas.merged_value("default"), Some(1));
     }
 
     fn many_counters(actor: &str, count: usize) -> CounterMap {
@@ -370,20 +497,18 @@ mod tests {
         assert_eq!(replicas.nodes["h:1"].1, now);
         // The merged view keeps both.
         assert_eq!(replicas.merged.value("default"), Some(14));
-        // A browser catching up gets the replica back in chunks.
+        // A browser catching up gets the merged view back in chunks.
         let mut chunker = SnapshotChunker::new();
         let mut caught_up = CounterMap::new();
         let mut chunks = 0;
         while !chunker.is_done() {
-            let (node, chunk, _) = replicas.state_chunk("h:1", &mut chunker, 1024).unwrap();
-            assert_eq!(node, "n1");
+            let (chunk, _) = replicas.merged_chunk(&mut chunker, 1024);
             assert!(crdt_core::wire::encode(&chunk).len() <= 1024);
             caught_up.merge(&chunk);
             chunks += 1;
         }
         assert!(chunks > 3);
-        assert_eq!(caught_up, now);
-        assert!(replicas.state_chunk("h:9", &mut chunker, 1024).is_none());
+        assert_eq!(caught_up, replicas.merged);
     }
 
     fn snapshot(node: &str, state: CounterMap, last: bool) -> NodeEvent {

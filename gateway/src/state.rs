@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tally_protocol::http_server::PerIpLimit;
+use tally_protocol::watch::{CounterSource, WatchHub};
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::balancer::Balancer;
 use crate::config::GatewayConfig;
 use crate::demo_controls::DemoControls;
+use crate::live::{Activity, News};
 use crate::node_clients::{self, NodeClient};
 use crate::replicas::Replicas;
 use crate::writes::Combiner;
@@ -29,6 +31,8 @@ pub struct Shared {
     pub controls: Option<Arc<dyn DemoControls>>,
     /// Encoded `ClusterEvent`s for browsers, encoded once for all of them.
     pub events: broadcast::Sender<Bytes>,
+    /// The merged view's news, which each browser filters by its prefix.
+    pub deltas: broadcast::Sender<Arc<News>>,
     /// One permit per connected browser.
     pub browser_slots: Arc<Semaphore>,
     /// Browsers per client address.
@@ -44,8 +48,12 @@ pub struct Shared {
     /// of its own, the gateway then sends every read to a node (which
     /// checks the client's token) instead of answering from its view.
     pub nodes_check_tokens: AtomicBool,
+    /// `/watch`'s events, from the merged view.
+    pub watch: Arc<WatchHub>,
     balancer: Mutex<Balancer>,
     replicas: Mutex<Replicas>,
+    /// Per-node change counts and the busiest counters, for browsers.
+    activity: Mutex<Activity>,
     /// The stream follower task of each node, by HTTP address.
     followers: Mutex<HashMap<String, AbortHandle>>,
 }
@@ -66,6 +74,7 @@ impl Shared {
             node_clients::for_checks_and_admin(config.health_timeout, config.request_timeout)?;
         let proxy = node_clients::for_proxying(config.health_timeout);
         let (events, _) = broadcast::channel(config.event_buffer.max(1));
+        let (deltas, _) = broadcast::channel(config.event_buffer.max(1));
         Ok(Arc::new(Self {
             balancer: Mutex::new(Balancer::new(&config.nodes, Instant::now())),
             browser_slots: Arc::new(Semaphore::new(config.max_browsers)),
@@ -75,11 +84,14 @@ impl Shared {
             proxy,
             controls,
             events,
+            deltas,
             shutdown: CancellationToken::new(),
             combiner: Combiner::default(),
             view_changed: watch::channel(0).0,
             nodes_check_tokens: AtomicBool::new(false),
+            watch: WatchHub::new(),
             replicas: Mutex::default(),
+            activity: Mutex::default(),
             followers: Mutex::default(),
         }))
     }
@@ -94,7 +106,22 @@ impl Shared {
         lock(&self.replicas)
     }
 
+    pub fn activity(&self) -> MutexGuard<'_, Activity> {
+        lock(&self.activity)
+    }
+
     pub fn followers(&self) -> MutexGuard<'_, HashMap<String, AbortHandle>> {
         lock(&self.followers)
+    }
+}
+
+/// `/watch` reads the merged view of every node's stream.
+impl CounterSource for Shared {
+    fn values(&self, names: &[String]) -> Vec<(String, i128)> {
+        self.replicas().merged_values(names)
+    }
+
+    fn page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(String, i128)> {
+        self.replicas().merged_page(prefix, after, limit)
     }
 }

@@ -362,10 +362,27 @@ async fn browsers_get_the_node_list_first() {
         other => panic!("expected Nodes first, got {other:?}"),
     }
     match next_event(&mut browser).await {
-        ClusterEvent::NodeState { node, state, .. } => {
-            assert_eq!((node.as_str(), state.value("default")), ("n1", Some(3)));
+        ClusterEvent::Summary { nodes } => {
+            let shown: Vec<_> = nodes.iter().map(|n| (n.id.as_str(), n.value)).collect();
+            assert_eq!(shown, [("n1", 3)]);
         }
-        other => panic!("expected the node's state next, got {other:?}"),
+        other => panic!("expected the node summaries next, got {other:?}"),
+    }
+    assert!(matches!(
+        next_event(&mut browser).await,
+        ClusterEvent::Busiest { .. }
+    ));
+    // Then the merged view, not each node's replica.
+    match next_event(&mut browser).await {
+        ClusterEvent::Counters {
+            prefix,
+            state,
+            first: true,
+            last: true,
+        } => {
+            assert_eq!((prefix.as_str(), state.value("default")), ("", Some(3)));
+        }
+        other => panic!("expected the counters next, got {other:?}"),
     }
     gateway.stop().await;
     // Shutting down closes the browser's stream rather than leaving it hanging.

@@ -324,8 +324,11 @@ async fn node_streams_reach_browsers_and_show_lag() {
             let Some(Ok(Message::Binary(frame))) = browser.next().await else {
                 panic!("browser stream ended");
             };
-            if let ClusterEvent::NodeState { node, state, .. } = wire::decode(&frame).unwrap() {
-                values.insert(node, state.value("default"));
+            // Each node's value comes summed up, not as its replica.
+            if let ClusterEvent::Summary { nodes } = wire::decode(&frame).unwrap() {
+                for node in nodes {
+                    values.insert(node.id, Some(node.value));
+                }
             }
         }
     };
@@ -385,16 +388,20 @@ async fn a_browser_that_falls_behind_still_converges() {
             };
             match wire::decode(&frame).unwrap() {
                 ClusterEvent::Nodes { .. } => resyncs += 1,
-                // The first chunk of a state replaces, the rest merge.
-                ClusterEvent::NodeState {
+                // The first chunk of the counters replaces, the rest merge.
+                ClusterEvent::Counters {
                     state, first: true, ..
                 } => replica = state,
-                ClusterEvent::NodeState { state, .. } => {
+                ClusterEvent::Counters { state, .. } => {
                     replica.merge(&state);
                 }
-                ClusterEvent::NodeDelta { delta, .. } => {
+                ClusterEvent::CountersDelta { delta } => {
                     replica.merge(&delta);
                 }
+                ClusterEvent::NodeState { .. }
+                | ClusterEvent::NodeDelta { .. }
+                | ClusterEvent::Summary { .. }
+                | ClusterEvent::Busiest { .. } => {}
             }
         }
     };
@@ -424,4 +431,70 @@ async fn a_write_with_an_idempotency_key_is_passed_through_alone_and_keeps_it() 
     assert_eq!((status, body["node"].as_str()), (200, Some("n")), "{body}");
     assert_eq!(node.batches.load(Ordering::SeqCst), 1);
     assert_eq!(node.keyed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_browser_gets_only_the_counters_under_its_prefix() {
+    const WRITES: u64 = 200;
+    let mut node_state = CounterMap::new();
+    let actor = ActorId::new("x").unwrap();
+    let names = ["page/a", "page/b", "other", "pag"].map(|n| CounterName::new(n).unwrap());
+    let deltas = (0..WRITES)
+        .map(|i| {
+            let name = &names[i as usize % names.len()];
+            node_state.apply(&actor, name, Op::Increment(1)).unwrap()
+        })
+        .collect();
+    let node = StandIn::streaming("busy", deltas).await;
+    let gateway = Gateway::start(&[&node], PATIENCE).await;
+    let url = format!("ws://{}/ws?prefix=page%2F", gateway.addr);
+    let (mut browser, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+
+    let (mut seen, mut busiest) = (CounterMap::new(), Vec::new());
+    let done = |seen: &CounterMap| {
+        let each = Some(i128::from(WRITES / 4));
+        seen.value("page/a") == each && seen.value("page/b") == each
+    };
+    let following = async {
+        while !done(&seen) {
+            let Some(Ok(Message::Binary(frame))) = browser.next().await else {
+                panic!("browser stream ended");
+            };
+            let streamed = match wire::decode(&frame).unwrap() {
+                ClusterEvent::Counters { prefix, state, .. } => {
+                    assert_eq!(prefix, "page/");
+                    state
+                }
+                ClusterEvent::CountersDelta { delta } => delta,
+                ClusterEvent::Busiest { top } => {
+                    busiest = top;
+                    continue;
+                }
+                _ => continue,
+            };
+            for (name, _) in streamed.counters() {
+                assert!(name.as_str().starts_with("page/"), "{name} streamed");
+            }
+            seen.merge(&streamed);
+        }
+    };
+    timeout(PATIENCE, following)
+        .await
+        .expect("the prefix's counters never arrived");
+    assert_eq!(seen.len(), 2);
+    // The busiest list is the whole keyspace's, whatever the prefix.
+    let listed = async {
+        while busiest.len() < names.len() {
+            let Some(Ok(Message::Binary(frame))) = browser.next().await else {
+                panic!("browser stream ended");
+            };
+            if let ClusterEvent::Busiest { top } = wire::decode(&frame).unwrap() {
+                busiest = top;
+            }
+        }
+    };
+    timeout(PATIENCE, listed)
+        .await
+        .expect("the busiest list never held every counter");
+    assert!(busiest.iter().any(|busy| busy.name == "other"));
 }

@@ -21,9 +21,11 @@ use tally_protocol::batch::{self, BatchAnswer, BatchRequest, Direction, ItemResu
 use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::events::{MemberInfo, NodeEvent, SnapshotChunker};
 use tally_protocol::http_error::{ApiError, MAX_BODY_BYTES};
-use tally_protocol::http_server::PerIpLimit;
+use tally_protocol::http_server::{IpSlot, PerIpLimit};
+use tally_protocol::watch::{CounterSource, WatchHub};
 use tally_protocol::{health_proof, probes};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::gossip::Gossip;
 use crate::membership::Status;
@@ -65,6 +67,8 @@ pub struct ApiState {
     pub stream_chunk_bytes: usize,
     /// What `/ready` answers; draining once shutdown begins.
     pub readiness: Arc<Readiness>,
+    /// The `/watch` event source.
+    pub watch: Arc<WatchHub>,
 }
 
 /// Most `/ws` subscribers at once (the gateways and tools following a node).
@@ -171,6 +175,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ready", get(get_ready))
         .route("/metrics", get(get_metrics))
         .route("/ws", get(websocket))
+        .route("/watch", get(watch))
         .route(
             "/admin/partition",
             post(set_partition).delete(heal_partition),
@@ -627,37 +632,82 @@ fn require_fault_injection(state: &ApiState) -> Result<(), ApiError> {
     }
 }
 
+/// The slots a stream subscriber (`/ws`, `/watch`) holds while connected:
+/// one of [`MAX_SUBSCRIBERS`] and one of its address's; 503 or 429 when
+/// none is left.
+fn subscriber_slots(
+    state: &ApiState,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Result<(OwnedSemaphorePermit, Option<IpSlot>), ApiError> {
+    // Served by another loop than ours (tests), the peer is unknown: only the global cap applies.
+    let ip_slot = match peer {
+        Some(Extension(ConnectInfo(peer))) => {
+            let slot = state
+                .subscribers_per_ip
+                .try_acquire(peer.ip())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "too many stream subscribers from {} (at most {} per address)",
+                            peer.ip(),
+                            state.subscribers_per_ip.max()
+                        ),
+                    )
+                })?;
+            Some(slot)
+        }
+        None => None,
+    };
+    let permit = Arc::clone(&state.subscribers)
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("too many stream subscribers (at most {MAX_SUBSCRIBERS})"),
+            )
+        })?;
+    Ok((permit, ip_slot))
+}
+
+/// `GET /watch?prefix=P`: Server-Sent Events of counter values (see
+/// `tally_protocol::watch`).
+async fn watch(
+    State(state): State<ApiState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Query(query): Query<WatchQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let slots = match subscriber_slots(&state, peer) {
+        Ok(slots) => slots,
+        Err(refused) => return refused.into_response(),
+    };
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok());
+    let source: Arc<dyn CounterSource> = state.replica.clone();
+    (state.watch).stream(source, query.prefix, last_event_id, slots)
+}
+
+/// `/watch`'s query: which counters (empty: all).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    #[serde(default)]
+    prefix: String,
+    /// The token, for clients that cannot set headers (checked by the access policy).
+    #[serde(default, rename = "access_token")]
+    _access_token: Option<String>,
+}
+
 async fn websocket(
     State(state): State<ApiState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    // Served by another loop than ours (tests), the peer is unknown: only the global cap applies.
-    let ip_slot = match peer {
-        Some(Extension(ConnectInfo(peer))) => {
-            match state.subscribers_per_ip.try_acquire(peer.ip()) {
-                Some(slot) => Some(slot),
-                None => {
-                    return ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        format!(
-                            "too many /ws subscribers from {} (at most {} per address)",
-                            peer.ip(),
-                            state.subscribers_per_ip.max()
-                        ),
-                    )
-                    .into_response()
-                }
-            }
-        }
-        None => None,
-    };
-    let Ok(permit) = Arc::clone(&state.subscribers).try_acquire_owned() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("too many /ws subscribers (at most {MAX_SUBSCRIBERS})"),
-        )
-        .into_response();
+    let (permit, ip_slot) = match subscriber_slots(&state, peer) {
+        Ok(slots) => slots,
+        Err(refused) => return refused.into_response(),
     };
     // Subscribers only listen; anything they send is tiny or a mistake.
     upgrade

@@ -10,6 +10,7 @@ use tally_protocol::access::{AccessPolicy, ApiTokens};
 use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::http_server::{self, PerIpLimit, ServerLimits};
 use tally_protocol::request_auth::server::RequestVerifier;
+use tally_protocol::watch::{CounterSource, WatchHub};
 use tally_protocol::HostPort;
 use tokio::net::TcpListener;
 
@@ -269,6 +270,9 @@ pub async fn run(
     let alone_by_config =
         config.seeds.is_empty() && config.seed_dns.is_empty() && config.discovery.is_empty();
     let readiness = Arc::new(Readiness::new(alone_by_config, config.join_timeout));
+    let watch = WatchHub::new();
+    crate::replica::feed_watch(&replica, Arc::clone(&watch));
+    watch.spawn(Arc::clone(&replica) as Arc<dyn CounterSource>);
     let http_connections = Arc::clone(&metrics.http_connections);
     let app = api::router(ApiState {
         node: identity.id.clone(),
@@ -289,6 +293,7 @@ pub async fn run(
         counter_limit: api::CounterLimit::new(config.max_counters),
         stream_chunk_bytes: config.stream_chunk_bytes,
         readiness: Arc::clone(&readiness),
+        watch,
     });
     on_ready(&running);
     tracing::info!(

@@ -109,3 +109,37 @@ impl Replica {
         news
     }
 }
+
+/// `/watch` reads values straight from the replica, one short lock per call.
+impl tally_protocol::watch::CounterSource for Replica {
+    fn values(&self, names: &[String]) -> Vec<(String, i128)> {
+        let state = self.read();
+        (names.iter())
+            .filter_map(|name| Some((name.clone(), state.map.value(name)?)))
+            .collect()
+    }
+
+    fn page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(String, i128)> {
+        let state = self.read();
+        (state.map.page(prefix, after))
+            .take(limit)
+            .map(|(name, counter)| (name.as_str().to_owned(), counter.value()))
+            .collect()
+    }
+}
+
+/// Feeds `hub` with the names of every counter that changes, until the
+/// replica goes away. A feed that falls behind resets the hub, so every
+/// `/watch` client starts over from a snapshot instead of missing a change.
+pub fn feed_watch(replica: &Replica, hub: Arc<tally_protocol::watch::WatchHub>) {
+    let mut changes = replica.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(change) => hub.changed(change.delta.counters().map(|(name, _)| name.as_str())),
+                Err(broadcast::error::RecvError::Lagged(_)) => hub.reset(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}

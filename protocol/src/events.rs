@@ -121,6 +121,78 @@ pub enum ClusterEvent {
         /// True when the gateway can crash/restart/partition nodes (demo mode).
         controls: bool,
     },
+    /// One chunk of the gateway's merged view, only the counters whose names
+    /// start with the browser's `prefix` (`/ws?prefix=P`): sent on connect
+    /// and to a browser that fell behind. The browser's counters come from
+    /// this, not from every node's replica, so a page costs one copy of what
+    /// it asked for.
+    Counters {
+        /// The subscription this chunk answers (empty: every counter).
+        prefix: String,
+        /// Part of the merged view (at most the gateway's chunk size, encoded).
+        state: CounterMap,
+        /// The first chunk: replaces the browser's counters; later chunks merge.
+        first: bool,
+        /// The last chunk: the whole subscription has arrived.
+        last: bool,
+    },
+    /// Entries that changed in the merged view, only for counters matching
+    /// the browser's prefix. A write reaching the gateway from three nodes'
+    /// streams is news once, so it is sent once.
+    CountersDelta {
+        /// The changed entries (joined values, merge them).
+        delta: CounterMap,
+    },
+    /// Each node summed up by the gateway (on connect, then at most twice a
+    /// second when something changed): what the picture of the cluster
+    /// needs, without any node's replica crossing the wire.
+    Summary {
+        /// One per node the gateway follows.
+        nodes: Vec<NodeSummary>,
+    },
+    /// The counters written most in the last seconds, over the whole
+    /// keyspace, whatever the browser's prefix (on connect, then about
+    /// once a second when it changed).
+    Busiest {
+        /// Busiest first, at most [`BUSIEST_COUNTERS`].
+        top: Vec<BusyCounter>,
+    },
+}
+
+/// How many counters a [`ClusterEvent::Busiest`] lists at most.
+pub const BUSIEST_COUNTERS: usize = 20;
+
+/// One node as the gateway sums it up for browsers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeSummary {
+    /// The node's id.
+    pub id: String,
+    /// Its value of the default counter.
+    pub value: i128,
+    /// Increments plus decrements of the default counter it has not seen yet.
+    pub behind: u64,
+    /// Whether it holds exactly the gateway's merged view (digests equal).
+    pub in_sync: bool,
+    /// Counters it changed by local writes, counted since the gateway
+    /// started following it (only grows; a browser diffs two summaries).
+    pub local_changes: u64,
+    /// Counters it learned from peers by gossip, counted the same way.
+    pub gossip_changes: u64,
+    /// Most of the other nodes' membership views call it suspect or dead:
+    /// cut off from its peers (a partition, or a crash) as the cluster sees
+    /// it, whether or not the gateway still reaches it.
+    pub cut_off: bool,
+}
+
+/// One row of [`ClusterEvent::Busiest`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BusyCounter {
+    /// The counter.
+    pub name: String,
+    /// Its recent changes per second (exponentially decayed, ~10 s memory).
+    pub per_second: f32,
+    /// Its merged value.
+    pub value: i128,
 }
 
 /// Cuts a counter map into chunks whose encoding stays under a size, one
@@ -138,12 +210,32 @@ pub struct SnapshotChunker {
     /// The last entry handed out: the next chunk starts after it.
     cursor: Option<(CounterName, ActorId)>,
     done: bool,
+    /// Only counters whose names start with this (empty: all).
+    prefix: String,
+    /// Counters still to hand out before the pass ends early (None: all).
+    left: Option<usize>,
 }
 
 impl SnapshotChunker {
     /// A pass starting at the first counter.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A pass over only the counters whose names start with `prefix`.
+    pub fn with_prefix(prefix: &str) -> Self {
+        SnapshotChunker {
+            prefix: prefix.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Ends the pass after `counters` counters (in name order): a page
+    /// that asks for a million counters' prefix gets the first few
+    /// thousand, and the changes of all of them as they happen.
+    pub fn limit(mut self, counters: usize) -> Self {
+        self.left = Some(counters);
+        self
     }
 
     /// True once the last chunk was handed out.
@@ -165,10 +257,16 @@ impl SnapshotChunker {
         let current = start
             .as_ref()
             .and_then(|(name, actor)| Some((name, map.get(name.as_str())?, Some(actor))));
+        // A copy: the loop below moves the cursor while the page borrows.
+        let prefix = self.prefix.clone();
         let later = map
-            .page("", start.as_ref().map(|(name, _)| name.as_str()))
+            .page(&prefix, start.as_ref().map(|(name, _)| name.as_str()))
             .map(|(name, counter)| (name, counter, None));
         for (name, counter, after) in current.into_iter().chain(later) {
+            // A counter begun in an earlier chunk was already counted.
+            if after.is_none() && self.left == Some(0) {
+                break;
+            }
             let entries = (counter.entries())
                 .filter(|(actor, _)| after.is_none_or(|after| actor.as_str() > after.as_str()));
             // `taken`: entries of this counter already in the chunk.
@@ -188,6 +286,9 @@ impl SnapshotChunker {
                 size += grows;
                 if taken == 0 {
                     counters += 1;
+                    if after.is_none() {
+                        self.left = self.left.map(|left| left.saturating_sub(1));
+                    }
                 }
                 self.cursor = Some((name.clone(), actor.clone()));
             }
@@ -290,12 +391,37 @@ mod tests {
             },
             ClusterEvent::Nodes {
                 nodes: vec![NodeHealth {
-                    id: node,
+                    id: node.clone(),
                     http_addr: "127.0.0.1:8000".into(),
                     healthy: true,
                     partitioned: false,
                 }],
                 controls: true,
+            },
+            ClusterEvent::Counters {
+                prefix: "c1".into(),
+                state: map.clone(),
+                first: true,
+                last: false,
+            },
+            ClusterEvent::CountersDelta { delta: map.clone() },
+            ClusterEvent::Summary {
+                nodes: vec![NodeSummary {
+                    id: node.clone(),
+                    value: -3,
+                    behind: 2,
+                    in_sync: false,
+                    local_changes: 7,
+                    gossip_changes: 9,
+                    cut_off: true,
+                }],
+            },
+            ClusterEvent::Busiest {
+                top: vec![BusyCounter {
+                    name: "c1".into(),
+                    per_second: 2.5,
+                    value: i128::MIN,
+                }],
             },
         ];
         (node_events, cluster_events)
@@ -346,6 +472,48 @@ mod tests {
             merged.merge(chunk);
         }
         assert_eq!(merged, map);
+    }
+
+    #[test]
+    fn a_prefix_pass_carries_exactly_the_matching_counters() {
+        let mut map = a_wide_map(5, 40);
+        let writer = ActorId::new("w~1").unwrap();
+        for name in ["counter", "counter-1x", "count", "d", "a"] {
+            let _ = map.apply(&writer, &CounterName::new(name).unwrap(), Op::Increment(1));
+        }
+        let mut chunker = SnapshotChunker::with_prefix("counter-1");
+        let mut merged = CounterMap::new();
+        let mut chunks = 0;
+        while !chunker.is_done() {
+            let (chunk, _) = chunker.next_chunk(&map, 1024);
+            assert!(wire::encode(&chunk).len() <= 1024);
+            merged.merge(&chunk);
+            chunks += 1;
+        }
+        assert!(chunks > 1, "{chunks} chunks");
+        let expected: Vec<&str> = (map.page("counter-1", None))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let got: Vec<&str> = merged.counters().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(got, expected);
+        assert_eq!(got.len(), 12, "counter-1, counter-10..19, counter-1x");
+        for (name, counter) in merged.counters() {
+            assert_eq!(map.get(name.as_str()), Some(counter));
+        }
+        // A limit ends the pass early, after whole counters.
+        let mut limited = SnapshotChunker::with_prefix("counter-1").limit(3);
+        let mut merged = CounterMap::new();
+        while !limited.is_done() {
+            merged.merge(&limited.next_chunk(&map, 1024).0);
+        }
+        let names: Vec<&str> = merged.counters().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["counter-1", "counter-10", "counter-11"]);
+        for (name, counter) in merged.counters() {
+            assert_eq!(map.get(name.as_str()), Some(counter), "{name} cut short");
+        }
+        // Nothing matches: one empty, last chunk.
+        let (chunk, last) = SnapshotChunker::with_prefix("zzz").next_chunk(&map, 1024);
+        assert!(chunk.is_empty() && last);
     }
 
     #[test]

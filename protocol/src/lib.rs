@@ -15,6 +15,8 @@
 //!   limit every HTTP server of the cluster answers with;
 //! - [`access`] (feature `http`): API tokens with roles, and the same-origin
 //!   rule, applied alike by nodes and gateways;
+//! - [`watch`] (feature `http`): `GET /watch`, counter values as
+//!   Server-Sent Events with resume, for nodes and gateways;
 //! - [`http_server`] (feature `http`): the one HTTP server loop they all
 //!   run, with its connection cap, header/body/idle timeouts and per-address
 //!   limits.
@@ -43,6 +45,8 @@ pub mod node_id;
 pub mod probes;
 #[cfg(feature = "auth")]
 pub mod request_auth;
+#[cfg(feature = "http")]
+pub mod watch;
 
 pub use address::{HostPort, InvalidAddress};
 pub use node_id::{validate_node_id, InvalidNodeId};

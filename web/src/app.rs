@@ -14,7 +14,7 @@ use web_sys::{Element, Event, KeyboardEvent};
 use crate::actions;
 use crate::observer::{LogKind, Observer};
 use crate::routes::{CounterAction, DemoAction};
-use crate::socket::{stream_url, Link, LinkState, Socket};
+use crate::socket::{stream_url, subscription, Link, LinkState, Socket};
 use crate::token;
 use crate::view::{UiState, View, AMOUNTS};
 
@@ -26,7 +26,15 @@ struct App {
     view: View,
     frame_pending: bool,
     frame: js_sys::Function,
+    /// The prefix the open socket subscribed to.
+    subscribed: String,
+    /// Grows with every keystroke in the filter: only the last one's timer
+    /// resubscribes, so typing a word opens one socket, not one per letter.
+    filter_edits: u32,
 }
+
+/// How long the filter must stay unchanged before the page resubscribes.
+const RESUBSCRIBE_AFTER_MS: i32 = 300;
 
 type Shared = Rc<RefCell<App>>;
 
@@ -64,6 +72,8 @@ pub(crate) fn start() -> Result<(), JsValue> {
             view,
             frame_pending: false,
             frame: frame_fn,
+            subscribed: String::new(),
+            filter_edits: 0,
         })
     });
     listen_to_user(&app)?;
@@ -112,15 +122,18 @@ fn draw(shared: &Shared) {
 /// Opens a new socket, replacing (and closing) the old one. Runs from a
 /// timer, never from the old socket's own callbacks.
 fn connect(shared: &Shared) {
+    let prefix = subscription(&shared.borrow().ui.filter);
     let url = match web_sys::window().map(|w| w.location()) {
         Some(location) => stream_url(
             &location.protocol().unwrap_or_default(),
             &location.host().unwrap_or_default(),
             token::page_token().as_deref(),
+            &prefix,
         ),
         None => return,
     };
     let mut app = shared.borrow_mut();
+    app.subscribed = prefix;
     app.socket = None;
     app.link.connecting();
     let (on_open, on_message, on_close) = (
@@ -227,7 +240,19 @@ fn listen_to_user(shared: &Shared) -> Result<(), JsValue> {
     on(shared, &view.filter, "input", |shared, _| {
         let mut app = shared.borrow_mut();
         app.ui.filter = app.view.filter.value();
+        app.filter_edits = app.filter_edits.wrapping_add(1);
+        let edit = app.filter_edits;
         request_frame(&mut app);
+        drop(app);
+        after(shared, RESUBSCRIBE_AFTER_MS, move |shared| {
+            let stale = {
+                let app = shared.borrow();
+                app.filter_edits == edit && subscription(&app.ui.filter) != app.subscribed
+            };
+            if stale {
+                connect(shared);
+            }
+        });
     })?;
     on(shared, &view.filter, "keydown", |shared, event| {
         let enter = event
@@ -252,6 +277,25 @@ fn listen_to_user(shared: &Shared) -> Result<(), JsValue> {
             demo(shared, node, action);
         }
     })
+}
+
+/// Runs `f` after `delay_ms` if the page is still there.
+fn after(shared: &Shared, delay_ms: i32, f: impl FnOnce(&Shared) + 'static) {
+    let weak = Rc::downgrade(shared);
+    let callback = Closure::once_into_js(move || {
+        if let Some(shared) = weak.upgrade() {
+            f(&shared);
+        }
+    });
+    if let Some(window) = web_sys::window() {
+        let scheduled = window.set_timeout_with_callback_and_timeout_and_arguments_0(
+            callback.unchecked_ref(),
+            delay_ms,
+        );
+        if let Err(error) = scheduled {
+            web_sys::console::error_2(&"tally: cannot schedule a timer".into(), &error);
+        }
+    }
 }
 
 /// Adds a page-lifetime listener.

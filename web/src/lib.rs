@@ -8,6 +8,7 @@
 //! Layout, following the data:
 //! - [`socket`] — the WebSocket link and its retry schedule;
 //! - [`observer`] — the model, pure Rust (no DOM), tested natively and in the browser;
+//! - [`picture`] — the topology view's and the chart's geometry and history, pure Rust;
 //! - [`routes`] — the gateway routes the buttons call;
 //! - [`token`] — the API token of a page opened as `/#token=TOKEN`;
 //! - [`format`] — numbers and durations as the page writes them;
@@ -19,6 +20,7 @@
 
 pub mod format;
 pub mod observer;
+pub mod picture;
 pub mod routes;
 pub mod socket;
 pub mod token;
@@ -27,6 +29,8 @@ pub mod token;
 mod actions;
 #[cfg(target_arch = "wasm32")]
 mod app;
+#[cfg(target_arch = "wasm32")]
+mod canvas;
 #[cfg(target_arch = "wasm32")]
 mod view;
 

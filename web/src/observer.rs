@@ -1,6 +1,13 @@
 //! The observer replica: everything the page knows about the cluster, with
 //! no DOM in sight, so it is tested natively and in the browser alike.
 //!
+//! The gateway sends the page its merged view of the counters it follows
+//! (`Counters` chunks for its `/ws?prefix=`, then `CountersDelta`s), a
+//! `Summary` of every node (default-counter value, lag, change counts) and
+//! the `Busiest` counters of the whole keyspace. Older streams sent every
+//! node's replica (`NodeState`/`NodeDelta`); the page still understands them,
+//! and a node with a summary is judged by it rather than by its replica.
+//!
 //! ## Invariants
 //! - `merged` is the join of every state and delta received from any node.
 //!   Merging is idempotent and order-free, so duplicates, reordering and a
@@ -18,11 +25,13 @@ mod ranking;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crdt_core::{wire, CounterMap, CrdtError};
-use tally_protocol::events::{ClusterEvent, NodeHealth};
+use crdt_core::{wire, CounterMap, CrdtError, DEFAULT_COUNTER};
+use tally_protocol::events::{BusyCounter, ClusterEvent, NodeHealth, NodeSummary};
 
 pub use log::{CounterList, EventLog, LogEntry, LogKind, Tone, LOG_CAPACITY};
 pub use ranking::{busiest, CounterRow, RecentActivity, ACTIVITY_WINDOW};
+
+use crate::picture::Timeline;
 
 /// A node's health as the gateway reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +86,11 @@ pub struct NodeView {
     id: String,
     http_addr: String,
     health: Health,
+    /// The health the gateway's node table gives it; `health` also says
+    /// partitioned when the summary says its peers lost it.
+    listed: Health,
     state: CounterMap,
+    summary: Option<NodeSummary>,
     last_update: Option<Update>,
     updates: u64,
 }
@@ -88,10 +101,27 @@ impl NodeView {
             id: id.to_owned(),
             http_addr: String::new(),
             health: Health::Unknown,
+            listed: Health::Unknown,
             state: CounterMap::new(),
+            summary: None,
             last_update: None,
             updates: 0,
         }
+    }
+
+    /// Recomputes `health`; the new one when it changed.
+    fn refresh_health(&mut self) -> Option<Health> {
+        let cut_off = self.summary.as_ref().is_some_and(|s| s.cut_off);
+        // A node the gateway still reaches but its peers do not is
+        // partitioned, even outside the demo (which flags it itself).
+        let health = match self.listed {
+            Health::Healthy if cut_off => Health::Partitioned,
+            listed => listed,
+        };
+        (health != self.health).then(|| {
+            self.health = health;
+            health
+        })
     }
 
     fn touched(&mut self, update: Update) {
@@ -119,9 +149,24 @@ impl NodeView {
         &self.state
     }
 
-    /// Its own value of `counter` (0 when it never saw a write).
+    /// Its own value of `counter` (0 when it never saw a write). The
+    /// gateway's summary gives the default counter's; other counters are
+    /// known only from a node's replica, which newer gateways do not send.
     pub fn value(&self, counter: &str) -> i128 {
-        self.state.value(counter).unwrap_or(0)
+        match &self.summary {
+            Some(summary) if counter == DEFAULT_COUNTER => summary.value,
+            _ => self.state.value(counter).unwrap_or(0),
+        }
+    }
+
+    /// Whether [`NodeView::value`] of `counter` is known.
+    pub fn knows(&self, counter: &str) -> bool {
+        self.summary.is_none() || counter == DEFAULT_COUNTER
+    }
+
+    /// The gateway's latest summary of this node.
+    pub fn summary(&self) -> Option<&NodeSummary> {
+        self.summary.as_ref()
     }
 
     /// How its view last changed.
@@ -174,6 +219,12 @@ pub struct Observer {
     activity: RecentActivity,
     diverged_since: Option<f64>,
     revision: u64,
+    /// The gateway's busiest counters, busiest first.
+    top: Vec<BusyCounter>,
+    /// The prefix of the counters the gateway sends (None: no `Counters` yet).
+    following: Option<String>,
+    /// What the cluster picture and the chart draw.
+    timeline: Timeline,
 }
 
 impl Observer {
@@ -201,7 +252,10 @@ impl Observer {
     pub fn apply(&mut self, event: ClusterEvent, now_ms: f64) {
         // States arrive in a burst on connect; the divergence between the
         // first and the last is the page catching up, not the cluster.
-        let is_change = !matches!(event, ClusterEvent::NodeState { .. });
+        let is_change = !matches!(
+            event,
+            ClusterEvent::NodeState { .. } | ClusterEvent::Counters { .. }
+        );
         match event {
             ClusterEvent::NodeState {
                 node,
@@ -215,6 +269,20 @@ impl Observer {
                 via_gossip,
             } => self.node_delta(&node, delta, via_gossip, now_ms),
             ClusterEvent::Nodes { nodes, controls } => self.set_nodes(&nodes, controls, now_ms),
+            ClusterEvent::Counters {
+                prefix,
+                state,
+                first,
+                last,
+            } => self.counters(prefix, state, first, last, now_ms),
+            ClusterEvent::CountersDelta { delta } => {
+                let news = self.merged.merge_changed(delta.all_changes());
+                for (name, _) in news.counters() {
+                    self.activity.record(name);
+                }
+            }
+            ClusterEvent::Summary { nodes } => self.summaries(nodes, now_ms),
+            ClusterEvent::Busiest { top } => self.top = top,
         }
         self.track_convergence(now_ms, is_change);
         self.revision += 1;
@@ -273,6 +341,81 @@ impl Observer {
         self.log.push(now_ms, kind);
     }
 
+    fn counters(
+        &mut self,
+        prefix: String,
+        state: CounterMap,
+        first: bool,
+        last: bool,
+        now_ms: f64,
+    ) {
+        // The first chunk is the whole answer so far: counters of an older
+        // subscription must go, or a narrowed filter would keep showing them.
+        if first {
+            self.merged = state;
+            self.activity = RecentActivity::default();
+        } else {
+            self.merged.merge(&state);
+        }
+        if last {
+            let counters = self.merged.len();
+            self.log.push(
+                now_ms,
+                LogKind::Subscribed {
+                    prefix: prefix.clone(),
+                    counters,
+                },
+            );
+        }
+        self.following = Some(prefix);
+    }
+
+    fn summaries(&mut self, nodes: Vec<NodeSummary>, now_ms: f64) {
+        self.timeline.summary(&nodes, now_ms);
+        for summary in nodes {
+            let id = summary.id.clone();
+            let view = self.view_mut(&id);
+            let (local, gossip) = match &view.summary {
+                Some(old) => (
+                    summary.local_changes.saturating_sub(old.local_changes),
+                    summary.gossip_changes.saturating_sub(old.gossip_changes),
+                ),
+                // The first summary's counts are history, not news.
+                None => (0, 0),
+            };
+            view.summary = Some(summary);
+            if let Some(health) = view.refresh_health() {
+                let node = id.clone();
+                let kind = LogKind::Health {
+                    node,
+                    now: Some(health),
+                };
+                self.log.push(now_ms, kind);
+            }
+            let view = self.view_mut(&id);
+            // Gossip is the story the page tells; it flashes over a local write.
+            let update = match (local, gossip) {
+                (_, 1..) => Some(Update::Gossip),
+                (1.., 0) => Some(Update::LocalWrite),
+                (0, 0) => None,
+            };
+            if let Some(update) = update {
+                view.touched(update);
+            }
+            for (gossip, count) in [(false, local), (true, gossip)] {
+                if count > 0 {
+                    let node = id.clone();
+                    let kind = LogKind::NodeChanges {
+                        node,
+                        gossip,
+                        count,
+                    };
+                    self.log.push(now_ms, kind);
+                }
+            }
+        }
+    }
+
     fn set_nodes(&mut self, nodes: &[NodeHealth], controls: bool, now_ms: f64) {
         self.controls = controls;
         let listed: BTreeSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
@@ -293,11 +436,10 @@ impl Observer {
             );
         }
         for info in nodes {
-            let health = Health::of(info);
             let view = self.view_mut(&info.id);
             view.http_addr.clone_from(&info.http_addr);
-            if view.health != health {
-                view.health = health;
+            view.listed = Health::of(info);
+            if let Some(health) = view.refresh_health() {
                 let node = info.id.clone();
                 self.log.push(
                     now_ms,
@@ -364,7 +506,21 @@ impl Observer {
     }
 
     /// How far `node` is behind the observer, for `counter` and overall.
+    /// With a gateway summary, the default counter's lag and the digest
+    /// comparison the gateway made against its full merged view.
     pub fn lag(&self, node: &NodeView, counter: &str) -> Lag {
+        if let Some(summary) = &node.summary {
+            let behind = i128::from(summary.behind);
+            return Lag {
+                value_behind: if counter == DEFAULT_COUNTER {
+                    behind
+                } else {
+                    0
+                },
+                ops_behind: 0,
+                in_sync: summary.in_sync,
+            };
+        }
         let ops_behind = self
             .merged
             .summary()
@@ -383,10 +539,12 @@ impl Observer {
         let digest = self.merged.digest();
         let healthy = self.nodes.values().filter(|n| n.health == Health::Healthy);
         let (count, behind) = healthy.fold((0, 0), |(count, behind), node| {
-            (
-                count + 1,
-                behind + usize::from(node.state.digest() != digest),
-            )
+            let in_sync = match &node.summary {
+                // The page holds only its prefix: the gateway compared the whole view.
+                Some(summary) => summary.in_sync,
+                None => node.state.digest() == digest,
+            };
+            (count + 1, behind + usize::from(!in_sync))
         });
         match (count, behind) {
             (0, _) => Convergence::NoHealthyNodes,
@@ -395,9 +553,57 @@ impl Observer {
         }
     }
 
-    /// The `limit` busiest counters whose names contain `filter`.
+    /// The `limit` busiest counters whose names contain `filter`: the
+    /// gateway's busiest of the whole keyspace first (they carry a rate),
+    /// then the page's own pick among the counters it follows.
     pub fn busiest(&self, filter: &str, limit: usize) -> Vec<CounterRow> {
-        busiest(&self.merged, &self.activity, filter, limit)
+        let wanted = filter.trim().to_lowercase();
+        let mut rows: Vec<CounterRow> = (self.top.iter())
+            .filter(|busy| wanted.is_empty() || busy.name.to_lowercase().contains(&wanted))
+            .filter_map(|busy| {
+                Some(CounterRow {
+                    name: crdt_core::CounterName::new(&busy.name).ok()?,
+                    // The page's own copy is fresher than the list when it has one.
+                    value: self.merged.value(&busy.name).unwrap_or(busy.value),
+                    recent_changes: self.activity.count(&busy.name),
+                    per_second: Some(busy.per_second),
+                })
+            })
+            .take(limit)
+            .collect();
+        let local = busiest(&self.merged, &self.activity, filter, limit);
+        for row in local {
+            if rows.len() >= limit {
+                break;
+            }
+            if !rows.iter().any(|shown| shown.name == row.name) {
+                rows.push(row);
+            }
+        }
+        rows
+    }
+
+    /// The value of `counter` as far as the page knows: its own copy, else
+    /// the busiest list's; `None` when the page follows neither.
+    pub fn known_value(&self, counter: &str) -> Option<i128> {
+        (self.merged.value(counter))
+            .or_else(|| Some(self.top.iter().find(|busy| busy.name == counter)?.value))
+    }
+
+    /// The prefix of the counters the page holds (None before any arrived,
+    /// or from a gateway that sends whole replicas).
+    pub fn following(&self) -> Option<&str> {
+        self.following.as_deref()
+    }
+
+    /// The history the cluster picture and the chart draw.
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
+    }
+
+    /// The gateway's busiest counters, busiest first.
+    pub fn top(&self) -> &[BusyCounter] {
+        &self.top
     }
 
     /// The activity log, newest first.

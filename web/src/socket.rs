@@ -5,6 +5,12 @@
 
 use crate::routes::encode_segment;
 
+/// At most this many counters in the page's snapshot (`limit=`): the
+/// first of its prefix by name; changes to every matching counter still
+/// stream. A page over a million counters loads a few hundred KiB, not tens
+/// of MiB; typing a prefix narrows to what it wants.
+pub const SNAPSHOT_COUNTERS: usize = 2_000;
+
 /// The first retry waits this long.
 pub const FIRST_RETRY_MS: u32 = 500;
 /// Retries never wait longer than this.
@@ -20,20 +26,38 @@ pub fn retry_delay_ms(failures: u32) -> u32 {
 /// The gateway's stream at the page's own origin: `ws://host/ws`, or
 /// `wss://` when the page came over HTTPS. With an API `token` (see
 /// [`crate::token`]), `?access_token=TOKEN`, percent-encoded, is appended:
-/// browsers cannot put an `Authorization` header on a WebSocket.
-pub fn stream_url(page_protocol: &str, host: &str, token: Option<&str>) -> String {
+/// browsers cannot put an `Authorization` header on a WebSocket. A
+/// non-empty `prefix` subscribes to only the counters whose names start
+/// with it (`prefix=P`, percent-encoded).
+pub fn stream_url(page_protocol: &str, host: &str, token: Option<&str>, prefix: &str) -> String {
     let scheme = if page_protocol == "https:" {
         "wss"
     } else {
         "ws"
     };
-    match token {
-        Some(token) => format!(
-            "{scheme}://{host}/ws?access_token={}",
-            encode_segment(token)
-        ),
-        None => format!("{scheme}://{host}/ws"),
+    let mut query = vec![format!("limit={SNAPSHOT_COUNTERS}")];
+    if !prefix.is_empty() {
+        query.push(format!("prefix={}", encode_segment(prefix)));
     }
+    if let Some(token) = token {
+        query.push(format!("access_token={}", encode_segment(token)));
+    }
+    format!("{scheme}://{host}/ws?{}", query.join("&"))
+}
+
+/// What the page subscribes to for what is typed in its filter box: the
+/// text as typed, trimmed, cut to the longest counter name (no longer
+/// prefix can match, and the gateway refuses one).
+pub fn subscription(filter: &str) -> String {
+    let mut prefix = filter.trim();
+    while prefix.len() > crdt_core::MAX_NAME_LEN {
+        let mut end = crdt_core::MAX_NAME_LEN;
+        while !prefix.is_char_boundary(end) {
+            end -= 1;
+        }
+        prefix = &prefix[..end];
+    }
+    prefix.to_owned()
 }
 
 /// What the page shows about its link.
@@ -198,25 +222,52 @@ mod tests {
     #[test]
     fn stream_url_follows_the_page_scheme() {
         assert_eq!(
-            stream_url("http:", "localhost:8080", None),
-            "ws://localhost:8080/ws"
+            stream_url("http:", "localhost:8080", None, ""),
+            "ws://localhost:8080/ws?limit=2000"
         );
         assert_eq!(
-            stream_url("https:", "tally.example", None),
-            "wss://tally.example/ws"
+            stream_url("https:", "tally.example", None, ""),
+            "wss://tally.example/ws?limit=2000"
         );
     }
 
     #[test]
     fn stream_url_carries_the_token_encoded() {
         assert_eq!(
-            stream_url("http:", "localhost:8080", Some("reader-token-0123456789")),
-            "ws://localhost:8080/ws?access_token=reader-token-0123456789"
+            stream_url(
+                "http:",
+                "localhost:8080",
+                Some("reader-token-0123456789"),
+                ""
+            ),
+            "ws://localhost:8080/ws?limit=2000&access_token=reader-token-0123456789"
         );
         assert_eq!(
-            stream_url("https:", "tally.example", Some("a+b/c==&x=1 ü")),
-            "wss://tally.example/ws?access_token=a%2Bb%2Fc%3D%3D%26x%3D1%20%C3%BC"
+            stream_url("https:", "tally.example", Some("a+b/c==&x=1 ü"), ""),
+            "wss://tally.example/ws?limit=2000&access_token=a%2Bb%2Fc%3D%3D%26x%3D1%20%C3%BC"
         );
+    }
+
+    #[test]
+    fn stream_url_carries_the_prefix_encoded() {
+        assert_eq!(
+            stream_url("http:", "h:1", None, "page/a b"),
+            "ws://h:1/ws?limit=2000&prefix=page%2Fa%20b"
+        );
+        assert_eq!(
+            stream_url("http:", "h:1", Some("t"), "x&y"),
+            "ws://h:1/ws?limit=2000&prefix=x%26y&access_token=t"
+        );
+    }
+
+    #[test]
+    fn the_subscription_is_the_trimmed_filter_within_a_name_length() {
+        assert_eq!(subscription("  page/ "), "page/");
+        assert_eq!(subscription(""), "");
+        let long = "é".repeat(100);
+        let cut = subscription(&long);
+        assert!(cut.len() <= crdt_core::MAX_NAME_LEN && long.starts_with(&cut));
+        assert_eq!(cut.len(), 128);
     }
 
     #[test]

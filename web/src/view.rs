@@ -10,6 +10,7 @@ use crdt_core::CounterName;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{Document, Element, HtmlElement, HtmlInputElement, HtmlSelectElement};
 
+use crate::canvas::Picture;
 use crate::format;
 use crate::observer::{Convergence, Health, NodeView, Observer, Tone, Update};
 use crate::routes::DemoAction;
@@ -52,6 +53,7 @@ pub(crate) struct View {
     pub(crate) filter: HtmlInputElement,
     pub(crate) counters: Element,
     log: Element,
+    picture: Picture,
     drawn: Drawn,
 }
 
@@ -110,6 +112,10 @@ impl View {
         let increment = dom.text(&controls, "button", "btn plus", "+")?;
         let status = dom.child(&hero, "div", "status")?;
 
+        dom.text(root, "h2", "section-title", "Cluster")?;
+        let cluster = dom.child(root, "section", "card picture")?;
+        let picture = Picture::build(&document, &cluster)?;
+
         dom.text(root, "h2", "section-title", "Nodes")?;
         let nodes = dom.child(root, "section", "nodes")?;
         let no_nodes: HtmlElement = dom
@@ -120,7 +126,7 @@ impl View {
         let busiest = dom.child(&split, "div", "card")?;
         dom.text(&busiest, "h2", "", "Busiest counters")?;
         let filter: HtmlInputElement = dom.child(&busiest, "input", "filter")?.dyn_into()?;
-        filter.set_placeholder("filter… (Enter follows a name)");
+        filter.set_placeholder("prefix filter… (Enter follows a name)");
         filter.set_attribute("aria-label", "filter counters")?;
         let counters = dom.child(&busiest, "ol", "counters")?;
         let activity = dom.child(&split, "div", "card")?;
@@ -144,6 +150,7 @@ impl View {
             filter,
             counters,
             log,
+            picture,
             drawn: Drawn::default(),
         })
     }
@@ -165,7 +172,8 @@ impl View {
         self.render_nodes(observer, ui.selected.as_str())?;
         let list_pending = self.render_counters(observer, ui, now_ms)?;
         self.render_log(observer)?;
-        Ok(list_pending)
+        let moving = self.picture.render(observer, now_ms)?;
+        Ok(list_pending || moving)
     }
 
     fn render_link(&self, link: LinkState) -> Result<(), JsValue> {
@@ -205,15 +213,29 @@ impl View {
 
     fn render_counter(&mut self, observer: &Observer, ui: &UiState) -> Result<(), JsValue> {
         let name = &ui.selected;
-        let value = observer.value(name.as_str());
+        let known = observer.known_value(name.as_str());
+        let value = known.unwrap_or(0);
+        // The page holds only the counters its filter follows: a counter
+        // outside it is unknown ("—"), one inside it and absent is 0.
+        let followed = observer
+            .following()
+            .is_none_or(|prefix| name.as_str().starts_with(prefix));
         set_text(&self.counter_name, name.as_str());
-        set_text(&self.big_value, &format::value(value));
+        let shown = match known {
+            None if !followed => "—".to_owned(),
+            _ => format::value(value),
+        };
+        set_text(&self.big_value, &shown);
         let hint = match observer.merged().get(name.as_str()) {
+            None if !followed => format!(
+                "outside the filter \"{}\" — clear it to follow this counter",
+                observer.following().unwrap_or_default()
+            ),
             None => "never written — press + to create it".to_owned(),
             Some(counter) => {
                 let agreeing = observer
                     .nodes()
-                    .filter(|n| n.value(name.as_str()) == value)
+                    .filter(|n| n.knows(name.as_str()) && n.value(name.as_str()) == value)
                     .count();
                 format!(
                     "{} · {agreeing}/{} nodes show this value",
@@ -299,9 +321,10 @@ impl View {
             item.set_attribute("data-name", row.name.as_str())?;
             item.set_attribute("title", "follow this counter")?;
             dom.text(&item, "span", "row-name", row.name.as_str())?;
-            let recent = match row.recent_changes {
-                0 => String::new(),
-                n => format!("{n}×"),
+            let recent = match (row.per_second, row.recent_changes) {
+                (Some(rate), _) => format!("{rate:.1}/s"),
+                (None, 0) => String::new(),
+                (None, n) => format!("{n}×"),
             };
             dom.text(&item, "span", "row-rate", &recent)?;
             dom.text(&item, "span", "row-value", &format::value(row.value))?;
@@ -387,7 +410,11 @@ impl Card {
             self.render_controls(node.health())?;
             self.drawn_health = Some(node.health());
         }
-        set_text(&self.value, &format::value(node.value(counter)));
+        let value = match node.knows(counter) {
+            true => format::value(node.value(counter)),
+            false => "—".to_owned(),
+        };
+        set_text(&self.value, &value);
         let lag = observer.lag(node, counter);
         set_text(
             &self.lag,
@@ -402,16 +429,22 @@ impl Card {
             },
         );
         let state = node.state();
-        let meta = format!(
-            "{} · {} · digest {:08x}",
-            if node.http_addr().is_empty() {
-                "?"
-            } else {
-                node.http_addr()
-            },
-            format::count(state.len(), "counter", "counters"),
-            state.digest() >> 32
-        );
+        let addr = if node.http_addr().is_empty() {
+            "?"
+        } else {
+            node.http_addr()
+        };
+        let meta = match node.summary() {
+            Some(summary) => format!(
+                "{addr} · {} from clients · {} by gossip",
+                summary.local_changes, summary.gossip_changes
+            ),
+            None => format!(
+                "{addr} · {} · digest {:08x}",
+                format::count(state.len(), "counter", "counters"),
+                state.digest() >> 32
+            ),
+        };
         set_text(&self.meta, &meta);
         self.controls.set_hidden(!observer.controls());
         if node.updates() != self.seen_updates {

@@ -59,6 +59,22 @@ pub enum LogKind {
     BadMessage(String),
     /// The page's link to the gateway changed.
     Connection(String),
+    /// The page's counters arrived for its filter (`/ws?prefix=`).
+    Subscribed {
+        /// The prefix (empty: every counter).
+        prefix: String,
+        /// How many counters match it.
+        counters: usize,
+    },
+    /// A node's summary says it changed counters since the last one.
+    NodeChanges {
+        /// Which node.
+        node: String,
+        /// Learned from peers (else written by clients).
+        gossip: bool,
+        /// How many counter changes.
+        count: u64,
+    },
     /// The answer to a button press.
     Action {
         /// Whether the gateway accepted it.
@@ -87,7 +103,11 @@ impl LogKind {
     /// The tone the view should draw this line in.
     pub fn tone(&self) -> Tone {
         match self {
-            LogKind::Snapshot { .. } | LogKind::Connection(_) => Tone::Info,
+            LogKind::Snapshot { .. } | LogKind::Connection(_) | LogKind::Subscribed { .. } => {
+                Tone::Info
+            }
+            LogKind::NodeChanges { gossip: false, .. } => Tone::Local,
+            LogKind::NodeChanges { gossip: true, .. } => Tone::Gossip,
             LogKind::LocalWrite { .. } => Tone::Local,
             LogKind::Gossip { .. } => Tone::Gossip,
             LogKind::Converged { .. } => Tone::Good,
@@ -128,6 +148,25 @@ impl fmt::Display for LogKind {
                 )
             }
             LogKind::BadMessage(reason) => write!(f, "bad message ignored: {reason}"),
+            LogKind::Subscribed { prefix, counters } => {
+                let counters = crate::format::count(*counters, "counter", "counters");
+                if prefix.is_empty() {
+                    write!(f, "following every counter: {counters}")
+                } else {
+                    write!(f, "following \"{prefix}…\": {counters}")
+                }
+            }
+            LogKind::NodeChanges {
+                node,
+                gossip,
+                count,
+            } => {
+                let changes = crate::format::count(*count as usize, "change", "changes");
+                match gossip {
+                    true => write!(f, "{node} learned {changes} by gossip"),
+                    false => write!(f, "{node} took {changes} from clients"),
+                }
+            }
             LogKind::Connection(text) | LogKind::Action { text, .. } => f.write_str(text),
         }
     }

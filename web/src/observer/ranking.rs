@@ -9,7 +9,7 @@ use crdt_core::{CounterMap, CounterName};
 pub const ACTIVITY_WINDOW: usize = 1000;
 
 /// One row of the busiest-counters list.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CounterRow {
     /// The counter.
     pub name: CounterName,
@@ -17,6 +17,9 @@ pub struct CounterRow {
     pub value: i128,
     /// How many of the last [`ACTIVITY_WINDOW`] changes touched it.
     pub recent_changes: u32,
+    /// Its changes per second over the whole cluster, when the gateway's
+    /// busiest list has it.
+    pub per_second: Option<f32>,
 }
 
 /// Change counts over the last [`ACTIVITY_WINDOW`] changes the observer learned.
@@ -88,6 +91,7 @@ pub fn busiest(
             name: key.name.0.clone(),
             value: key.value,
             recent_changes: key.recent,
+            per_second: None,
         })
         .collect()
 }
