@@ -16,7 +16,7 @@ use crdt_core::wire;
 use serde::Deserialize;
 use tally_protocol::events::{ClusterEvent, NodeHealth, SnapshotChunker};
 use tally_protocol::http_server::IpSlot;
-use tally_protocol::watch::CounterSource;
+use tally_protocol::watch::{self, CounterSource, WatchQuery};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -68,22 +68,9 @@ pub async fn watch(
         Ok(slots) => slots,
         Err(refused) => return refused.into_response(),
     };
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok());
+    let last_event_id = watch::last_event_id(&headers);
     let source: Arc<dyn CounterSource> = shared.clone();
     (shared.watch).stream(source, query.prefix, last_event_id, slots)
-}
-
-/// `/watch`'s query: which counters (empty: all).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WatchQuery {
-    #[serde(default)]
-    prefix: String,
-    /// The token, for clients that cannot set headers (checked by the access policy).
-    #[serde(default, rename = "access_token")]
-    _access_token: Option<String>,
 }
 
 /// `/ws`'s query: which counters the browser follows (empty: all), and at

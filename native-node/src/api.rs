@@ -22,7 +22,7 @@ use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::events::{MemberInfo, NodeEvent, SnapshotChunker};
 use tally_protocol::http_error::{ApiError, MAX_BODY_BYTES};
 use tally_protocol::http_server::{IpSlot, PerIpLimit};
-use tally_protocol::watch::{CounterSource, WatchHub};
+use tally_protocol::watch::{self, CounterSource, WatchHub, WatchQuery};
 use tally_protocol::{health_proof, probes};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::OwnedSemaphorePermit;
@@ -682,22 +682,9 @@ async fn watch(
         Ok(slots) => slots,
         Err(refused) => return refused.into_response(),
     };
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok());
+    let last_event_id = watch::last_event_id(&headers);
     let source: Arc<dyn CounterSource> = state.replica.clone();
     (state.watch).stream(source, query.prefix, last_event_id, slots)
-}
-
-/// `/watch`'s query: which counters (empty: all).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WatchQuery {
-    #[serde(default)]
-    prefix: String,
-    /// The token, for clients that cannot set headers (checked by the access policy).
-    #[serde(default, rename = "access_token")]
-    _access_token: Option<String>,
 }
 
 async fn websocket(

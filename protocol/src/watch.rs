@@ -55,6 +55,26 @@ pub trait CounterSource: Send + Sync + 'static {
     fn page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(String, i128)>;
 }
 
+/// `/watch`'s query, the same on nodes and gateways: which counters
+/// (empty: all).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchQuery {
+    /// Counters whose names start with this.
+    #[serde(default)]
+    pub prefix: String,
+    /// The token, for clients that cannot set headers (checked by the access policy).
+    #[serde(default, rename = "access_token")]
+    _access_token: Option<String>,
+}
+
+/// The `Last-Event-ID` a reconnecting client sends, if any.
+pub fn last_event_id(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+}
+
 /// One counter's new value, numbered within the hub's run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchEvent {
