@@ -414,6 +414,10 @@ pub struct BenchArgs {
     /// Counter to increment.
     #[arg(long, default_value = "bench")]
     pub counter: String,
+    /// Give every increment its own Idempotency-Key (exactly-once writes),
+    /// to measure what keys cost.
+    #[arg(long)]
+    pub keyed: bool,
     /// Also measure convergence: write on the first target, wait until every target shows it.
     #[arg(long)]
     pub convergence: bool,

@@ -250,7 +250,7 @@ impl CounterMap {
             None => KeyCheck::New,
             Some(kept) if counter_name == name && kept.op == op => KeyCheck::Replay(kept.clone()),
             Some(kept) => KeyCheck::Mismatch {
-                counter: counter_name.to_string(),
+                counter: alloc::string::String::from(counter_name.as_str()),
                 op: kept.op,
             },
         }
