@@ -682,6 +682,7 @@ async fn get_metrics(State(state): State<ApiState>) -> impl IntoResponse {
             counters: replica.map.len(),
             actors: replica.map.summary().len(),
             entries: replica.map.entry_count(),
+            keys: replica.map.key_count(),
         }
     };
     let text = state.metrics.render(&state.node, size, peers);
