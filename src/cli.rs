@@ -124,6 +124,12 @@ pub struct NodeArgs {
     /// an error. Keep it under Kubernetes' terminationGracePeriodSeconds.
     #[arg(long, default_value = "20s", value_parser = humantime_duration)]
     pub shutdown_timeout: Duration,
+    /// How long a write with `?w=` (or a read with `?r=`) above 1 waits for
+    /// other replicas to hold it (to send their state); past it the answer
+    /// is 504 (for a write: outcome unknown, a retry with the same
+    /// Idempotency-Key is safe).
+    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    pub write_timeout: Duration,
     /// Where the identity and the write-ahead log live [default: ./data/<id>, or ./data/node without --id].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,

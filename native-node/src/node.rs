@@ -77,6 +77,8 @@ pub struct NodeConfig {
     pub allowed_origins: Vec<String>,
     /// Enables `/admin/partition`.
     pub allow_fault_injection: bool,
+    /// How long a `?w=`/`?r=` above 1 waits for other replicas (then 504).
+    pub write_timeout: Duration,
     /// Largest gossip frame.
     pub max_frame: usize,
     /// WAL segment size.
@@ -294,6 +296,7 @@ pub async fn run(
         stream_chunk_bytes: config.stream_chunk_bytes,
         readiness: Arc::clone(&readiness),
         watch,
+        write_timeout: config.write_timeout,
     });
     on_ready(&running);
     tracing::info!(

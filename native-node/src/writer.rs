@@ -95,6 +95,9 @@ enum Request {
         watermarks: Option<Watermarks>,
         /// Holds this news's share of [`REMOTE_BACKLOG_ENTRIES`] until appended.
         _backlog: OwnedSemaphorePermit,
+        /// Told whether the fsync that holds this news succeeded (a peer's
+        /// `Replicate`, see `consistency.rs`); `None`: synced lazily.
+        synced: Option<oneshot::Sender<bool>>,
     },
     /// Sync, finish, record the clean stop, then answer.
     Stop { done: oneshot::Sender<()> },
@@ -193,25 +196,44 @@ impl WriterHandle {
     }
 }
 
+impl WriterHandle {
+    /// Queues peer news for the writer, after waiting while it holds too
+    /// much unwritten news: the gossip reader stops reading, and TCP slows
+    /// the peer.
+    async fn queue_remote(
+        &self,
+        news: CounterMap,
+        watermarks: Option<Watermarks>,
+        synced: Option<oneshot::Sender<bool>>,
+    ) {
+        let entries = news.entry_count().clamp(1, REMOTE_BACKLOG_ENTRIES) as u32;
+        let Ok(backlog) = Arc::clone(&self.remote_backlog)
+            .acquire_many_owned(entries)
+            .await
+        else {
+            return;
+        };
+        let request = Request::Remote {
+            news,
+            watermarks,
+            _backlog: backlog,
+            synced,
+        };
+        // An error only means the writer has stopped (`synced` is dropped: "no").
+        let _ = self.remote.send(request);
+    }
+}
+
 impl RemoteSink for WriterHandle {
     fn persist(&self, news: CounterMap, watermarks: Option<Watermarks>) -> BoxFuture<'_, ()> {
+        Box::pin(self.queue_remote(news, watermarks, None))
+    }
+
+    fn persist_synced(&self, changes: CounterMap) -> BoxFuture<'_, oneshot::Receiver<bool>> {
         Box::pin(async move {
-            // Waits while the writer holds too much unwritten news: the
-            // gossip reader stops reading, and TCP slows the peer.
-            let entries = news.entry_count().clamp(1, REMOTE_BACKLOG_ENTRIES) as u32;
-            let Ok(backlog) = Arc::clone(&self.remote_backlog)
-                .acquire_many_owned(entries)
-                .await
-            else {
-                return;
-            };
-            let request = Request::Remote {
-                news,
-                watermarks,
-                _backlog: backlog,
-            };
-            // An error only means the writer has stopped.
-            let _ = self.remote.send(request);
+            let (synced, answer) = oneshot::channel();
+            self.queue_remote(changes, None, Some(synced)).await;
+            answer
         })
     }
 }
@@ -391,12 +413,19 @@ impl Writer {
 
     /// Commits one batch: appends its records and, when it holds local
     /// writes, syncs and acknowledges them.
-    async fn commit(&mut self, batch: Vec<Request>) -> Unsynced {
+    async fn commit(&mut self, mut batch: Vec<Request>) -> Unsynced {
         if self.rolled_back() {
             self.renew_incarnation().await;
         }
+        // Peers' news that a `Replicate` waits on must be synced like a local write.
+        let mut synced_waiters = Vec::new();
+        for request in &mut batch {
+            if let Request::Remote { synced, .. } = request {
+                synced_waiters.extend(synced.take());
+            }
+        }
         let (pending, records) = self.prepare(batch);
-        if pending.is_empty() {
+        if pending.is_empty() && synced_waiters.is_empty() {
             if records.is_empty() {
                 return Unsynced::Unchanged;
             }
@@ -416,9 +445,14 @@ impl Writer {
                 wal.sync().map(|_| ())
             })
             .await;
+        for waiter in synced_waiters {
+            let _ = waiter.send(synced.is_ok());
+        }
         match synced {
             Ok(()) => {
-                self.apply(pending);
+                if !pending.is_empty() {
+                    self.apply(pending);
+                }
                 Unsynced::AllSynced
             }
             Err(error) => {
