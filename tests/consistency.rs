@@ -16,6 +16,17 @@ async fn sees_alive(node: &NodeProcess, peers: u64) -> bool {
     .await
 }
 
+/// Waits until every node of `cluster` sees every other alive.
+async fn everyone_sees_everyone(cluster: &Cluster) -> bool {
+    let peers = cluster.nodes.len() as u64 - 1;
+    for node in &cluster.nodes {
+        if !sees_alive(node, peers).await {
+            return false;
+        }
+    }
+    true
+}
+
 /// Cuts gossip between `node` and `peers` (on `node`'s side).
 async fn partition(node: &NodeProcess, peers: &[&str]) {
     let body = serde_json::json!({ "peers": peers }).to_string();
@@ -27,7 +38,7 @@ async fn partition(node: &NodeProcess, peers: &[&str]) {
 async fn w_majority_with_two_of_three_nodes_unreachable_is_504_outcome_unknown() {
     let cluster = Cluster::start(3, &["--allow-fault-injection", "--write-timeout", "1s"]).await;
     let n1 = &cluster.nodes[0];
-    assert!(sees_alive(n1, 2).await);
+    assert!(everyone_sees_everyone(&cluster).await);
     partition(n1, &["n2", "n3"]).await;
 
     let (status, body) = n1.post("/counters/q/increment?w=majority", "").await;
@@ -44,13 +55,9 @@ async fn w_majority_with_two_of_three_nodes_unreachable_is_504_outcome_unknown()
 #[tokio::test(flavor = "multi_thread")]
 async fn w_majority_then_r_majority_from_another_node_reads_its_own_write() {
     // Slow rounds: anti-entropy could not bring the write to the reader in time.
-    let cluster = Cluster::start(
-        3,
-        &["--allow-fault-injection", "--gossip-interval", "2s"],
-    )
-    .await;
+    let cluster = Cluster::start(3, &["--allow-fault-injection", "--gossip-interval", "2s"]).await;
     let [n1, n2, n3] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
-    assert!(sees_alive(n1, 2).await && sees_alive(n3, 2).await);
+    assert!(everyone_sees_everyone(&cluster).await);
     // The writer and the reader never hear each other: only the replica
     // they share (n2) can carry the write.
     partition(n1, &["n3"]).await;
@@ -58,7 +65,10 @@ async fn w_majority_then_r_majority_from_another_node_reads_its_own_write() {
     for i in 1..=50 {
         let (status, written) = n1.post("/counters/ryw/increment?w=majority", "").await;
         assert_eq!(status, 200, "write {i}: {written}");
-        assert!(written["replicas"].as_u64() >= Some(2), "write {i}: {written}");
+        assert!(
+            written["replicas"].as_u64() >= Some(2),
+            "write {i}: {written}"
+        );
         let (status, read) = n3.get("/counters/ryw?r=majority").await;
         assert_eq!(status, 200, "read {i}: {read}");
         assert_eq!(read["value"], i, "read {i} missed its write: {read}");
@@ -77,14 +87,22 @@ async fn w_majority_then_r_majority_from_another_node_reads_its_own_write() {
 async fn w_all_reports_every_replica_and_bad_levels_are_refused() {
     let cluster = Cluster::start(3, &[]).await;
     let n1 = &cluster.nodes[0];
-    assert!(sees_alive(n1, 2).await);
+    assert!(everyone_sees_everyone(&cluster).await);
 
     let (status, body) = n1.post("/counters/all/increment?w=all", "").await;
-    assert_eq!((status, &body["replicas"]), (200, &serde_json::json!(3)), "{body}");
+    assert_eq!(
+        (status, &body["replicas"]),
+        (200, &serde_json::json!(3)),
+        "{body}"
+    );
     for node in &cluster.nodes[1..] {
         // `Stored` came only after their fsync: they hold it now, not eventually.
         let (status, read) = node.get("/counters/all").await;
-        assert_eq!((status, &read["value"]), (200, &serde_json::json!(1)), "{read}");
+        assert_eq!(
+            (status, &read["value"]),
+            (200, &serde_json::json!(1)),
+            "{read}"
+        );
     }
     let (status, body) = n1.post("/counters/all/decrement?w=2", "").await;
     assert_eq!(status, 200, "{body}");
@@ -92,9 +110,17 @@ async fn w_all_reports_every_replica_and_bad_levels_are_refused() {
     let (status, body) = n1.post("/counters/all/increment", "").await;
     assert_eq!((status, &body["replicas"]), (200, &serde_json::json!(1)));
     let (status, body) = n1.get("/counters/all?r=all").await;
-    assert_eq!((status, &body["replicas"]), (200, &serde_json::json!(3)), "{body}");
+    assert_eq!(
+        (status, &body["replicas"]),
+        (200, &serde_json::json!(3)),
+        "{body}"
+    );
     let (status, body) = n1.get("/counter?r=1").await;
-    assert_eq!((status, &body["replicas"]), (200, &serde_json::json!(1)), "{body}");
+    assert_eq!(
+        (status, &body["replicas"]),
+        (200, &serde_json::json!(1)),
+        "{body}"
+    );
 
     for bad in ["w=0", "w=abc", "w=", "w=-1", "w=all&w=1"] {
         let (status, body) = n1.post(&format!("/counters/all/increment?{bad}"), "").await;
@@ -111,4 +137,42 @@ async fn w_all_reports_every_replica_and_bad_levels_are_refused() {
     assert!(body["error"].as_str().unwrap().contains("w=4"), "{body}");
     let (_, body) = n1.get("/counters/all").await;
     assert_eq!(body["value"], 1, "a refused write was applied: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_combines_writes_by_w_and_forwards_r_to_a_node() {
+    let cluster = Cluster::start(3, &[]).await;
+    assert!(everyone_sees_everyone(&cluster).await);
+    let gateway = common::GatewayProcess::start(&cluster.nodes, None).await;
+
+    let mut writes = Vec::new();
+    for i in 0..40 {
+        let url = match i % 2 {
+            0 => gateway.url("/counters/g/increment?w=all"),
+            _ => gateway.url("/counters/g/increment"),
+        };
+        writes.push(tokio::spawn(async move {
+            let (status, body) = common::post_to(&url, "").await;
+            (i, status, body)
+        }));
+    }
+    for write in writes {
+        let (i, status, body) = write.await.unwrap();
+        assert_eq!(status, 200, "write {i}: {body}");
+        let expected = if i % 2 == 0 { 3 } else { 1 };
+        assert_eq!(body["replicas"], expected, "write {i}: {body}");
+    }
+    let (status, body) = gateway.get("/counters/g?r=all").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["value"].as_i64(), body["replicas"].as_u64()),
+        (Some(40), Some(3))
+    );
+    assert_ne!(
+        body["node"], "gateway",
+        "a read with r= must come from a node"
+    );
+
+    let (status, body) = gateway.post("/counters/g/increment?w=0", "").await;
+    assert_eq!(status, 400, "{body}");
 }

@@ -261,7 +261,9 @@ fn wanted_replicas(
 
 fn quorum_error(error: QuorumError, param: &'static str) -> ApiError {
     match error {
-        QuorumError::TooFew { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+        QuorumError::TooFew { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }
         QuorumError::TimedOut { .. } if param == "w" => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             format!(
@@ -296,7 +298,11 @@ async fn replicate_written(
 }
 
 /// Before a read: merges `name` from `wanted` replicas; returns how many.
-async fn gather_read(state: &ApiState, name: &CounterName, wanted: usize) -> Result<usize, ApiError> {
+async fn gather_read(
+    state: &ApiState,
+    name: &CounterName,
+    wanted: usize,
+) -> Result<usize, ApiError> {
     if wanted <= 1 {
         return Ok(1);
     }

@@ -80,7 +80,9 @@ pub struct LevelError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuorumError {
     /// More replicas were asked for than the cluster has.
-    #[error("{param}={wanted} asks for {wanted} replicas but this node knows {size} (itself included)")]
+    #[error(
+        "{param}={wanted} asks for {wanted} replicas but this node knows {size} (itself included)"
+    )]
     TooFew {
         /// `w` or `r`.
         param: &'static str,
@@ -158,7 +160,10 @@ impl Level {
 
 /// The named counters of `map`, whole (every actor's entry): what a
 /// `Replicate` or a `Fetched` carries. Unknown names are skipped.
-pub fn counters_named<'a>(map: &CounterMap, names: impl IntoIterator<Item = &'a str>) -> CounterMap {
+pub fn counters_named<'a>(
+    map: &CounterMap,
+    names: impl IntoIterator<Item = &'a str>,
+) -> CounterMap {
     let mut out = CounterMap::new();
     for name in names {
         let (Some(counter), Ok(name)) = (map.get(name), CounterName::new(name)) else {
@@ -377,7 +382,17 @@ mod tests {
 
     #[test]
     fn bad_levels_are_refused_with_the_parameter_named() {
-        for bad in ["0", "abc", "", "-1", "+2", " 1", "1.0", "Majority", "99999999999999999999999"] {
+        for bad in [
+            "0",
+            "abc",
+            "",
+            "-1",
+            "+2",
+            " 1",
+            "1.0",
+            "Majority",
+            "99999999999999999999999",
+        ] {
             let error = Level::parse("w", bad).unwrap_err();
             assert_eq!(error.param, "w", "{bad:?}");
             assert!(error.to_string().starts_with("w must be"), "{error}");
@@ -389,7 +404,11 @@ mod tests {
     fn majority_is_more_than_half_and_all_is_everyone() {
         let cases = [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4), (7, 4)];
         for (size, majority) in cases {
-            assert_eq!(Level::Majority.required("w", size), Ok(majority), "size {size}");
+            assert_eq!(
+                Level::Majority.required("w", size),
+                Ok(majority),
+                "size {size}"
+            );
             assert_eq!(Level::All.required("w", size), Ok(size), "size {size}");
         }
         // A node always counts itself.
@@ -424,8 +443,10 @@ mod tests {
         let name = |n: &str| CounterName::new(n).unwrap();
         for actor in ["a~1", "b~1"] {
             let actor = ActorId::new(actor).unwrap();
-            map.apply(&actor, &name("x"), crdt_core::Op::Increment(2)).unwrap();
-            map.apply(&actor, &name("y"), crdt_core::Op::Increment(5)).unwrap();
+            map.apply(&actor, &name("x"), crdt_core::Op::Increment(2))
+                .unwrap();
+            map.apply(&actor, &name("y"), crdt_core::Op::Increment(5))
+                .unwrap();
         }
         let picked = counters_named(&map, ["x", "missing", "not\u{0}valid"]);
         assert_eq!(picked.len(), 1);
@@ -485,7 +506,11 @@ mod tests {
         let wanted = Level::Majority.required("w", 5).unwrap();
         let reached = replicate(&nodes, CounterMap::new(), wanted, Duration::from_secs(5)).await;
         assert_eq!(reached, Ok(3));
-        assert_eq!(nodes.requests.waiting(), 0, "the request outlived its answer");
+        assert_eq!(
+            nodes.requests.waiting(),
+            0,
+            "the request outlived its answer"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -508,7 +533,10 @@ mod tests {
     async fn duplicate_answers_count_once() {
         let nodes = cluster(3, vec!["b"]);
         let reached = replicate(&nodes, CounterMap::new(), 3, Duration::from_secs(1)).await;
-        assert!(matches!(reached, Err(QuorumError::TimedOut { reached: 2, .. })), "{reached:?}");
+        assert!(
+            matches!(reached, Err(QuorumError::TimedOut { reached: 2, .. })),
+            "{reached:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -523,7 +551,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_replica_asks_nobody() {
         let nodes = cluster(3, vec![]);
-        assert_eq!(replicate(&nodes, CounterMap::new(), 1, Duration::ZERO).await, Ok(1));
+        assert_eq!(
+            replicate(&nodes, CounterMap::new(), 1, Duration::ZERO).await,
+            Ok(1)
+        );
         let name = CounterName::new("x").unwrap();
         assert_eq!(gather(&nodes, &[name], 1, Duration::ZERO).await, Ok(1));
     }

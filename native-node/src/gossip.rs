@@ -573,7 +573,10 @@ impl<N: Network> Gossip<N> {
                     Message::Fetch { id, names } => {
                         let state = consistency::counters_named(
                             &self.replica.read().map,
-                            names.iter().take(consistency::MAX_FETCH_NAMES).map(String::as_str),
+                            names
+                                .iter()
+                                .take(consistency::MAX_FETCH_NAMES)
+                                .map(String::as_str),
                         );
                         if reply_tx.send(Message::Fetched { id, state }).await.is_err() {
                             return Ok(());
