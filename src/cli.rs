@@ -414,6 +414,11 @@ pub struct BenchArgs {
     /// Counter to increment.
     #[arg(long, default_value = "bench")]
     pub counter: String,
+    /// Write consistency of the increments (`?w=`): `1`, `majority`, `all`
+    /// or a number; several, comma-separated, run one after the other
+    /// (`--w 1,majority`) and print a line each, for comparison.
+    #[arg(long = "w", value_name = "LEVEL", value_delimiter = ',', default_value = "1")]
+    pub write_levels: Vec<String>,
     /// Also measure convergence: write on the first target, wait until every target shows it.
     #[arg(long)]
     pub convergence: bool,
