@@ -417,7 +417,12 @@ pub struct BenchArgs {
     /// Write consistency of the increments (`?w=`): `1`, `majority`, `all`
     /// or a number; several, comma-separated, run one after the other
     /// (`--w 1,majority`) and print a line each, for comparison.
-    #[arg(long = "w", value_name = "LEVEL", value_delimiter = ',', default_value = "1")]
+    #[arg(
+        long = "w",
+        value_name = "LEVEL",
+        value_delimiter = ',',
+        default_value = "1"
+    )]
     pub write_levels: Vec<String>,
     /// Also measure convergence: write on the first target, wait until every target shows it.
     #[arg(long)]

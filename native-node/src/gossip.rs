@@ -111,7 +111,25 @@ pub trait RemoteSink: Send + Sync + 'static {
     /// local write. Resolves once the sink has taken them, to a receiver
     /// told whether the fsync that holds them succeeded (a `Replicate`
     /// is answered only then; see `consistency.rs`).
-    fn persist_synced(&self, changes: CounterMap) -> BoxFuture<'_, oneshot::Receiver<bool>>;
+    fn persist_synced(&self, changes: CounterMap) -> BoxFuture<'_, Synced>;
+}
+
+/// Says whether the fsync holding news handed over with
+/// [`RemoteSink::persist_synced`] succeeded.
+#[derive(Debug)]
+pub struct Synced(oneshot::Receiver<bool>);
+
+impl Synced {
+    /// Told `true` through the sender once the news is synced.
+    pub fn channel() -> (oneshot::Sender<bool>, Synced) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Synced(rx))
+    }
+
+    /// True once the news is durable; false if the sync failed or the sink stopped.
+    pub async fn wait(self) -> bool {
+        self.0.await.unwrap_or(false)
+    }
 }
 
 /// Since when a pull sent on a link waits for its answer (`None`: nothing pending).
@@ -564,7 +582,7 @@ impl<N: Network> Gossip<N> {
                             let reply_tx = reply_tx.clone();
                             // Awaited apart, so the fsync does not hold up this reader.
                             tokio::spawn(async move {
-                                if stored.await == Ok(true) {
+                                if stored.wait().await {
                                     let _ = reply_tx.send(Message::Stored { id }).await;
                                 }
                             });
@@ -744,11 +762,7 @@ impl<N: Network> Gossip<N> {
     /// A peer's `Replicate`: merges `changes` and hands all of them to the
     /// sink to sync; resolves once handed over, to what says whether the
     /// fsync succeeded (`None`: no sink, and nothing to answer).
-    async fn store_synced(
-        &self,
-        peer: &str,
-        changes: CounterMap,
-    ) -> Option<oneshot::Receiver<bool>> {
+    async fn store_synced(&self, peer: &str, changes: CounterMap) -> Option<Synced> {
         let news = self.replica.merge_remote(&changes, None);
         if !news.is_empty() {
             self.metrics.merges.fetch_add(1, Relaxed);

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
-use crate::gossip::RemoteSink;
+use crate::gossip::{RemoteSink, Synced};
 use crate::identity::IdentityFile;
 use crate::journal;
 use crate::metrics::Metrics;
@@ -229,9 +229,9 @@ impl RemoteSink for WriterHandle {
         Box::pin(self.queue_remote(news, watermarks, None))
     }
 
-    fn persist_synced(&self, changes: CounterMap) -> BoxFuture<'_, oneshot::Receiver<bool>> {
+    fn persist_synced(&self, changes: CounterMap) -> BoxFuture<'_, Synced> {
         Box::pin(async move {
-            let (synced, answer) = oneshot::channel();
+            let (synced, answer) = Synced::channel();
             self.queue_remote(changes, None, Some(synced)).await;
             answer
         })
