@@ -176,3 +176,28 @@ async fn the_gateway_combines_writes_by_w_and_forwards_r_to_a_node() {
     let (status, body) = gateway.post("/counters/g/increment?w=0", "").await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_combined_batch_that_misses_its_w_is_504_for_every_client() {
+    let cluster = Cluster::start(3, &["--allow-fault-injection", "--write-timeout", "1s"]).await;
+    assert!(everyone_sees_everyone(&cluster).await);
+    let n1 = &cluster.nodes[0];
+    // The gateway knows n1 alone, and n1 hears nobody.
+    let gateway = common::GatewayProcess::start(&cluster.nodes[..1], None).await;
+    partition(n1, &["n2", "n3"]).await;
+    let mut writes = Vec::new();
+    for _ in 0..8 {
+        let url = gateway.url("/counters/cut/increment?w=majority");
+        writes.push(tokio::spawn(async move { common::post_to(&url, "").await }));
+    }
+    for write in writes {
+        let (status, body) = write.await.unwrap();
+        assert_eq!(status, 504, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("outcome unknown"),
+            "{body}"
+        );
+    }
+    // Durable on n1 all the same.
+    assert_eq!(n1.named("cut").await, Some(8));
+}
