@@ -104,9 +104,12 @@ pub enum QuorumError {
 }
 
 impl Level {
-    /// Parses `?w=` / `?r=` (`param` names it in the error).
+    /// Parses `?w=` / `?r=` (`param` names it in the error). `r=node`, the
+    /// gateway's documented way to send a read to a node before levels
+    /// existed, still means this node alone.
     pub fn parse(param: &'static str, value: &str) -> Result<Level, LevelError> {
         let level = match value {
+            "node" if param == "r" => Some(Level::Count(1)),
             "majority" => Some(Level::Majority),
             "all" => Some(Level::All),
             digits if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
@@ -398,6 +401,8 @@ mod tests {
             assert!(error.to_string().starts_with("w must be"), "{error}");
         }
         assert!(Level::parse("r", "65537").is_err());
+        assert_eq!(Level::parse("r", "node"), Ok(Level::Count(1)));
+        assert!(Level::parse("w", "node").is_err());
     }
 
     #[test]
