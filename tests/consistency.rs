@@ -201,3 +201,34 @@ async fn a_combined_batch_that_misses_its_w_is_504_for_every_client() {
     // Durable on n1 all the same.
     assert_eq!(n1.named("cut").await, Some(8));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_replica_that_stored_a_w_all_write_keeps_it_through_kill_9() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    assert!(everyone_sees_everyone(&cluster).await);
+    for i in 1..=20 {
+        let (status, body) = cluster.nodes[0]
+            .post("/counters/kept/increment?w=all", "")
+            .await;
+        assert_eq!(
+            (status, &body["replicas"]),
+            (200, &serde_json::json!(3)),
+            "write {i}: {body}"
+        );
+    }
+    // Everyone dies at once; each replica comes back alone, with only its own log.
+    for node in &mut cluster.nodes {
+        node.kill9();
+    }
+    for node in &mut cluster.nodes[1..] {
+        node.restart();
+        node.wait_ready().await;
+        assert_eq!(
+            node.named("kept").await,
+            Some(20),
+            "{} lost a stored write",
+            node.id
+        );
+        node.kill9();
+    }
+}
