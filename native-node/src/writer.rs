@@ -868,6 +868,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn news_persisted_synced_is_answered_after_its_fsync_and_not_after_a_failed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started {
+            writer,
+            metrics,
+            faults,
+            ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
+        let fsyncs_before = metrics.wal_fsyncs.load(Relaxed);
+        let synced = writer.persist_synced(news(0)).await;
+        assert!(synced.wait().await, "the news was not synced");
+        // Answered by its own fsync, long before the lazy flush deadline.
+        assert!(metrics.wal_fsyncs.load(Relaxed) > fsyncs_before);
+        assert_eq!(recovered(dir.path()).map.value("counter-0"), Some(1));
+
+        faults.fail_writes(1);
+        let failed = writer.persist_synced(news(1)).await;
+        assert!(
+            !failed.wait().await,
+            "a failed log must not say the news is durable"
+        );
+    }
+
+    #[tokio::test]
     async fn a_node_that_only_receives_peer_news_still_snapshots() {
         let dir = tempfile::tempdir().unwrap();
         let Started {
