@@ -881,7 +881,6 @@ mod tests {
         assert!(synced.wait().await, "the news was not synced");
         // Answered by its own fsync, long before the lazy flush deadline.
         assert!(metrics.wal_fsyncs.load(Relaxed) > fsyncs_before);
-        assert_eq!(recovered(dir.path()).map.value("counter-0"), Some(1));
 
         faults.fail_writes(1);
         let failed = writer.persist_synced(news(1)).await;
@@ -889,6 +888,8 @@ mod tests {
             !failed.wait().await,
             "a failed log must not say the news is durable"
         );
+        writer.shutdown().await;
+        assert_eq!(recovered(dir.path()).map.value("counter-0"), Some(1));
     }
 
     #[tokio::test]
