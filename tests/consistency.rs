@@ -232,3 +232,42 @@ async fn every_replica_that_stored_a_w_all_write_keeps_it_through_kill_9() {
         node.kill9();
     }
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to `node`'s process.
+fn signal(node: &NodeProcess, signal: &str) {
+    let pid = node.pid().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn w_majority_with_two_of_three_nodes_paused_is_504_then_answers_once_they_resume() {
+    let cluster = Cluster::start(3, &["--write-timeout", "1s"]).await;
+    assert!(everyone_sees_everyone(&cluster).await);
+    let [n1, n2, n3] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    signal(n2, "STOP");
+    signal(n3, "STOP");
+    let (status, body) = n1.post("/counters/paused/increment?w=majority", "").await;
+    signal(n2, "CONT");
+    signal(n3, "CONT");
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("outcome unknown"),
+        "{body}"
+    );
+    // Back: the same request succeeds, and the first write was kept.
+    let answered = wait_until(SETTLE, || async {
+        n1.post("/counters/paused/increment?w=majority", "").await.0 == 200
+    })
+    .await;
+    assert!(
+        answered,
+        "w=majority never succeeded after the nodes resumed"
+    );
+    let (status, read) = n1.get("/counters/paused?r=all").await;
+    assert_eq!(status, 200, "{read}");
+    assert!(read["value"].as_i64() >= Some(2), "{read}");
+}
