@@ -872,11 +872,6 @@ impl<N: Network> Gossip<N> {
             .retain(|addr, _| wanted.contains(addr));
     }
 
-    /// Quorum requests waiting for answers (for tests and metrics).
-    pub fn pending_requests(&self) -> usize {
-        self.requests.waiting()
-    }
-
     /// Open outbound links (for tests and metrics).
     pub fn link_count(&self) -> usize {
         self.links.lock().unwrap_or_else(|p| p.into_inner()).len()
