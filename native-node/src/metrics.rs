@@ -7,8 +7,19 @@ use std::sync::Arc;
 use tally_protocol::http_server::ConnectionStats;
 
 /// Message kinds, indexing the per-kind gossip counters.
-pub const KINDS: [&str; 8] = [
-    "pull", "ack", "push", "delta", "ping", "ping_ack", "members", "news",
+pub const KINDS: [&str; 12] = [
+    "pull",
+    "ack",
+    "push",
+    "delta",
+    "ping",
+    "ping_ack",
+    "members",
+    "news",
+    "replicate",
+    "stored",
+    "fetch",
+    "fetched",
 ];
 
 /// Gossip traffic of one direction.
