@@ -311,6 +311,31 @@ impl CounterMap {
         })
     }
 
+    /// For each registration in `change`, every other registration of its
+    /// key held here, each as a change of its origin with the origin's
+    /// entry (which holds its amount): what a cancellation lost to, to
+    /// ship along with it.
+    pub fn precedents(&self, change: &Change) -> Vec<Change> {
+        let Some(counter) = self.counters.get(&change.name) else {
+            return Vec::new();
+        };
+        change
+            .registrations
+            .iter()
+            .flat_map(|mine| counter.registrations_of(mine.key.as_str()))
+            .filter(|other| other.origin != change.actor)
+            .filter_map(|other| {
+                let entry = *counter.entry(other.origin.as_str())?;
+                Some(Change {
+                    name: change.name.clone(),
+                    actor: other.origin.clone(),
+                    entry,
+                    registrations: alloc::vec![other.clone()],
+                })
+            })
+            .collect()
+    }
+
     /// Every key of `actor` that lost and must be cancelled: a full scan,
     /// for a node's start (the incremental checks cover the rest).
     pub fn all_duplicates_of(&self, actor: &ActorId) -> Vec<(CounterName, IdempotencyKey)> {

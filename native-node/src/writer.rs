@@ -708,9 +708,13 @@ impl Writer {
         }
         if refused.is_none() {
             let news_keys = keyed_news.iter().map(|(name, key)| (name, key));
-            let lost = duplicates
+            // A set: one duplicate found twice (left from the last batch and
+            // in this news) must be cancelled once, or its amount is taken
+            // out twice.
+            let lost: std::collections::BTreeSet<_> = duplicates
                 .into_iter()
-                .chain(state.map.duplicates_of(&actor, news_keys));
+                .chain(state.map.duplicates_of(&actor, news_keys))
+                .collect();
             for (name, key) in lost {
                 let Some(mine) = state.map.get(name.as_str()).and_then(|counter| {
                     let same_key = counter.registrations_of(key.as_str());
@@ -757,6 +761,15 @@ impl Writer {
             for p in &pending {
                 state.map.merge_change(&p.change);
                 delta.merge_change(&p.change);
+            }
+            // A cancellation travels with what it lost to (the other
+            // registrations of its key, each with its origin's entry): a
+            // replica that hears of the cancellation first would otherwise
+            // count the key zero times until the winner reaches it.
+            for p in pending.iter().filter(|p| p.op.is_none()) {
+                for lost_to in state.map.precedents(&p.change) {
+                    delta.merge_change(&lost_to);
+                }
             }
             // Every one of this actor's changes up to here is in the map.
             state.watermarks.raise(&actor, self.own_seq);
