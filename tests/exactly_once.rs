@@ -516,6 +516,50 @@ async fn a_retry_after_a_snapshot_replays_the_original_answer() {
     .await;
 }
 
+/// A key applied by two replicas within a short `--idempotency-window`
+/// still counts once after the window has passed (the keyed operations
+/// folded into plain totals, by one of the two only), and after a kill -9
+/// and restart of every node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_applied_twice_still_counts_once_after_its_window_has_passed() {
+    const KEY: &str = "past-the-window";
+    // Long enough for the two copies to meet after the heal, well within it.
+    const WINDOW: Duration = Duration::from_secs(5);
+    within(TEST_LIMIT, async {
+        let window = format!("{}s", WINDOW.as_secs());
+        let args = ["--allow-fault-injection", "--idempotency-window", &window];
+        let mut cluster = Cluster::start(3, &args).await;
+        wait_connected(&cluster.nodes).await;
+        let [n1, n2] = [&cluster.nodes[0], &cluster.nodes[1]];
+        partition(n1, &["n2", "n3"]).await;
+        let path = "/counters/folded/increment";
+        for node in [n1, n2] {
+            let (status, answer) = keyed(&node.url(path), KEY, &amount(8)).await;
+            assert_eq!(status, 200, "the write on {}: {answer}", node.id);
+        }
+        // Other keys, and writes without one, beside it.
+        let (status, answer) = keyed(&n2.url(path), "another-key", &amount(100)).await;
+        assert_eq!(status, 200, "another key on n2: {answer}");
+        assert_eq!(n1.post(path, &amount(1000)).await.0, 200, "unkeyed on n1");
+        heal(n1).await;
+        assert_settles(&cluster.nodes, "folded", 1108, "healed within the window").await;
+
+        tokio::time::sleep(WINDOW * 2).await;
+        assert_settles(&cluster.nodes, "folded", 1108, "past the window").await;
+        for node in &mut cluster.nodes {
+            node.kill9();
+        }
+        for node in &mut cluster.nodes {
+            node.restart();
+        }
+        for node in &cluster.nodes {
+            node.wait_ready().await;
+        }
+        assert_settles(&cluster.nodes, "folded", 1108, "past the window, restarted").await;
+    })
+    .await;
+}
+
 /// Through the gateway: a retry replays, another write under the key is
 /// refused with 422, and the write counts once on every node.
 #[tokio::test(flavor = "multi_thread")]
