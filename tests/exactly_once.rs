@@ -15,7 +15,7 @@
 //! replays the same faults and writes (the timing differs).
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -834,7 +834,7 @@ async fn retried_writes_count_exactly_once_through_kills_pauses_and_partitions()
 
         let mut expected = [0i64; RUN_COUNTERS.len()];
         let mut writes = 0;
-        let retries = AtomicU64::new(0);
+        let mut retries = 0;
         for (id, client) in clients.into_iter().enumerate() {
             let ledger = client
                 .await
@@ -844,9 +844,8 @@ async fn retried_writes_count_exactly_once_through_kills_pauses_and_partitions()
                 *sum += own;
             }
             writes += ledger.writes;
-            retries.fetch_add(ledger.retries, SeqCst);
+            retries += ledger.retries;
         }
-        let retries = retries.into_inner();
         assert!(
             retries > 0,
             "{writes} writes and not one retry: the faults ({faults:?}) proved nothing"
