@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::cli::BenchArgs;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
+use tally_protocol::idempotency::IDEMPOTENCY_KEY_HEADER;
 
 /// Longest a convergence probe waits before reporting a failure.
 const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +32,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let remaining = Arc::new(AtomicU64::new(args.requests));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    // Keys unique across runs and clients: a rerun must not replay.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+        ^ u128::from(std::process::id());
     let mut clients = Vec::with_capacity(args.clients);
     for client_index in 0..args.clients {
         let (targets, remaining, errors) = (
@@ -39,6 +46,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Arc::clone(&errors),
         );
         let counter = args.counter.clone();
+        let keyed = args.keyed;
         clients.push(tokio::spawn(async move {
             let http = client()?;
             let mut latencies = Histogram::<u64>::new(3)?;
@@ -49,8 +57,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     targets[turn % targets.len()]
                 );
                 turn += 1;
+                let mut request = http.post(&url);
+                if keyed {
+                    let key = format!("bench-{run:x}-{client_index}-{turn}");
+                    request = request.header(IDEMPOTENCY_KEY_HEADER, key);
+                }
                 let sent = Instant::now();
-                match http.post(&url).send().await {
+                match request.send().await {
                     Ok(response) if response.status().is_success() => {
                         latencies.record(sent.elapsed().as_micros() as u64)?;
                     }
@@ -69,7 +82,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let ok = latencies.len();
     println!(
-        "bench: {ok} increments in {:.2} s = {:.0}/s with {} clients over {} target(s); errors {}",
+        "bench: {ok} {}increments in {:.2} s = {:.0}/s with {} clients over {} target(s); errors {}",
+        if args.keyed { "keyed " } else { "" },
         elapsed.as_secs_f64(),
         ok as f64 / elapsed.as_secs_f64(),
         args.clients,

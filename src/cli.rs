@@ -119,6 +119,12 @@ pub struct NodeArgs {
     /// balancers stop sending before it closes its port (0s: no drain).
     #[arg(long, default_value = "2s", value_parser = duration_or_zero)]
     pub drain_period: Duration,
+    /// How long a write's Idempotency-Key is kept (and survives restarts): a
+    /// retry with the same key within this long of the first attempt gets
+    /// the first answer again, on any node, and is never applied twice.
+    /// Longer windows hold more keys (about 200 bytes each).
+    #[arg(long, default_value = "24h", value_parser = humantime_duration)]
+    pub idempotency_window: Duration,
     /// Deadline for the whole graceful stop after SIGTERM (drain, requests
     /// in flight, deregistration, final fsync); past it the node exits with
     /// an error. Keep it under Kubernetes' terminationGracePeriodSeconds.
@@ -408,6 +414,10 @@ pub struct BenchArgs {
     /// Counter to increment.
     #[arg(long, default_value = "bench")]
     pub counter: String,
+    /// Give every increment its own Idempotency-Key (exactly-once writes),
+    /// to measure what keys cost.
+    #[arg(long)]
+    pub keyed: bool,
     /// Also measure convergence: write on the first target, wait until every target shows it.
     #[arg(long)]
     pub convergence: bool,

@@ -88,6 +88,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         dns_refresh: args.dns_refresh,
         join_timeout: args.join_timeout,
         drain_period: args.drain_period,
+        idempotency_window: args.idempotency_window,
         shutdown_timeout: args.shutdown_timeout,
         data_dir,
         gossip: GossipConfig {

@@ -1,5 +1,6 @@
 use alloc::vec::Vec;
 
+use crate::keyed::{key_excess, IdempotencyKey, Registration};
 use crate::{digest, ActorId, CrdtError};
 
 /// One actor's running totals in one counter.
@@ -34,6 +35,7 @@ impl Entry {
 
 /// A local operation on a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Op {
     /// Add the amount.
     Increment(u64),
@@ -47,6 +49,14 @@ impl Op {
         match self {
             Op::Increment(amount) => i128::from(amount),
             Op::Decrement(amount) => -i128::from(amount),
+        }
+    }
+
+    /// The operation that takes this one back out.
+    pub fn opposite(self) -> Op {
+        match self {
+            Op::Increment(amount) => Op::Decrement(amount),
+            Op::Decrement(amount) => Op::Increment(amount),
         }
     }
 }
@@ -84,24 +94,34 @@ impl WideSum {
     }
 }
 
-/// A PN-Counter: per-actor increment and decrement totals.
+/// A PN-Counter: per-actor increment and decrement totals, and the
+/// registrations of keyed writes (see [`crate::keyed`]).
 ///
-/// `value()` is O(1): the sums and the digest are updated on every change.
+/// `value()` is O(1): the sums, the excess of duplicate keyed writes and the
+/// digest are updated on every change.
 #[derive(Debug, Clone, Default)]
 pub struct PnCounter {
     /// Sorted by actor. A counter has few actors (nodes × incarnations), and
     /// a sorted vector costs ~40 bytes per entry where a B-tree node costs
     /// ~450: it matters with a million counters.
     entries: Vec<(ActorId, Entry)>,
+    /// Sorted by `(key, origin)`; empty unless keyed writes were made.
+    registrations: Vec<Registration>,
     /// Σinc and Σdec, exact.
     total_inc: WideSum,
     total_dec: WideSum,
+    /// Σ [`key_excess`] over the keys: what duplicates add to the totals.
+    excess: i128,
+    /// Over the entries only: a registration never changes without its
+    /// origin's entry (they travel as one bundle), so equal entries mean
+    /// equal registrations, up to keys dropped after their window, which
+    /// count for nothing.
     digest: u64,
 }
 
 impl PartialEq for PnCounter {
     fn eq(&self, other: &Self) -> bool {
-        self.entries == other.entries
+        self.entries == other.entries && self.registrations == other.registrations
     }
 }
 impl Eq for PnCounter {}
@@ -123,14 +143,15 @@ impl PnCounter {
     /// are exact, so the result is a pure function of the entries:
     /// merging in any order, any number of times, reads the same value.
     pub fn value(&self) -> i128 {
-        if self.total_inc >= self.total_dec {
+        let totals = if self.total_inc >= self.total_dec {
             let magnitude = self.total_inc.saturating_distance(self.total_dec);
             i128::try_from(magnitude).unwrap_or(i128::MAX)
         } else {
             let magnitude = self.total_dec.saturating_distance(self.total_inc);
             // −magnitude, down to −2^127 = i128::MIN.
             0i128.checked_sub_unsigned(magnitude).unwrap_or(i128::MIN)
-        }
+        };
+        totals.saturating_sub(self.excess)
     }
 
     fn position(&self, actor: &str) -> Result<usize, usize> {
@@ -158,6 +179,53 @@ impl PnCounter {
     /// Number of actors that ever touched this counter.
     pub fn actors(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Every registration of a keyed write, ordered by `(key, origin)`.
+    pub fn registrations(&self) -> &[Registration] {
+        &self.registrations
+    }
+
+    /// The registrations of one key (by every origin that applied it).
+    pub fn registrations_of(&self, key: &str) -> &[Registration] {
+        let start = self.registrations.partition_point(|r| r.key.as_str() < key);
+        let end = start + self.registrations[start..].partition_point(|r| r.key.as_str() == key);
+        &self.registrations[start..end]
+    }
+
+    fn registration_position(&self, key: &str, origin: &str) -> Result<usize, usize> {
+        self.registrations
+            .binary_search_by(|r| (r.key.as_str(), r.origin.as_str()).cmp(&(key, origin)))
+    }
+
+    /// Merges one registration; true when anything changed.
+    pub fn merge_registration(&mut self, incoming: &Registration) -> bool {
+        let key = incoming.key.as_str();
+        let before = key_excess(self.registrations_of(key));
+        match self.registration_position(key, incoming.origin.as_str()) {
+            Ok(index) => {
+                let joined = self.registrations[index].join(incoming);
+                if joined == self.registrations[index] {
+                    return false;
+                }
+                self.registrations[index] = joined;
+            }
+            Err(index) => self.registrations.insert(index, incoming.clone()),
+        }
+        let after = key_excess(self.registrations_of(key));
+        self.excess = self.excess.saturating_sub(before).saturating_add(after);
+        true
+    }
+
+    /// Drops every registration of `key`. Only sound when they add nothing
+    /// to the value ([`key_excess`] is 0) and no further one can come (the
+    /// key's window is over); the caller checks both.
+    pub(crate) fn drop_key(&mut self, key: &IdempotencyKey) -> usize {
+        let before = key_excess(self.registrations_of(key.as_str()));
+        let len = self.registrations.len();
+        self.registrations.retain(|r| &r.key != key);
+        self.excess = self.excess.saturating_sub(before);
+        len - self.registrations.len()
     }
 
     /// Adds `amount` on behalf of `actor`, returning the delta to ship to peers.
@@ -222,6 +290,22 @@ impl PnCounter {
         Ok(next)
     }
 
+    /// The entry `actor` would have after taking `op` back out, stamped `seq`
+    /// (cancelling a duplicate keyed write, [`crate::keyed`]). No range check:
+    /// the value does not move, the duplicate's excess goes with it.
+    pub fn prepare_cancel(&self, actor: &str, op: Op, seq: u64) -> Result<Entry, CrdtError> {
+        let current = self.entry(actor).copied().unwrap_or_default();
+        let mut next = Entry { seq, ..current };
+        let (total, amount) = match op.opposite() {
+            Op::Increment(amount) => (&mut next.inc, amount),
+            Op::Decrement(amount) => (&mut next.dec, amount),
+        };
+        *total = total
+            .checked_add(u128::from(amount))
+            .ok_or(CrdtError::Overflow)?;
+        Ok(next)
+    }
+
     /// Merges one actor's entry; returns the joined entry when anything changed.
     pub fn merge_entry(&mut self, actor: &ActorId, incoming: Entry) -> Option<Entry> {
         let position = self.position(actor.as_str());
@@ -255,6 +339,9 @@ impl PnCounter {
     /// Merges another replica (or a delta) into this one; true when anything changed.
     pub fn merge(&mut self, other: &PnCounter) -> bool {
         let mut changed = false;
+        for registration in other.registrations() {
+            changed |= self.merge_registration(registration);
+        }
         for (actor, entry) in other.entries() {
             changed |= self.merge_entry(actor, *entry).is_some();
         }

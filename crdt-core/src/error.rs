@@ -17,6 +17,10 @@ pub enum CrdtError {
     /// An actor id is empty, too long, or holds a control character.
     #[error("invalid actor id: {0}")]
     InvalidActor(&'static str),
+    /// An idempotency key is empty, longer than 128 bytes, or holds a byte
+    /// that is not visible ASCII.
+    #[error("invalid idempotency key: {0}")]
+    InvalidKey(&'static str),
     /// Bytes that do not decode as the expected wire value.
     #[error("malformed encoding: {0}")]
     Decode(&'static str),

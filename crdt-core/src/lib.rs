@@ -41,6 +41,7 @@ mod actor;
 mod counter;
 mod digest;
 mod error;
+pub mod keyed;
 mod map;
 mod name;
 mod watermarks;
@@ -50,7 +51,10 @@ pub mod wire;
 pub use actor::ActorId;
 pub use counter::{Entry, Op, PnCounter};
 pub use error::CrdtError;
-pub use map::{Change, CounterMap, Summary};
+pub use keyed::{IdempotencyKey, KeyCheck, Registration};
+#[cfg(feature = "serde")]
+pub use map::EntriesOnly;
+pub use map::{Change, CounterMap, KeyedWrite, Summary};
 pub use name::{CounterName, MAX_NAME_LEN};
 pub use watermarks::Watermarks;
 

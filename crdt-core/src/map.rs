@@ -1,6 +1,9 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use core::ops::Bound;
 
+use alloc::vec::Vec;
+
+use crate::keyed::{is_duplicate, key_excess, IdempotencyKey, KeyCheck, Registration};
 use crate::{digest, ActorId, CounterName, CrdtError, Entry, Op, PnCounter, Watermarks};
 
 /// For each actor, the highest operation number a replica has *seen* — not
@@ -10,8 +13,60 @@ use crate::{digest, ActorId, CounterName, CrdtError, Entry, Op, PnCounter, Water
 /// the number of counters.
 pub type Summary = BTreeMap<ActorId, u64>;
 
-/// One entry that changed: `(counter, actor, entry)`.
-pub type Change = (CounterName, ActorId, Entry);
+/// What changed of one actor in one counter: its entry and the
+/// registrations of its keyed writes that changed with it. The unit of
+/// replication: a replica that holds the entry must hold these too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Change {
+    /// The counter.
+    pub name: CounterName,
+    /// The actor.
+    pub actor: ActorId,
+    /// Its entry.
+    pub entry: Entry,
+    /// Its registrations (origin = `actor`), often none.
+    pub registrations: Vec<Registration>,
+}
+
+impl Change {
+    /// An upper bound of its encoded size, for cutting changes into chunks
+    /// of bounded size: the name, the actor, two u128 and a u64 varint, the
+    /// length prefixes, and per registration its key and origin plus its
+    /// numbers (a u64 and an i128 varint are at most 10 and 19 bytes).
+    pub fn size_hint(&self) -> usize {
+        const ENTRY: usize = 64;
+        const REGISTRATION: usize = 96;
+        self.name.as_str().len()
+            + self.actor.as_str().len()
+            + ENTRY
+            + self
+                .registrations
+                .iter()
+                .map(|r| r.key.as_str().len() + r.origin.as_str().len() + REGISTRATION)
+                .sum::<usize>()
+    }
+
+    /// A change of an entry alone.
+    pub fn entry(name: CounterName, actor: ActorId, entry: Entry) -> Self {
+        Change {
+            name,
+            actor,
+            entry,
+            registrations: Vec::new(),
+        }
+    }
+}
+
+/// A keyed write that was applied: the delta to persist and ship, and the
+/// counter's value in its answer.
+#[derive(Debug, Clone)]
+pub struct KeyedWrite {
+    /// The entry and the registration, as a map.
+    pub delta: CounterMap,
+    /// The registration.
+    pub registration: Registration,
+}
 
 /// Many named PN-Counters, merged entry by entry.
 ///
@@ -26,6 +81,8 @@ pub struct CounterMap {
     /// (A set of pairs, not a map by seq: a damaged or hostile peer may send
     /// two counters with one seq, and neither may vanish from the index.)
     changes_by_actor: BTreeMap<ActorId, BTreeSet<(u64, CounterName)>>,
+    /// Which counters hold registrations of which key.
+    keys: BTreeSet<(IdempotencyKey, CounterName)>,
     entry_count: usize,
 }
 
@@ -121,8 +178,8 @@ impl CounterMap {
                     .range((after.saturating_add(1), CounterName::lowest())..)
                     .filter(move |(seq, _)| *seq > after)
                     .filter_map(move |(_, name)| {
-                        let entry = *self.counters.get(name)?.entry(actor.as_str())?;
-                        Some((name.clone(), actor.clone(), entry))
+                        let counter = self.counters.get(name)?;
+                        Some(bundle(name, counter, actor, after))
                     })
             })
     }
@@ -132,7 +189,7 @@ impl CounterMap {
         self.counters.iter().flat_map(|(name, counter)| {
             counter
                 .entries()
-                .map(move |(actor, entry)| (name.clone(), actor.clone(), *entry))
+                .map(move |(actor, _)| bundle(name, counter, actor, 0))
         })
     }
 
@@ -168,6 +225,205 @@ impl CounterMap {
         }
     }
 
+    /// What the replica holds of `key`: nothing, the same write (answer
+    /// with it), or another write under the same key.
+    pub fn check_key(&self, key: &IdempotencyKey, name: &CounterName, op: Op) -> KeyCheck {
+        let mut found = self
+            .keys
+            .range((key.clone(), CounterName::lowest())..)
+            .take_while(|(known, _)| known == key);
+        let Some((_, counter_name)) = found.next() else {
+            return KeyCheck::New;
+        };
+        let Some(counter) = self.counters.get(counter_name) else {
+            return KeyCheck::New;
+        };
+        let registrations = counter.registrations_of(key.as_str());
+        // The one that counts (the least uncancelled), else any: they all
+        // name the same write unless a client reused the key.
+        let kept = registrations
+            .iter()
+            .filter(|r| !r.is_cancelled())
+            .min_by(|a, b| a.precedence(b))
+            .or(registrations.first());
+        match kept {
+            None => KeyCheck::New,
+            Some(kept) if counter_name == name && kept.op == op => KeyCheck::Replay(kept.clone()),
+            Some(kept) => KeyCheck::Mismatch {
+                counter: alloc::string::String::from(counter_name.as_str()),
+                op: kept.op,
+            },
+        }
+    }
+
+    /// Applies a keyed write by `actor` stamped with its next seq, at wall
+    /// clock `at_ms`. The caller has checked the key ([`Self::check_key`]).
+    pub fn apply_keyed(
+        &mut self,
+        actor: &ActorId,
+        name: &CounterName,
+        op: Op,
+        key: &IdempotencyKey,
+        at_ms: u64,
+    ) -> Result<KeyedWrite, CrdtError> {
+        let seq = self
+            .last_seq(actor.as_str())
+            .checked_add(1)
+            .ok_or(CrdtError::Overflow)?;
+        let entry = self.prepare(actor, name, op, seq)?;
+        let value = self
+            .value(name.as_str())
+            .unwrap_or(0)
+            .saturating_add(op.signed());
+        let registration = Registration {
+            key: key.clone(),
+            origin: actor.clone(),
+            op,
+            at_ms,
+            seq,
+            value,
+            cancelled_seq: 0,
+        };
+        let change = Change {
+            name: name.clone(),
+            actor: actor.clone(),
+            entry,
+            registrations: alloc::vec![registration.clone()],
+        };
+        self.merge_change(&change);
+        Ok(KeyedWrite {
+            delta: core::iter::once(change).collect(),
+            registration,
+        })
+    }
+
+    /// The keyed writes of `actor` in `names` that lost to another
+    /// registration of their key and must be cancelled ([`Self::cancel`]).
+    pub fn duplicates_of<'a>(
+        &'a self,
+        actor: &'a ActorId,
+        names: impl IntoIterator<Item = &'a CounterName> + 'a,
+    ) -> impl Iterator<Item = (CounterName, IdempotencyKey)> + 'a {
+        names.into_iter().flat_map(move |name| {
+            let counter = self.counters.get(name);
+            counter
+                .into_iter()
+                .flat_map(|counter| counter.registrations().iter())
+                .filter(move |r| &r.origin == actor)
+                .filter(move |mine| {
+                    counter.is_some_and(|counter| {
+                        is_duplicate(mine, counter.registrations_of(mine.key.as_str()))
+                    })
+                })
+                .map(move |mine| (name.clone(), mine.key.clone()))
+        })
+    }
+
+    /// Cancels `actor`'s duplicate registration of `key` in `name`: takes
+    /// its amount back out of the actor's entry, stamped with the actor's
+    /// next seq, in one change. Returns the delta to persist and ship, or
+    /// `None` when there is nothing (left) to cancel.
+    pub fn cancel(
+        &mut self,
+        actor: &ActorId,
+        name: &CounterName,
+        key: &IdempotencyKey,
+    ) -> Result<Option<CounterMap>, CrdtError> {
+        let Some(counter) = self.counters.get(name) else {
+            return Ok(None);
+        };
+        let Some(mine) = counter
+            .registrations_of(key.as_str())
+            .iter()
+            .find(|r| &r.origin == actor && !r.is_cancelled())
+        else {
+            return Ok(None);
+        };
+        let seq = self
+            .last_seq(actor.as_str())
+            .checked_add(1)
+            .ok_or(CrdtError::Overflow)?;
+        let entry = counter.prepare_cancel(actor.as_str(), mine.op, seq)?;
+        let change = Change {
+            name: name.clone(),
+            actor: actor.clone(),
+            entry,
+            registrations: alloc::vec![Registration {
+                cancelled_seq: seq,
+                ..mine.clone()
+            }],
+        };
+        self.merge_change(&change);
+        Ok(Some(core::iter::once(change).collect()))
+    }
+
+    /// Drops the keys whose every registration is older than `before_ms`
+    /// and adds nothing to its counter's value (every duplicate cancelled).
+    /// Their window is over: no retry is matched against them any more.
+    /// Local housekeeping, not a replicated change: it never changes a
+    /// value or the digest. Returns the number of registrations dropped.
+    pub fn drop_keys_before(&mut self, before_ms: u64) -> usize {
+        let expired: Vec<(IdempotencyKey, CounterName)> = self
+            .keys
+            .iter()
+            .filter(|(key, name)| {
+                self.counters.get(name).is_some_and(|counter| {
+                    let registrations = counter.registrations_of(key.as_str());
+                    registrations.iter().all(|r| r.at_ms < before_ms)
+                        && key_excess(registrations) == 0
+                })
+            })
+            .cloned()
+            .collect();
+        let mut dropped = 0;
+        for (key, name) in expired {
+            if let Some(counter) = self.counters.get_mut(&name) {
+                dropped += counter.drop_key(&key);
+            }
+            self.keys.remove(&(key, name));
+        }
+        dropped
+    }
+
+    /// Number of keys held (each with one or more registrations).
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Merges one registration into counter `name`; true when anything changed.
+    pub fn merge_registration(&mut self, name: &CounterName, registration: &Registration) -> bool {
+        let name = match self.counters.get_key_value(name.as_str()) {
+            Some((known, _)) => known.clone(),
+            None => name.clone(),
+        };
+        let changed = self
+            .counters
+            .entry(name.clone())
+            .or_default()
+            .merge_registration(registration);
+        if changed {
+            self.keys.insert((registration.key.clone(), name));
+        }
+        changed
+    }
+
+    /// Merges one change: its registrations first, then its entry, so a
+    /// reader never sees the entry's duplicate amount without the
+    /// registration that cancels it out. True when anything changed.
+    pub fn merge_change(&mut self, change: &Change) -> bool {
+        let mut changed = false;
+        for registration in &change.registrations {
+            // Only the actor's own registrations travel in its bundle.
+            if registration.origin == change.actor {
+                changed |= self.merge_registration(&change.name, registration);
+            }
+        }
+        changed |= self
+            .merge_entry(&change.name, &change.actor, change.entry)
+            .is_some();
+        changed
+    }
+
     /// A map holding one entry.
     pub fn single(name: &CounterName, actor: &ActorId, entry: Entry) -> CounterMap {
         let mut delta = CounterMap::new();
@@ -197,7 +453,7 @@ impl CounterMap {
         let old_contribution = contribution(&name, counter);
         let joined = counter.merge_entry(&actor, entry);
         let Some(joined) = joined else {
-            if counter.actors() == 0 {
+            if counter.actors() == 0 && counter.registrations().is_empty() {
                 self.counters.remove(&name);
             }
             return None;
@@ -224,6 +480,9 @@ impl CounterMap {
     pub fn merge(&mut self, other: &CounterMap) -> bool {
         let mut changed = false;
         for (name, counter) in other.counters() {
+            for registration in counter.registrations() {
+                changed |= self.merge_registration(name, registration);
+            }
             for (actor, entry) in counter.entries() {
                 changed |= self.merge_entry(name, actor, *entry).is_some();
             }
@@ -234,12 +493,35 @@ impl CounterMap {
     /// Merges changes and returns the ones that were news here, as a delta.
     pub fn merge_changed(&mut self, changes: impl IntoIterator<Item = Change>) -> CounterMap {
         let mut news = CounterMap::new();
-        for (name, actor, entry) in changes {
-            if let Some(joined) = self.merge_entry(&name, &actor, entry) {
-                news.merge_entry(&name, &actor, joined);
+        for change in changes {
+            for registration in &change.registrations {
+                if registration.origin == change.actor
+                    && self.merge_registration(&change.name, registration)
+                {
+                    news.merge_registration(&change.name, registration);
+                }
+            }
+            if let Some(joined) = self.merge_entry(&change.name, &change.actor, change.entry) {
+                news.merge_entry(&change.name, &change.actor, joined);
             }
         }
         news
+    }
+}
+
+/// `actor`'s bundle in `counter`: its entry and its registrations changed
+/// above seq `after` (all of them for 0).
+fn bundle(name: &CounterName, counter: &PnCounter, actor: &ActorId, after: u64) -> Change {
+    Change {
+        name: name.clone(),
+        actor: actor.clone(),
+        entry: counter.entry(actor.as_str()).copied().unwrap_or_default(),
+        registrations: counter
+            .registrations()
+            .iter()
+            .filter(|r| &r.origin == actor && r.last_seq() > after)
+            .cloned()
+            .collect(),
     }
 }
 
@@ -254,10 +536,11 @@ fn contribution(name: &CounterName, counter: &PnCounter) -> u64 {
 
 #[cfg(feature = "serde")]
 mod serde_impl {
-    //! A map travels as `[(name, [(actor, entry)])]`; decoding re-merges, so
-    //! indexes, sums and digest are rebuilt and duplicates are harmless.
-    use alloc::vec::Vec;
-
+    //! A map travels as `[(name, [(actor, entry)], [registration])]`;
+    //! decoding re-merges, so indexes, sums and digest are rebuilt and
+    //! duplicates are harmless. [`EntriesOnly`] reads the format of before
+    //! keyed writes, `[(name, [(actor, entry)])]`, which WAL records and
+    //! snapshots written by earlier versions hold.
     use super::*;
 
     impl serde::Serialize for CounterMap {
@@ -266,7 +549,7 @@ mod serde_impl {
             let mut seq = s.serialize_seq(Some(self.counters.len()))?;
             for (name, counter) in &self.counters {
                 let entries: Vec<(&ActorId, &Entry)> = counter.entries().collect();
-                seq.serialize_element(&(name, entries))?;
+                seq.serialize_element(&(name, entries, counter.registrations()))?;
             }
             seq.end()
         }
@@ -274,24 +557,45 @@ mod serde_impl {
 
     impl<'de> serde::Deserialize<'de> for CounterMap {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            type Wire = Vec<(CounterName, Vec<(ActorId, Entry)>, Vec<Registration>)>;
+            let mut map = CounterMap::new();
+            for (name, entries, registrations) in Wire::deserialize(d)? {
+                for registration in &registrations {
+                    map.merge_registration(&name, registration);
+                }
+                for (actor, entry) in entries {
+                    map.merge_entry(&name, &actor, entry);
+                }
+            }
+            Ok(map)
+        }
+    }
+
+    /// A map in the format of before keyed writes (entries only).
+    #[derive(Debug, Clone, Default)]
+    pub struct EntriesOnly(pub CounterMap);
+
+    impl<'de> serde::Deserialize<'de> for EntriesOnly {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             let wire = <Vec<(CounterName, Vec<(ActorId, Entry)>)>>::deserialize(d)?;
-            Ok(wire
-                .into_iter()
-                .flat_map(|(name, entries)| {
-                    entries
-                        .into_iter()
-                        .map(move |(actor, entry)| (name.clone(), actor, entry))
-                })
-                .collect())
+            let mut map = CounterMap::new();
+            for (name, entries) in wire {
+                for (actor, entry) in entries {
+                    map.merge_entry(&name, &actor, entry);
+                }
+            }
+            Ok(EntriesOnly(map))
         }
     }
 }
+#[cfg(feature = "serde")]
+pub use serde_impl::EntriesOnly;
 
 impl FromIterator<Change> for CounterMap {
     fn from_iter<I: IntoIterator<Item = Change>>(changes: I) -> Self {
         let mut map = CounterMap::new();
-        for (name, actor, entry) in changes {
-            map.merge_entry(&name, &actor, entry);
+        for change in changes {
+            map.merge_change(&change);
         }
         map
     }
@@ -321,7 +625,7 @@ mod tests {
         known.raise(&a, 8);
         let lacking: Vec<_> = map
             .changes_since(&known)
-            .map(|(n, _, e)| (n, e.seq))
+            .map(|c| (c.name, c.entry.seq))
             .collect();
         assert_eq!(
             lacking,

@@ -49,9 +49,12 @@ fn an_idle_exchange_lists_nothing_and_one_write_lists_one_entry() {
         .changes_since(&Watermarks::from_gap_free_summary(summary.clone()))
         .collect();
     assert_eq!(lacking.len(), 1);
-    let (counter, writer, entry) = &lacking[0];
-    assert_eq!((counter.as_str(), writer.as_str()), ("k000042", "n2~b"));
-    assert_eq!((entry.inc, entry.dec), (0, 3));
+    let change = &lacking[0];
+    assert_eq!(
+        (change.name.as_str(), change.actor.as_str()),
+        ("k000042", "n2~b")
+    );
+    assert_eq!((change.entry.inc, change.entry.dec), (0, 3));
     assert_eq!(map.summary().len(), actors.len());
 }
 
@@ -69,8 +72,8 @@ fn a_counter_written_many_times_is_listed_once() {
         1,
         "only the latest entry per (counter, actor)"
     );
-    assert_eq!(everything[0].2.inc, 10_000);
-    assert_eq!(everything[0].2.seq, 10_000);
+    assert_eq!(everything[0].entry.inc, 10_000);
+    assert_eq!(everything[0].entry.seq, 10_000);
 }
 
 /// One operation: (actor index, counter index, op).

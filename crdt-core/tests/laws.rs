@@ -121,6 +121,19 @@ fn invalid_text() -> impl Strategy<Value = String> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
+    /// Keyed writes applied by several replicas under retries: merge laws
+    /// on every state passed through (seeds beyond the deterministic cases).
+    #[test]
+    fn keyed_merge_laws_hold(seed in any::<u64>()) {
+        common::keyed::merge_laws_hold(&common::keyed::run(seed));
+    }
+
+    /// ... and each logical write counts once after convergence.
+    #[test]
+    fn each_keyed_write_counts_once(seed in any::<u64>()) {
+        common::keyed::each_write_counts_once(common::keyed::run(seed));
+    }
+
     #[test]
     fn map_merge_is_commutative(s in scenario()) {
         laws::map_merge_commutes(&run_map(&s));

@@ -8,6 +8,10 @@
 //! a new item of the same counter), so no client's write is ever split
 //! across items, and each client is answered by exactly one item's result.
 //!
+//! Writes with an `Idempotency-Key` never come here: the gateway proxies
+//! each alone (`counters::write`), so the node answers it, or replays its
+//! first answer, exactly as it would a direct client.
+//!
 //! Pure (the I/O is in `writes`), so these rules are tested directly.
 use std::collections::HashMap;
 
@@ -84,6 +88,7 @@ impl<T> Batch<T> {
                 counter,
                 direction,
                 amount: write.amount,
+                key: None,
             },
             tickets: vec![write.ticket],
         });
@@ -132,7 +137,8 @@ pub fn answers<T>(
         .into_iter()
         .map(|combined| {
             let outcome = match results.next() {
-                Some(ItemResult::Applied { value, seq }) => Outcome::Applied { value, seq },
+                // Unkeyed items are never replays.
+                Some(ItemResult::Applied { value, seq, .. }) => Outcome::Applied { value, seq },
                 Some(ItemResult::Refused { status, error }) => Outcome::Refused { status, error },
                 None => Outcome::Unknown,
             };
@@ -245,7 +251,11 @@ mod tests {
             batch.push(write(counter, Inc, 1, ticket as u32)).unwrap();
         }
         let results = vec![
-            ItemResult::Applied { value: 12, seq: 40 },
+            ItemResult::Applied {
+                value: 12,
+                seq: 40,
+                replayed: false,
+            },
             ItemResult::Refused {
                 status: 507,
                 error: "counter limit".into(),

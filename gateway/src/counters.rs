@@ -25,8 +25,8 @@ use crate::replicas::LocalRead;
 use crate::state::Shared;
 use crate::writes;
 
-/// Header of the (future) idempotent writes: never combined.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Header of keyed writes: never combined, each proxied alone.
+pub use tally_protocol::idempotency::IDEMPOTENCY_KEY_HEADER as IDEMPOTENCY_KEY;
 
 /// What reads answered from the merged view give as `"node"`.
 pub const LOCAL_NODE: &str = "gateway";

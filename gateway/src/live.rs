@@ -61,6 +61,9 @@ impl News {
         }
         let mut delta = CounterMap::new();
         for (name, counter) in self.delta.page(prefix, None) {
+            for registration in counter.registrations() {
+                delta.merge_registration(name, registration);
+            }
             for (actor, entry) in counter.entries() {
                 delta.merge_entry(name, actor, *entry);
             }

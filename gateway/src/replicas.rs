@@ -104,6 +104,13 @@ impl Replicas {
     fn merge_into_view(&mut self, news: &CounterMap) {
         for (name, counter) in news.counters() {
             let before = self.merged.value(name.as_str());
+            // Registrations first: an entry's duplicate keyed amount is
+            // never counted without the registration that cancels it out.
+            for registration in counter.registrations() {
+                if self.merged.merge_registration(name, registration) {
+                    self.news.merge_registration(name, registration);
+                }
+            }
             for (actor, entry) in counter.entries() {
                 if let Some(joined) = self.merged.merge_entry(name, actor, *entry) {
                     self.news.merge_entry(name, actor, joined);

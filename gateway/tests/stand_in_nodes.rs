@@ -103,6 +103,7 @@ impl StandIn {
                         .map(|_| ItemResult::Applied {
                             value: i128::from(value) + 1,
                             seq: 1,
+                            replayed: false,
                         })
                         .collect();
                     let answer = BatchAnswer {

@@ -22,18 +22,20 @@ use tally_protocol::cluster_key::ClusterKeys;
 use tally_protocol::events::{MemberInfo, NodeEvent, SnapshotChunker};
 use tally_protocol::http_error::{ApiError, MAX_BODY_BYTES};
 use tally_protocol::http_server::{IpSlot, PerIpLimit};
+use tally_protocol::idempotency::{self, IDEMPOTENCY_KEY_HEADER};
 use tally_protocol::watch::{self, CounterSource, WatchHub, WatchQuery};
 use tally_protocol::{health_proof, probes};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::gossip::Gossip;
+use crate::idempotency::{InFlightKeys, IN_FLIGHT_WAIT};
 use crate::membership::Status;
 use crate::metrics::{Metrics, PeerCounts, StateSize};
 use crate::readiness::Readiness;
 use crate::replica::Replica;
 use crate::transport::Tcp;
-use crate::writer::{WriteError, WriterHandle};
+use crate::writer::{LocalWrite, WriteError, WriterHandle, Written};
 
 /// Largest page of `GET /counters`.
 const MAX_PAGE: usize = 1000;
@@ -69,6 +71,8 @@ pub struct ApiState {
     pub readiness: Arc<Readiness>,
     /// The `/watch` event source.
     pub watch: Arc<WatchHub>,
+    /// Keyed writes in progress on this node.
+    pub in_flight: Arc<InFlightKeys>,
 }
 
 /// Most `/ws` subscribers at once (the gateways and tools following a node).
@@ -152,21 +156,21 @@ pub fn router(state: ApiState) -> Router {
         .route("/counter", get(get_default))
         .route(
             "/increment",
-            post(|s, b| write_default(s, b, Op::Increment)),
+            post(|s, h, b| write_default(s, h, b, Op::Increment)),
         )
         .route(
             "/decrement",
-            post(|s, b| write_default(s, b, Op::Decrement)),
+            post(|s, h, b| write_default(s, h, b, Op::Decrement)),
         )
         .route("/counters", get(list_counters))
         .route("/counters/{name}", get(get_named))
         .route(
             "/counters/{name}/increment",
-            post(|s, p, b| write_named(s, p, b, Op::Increment)),
+            post(|s, p, h, b| write_named(s, p, h, b, Op::Increment)),
         )
         .route(
             "/counters/{name}/decrement",
-            post(|s, p, b| write_named(s, p, b, Op::Decrement)),
+            post(|s, p, h, b| write_named(s, p, h, b, Op::Decrement)),
         )
         .route(batch::BATCH_PATH, post(write_batch))
         .route("/state", get(get_state))
@@ -206,6 +210,8 @@ impl From<WriteError> for ApiError {
         let status = match error {
             WriteError::Invalid(_) => StatusCode::BAD_REQUEST,
             WriteError::Storage(_) | WriteError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            WriteError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            WriteError::KeyInFlight(_) => StatusCode::CONFLICT,
         };
         Self::new(status, error.to_string())
     }
@@ -215,6 +221,9 @@ impl From<WriteError> for ApiError {
 struct ValueAnswer {
     value: i128,
     node: String,
+    /// Only on the answer to a retried keyed write: the first answer again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    replayed: bool,
 }
 
 #[derive(Serialize)]
@@ -222,6 +231,58 @@ struct NamedAnswer {
     name: String,
     value: i128,
     node: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    replayed: bool,
+}
+
+/// The node that gave a write's first answer: the node part of the actor
+/// that applied it (`node-1~lq3x9` → `node-1`).
+fn answering_node(state: &ApiState, written: &Written) -> String {
+    if !written.replayed {
+        return state.node.clone();
+    }
+    let actor = written.actor.as_str();
+    actor
+        .rsplit_once('~')
+        .map_or(actor, |(node, _)| node)
+        .to_owned()
+}
+
+/// Applies one write; with an `Idempotency-Key`, at most once across the
+/// cluster: an attempt of the same key on this node is waited for, and the
+/// writer answers a key it already holds from its registration.
+async fn submit(
+    state: &ApiState,
+    headers: &HeaderMap,
+    write: LocalWrite,
+) -> Result<Written, ApiError> {
+    let key = idempotency::parse_key(
+        headers
+            .get(IDEMPOTENCY_KEY_HEADER)
+            .map(|value| value.as_bytes()),
+    )
+    .map_err(ApiError::bad_request)?;
+    let Some(key) = key else {
+        let _creation = admit(state, &write.name)?;
+        return Ok(state.writer.submit(write).await?);
+    };
+    let _turn = state
+        .in_flight
+        .turn(&key, IN_FLIGHT_WAIT)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
+    let _creation = admit(state, &write.name)?;
+    let written = state
+        .writer
+        .submit(LocalWrite {
+            key: Some(key.clone()),
+            ..write
+        })
+        .await?;
+    if !written.replayed {
+        state.in_flight.crash_if_hooked(&key);
+    }
+    Ok(written)
 }
 
 /// Parses the optional amount (one rule with the gateway: [`batch::parse_amount`]).
@@ -242,21 +303,23 @@ async fn get_default(State(state): State<ApiState>) -> Json<ValueAnswer> {
     Json(ValueAnswer {
         value,
         node: state.node,
+        replayed: false,
     })
 }
 
 async fn write_default(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     op: fn(u64) -> Op,
 ) -> Result<Json<ValueAnswer>, ApiError> {
     let amount = parse_amount(&body?)?;
-    let name = default_name();
-    let _creation = admit(&state, &name)?;
-    let value = state.writer.write(name, op(amount)).await?;
+    let write = LocalWrite::plain(default_name(), op(amount));
+    let written = submit(&state, &headers, write).await?;
     Ok(Json(ValueAnswer {
-        value,
-        node: state.node,
+        value: written.value,
+        node: answering_node(&state, &written),
+        replayed: written.replayed,
     }))
 }
 
@@ -271,6 +334,7 @@ async fn get_named(
             name: name.to_string(),
             value,
             node: state.node,
+            replayed: false,
         })),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -282,17 +346,23 @@ async fn get_named(
 async fn write_named(
     State(state): State<ApiState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     op: fn(u64) -> Op,
 ) -> Result<Json<NamedAnswer>, ApiError> {
     let name = counter_name(&name)?;
     let amount = parse_amount(&body?)?;
-    let _creation = admit(&state, &name)?;
-    let value = state.writer.write(name.clone(), op(amount)).await?;
+    let written = submit(
+        &state,
+        &headers,
+        LocalWrite::plain(name.clone(), op(amount)),
+    )
+    .await?;
     Ok(Json(NamedAnswer {
         name: name.to_string(),
-        value,
-        node: state.node,
+        value: written.value,
+        node: answering_node(&state, &written),
+        replayed: written.replayed,
     }))
 }
 
@@ -327,37 +397,64 @@ async fn batch_answer(state: &ApiState, body: &[u8]) -> Result<BatchAnswer, ApiE
     let mut positions = Vec::with_capacity(count);
     // Held until the commit is done, like a single write's.
     let mut creations = Vec::new();
+    // Every key of the batch, in order: turns are taken in key order, so
+    // two batches sharing keys cannot wait for each other.
+    let mut keys = std::collections::BTreeSet::new();
     for (position, item) in request.items.into_iter().enumerate() {
         let admitted = counter_name(&item.counter).and_then(|name| {
             if item.amount == 0 {
                 return Err(ApiError::bad_request(batch::AmountError::Zero.to_string()));
             }
+            let key = idempotency::parse_key(item.key.as_deref().map(str::as_bytes))
+                .map_err(ApiError::bad_request)?;
+            if let Some(key) = &key {
+                if !keys.insert(key.clone()) {
+                    return Err(WriteError::KeyInFlight(key.to_string()).into());
+                }
+            }
             let creation = admit(state, &name)?;
-            Ok((name, creation))
+            Ok((name, key, creation))
         });
         match admitted {
-            Ok((name, creation)) => {
+            Ok((name, key, creation)) => {
                 creations.extend(creation);
                 let op = match item.direction {
                     Direction::Increment => Op::Increment(item.amount),
                     Direction::Decrement => Op::Decrement(item.amount),
                 };
-                writes.push((name, op));
+                writes.push(LocalWrite { name, op, key });
                 positions.push(position);
             }
             Err(error) => results[position] = Some(refused(error)),
         }
     }
+    let mut turns = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let turn = state.in_flight.turn(key, IN_FLIGHT_WAIT).await;
+        turns.push(turn.map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?);
+    }
     let mut actor = None;
+    let keyed: Vec<_> = writes.iter().map(|write| write.key.clone()).collect();
     let outcomes = state.writer.write_all(writes).await;
     drop(creations);
+    for (key, outcome) in keyed.iter().zip(&outcomes) {
+        if let (Some(key), Ok(written)) = (key, outcome) {
+            if !written.replayed {
+                state.in_flight.crash_if_hooked(key);
+            }
+        }
+    }
+    drop(turns);
     for (position, outcome) in positions.into_iter().zip(outcomes) {
         results[position] = Some(match outcome {
             Ok(written) => {
-                actor = Some(written.actor);
+                if !written.replayed {
+                    actor = Some(written.actor);
+                }
                 ItemResult::Applied {
                     value: written.value,
                     seq: written.seq,
+                    replayed: written.replayed,
                 }
             }
             Err(error) => refused(error.into()),

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use std::iter::Peekable;
 
-use crdt_core::{ActorId, Change, CounterMap, CounterName, Watermarks};
+use crdt_core::{Change, CounterMap, Watermarks};
 use futures_util::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -54,10 +54,6 @@ const LINK_QUEUE_BYTES: usize = 8 << 20;
 const REPLY_QUEUE: usize = 4;
 /// Deltas larger than this are left to anti-entropy rather than pushed eagerly.
 const MAX_EAGER_ENTRIES: usize = 4096;
-/// Encoded bytes of one entry beyond its name and actor id: two u128 and
-/// one u64 varint (at most 19 + 19 + 10) and the sequence lengths; typical
-/// entries take ~20.
-const ENTRY_OVERHEAD: usize = 56;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// An outbound link whose pull goes unanswered for this many rounds (but
 /// at least [`MIN_REPLY_TIMEOUT`]) is presumed broken and redialled.
@@ -224,10 +220,6 @@ impl PullAnswer {
     }
 }
 
-fn entry_size(name: &CounterName, actor: &ActorId) -> usize {
-    name.as_str().len() + actor.as_str().len() + ENTRY_OVERHEAD
-}
-
 /// Takes changes into one map of at most `budget` estimated bytes (at
 /// least one entry); what does not fit stays in the iterator.
 fn take_chunk<I: Iterator<Item = Change>>(changes: &mut Peekable<I>, budget: usize) -> CounterMap {
@@ -235,13 +227,11 @@ fn take_chunk<I: Iterator<Item = Change>>(changes: &mut Peekable<I>, budget: usi
     let mut bytes = 0;
     loop {
         let (room, first) = (budget.saturating_sub(bytes), chunk.is_empty());
-        let Some((name, actor, entry)) =
-            changes.next_if(|(name, actor, _)| first || entry_size(name, actor) <= room)
-        else {
+        let Some(change) = changes.next_if(|change| first || change.size_hint() <= room) else {
             return chunk;
         };
-        bytes += entry_size(&name, &actor);
-        chunk.merge_entry(&name, &actor, entry);
+        bytes += change.size_hint();
+        chunk.merge_change(&change);
     }
 }
 

@@ -8,24 +8,32 @@
 //! | kind | payload (postcard)                          | written for                      |
 //! |------|---------------------------------------------|----------------------------------|
 //! | 1    | `(CounterName, ActorId, Entry)`             | one local operation              |
-//! | 2    | `(CounterMap, Option<Watermarks>)`          | news from a peer (+ watermarks)  |
+//! | 3    | `Change` (entry + registrations)            | a keyed write, or the cancellation of a duplicate |
+//! | 4    | `(CounterMap, Option<Watermarks>)`          | news from a peer (+ watermarks)  |
 //! | snap | `tag ‖ Watermarks ‖ chunk… ‖ []` ([`snapshot`]) | the whole replica, a chunk of counters at a time |
 //!
-//! (A snapshot written by an earlier version, `(CounterMap, Watermarks)`, is
-//! still read.)
+//! Written by earlier versions and still read: kind 2, news as kind 4 but in
+//! the map format of before keyed writes (entries only); snapshots whose
+//! chunks hold entries only, and whole-map snapshots `(CounterMap, Watermarks)`.
 //!
 //! News larger than a record may hold (a catch-up chunk can be as large as a
 //! gossip frame) is split into several kind-2 records ([`merge_records`]); only
 //! the last carries the watermarks, so replay adopts them after every entry.
-use crdt_core::{ActorId, CounterMap, CounterName, Entry, Watermarks};
+use crdt_core::{
+    ActorId, Change, CounterMap, CounterName, EntriesOnly, Entry, Registration, Watermarks,
+};
 
 use crate::replica::{Replica, ReplicaState};
 use crate::wal::{RecoveredRecord, WalError};
 
 /// A local operation's resulting entry.
 pub const KIND_LOCAL: u8 = 1;
+/// Changes merged from a peer, in the map format of before keyed writes (read only).
+pub const KIND_MERGE_ENTRIES_ONLY: u8 = 2;
+/// A local change with registrations: a keyed write or a cancellation.
+pub const KIND_LOCAL_CHANGE: u8 = 3;
 /// Changes merged from a peer.
-pub const KIND_MERGE: u8 = 2;
+pub const KIND_MERGE: u8 = 4;
 
 /// Why the journal could not be replayed.
 #[derive(Debug, thiserror::Error)]
@@ -48,15 +56,16 @@ pub fn local_record(name: &CounterName, actor: &ActorId, entry: Entry) -> Vec<u8
     crdt_core::wire::encode(&(name, actor, entry))
 }
 
+/// Payload of a [`KIND_LOCAL_CHANGE`] record.
+pub fn local_change_record(change: &Change) -> Vec<u8> {
+    crdt_core::wire::encode(change)
+}
+
 /// Payload of a [`KIND_MERGE`] record.
 pub fn merge_record(news: &CounterMap, watermarks: Option<&Watermarks>) -> Vec<u8> {
     crdt_core::wire::encode(&(news, watermarks))
 }
 
-/// Upper bound of the encoded bytes of one entry beyond its counter name and
-/// actor id: two u128 and one u64 varint (19 + 19 + 10) plus the length
-/// prefixes of the name, the actor and the counter's entry list.
-const ENTRY_OVERHEAD: usize = 64;
 /// Room kept in every chunk for the map's and the tuple's own framing.
 const CHUNK_SLACK: usize = 1024;
 
@@ -78,14 +87,14 @@ pub fn merge_records(
     let mut records = Vec::new();
     let mut chunk = CounterMap::new();
     let mut chunk_bytes = 0;
-    for (name, actor, entry) in news.all_changes() {
-        let size = name.as_str().len() + actor.as_str().len() + ENTRY_OVERHEAD;
+    for change in news.all_changes() {
+        let size = change.size_hint();
         if !chunk.is_empty() && chunk_bytes + size > budget {
             records.push(fitting(merge_record(&chunk, None), max)?);
             chunk = CounterMap::new();
             chunk_bytes = 0;
         }
-        chunk.merge_entry(&name, &actor, entry);
+        chunk.merge_change(&change);
         chunk_bytes += size;
     }
     let last = merge_record(&chunk, watermarks);
@@ -108,10 +117,20 @@ fn fitting(payload: Vec<u8>, max: usize) -> Result<Vec<u8>, WalError> {
     Ok(payload)
 }
 
-/// First value of a chunked snapshot. A whole-map snapshot (the earlier
-/// format, still read) starts with its number of counters, which can never
-/// be this.
+/// First value of a chunked snapshot whose chunks hold entries only (the
+/// format of before keyed writes, still read). A whole-map snapshot (older
+/// still) starts with its number of counters, which can never be this.
 const CHUNKED_SNAPSHOT_TAG: u64 = u64::MAX - 1;
+/// First value of a chunked snapshot whose chunks hold registrations too.
+const KEYED_SNAPSHOT_TAG: u64 = u64::MAX - 2;
+/// A snapshot chunk: counters with their entries and registrations.
+type Chunk = Vec<(CounterName, Vec<(ActorId, Entry)>, Vec<Registration>)>;
+/// A [`Chunk`] as it is encoded, borrowing from the replica.
+type ChunkRef<'a> = Vec<(
+    &'a CounterName,
+    Vec<(&'a ActorId, &'a Entry)>,
+    &'a [Registration],
+)>;
 /// Counters encoded per read-lock hold while a snapshot is taken.
 pub const SNAPSHOT_CHUNK_COUNTERS: usize = 4096;
 
@@ -121,7 +140,8 @@ pub const SNAPSHOT_CHUNK_COUNTERS: usize = 4096;
 ///
 /// ```text
 /// tag u64 ‖ Watermarks ‖ chunk … ‖ empty chunk      (each a postcard value;
-/// chunk = [(CounterName, [(ActorId, Entry)])], in name order, disjoint)
+/// chunk = [(CounterName, [(ActorId, Entry)], [Registration])], in name
+/// order, disjoint)
 /// ```
 ///
 /// Sound although the replica changes meanwhile: the watermarks are read
@@ -130,19 +150,19 @@ pub const SNAPSHOT_CHUNK_COUNTERS: usize = 4096;
 /// so every chunk covers it; and what a chunk holds beyond it is replayed
 /// again from later segments, harmlessly (replay is merge).
 pub fn snapshot(replica: &Replica) -> Vec<u8> {
-    let mut payload = crdt_core::wire::encode(&CHUNKED_SNAPSHOT_TAG);
+    let mut payload = crdt_core::wire::encode(&KEYED_SNAPSHOT_TAG);
     payload.extend(crdt_core::wire::encode(&replica.read().watermarks));
     let mut after: Option<CounterName> = None;
     loop {
         let state = replica.read();
-        let chunk: Vec<(&CounterName, Vec<(&ActorId, &Entry)>)> = state
+        let chunk: ChunkRef<'_> = state
             .map
             .page("", after.as_ref().map(CounterName::as_str))
             .take(SNAPSHOT_CHUNK_COUNTERS)
-            .map(|(name, counter)| (name, counter.entries().collect()))
+            .map(|(name, counter)| (name, counter.entries().collect(), counter.registrations()))
             .collect();
         payload.extend(crdt_core::wire::encode(&chunk));
-        let Some((last, _)) = chunk.last() else {
+        let Some((last, _, _)) = chunk.last() else {
             return payload;
         };
         after = Some((*last).clone());
@@ -152,8 +172,9 @@ pub fn snapshot(replica: &Replica) -> Vec<u8> {
 /// Merges a snapshot payload (either format) into `state`.
 fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_core::CrdtError> {
     let (tag, rest) = crdt_core::wire::take::<u64>(payload)?;
-    if tag != CHUNKED_SNAPSHOT_TAG {
-        let (map, watermarks): (CounterMap, Watermarks) = crdt_core::wire::decode(payload)?;
+    if tag != CHUNKED_SNAPSHOT_TAG && tag != KEYED_SNAPSHOT_TAG {
+        let (EntriesOnly(map), watermarks): (EntriesOnly, Watermarks) =
+            crdt_core::wire::decode(payload)?;
         // The snapshot comes first, into an empty replica: take it as
         // decoded rather than merging a million entries a second time.
         if state.map.is_empty() {
@@ -166,13 +187,26 @@ fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_
     }
     let (watermarks, mut rest) = crdt_core::wire::take::<Watermarks>(rest)?;
     loop {
-        let (chunk, after) =
-            crdt_core::wire::take::<Vec<(CounterName, Vec<(ActorId, Entry)>)>>(rest)?;
-        rest = after;
+        let chunk: Chunk = if tag == KEYED_SNAPSHOT_TAG {
+            let (chunk, after) = crdt_core::wire::take::<Chunk>(rest)?;
+            rest = after;
+            chunk
+        } else {
+            let (chunk, after) =
+                crdt_core::wire::take::<Vec<(CounterName, Vec<(ActorId, Entry)>)>>(rest)?;
+            rest = after;
+            chunk
+                .into_iter()
+                .map(|(name, entries)| (name, entries, Vec::new()))
+                .collect()
+        };
         if chunk.is_empty() {
             break;
         }
-        for (name, entries) in chunk {
+        for (name, entries, registrations) in chunk {
+            for registration in &registrations {
+                state.map.merge_registration(&name, registration);
+            }
             for (actor, entry) in entries {
                 state.map.merge_entry(&name, &actor, entry);
             }
@@ -205,10 +239,30 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
             state.watermarks.raise(&actor, entry.seq);
         }
         RecoveredRecord::Entry {
+            kind: KIND_LOCAL_CHANGE,
+            payload,
+        } => {
+            let change: Change =
+                crdt_core::wire::decode(payload).map_err(|e| undecodable("local change", e))?;
+            state.map.merge_change(&change);
+            state.watermarks.raise(&change.actor, change.entry.seq);
+        }
+        RecoveredRecord::Entry {
             kind: KIND_MERGE,
             payload,
         } => {
             let (news, watermarks): (CounterMap, Option<Watermarks>) =
+                crdt_core::wire::decode(payload).map_err(|e| undecodable("merge", e))?;
+            state.map.merge(&news);
+            if let Some(watermarks) = watermarks {
+                state.watermarks.raise_all(&watermarks);
+            }
+        }
+        RecoveredRecord::Entry {
+            kind: KIND_MERGE_ENTRIES_ONLY,
+            payload,
+        } => {
+            let (EntriesOnly(news), watermarks): (EntriesOnly, Option<Watermarks>) =
                 crdt_core::wire::decode(payload).map_err(|e| undecodable("merge", e))?;
             state.map.merge(&news);
             if let Some(watermarks) = watermarks {
@@ -354,9 +408,76 @@ mod tests {
         let map = news(50, 3);
         let mut watermarks = Watermarks::new();
         watermarks.raise(&ActorId::new("node-1~inc").unwrap(), 9);
-        let old = crdt_core::wire::encode(&(&map, &watermarks));
+        let old = crdt_core::wire::encode(&(entries_only(&map), &watermarks));
         let state = from_snapshot(&old);
         assert_eq!((state.map, state.watermarks), (map, watermarks));
+    }
+
+    /// `map` in the format of before keyed writes: `[(name, [(actor, entry)])]`.
+    fn entries_only(map: &CounterMap) -> Vec<(&CounterName, Vec<(&ActorId, &Entry)>)> {
+        map.counters()
+            .map(|(name, counter)| (name, counter.entries().collect()))
+            .collect()
+    }
+
+    #[test]
+    fn records_and_chunked_snapshots_of_the_entries_only_format_are_still_read() {
+        let map = news(50, 3);
+        let mut watermarks = Watermarks::new();
+        watermarks.raise(&ActorId::new("node-1~inc").unwrap(), 9);
+        let record = crdt_core::wire::encode(&(entries_only(&map), Some(&watermarks)));
+        let mut state = ReplicaState::default();
+        let kind = KIND_MERGE_ENTRIES_ONLY;
+        replay(
+            &mut state,
+            RecoveredRecord::Entry {
+                kind,
+                payload: &record,
+            },
+        )
+        .unwrap();
+        assert_eq!((&state.map, &state.watermarks), (&map, &watermarks));
+
+        let mut snapshot = crdt_core::wire::encode(&CHUNKED_SNAPSHOT_TAG);
+        snapshot.extend(crdt_core::wire::encode(&watermarks));
+        snapshot.extend(crdt_core::wire::encode(&entries_only(&map)));
+        snapshot.extend(crdt_core::wire::encode(&Vec::<u8>::new()));
+        let state = from_snapshot(&snapshot);
+        assert_eq!((state.map, state.watermarks), (map, watermarks));
+    }
+
+    #[test]
+    fn registrations_survive_snapshots_and_local_change_records() {
+        let actor = ActorId::new("node-0~inc").unwrap();
+        let key = crdt_core::IdempotencyKey::new("order-1").unwrap();
+        let mut map = news(20, 1);
+        let keyed = map
+            .apply_keyed(
+                &actor,
+                &CounterName::new("z").unwrap(),
+                crdt_core::Op::Increment(3),
+                &key,
+                7,
+            )
+            .unwrap();
+        let state = from_snapshot(&snapshot(&replica_of(map.clone())));
+        assert_eq!(state.map, map, "entries and registrations");
+        assert_eq!(state.map.key_count(), 1);
+
+        let change = keyed.delta.all_changes().next().unwrap();
+        let mut replayed = ReplicaState::default();
+        let payload = local_change_record(&change);
+        let kind = KIND_LOCAL_CHANGE;
+        replay(
+            &mut replayed,
+            RecoveredRecord::Entry {
+                kind,
+                payload: &payload,
+            },
+        )
+        .unwrap();
+        assert_eq!(replayed.map, keyed.delta);
+        assert_eq!(replayed.watermarks.get("node-0~inc"), change.entry.seq);
     }
 
     #[test]

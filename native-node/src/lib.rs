@@ -3,6 +3,7 @@ pub mod api;
 pub mod data_dir;
 pub mod dns_seeds;
 pub mod gossip;
+pub mod idempotency;
 pub mod identity;
 pub mod journal;
 pub mod membership;

@@ -57,6 +57,9 @@ pub struct NodeConfig {
     /// After SIGTERM, how long the node keeps serving while not ready, so
     /// gateways and load balancers stop sending before it closes.
     pub drain_period: Duration,
+    /// How long idempotency keys are kept: a retry with the same key within
+    /// this long of the first attempt is answered from it, never applied twice.
+    pub idempotency_window: Duration,
     /// The whole graceful stop (drain, in-flight requests, deregistration,
     /// final sync) must finish within this long, else the node gives up
     /// with an error (acknowledged writes are on disk either way).
@@ -270,6 +273,7 @@ pub async fn run(
     let alone_by_config =
         config.seeds.is_empty() && config.seed_dns.is_empty() && config.discovery.is_empty();
     let readiness = Arc::new(Readiness::new(alone_by_config, config.join_timeout));
+    crate::idempotency::spawn_key_expiry(Arc::clone(&replica), config.idempotency_window);
     let watch = WatchHub::new();
     crate::replica::feed_watch(&replica, Arc::clone(&watch));
     watch.spawn(Arc::clone(&replica) as Arc<dyn CounterSource>);
@@ -293,6 +297,7 @@ pub async fn run(
         counter_limit: api::CounterLimit::new(config.max_counters),
         stream_chunk_bytes: config.stream_chunk_bytes,
         readiness: Arc::clone(&readiness),
+        in_flight: Arc::new(crate::idempotency::InFlightKeys::from_env()),
         watch,
     });
     on_ready(&running);

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 /// Bumped on any incompatible change to [`Message`] or the handshake.
 /// 2: probes (`Ping`/`PingAck`), membership as versioned updates and digests
 /// (`Members`), no member lists on `Pull`/`Ack`/`Push`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: maps carry the registrations of keyed writes beside the entries.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// A member as gossiped: its addresses and its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

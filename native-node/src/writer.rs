@@ -20,12 +20,21 @@
 //! rolled-back data directory) move the node to a new incarnation before it
 //! stamps anything else. A [clean shutdown](WriterHandle::shutdown) syncs and
 //! records the clean-stop marker that lets the next start keep the actor.
+//!
+//! Keyed writes ([`crdt_core::keyed`]) are checked against the replica
+//! here, where stamping happens: a key already held is answered from its
+//! registration (a replay) and applies nothing. A registration of this
+//! actor that lost to another of its key is cancelled by the next batch, as
+//! soon as the news that shows it (or the write that made it) is in.
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crdt_core::{ActorId, CounterMap, CounterName, CrdtError, Entry, Op, PnCounter, Watermarks};
+use crdt_core::{
+    ActorId, Change, CounterMap, CounterName, CrdtError, IdempotencyKey, KeyCheck, Op, PnCounter,
+    Registration, Watermarks,
+};
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle};
@@ -64,6 +73,19 @@ pub enum WriteError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The idempotency key was used for another write.
+    #[error("idempotency key {key:?} was used for another write ({op} on counter {counter:?})")]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The counter it was used on.
+        counter: String,
+        /// The write it named, e.g. "increment by 5".
+        op: String,
+    },
+    /// The same key twice in one batch: the second waits for no one.
+    #[error("idempotency key {0:?} is already being written")]
+    KeyInFlight(String),
 }
 
 /// A durable local write: the counter's value after the commit that holds
@@ -71,20 +93,53 @@ pub enum WriteError {
 /// view waits for to see this write).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
-    /// The counter's value after the commit.
+    /// The counter's value after the commit (for a keyed write, the value
+    /// its first answer gave).
     pub value: i128,
     /// The actor that stamped the write.
     pub actor: ActorId,
     /// Its seq.
     pub seq: u64,
+    /// True when a keyed write was applied before (here or on a peer) and
+    /// this answer repeats the first one; nothing was applied now.
+    pub replayed: bool,
+}
+
+/// One local write as the API asks for it.
+#[derive(Debug, Clone)]
+pub struct LocalWrite {
+    /// The counter.
+    pub name: CounterName,
+    /// The operation.
+    pub op: Op,
+    /// The client's idempotency key, if it gave one.
+    pub key: Option<IdempotencyKey>,
+}
+
+impl LocalWrite {
+    /// A write without a key.
+    pub fn plain(name: CounterName, op: Op) -> Self {
+        LocalWrite {
+            name,
+            op,
+            key: None,
+        }
+    }
+}
+
+/// How an operation is named in errors ("increment by 5").
+pub fn describe_op(op: Op) -> String {
+    match op {
+        Op::Increment(amount) => format!("increment by {amount}"),
+        Op::Decrement(amount) => format!("decrement by {amount}"),
+    }
 }
 
 type Reply = oneshot::Sender<Result<Written, WriteError>>;
 
 enum Request {
     Local {
-        name: CounterName,
-        op: Op,
+        write: LocalWrite,
         reply: Reply,
     },
     /// Several local writes that must share one commit (`POST /batch`):
@@ -97,7 +152,9 @@ enum Request {
         _backlog: OwnedSemaphorePermit,
     },
     /// Sync, finish, record the clean stop, then answer.
-    Stop { done: oneshot::Sender<()> },
+    Stop {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Tuning of the write path.
@@ -140,27 +197,29 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Applies `op` to counter `name` once it is durable; returns the counter's new value.
     pub async fn write(&self, name: CounterName, op: Op) -> Result<i128, WriteError> {
+        Ok(self.submit(LocalWrite::plain(name, op)).await?.value)
+    }
+
+    /// Applies one write (keyed or not) once it is durable, or answers a
+    /// keyed write already applied from its registration.
+    pub async fn submit(&self, write: LocalWrite) -> Result<Written, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Request::Local { name, op, reply })
+            .send(Request::Local { write, reply })
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
-        let written = answer.await.map_err(|_| WriteError::ShuttingDown)??;
-        Ok(written.value)
+        answer.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
     /// Applies every write of `writes` in one commit (one fsync), in order;
     /// returns each one's outcome. An invalid write (overflow) is refused
     /// alone; a storage failure refuses them all.
-    pub async fn write_all(
-        &self,
-        writes: Vec<(CounterName, Op)>,
-    ) -> Vec<Result<Written, WriteError>> {
+    pub async fn write_all(&self, writes: Vec<LocalWrite>) -> Vec<Result<Written, WriteError>> {
         let mut answers = Vec::with_capacity(writes.len());
         let mut requests = Vec::with_capacity(writes.len());
-        for (name, op) in writes {
+        for write in writes {
             let (reply, answer) = oneshot::channel();
-            requests.push(Request::Local { name, op, reply });
+            requests.push(Request::Local { write, reply });
             answers.push(answer);
         }
         let sent = self.queue.send(Request::Locals(requests)).await;
@@ -242,6 +301,7 @@ pub fn start(
         snapshot_retry_at: None,
         identity,
         own_seq,
+        duplicates: Vec::new(),
     };
     tokio::spawn(writer.run(local_rx, remote_rx));
     WriterHandle {
@@ -273,6 +333,9 @@ struct Writer {
     /// The highest seq this node stamped, durably, as its current actor.
     /// The replica holding a higher one for that actor proves a rollback.
     own_seq: u64,
+    /// This actor's keyed writes found to be duplicates, cancelled by the
+    /// next batch.
+    duplicates: Vec<(CounterName, IdempotencyKey)>,
 }
 
 /// What the snapshot task hands back: the ticket to finish it with.
@@ -289,12 +352,13 @@ enum Unsynced {
     Unchanged,
 }
 
-/// A local operation that passed validation and waits for its fsync.
+/// A local change that passed validation and waits for its fsync: a write
+/// (with its caller) or the cancellation of a duplicate (without).
 struct Pending {
-    name: CounterName,
-    entry: Entry,
-    op: Op,
-    reply: Reply,
+    change: Change,
+    /// The write, for the metrics; `None` for a cancellation.
+    op: Option<Op>,
+    reply: Option<Reply>,
 }
 
 impl Writer {
@@ -340,7 +404,7 @@ impl Writer {
                     next = local.try_recv().or_else(|_| remote.try_recv()).ok();
                 }
             }
-            if !batch.is_empty() {
+            if !batch.is_empty() || !self.duplicates.is_empty() {
                 match self.commit(batch).await {
                     Unsynced::Appended => {
                         unsynced_since.get_or_insert_with(Instant::now);
@@ -423,7 +487,18 @@ impl Writer {
             }
             Err(error) => {
                 for p in pending {
-                    let _ = p.reply.send(Err(WriteError::Storage(error.clone())));
+                    match p.reply {
+                        Some(reply) => {
+                            let _ = reply.send(Err(WriteError::Storage(error.clone())));
+                        }
+                        // A cancellation not made durable is made again.
+                        None => self.duplicates.extend(
+                            p.change
+                                .registrations
+                                .into_iter()
+                                .map(|r| (p.change.name.clone(), r.key)),
+                        ),
+                    }
                 }
                 // Refused whole (nothing of it buffered): earlier news waits on.
                 if self.failed.is_some() {
@@ -481,7 +556,8 @@ impl Writer {
 
     /// Validates and stamps local operations against the replica plus this
     /// batch's earlier operations; encodes every record.
-    fn prepare(&self, batch: Vec<Request>) -> (Vec<Pending>, Vec<(u8, Vec<u8>)>) {
+    fn prepare(&mut self, batch: Vec<Request>) -> (Vec<Pending>, Vec<(u8, Vec<u8>)>) {
+        let duplicates = std::mem::take(&mut self.duplicates);
         let actor = self.replica.actor();
         let state = self.replica.read();
         // Checked again under the lock that stamping reads: gossip may have
@@ -496,31 +572,74 @@ impl Writer {
         });
         let mut seq = self.own_seq;
         let mut touched: HashMap<CounterName, PnCounter> = HashMap::new();
+        let mut keys_in_batch: HashMap<IdempotencyKey, ()> = HashMap::new();
         let mut pending = Vec::new();
         let mut records = Vec::with_capacity(batch.len());
+        // Counters whose news carried registrations: this actor's own may
+        // have lost there.
+        let mut keyed_news: Vec<CounterName> = Vec::new();
         for request in batch {
             match request {
-                Request::Local { name, op, reply } => {
+                Request::Local { write, reply } => {
                     if let Some(reason) = &refused {
                         let _ = reply.send(Err(WriteError::Storage(reason.clone())));
                         continue;
                     }
+                    if let Some(key) = &write.key {
+                        let check = state.map.check_key(key, &write.name, write.op);
+                        let answered = match check {
+                            KeyCheck::New if keys_in_batch.insert(key.clone(), ()).is_some() => {
+                                Some(Err(WriteError::KeyInFlight(key.to_string())))
+                            }
+                            KeyCheck::New => None,
+                            KeyCheck::Replay(registration) => Some(Ok(replay(registration))),
+                            KeyCheck::Mismatch { counter, op } => {
+                                Some(Err(WriteError::KeyReused {
+                                    key: key.to_string(),
+                                    counter,
+                                    op: describe_op(op),
+                                }))
+                            }
+                        };
+                        if let Some(answer) = answered {
+                            let _ = reply.send(answer);
+                            continue;
+                        }
+                    }
+                    let name = write.name.clone();
                     let counter = touched.entry(name.clone()).or_insert_with(|| {
                         state.map.get(name.as_str()).cloned().unwrap_or_default()
                     });
-                    match counter.prepare(actor.as_str(), op, seq + 1) {
+                    match counter.prepare(actor.as_str(), write.op, seq + 1) {
                         Ok(entry) => {
                             seq += 1;
+                            let mut change = Change::entry(name, actor.clone(), entry);
+                            match &write.key {
+                                None => records.push((
+                                    journal::KIND_LOCAL,
+                                    journal::local_record(&change.name, &actor, entry),
+                                )),
+                                Some(key) => {
+                                    change.registrations.push(Registration {
+                                        key: key.clone(),
+                                        origin: actor.clone(),
+                                        op: write.op,
+                                        at_ms: now_ms(),
+                                        seq: entry.seq,
+                                        value: counter.value().saturating_add(write.op.signed()),
+                                        cancelled_seq: 0,
+                                    });
+                                    records.push((
+                                        journal::KIND_LOCAL_CHANGE,
+                                        journal::local_change_record(&change),
+                                    ));
+                                }
+                            }
                             counter.merge_entry(&actor, entry);
-                            records.push((
-                                journal::KIND_LOCAL,
-                                journal::local_record(&name, &actor, entry),
-                            ));
                             pending.push(Pending {
-                                name,
-                                entry,
-                                op,
-                                reply,
+                                change,
+                                op: Some(write.op),
+                                reply: Some(reply),
                             });
                         }
                         Err(error) => {
@@ -532,6 +651,11 @@ impl Writer {
                 Request::Remote {
                     news, watermarks, ..
                 } => {
+                    keyed_news.extend(
+                        news.counters()
+                            .filter(|(_, counter)| !counter.registrations().is_empty())
+                            .map(|(name, _)| name.clone()),
+                    );
                     match journal::merge_records(&news, watermarks.as_ref(), MAX_RECORD_PAYLOAD) {
                         Ok(payloads) => {
                             records.extend(payloads.into_iter().map(|p| (journal::KIND_MERGE, p)))
@@ -545,6 +669,31 @@ impl Writer {
                 Request::Locals(_) | Request::Stop { .. } => {}
             }
         }
+        if refused.is_none() {
+            let lost = duplicates
+                .into_iter()
+                .chain(state.map.duplicates_of(&actor, &keyed_news));
+            for (name, key) in lost {
+                let counter = touched
+                    .entry(name.clone())
+                    .or_insert_with(|| state.map.get(name.as_str()).cloned().unwrap_or_default());
+                let Some(change) = cancellation(counter, &actor, &name, &key, seq + 1) else {
+                    continue;
+                };
+                seq += 1;
+                counter.merge_registration(&change.registrations[0]);
+                counter.merge_entry(&actor, change.entry);
+                records.push((
+                    journal::KIND_LOCAL_CHANGE,
+                    journal::local_change_record(&change),
+                ));
+                pending.push(Pending {
+                    change,
+                    op: None,
+                    reply: None,
+                });
+            }
+        }
         (pending, records)
     }
 
@@ -554,33 +703,49 @@ impl Writer {
         let mut delta = CounterMap::new();
         let mut values = Vec::with_capacity(pending.len());
         if let Some(last) = pending.last() {
-            self.own_seq = self.own_seq.max(last.entry.seq);
+            self.own_seq = self.own_seq.max(last.change.entry.seq);
         }
         {
             let mut state = self.replica.write();
             for p in &pending {
-                state.map.merge_entry(&p.name, &actor, p.entry);
-                delta.merge_entry(&p.name, &actor, p.entry);
+                state.map.merge_change(&p.change);
+                delta.merge_change(&p.change);
             }
             // Every one of this actor's changes up to here is in the map.
             state.watermarks.raise(&actor, self.own_seq);
             for p in &pending {
-                values.push(state.map.value(p.name.as_str()).unwrap_or(0));
+                values.push(state.map.value(p.change.name.as_str()).unwrap_or(0));
             }
+            // A peer's registration of the same key may have come in while
+            // this batch was on its way to disk.
+            let keyed: Vec<CounterName> = pending
+                .iter()
+                .filter(|p| p.op.is_some() && !p.change.registrations.is_empty())
+                .map(|p| p.change.name.clone())
+                .collect();
+            self.duplicates
+                .extend(state.map.duplicates_of(&actor, &keyed));
         }
         self.replica.publish(delta, None);
         for (p, value) in pending.into_iter().zip(values) {
-            let counter = match p.op {
+            let (Some(op), Some(reply)) = (p.op, p.reply) else {
+                continue;
+            };
+            let counter = match op {
                 Op::Increment(_) => &self.metrics.increments,
                 Op::Decrement(_) => &self.metrics.decrements,
             };
             counter.fetch_add(1, Relaxed);
+            // A keyed write answers what its registration holds, the same
+            // answer every replay gives.
+            let value = p.change.registrations.first().map_or(value, |r| r.value);
             let written = Written {
                 value,
                 actor: actor.clone(),
-                seq: p.entry.seq,
+                seq: p.change.entry.seq,
+                replayed: false,
             };
-            let _ = p.reply.send(Ok(written));
+            let _ = reply.send(Ok(written));
         }
     }
 
@@ -687,6 +852,51 @@ impl Writer {
         self.refusal.set(Some(reason.clone()));
         reason
     }
+}
+
+/// The answer to a keyed write already applied: its first answer.
+fn replay(registration: Registration) -> Written {
+    Written {
+        value: registration.value,
+        actor: registration.origin,
+        seq: registration.seq,
+        replayed: true,
+    }
+}
+
+/// The change that cancels `actor`'s duplicate registration of `key` in
+/// `counter`, stamped `seq`; `None` when there is none left to cancel.
+fn cancellation(
+    counter: &PnCounter,
+    actor: &ActorId,
+    name: &CounterName,
+    key: &IdempotencyKey,
+    seq: u64,
+) -> Option<Change> {
+    let mine = counter
+        .registrations_of(key.as_str())
+        .iter()
+        .find(|r| &r.origin == actor && !r.is_cancelled())?;
+    // Only a total beyond u128 refuses, which only a hostile peer can cause.
+    let entry = counter.prepare_cancel(actor.as_str(), mine.op, seq).ok()?;
+    Some(Change {
+        name: name.clone(),
+        actor: actor.clone(),
+        entry,
+        registrations: vec![Registration {
+            cancelled_seq: seq,
+            ..mine.clone()
+        }],
+    })
+}
+
+/// Wall clock in ms since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// Copies the WAL's own totals into the metrics: every fsync counts, those
@@ -1057,6 +1267,10 @@ mod tests {
             (name("a"), Op::Increment(u64::MAX)),
             (name("a"), Op::Increment(4)),
         ];
+        let writes = writes
+            .into_iter()
+            .map(|(name, op)| LocalWrite::plain(name, op))
+            .collect();
         let outcomes = writer.write_all(writes).await;
         assert_eq!(metrics.wal_fsyncs.load(Relaxed), fsyncs_before + 1);
         let actor = replica.actor();
@@ -1073,5 +1287,130 @@ mod tests {
         assert!(matches!(outcomes[2], Err(WriteError::Invalid(_))));
         writer.shutdown().await;
         assert_eq!(recovered(dir.path()).map.value("a"), Some(7));
+    }
+
+    fn keyed(counter: &str, op: Op, key: &str) -> LocalWrite {
+        LocalWrite {
+            name: name(counter),
+            op,
+            key: Some(IdempotencyKey::new(key).unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_key_is_answered_as_the_first_time_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started { writer, .. } = started(dir.path(), u64::MAX, 64 << 20);
+        writer.write(name("c"), Op::Increment(10)).await.unwrap();
+        let first = writer
+            .submit(keyed("c", Op::Increment(5), "k1"))
+            .await
+            .unwrap();
+        assert_eq!((first.value, first.replayed), (15, false));
+        writer.write(name("c"), Op::Increment(1)).await.unwrap();
+        let again = writer
+            .submit(keyed("c", Op::Increment(5), "k1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.value, again.replayed),
+            (15, true),
+            "the first answer"
+        );
+        assert_eq!(again.seq, first.seq);
+        let other_body = writer.submit(keyed("c", Op::Increment(6), "k1")).await;
+        assert!(
+            matches!(other_body, Err(WriteError::KeyReused { .. })),
+            "{other_body:?}"
+        );
+        let other_counter = writer.submit(keyed("d", Op::Increment(5), "k1")).await;
+        assert!(matches!(other_counter, Err(WriteError::KeyReused { .. })));
+        writer.shutdown().await;
+
+        let Started {
+            writer, replica, ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
+        assert_eq!(replica.read().map.value("c"), Some(16), "applied once");
+        let after_restart = writer
+            .submit(keyed("c", Op::Increment(5), "k1"))
+            .await
+            .unwrap();
+        assert_eq!((after_restart.value, after_restart.replayed), (15, true));
+        assert_eq!(replica.read().map.value("c"), Some(16));
+        writer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_key_registered_after_a_peers_is_cancelled_and_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started {
+            writer, replica, ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
+        let mine = writer
+            .submit(keyed("c", Op::Increment(5), "k"))
+            .await
+            .unwrap();
+        assert!(!mine.replayed);
+        // A peer applied the same write first (its clock says so) and was
+        // not heard from until now: the retry that reached this node.
+        let peer = ActorId::new("node-2~x").unwrap();
+        let mut theirs = CounterMap::new();
+        theirs
+            .apply_keyed(
+                &peer,
+                &name("c"),
+                Op::Increment(5),
+                &IdempotencyKey::new("k").unwrap(),
+                1,
+            )
+            .unwrap();
+        let news = replica.merge_remote(&theirs, None);
+        assert_eq!(
+            replica.read().map.value("c"),
+            Some(5),
+            "counted once on merge"
+        );
+        writer.persist(news, None).await;
+        let own = replica.actor();
+        let cancelled = wait_for(|| {
+            let state = replica.read();
+            let counter = state.map.get("c").unwrap();
+            counter
+                .registrations_of("k")
+                .iter()
+                .any(|r| r.origin == own && r.is_cancelled())
+        })
+        .await;
+        assert!(cancelled, "this node's duplicate is cancelled");
+        assert_eq!(replica.read().map.value("c"), Some(5));
+        let own_entry = *replica
+            .read()
+            .map
+            .get("c")
+            .unwrap()
+            .entry(own.as_str())
+            .unwrap();
+        assert_eq!(
+            own_entry.inc - own_entry.dec,
+            0,
+            "taken back out of its own total"
+        );
+        writer.shutdown().await;
+        assert_eq!(
+            recovered(dir.path()).map.value("c"),
+            Some(5),
+            "and durably so"
+        );
+    }
+
+    /// Polls `check` for up to 5 s.
+    async fn wait_for(check: impl Fn() -> bool) -> bool {
+        for _ in 0..500 {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
     }
 }

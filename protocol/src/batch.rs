@@ -19,7 +19,8 @@ pub const BATCH_PATH: &str = "/batch";
 pub const BATCH_CONTENT_TYPE: &str = "application/x-tally-batch";
 
 /// Most items in one batch (more → 400). With names at their 128-byte
-/// maximum, this many items stays under the 64 KiB body limit.
+/// maximum, this many unkeyed items stays under the 64 KiB body limit
+/// (keyed items with long keys take fewer per batch).
 pub const MAX_BATCH_ITEMS: usize = 256;
 
 /// Which way an item moves its counter.
@@ -40,6 +41,9 @@ pub struct BatchItem {
     pub direction: Direction,
     /// At least 1.
     pub amount: u64,
+    /// The client's `Idempotency-Key`, if it gave one: the node applies the
+    /// item at most once across the cluster, like a single keyed write.
+    pub key: Option<String>,
 }
 
 /// The body of `POST /batch`.
@@ -57,8 +61,12 @@ pub enum ItemResult {
     Applied {
         /// The counter's value after the commit.
         value: i128,
-        /// The write's seq (see [`BatchAnswer::actor`]).
+        /// The write's seq (see [`BatchAnswer::actor`]); for a replay,
+        /// the seq of the actor that first applied it.
         seq: u64,
+        /// True when the item's key was applied before: the value is the
+        /// first answer's, and nothing was applied now.
+        replayed: bool,
     },
     /// Not applied, with the status and message a single write would have
     /// got (400 invalid, 503 storage, 507 counter limit, …).
@@ -148,6 +156,7 @@ mod tests {
             counter: "x".repeat(crdt_core::MAX_NAME_LEN),
             direction: Direction::Decrement,
             amount: u64::MAX,
+            key: None,
         };
         let request = BatchRequest {
             items: vec![item; MAX_BATCH_ITEMS],

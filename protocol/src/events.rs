@@ -14,7 +14,7 @@
 //! of that node's state; every later chunk merges into it (a CRDT merge, so
 //! chunks and deltas interleave harmlessly); `last` marks the end.
 
-use crdt_core::{ActorId, CounterMap, CounterName, Entry, PnCounter};
+use crdt_core::{ActorId, CounterMap, CounterName, Entry, PnCounter, Registration};
 
 /// Default size of one snapshot chunk: the encoded counter map of one
 /// `Snapshot`/`NodeState` event is at most this many bytes (the event adds
@@ -270,17 +270,34 @@ impl SnapshotChunker {
             let entries = (counter.entries())
                 .filter(|(actor, _)| after.is_none_or(|after| actor.as_str() > after.as_str()));
             // `taken`: entries of this counter already in the chunk.
+            // A counter's registrations go with its first piece; a piece
+            // continuing it in a later chunk carries an empty list.
+            let registrations = if after.is_none() {
+                counter.registrations()
+            } else {
+                &[]
+            };
             for (taken, (actor, entry)) in (0u128..).zip(entries) {
                 let entry_bytes = entry_len(actor, entry);
                 let grows = if taken == 0 {
-                    // A new element of the map: name, entry list, one entry.
-                    str_len(name.as_str()) + varint_len(1) + entry_bytes + varint_len(counters + 1)
+                    // A new element of the map: name, entry list, one
+                    // entry, registration list.
+                    str_len(name.as_str())
+                        + varint_len(1)
+                        + entry_bytes
+                        + registrations_len(registrations)
+                        + varint_len(counters + 1)
                         - varint_len(counters)
                 } else {
                     entry_bytes + varint_len(taken + 1) - varint_len(taken)
                 };
                 if size + grows > budget && !chunk.is_empty() {
                     return (chunk, false);
+                }
+                if taken == 0 {
+                    for registration in registrations {
+                        chunk.merge_registration(name, registration);
+                    }
                 }
                 chunk.merge_entry(name, actor, *entry);
                 size += grows;
@@ -327,13 +344,23 @@ fn entry_len(actor: &ActorId, entry: &Entry) -> usize {
         + varint_len(u128::from(entry.seq))
 }
 
-/// Bytes of one counter as a map encodes it (name, then its entries).
+/// Bytes of an encoded list of registrations.
+fn registrations_len(registrations: &[Registration]) -> usize {
+    varint_len(registrations.len() as u128)
+        + registrations
+            .iter()
+            .map(|registration| crdt_core::wire::encode(registration).len())
+            .sum::<usize>()
+}
+
+/// Bytes of one counter as a map encodes it (name, its entries, its registrations).
 pub fn encoded_counter_len(name: &CounterName, counter: &PnCounter) -> usize {
     str_len(name.as_str())
         + varint_len(counter.actors() as u128)
         + (counter.entries())
             .map(|(actor, entry)| entry_len(actor, entry))
             .sum::<usize>()
+        + registrations_len(counter.registrations())
 }
 
 #[cfg(test)]
@@ -447,6 +474,9 @@ mod tests {
             let mut single = CounterMap::new();
             for (actor, entry) in counter.entries() {
                 single.merge_entry(name, actor, *entry);
+            }
+            for registration in counter.registrations() {
+                single.merge_registration(name, registration);
             }
             // The map's own length varint (1 byte for one counter) plus the counter.
             let expected = wire::encode(&single).len() - 1;

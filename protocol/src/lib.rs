@@ -41,6 +41,7 @@ mod hex;
 pub mod http_error;
 #[cfg(feature = "http")]
 pub mod http_server;
+pub mod idempotency;
 pub mod node_id;
 pub mod probes;
 #[cfg(feature = "auth")]

@@ -43,9 +43,9 @@ pub fn assert_map_consistent(map: &CounterMap) {
     }
 
     let mut highest_seq = Summary::new();
-    for (_, actor, entry) in &entries {
-        let seq = highest_seq.entry(actor.clone()).or_default();
-        *seq = (*seq).max(entry.seq);
+    for change in &entries {
+        let seq = highest_seq.entry(change.actor.clone()).or_default();
+        *seq = (*seq).max(change.entry.seq);
     }
     assert_eq!(map.summary(), highest_seq, "summary");
 

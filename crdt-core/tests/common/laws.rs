@@ -369,11 +369,14 @@ pub fn hostile_entries_obey_the_laws(replicas: usize, entries: &[HostileEntry], 
     // merged or applied anywhere, then the clamped Σinc − Σdec per counter.
     let mut joined: BTreeMap<(String, String), Entry> = BTreeMap::new();
     for delta in &deltas {
-        for (name, actor, entry) in delta.all_changes() {
+        for change in delta.all_changes() {
             let slot = joined
-                .entry((name.as_str().to_owned(), actor.as_str().to_owned()))
+                .entry((
+                    change.name.as_str().to_owned(),
+                    change.actor.as_str().to_owned(),
+                ))
                 .or_default();
-            *slot = slot.join(entry);
+            *slot = slot.join(change.entry);
         }
     }
     let mut totals: BTreeMap<String, Vec<(u128, u128)>> = BTreeMap::new();

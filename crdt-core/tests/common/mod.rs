@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod assertions;
+pub mod keyed;
 pub mod laws;
 pub mod pinned;
 pub mod scenario;
@@ -51,6 +52,14 @@ macro_rules! generated_case_tests {
         #[$attr]
         fn hostile_totals_never_panic_on_generated_cases() {
             common::suite::hostile_totals_never_panic_on_generated_cases();
+        }
+        #[$attr]
+        fn keyed_merge_laws_hold_on_generated_cases() {
+            common::suite::keyed_merge_laws_hold_on_generated_cases();
+        }
+        #[$attr]
+        fn each_keyed_write_counts_once_on_generated_cases() {
+            common::suite::each_keyed_write_counts_once_on_generated_cases();
         }
         #[$attr]
         fn pinned_digests_and_encodings_match() {

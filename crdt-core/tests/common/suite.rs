@@ -23,6 +23,18 @@ pub fn pn_counter_laws_hold_on_generated_cases() {
     }
 }
 
+pub fn keyed_merge_laws_hold_on_generated_cases() {
+    for seed in 0..CASES {
+        super::keyed::merge_laws_hold(&super::keyed::run(seed));
+    }
+}
+
+pub fn each_keyed_write_counts_once_on_generated_cases() {
+    for seed in 0..CASES {
+        super::keyed::each_write_counts_once(super::keyed::run(seed));
+    }
+}
+
 /// Maps with many different valid names and actors survive the wire.
 pub fn wire_round_trips_on_generated_cases() {
     const ALPHABET: [char; 8] = ['a', 'Z', '/', ' ', 'é', '✓', '🦀', '~'];

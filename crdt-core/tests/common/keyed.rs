@@ -1,0 +1,269 @@
+//! Keyed writes under retries: the laws of the state with registrations,
+//! and the guarantee they exist for — each logical write counted once,
+//! however many replicas applied it.
+use crdt_core::{wire, ActorId, CounterMap, CounterName, IdempotencyKey, KeyCheck, Op, Watermarks};
+
+use super::xorshift::XorShift;
+
+const REPLICAS: usize = 4;
+const NAMES: [&str; 2] = ["default", "ünïcode ✓"];
+
+/// One replica: its state, its actor, and what it holds of every peer.
+#[derive(Clone)]
+struct Replica {
+    actor: ActorId,
+    map: CounterMap,
+    /// What this replica holds everything of, per actor (as a node's
+    /// watermarks): deltas are shipped with `changes_since` these.
+    watermarks: Watermarks,
+}
+
+/// A logical write a client makes, and retries until answered.
+#[derive(Clone, Debug)]
+struct LogicalWrite {
+    key: Option<IdempotencyKey>,
+    name: CounterName,
+    op: Op,
+}
+
+/// A run of replicas taking logical writes (some applied on several
+/// replicas before they hear of each other, as a retry after a crash or a
+/// partition does), exchanging changes, cancelling their duplicates and
+/// dropping old keys, in a random order.
+pub struct KeyedRun {
+    replicas: Vec<Replica>,
+    writes: Vec<LogicalWrite>,
+    /// Every state any replica passed through, for the merge laws.
+    pub states: Vec<CounterMap>,
+}
+
+fn actor(replica: usize) -> ActorId {
+    ActorId::new(&format!("node-{replica}~i")).expect("valid actor")
+}
+
+fn amount(rng: &mut XorShift) -> u64 {
+    1 + rng.below(20) as u64
+}
+
+/// Applies `write` at replica `at` as a node does: check the key, replay or
+/// refuse what is known, else apply. The clock is the step number, so
+/// replicas disagree on which attempt came first as real clocks do.
+fn attempt(replica: &mut Replica, write: &LogicalWrite, now_ms: u64) {
+    let result = match &write.key {
+        None => replica
+            .map
+            .apply(&replica.actor, &write.name, write.op)
+            .map(|_| ()),
+        Some(key) => match replica.map.check_key(key, &write.name, write.op) {
+            KeyCheck::New => replica
+                .map
+                .apply_keyed(&replica.actor, &write.name, write.op, key, now_ms)
+                .map(|_| ()),
+            KeyCheck::Replay(registration) => {
+                assert_eq!(registration.op, write.op, "a replay names the same write");
+                Ok(())
+            }
+            KeyCheck::Mismatch { .. } => panic!("{write:?}: the key names another write"),
+        },
+    };
+    result.expect("small amounts never overflow");
+    let seq = replica.map.last_seq(replica.actor.as_str());
+    let own = replica.actor.clone();
+    replica.watermarks.raise(&own, seq);
+}
+
+/// Ships what `from` has above `to`'s watermarks, as anti-entropy does.
+fn sync(replicas: &mut [Replica], from: usize, to: usize) {
+    if from == to {
+        return;
+    }
+    let changes: CounterMap = replicas[from]
+        .map
+        .changes_since(&replicas[to].watermarks)
+        .collect();
+    let marks = replicas[from].watermarks.clone();
+    let receiver = &mut replicas[to];
+    let encoded = wire::encode(&changes);
+    let decoded: CounterMap = wire::decode(&encoded).expect("a delta round-trips");
+    receiver.map.merge(&decoded);
+    receiver.watermarks.raise_all(&marks);
+}
+
+/// Cancels every duplicate of the replica's own keyed writes, as a node does
+/// after each merge.
+fn cancel_duplicates(replica: &mut Replica) {
+    let names: Vec<CounterName> = replica.map.counters().map(|(n, _)| n.clone()).collect();
+    let due: Vec<_> = replica.map.duplicates_of(&replica.actor, &names).collect();
+    for (name, key) in due {
+        replica
+            .map
+            .cancel(&replica.actor, &name, &key)
+            .expect("a cancellation never overflows here");
+    }
+    let seq = replica.map.last_seq(replica.actor.as_str());
+    let own = replica.actor.clone();
+    replica.watermarks.raise(&own, seq);
+}
+
+pub fn run(seed: u64) -> KeyedRun {
+    let mut rng = XorShift::new(seed.wrapping_mul(0x9e37_79b9) ^ 0x5eed);
+    let mut replicas: Vec<Replica> = (0..REPLICAS)
+        .map(|r| Replica {
+            actor: actor(r),
+            map: CounterMap::new(),
+            watermarks: Watermarks::new(),
+        })
+        .collect();
+    let mut writes: Vec<LogicalWrite> = Vec::new();
+    let mut states = Vec::new();
+    let steps = 10 + rng.below(50);
+    for step in 0..steps {
+        let now_ms = 1_000 + step as u64 * 10 + rng.below(30) as u64;
+        match rng.below(10) {
+            // A new logical write, keyed most of the time.
+            0..=3 => {
+                let op = if rng.chance(3, 4) {
+                    Op::Increment(amount(&mut rng))
+                } else {
+                    Op::Decrement(amount(&mut rng))
+                };
+                let key = rng
+                    .chance(4, 5)
+                    .then(|| IdempotencyKey::new(&format!("key-{}", writes.len())).unwrap());
+                let write = LogicalWrite {
+                    key,
+                    name: CounterName::new(NAMES[rng.below(NAMES.len())]).unwrap(),
+                    op,
+                };
+                let at = rng.below(REPLICAS);
+                attempt(&mut replicas[at], &write, now_ms);
+                writes.push(write);
+            }
+            // A retry of an earlier keyed write, on any replica.
+            4..=5 if !writes.is_empty() => {
+                let write = writes[rng.below(writes.len())].clone();
+                if write.key.is_some() {
+                    let at = rng.below(REPLICAS);
+                    attempt(&mut replicas[at], &write, now_ms);
+                }
+            }
+            6..=7 => {
+                let (from, to) = (rng.below(REPLICAS), rng.below(REPLICAS));
+                sync(&mut replicas, from, to);
+            }
+            8 => {
+                let at = rng.below(REPLICAS);
+                cancel_duplicates(&mut replicas[at]);
+            }
+            _ => {
+                // Dropping old keys must never move a value. (On a copy: a
+                // key dropped here while a duplicate is still on its way is
+                // outside the window's promise, see `each_write_counts_once`.)
+                let at = rng.below(REPLICAS);
+                let mut housekept = replicas[at].map.clone();
+                housekept.drop_keys_before(now_ms.saturating_sub(rng.below(300) as u64));
+                assert_eq!(
+                    values(&housekept),
+                    values(&replicas[at].map),
+                    "dropping keys moved a value"
+                );
+            }
+        }
+        states.push(replicas[rng.below(REPLICAS)].map.clone());
+    }
+    KeyedRun {
+        replicas,
+        writes,
+        states,
+    }
+}
+
+fn values(map: &CounterMap) -> Vec<(String, i128)> {
+    map.counters()
+        .map(|(name, counter)| (name.to_string(), counter.value()))
+        .collect()
+}
+
+/// Merge of the states is commutative, associative and idempotent, and the
+/// wire keeps every registration.
+pub fn merge_laws_hold(run: &KeyedRun) {
+    let merged = |a: &CounterMap, b: &CounterMap| {
+        let mut out = a.clone();
+        out.merge(b);
+        out
+    };
+    for window in run.states.windows(3) {
+        let [a, b, c] = window else { continue };
+        assert_eq!(merged(a, b), merged(b, a), "merge commutes");
+        assert_eq!(
+            merged(&merged(a, b), c),
+            merged(a, &merged(b, c)),
+            "merge associates"
+        );
+        assert_eq!(merged(a, a), *a, "merge is idempotent");
+        let ab = merged(a, b);
+        assert_eq!(ab.value("default"), merged(b, a).value("default"));
+        let decoded: CounterMap = wire::decode(&wire::encode(&ab)).expect("round trip");
+        assert_eq!(decoded, ab, "the wire keeps registrations");
+        assert_eq!(decoded.digest(), ab.digest());
+    }
+}
+
+/// Once every replica has heard everything and cancelled its duplicates,
+/// and again after everyone heard the cancellations, each counter reads the
+/// sum of its logical writes, each counted once — however many replicas
+/// applied it. Then keys can be dropped and the value stays.
+pub fn each_write_counts_once(run: KeyedRun) {
+    let KeyedRun {
+        mut replicas,
+        writes,
+        ..
+    } = run;
+    let everyone = |replicas: &mut Vec<Replica>| {
+        for from in 0..REPLICAS {
+            for to in 0..REPLICAS {
+                sync(replicas, from, to);
+            }
+        }
+    };
+    for name in NAMES {
+        // Every logical write was applied where it was first made.
+        let expected: i128 = writes
+            .iter()
+            .filter(|w| w.name.as_str() == name)
+            .map(|w| w.op.signed())
+            .sum();
+        everyone(&mut replicas);
+        for replica in &replicas {
+            assert_eq!(
+                replica.map.value(name).unwrap_or(0),
+                expected,
+                "{name}: converged, before cancelling"
+            );
+        }
+        for replica in replicas.iter_mut() {
+            cancel_duplicates(replica);
+        }
+        everyone(&mut replicas);
+        for replica in replicas.iter_mut() {
+            assert_eq!(
+                replica.map.value(name).unwrap_or(0),
+                expected,
+                "{name}: converged, after cancelling"
+            );
+            replica.map.drop_keys_before(u64::MAX);
+            assert_eq!(
+                replica.map.value(name).unwrap_or(0),
+                expected,
+                "{name}: after the keys' window"
+            );
+        }
+    }
+    for replica in &replicas {
+        assert_eq!(
+            replica.map.key_count(),
+            0,
+            "every key can go once cancelled"
+        );
+    }
+}
