@@ -1,7 +1,8 @@
 //! `tally bench`: a bounded load generator. It sends `--requests`
 //! increments from `--clients` concurrent clients (each with its own
 //! keep-alive connection), round robin over `--target`s, and prints
-//! throughput and latency percentiles; with `--convergence` it then
+//! throughput and latency percentiles (once per `--w` level, so plain and
+//! quorum writes compare in one run); with `--convergence` it then
 //! measures how long a write on the first target takes to show on all.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -29,6 +30,46 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     crdt_core::CounterName::new(&args.counter).map_err(|e| anyhow::anyhow!("--counter: {e}"))?;
     let targets: Arc<Vec<String>> = Arc::new(args.targets.iter().map(|t| base_url(t)).collect());
+    for run in &args.write_levels {
+        let (level, keyed) = match run.strip_suffix("+key") {
+            Some(level) => (level, true),
+            None => (run.as_str(), false),
+        };
+        let (ok, errors, elapsed, latencies) = load(&targets, &args, level, keyed).await?;
+        let keys = if keyed { ", keyed" } else { "" };
+        println!(
+            "bench: {ok} increments (w={level}{keys}) in {:.2} s = {:.0}/s with {} clients over {} target(s); errors {errors}",
+            elapsed.as_secs_f64(),
+            ok as f64 / elapsed.as_secs_f64(),
+            args.clients,
+            targets.len(),
+        );
+        println!(
+            "latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            ms(latencies.value_at_quantile(0.50)),
+            ms(latencies.value_at_quantile(0.99)),
+            ms(latencies.value_at_quantile(0.999)),
+            ms(latencies.max())
+        );
+    }
+    if args.convergence {
+        convergence(&targets, &args.counter).await?;
+    }
+    Ok(())
+}
+
+/// One load run: `--requests` increments with `?w=level` (each with a key
+/// of its own when `keyed`) from `--clients` clients; what succeeded, what failed, how long it took, the latencies.
+async fn load(
+    targets: &Arc<Vec<String>>,
+    args: &BenchArgs,
+    level: &str,
+    keyed: bool,
+) -> anyhow::Result<(u64, u64, Duration, Histogram<u64>)> {
+    let query = match level {
+        "1" => String::new(),
+        level => format!("?w={level}"),
+    };
     let remaining = Arc::new(AtomicU64::new(args.requests));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -41,19 +82,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut clients = Vec::with_capacity(args.clients);
     for client_index in 0..args.clients {
         let (targets, remaining, errors) = (
-            Arc::clone(&targets),
+            Arc::clone(targets),
             Arc::clone(&remaining),
             Arc::clone(&errors),
         );
-        let counter = args.counter.clone();
-        let keyed = args.keyed;
+        let (counter, query) = (args.counter.clone(), query.clone());
         clients.push(tokio::spawn(async move {
             let http = client()?;
             let mut latencies = Histogram::<u64>::new(3)?;
             let mut turn = client_index;
             while take_one(&remaining) {
                 let url = format!(
-                    "{}/counters/{counter}/increment",
+                    "{}/counters/{counter}/increment{query}",
                     targets[turn % targets.len()]
                 );
                 turn += 1;
@@ -80,27 +120,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         latencies.add(client.await.context("client task")??)?;
     }
     let elapsed = started.elapsed();
-    let ok = latencies.len();
-    println!(
-        "bench: {ok} {}increments in {:.2} s = {:.0}/s with {} clients over {} target(s); errors {}",
-        if args.keyed { "keyed " } else { "" },
-        elapsed.as_secs_f64(),
-        ok as f64 / elapsed.as_secs_f64(),
-        args.clients,
-        targets.len(),
-        errors.load(Relaxed)
-    );
-    println!(
-        "latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        ms(latencies.value_at_quantile(0.50)),
-        ms(latencies.value_at_quantile(0.99)),
-        ms(latencies.value_at_quantile(0.999)),
-        ms(latencies.max())
-    );
-    if args.convergence {
-        convergence(&targets, &args.counter).await?;
-    }
-    Ok(())
+    Ok((latencies.len(), errors.load(Relaxed), elapsed, latencies))
 }
 
 fn take_one(remaining: &AtomicU64) -> bool {

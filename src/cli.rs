@@ -130,6 +130,12 @@ pub struct NodeArgs {
     /// an error. Keep it under Kubernetes' terminationGracePeriodSeconds.
     #[arg(long, default_value = "20s", value_parser = humantime_duration)]
     pub shutdown_timeout: Duration,
+    /// How long a write with `?w=` (or a read with `?r=`) above 1 waits for
+    /// other replicas to hold it (to send their state); past it the answer
+    /// is 504 (for a write: outcome unknown, a retry with the same
+    /// Idempotency-Key is safe).
+    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    pub write_timeout: Duration,
     /// Where the identity and the write-ahead log live [default: ./data/<id>, or ./data/node without --id].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -414,10 +420,17 @@ pub struct BenchArgs {
     /// Counter to increment.
     #[arg(long, default_value = "bench")]
     pub counter: String,
-    /// Give every increment its own Idempotency-Key (exactly-once writes),
-    /// to measure what keys cost.
-    #[arg(long)]
-    pub keyed: bool,
+    /// Write consistency of the increments (`?w=`): `1`, `majority`, `all`
+    /// or a number, and `+key` to give every increment its own
+    /// Idempotency-Key; several, comma-separated, run one after the other
+    /// (`--w 1,1+key,majority,majority+key`) and print a line each.
+    #[arg(
+        long = "w",
+        value_name = "LEVEL",
+        value_delimiter = ',',
+        default_value = "1"
+    )]
+    pub write_levels: Vec<String>,
     /// Also measure convergence: write on the first target, wait until every target shows it.
     #[arg(long)]
     pub convergence: bool,

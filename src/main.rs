@@ -104,6 +104,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         api_tokens: args.access.tokens()?,
         allowed_origins: args.access.allowed_origin.clone(),
         allow_fault_injection: args.allow_fault_injection,
+        write_timeout: args.write_timeout,
         max_frame: args.max_frame as usize,
         segment_bytes: args.segment_bytes,
         snapshot_bytes: args.snapshot_bytes,

@@ -4,8 +4,10 @@
 //!
 //! Proxied unchanged: a write carrying `Idempotency-Key` (its meaning is
 //! the node's, and a combined write would lose it), any request with a
-//! query string (`?r=` and whatever later features put there), and a read
-//! the view cannot answer in time.
+//! query string other than a write's lone `?w=` (`?r=`, whose merge of
+//! replicas only a node can do, and whatever later features put there),
+//! and a read the view cannot answer in time. A write's `?w=` is combined
+//! only with writes of the same `w` (see `writes`).
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -31,13 +33,43 @@ pub use tally_protocol::idempotency::IDEMPOTENCY_KEY_HEADER as IDEMPOTENCY_KEY;
 /// What reads answered from the merged view give as `"node"`.
 pub const LOCAL_NODE: &str = "gateway";
 
-/// A counter answer, the node's shape: `{"name"?, "value", "node"}`.
+/// A counter answer, the node's shape: `{"name"?, "value", "node", "replicas"?}`.
 #[derive(Serialize)]
 struct Answer<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
     value: i128,
     node: &'a str,
+    /// Replicas holding a write (a read from the merged view has none to report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas: Option<usize>,
+}
+
+/// What a write's query string allows.
+#[derive(Debug, PartialEq, Eq)]
+enum WriteQuery {
+    /// Combined with writes of the same `w` (`None`: no query, or `w=1`,
+    /// the default). The node judges the value: a batch carries its `w`
+    /// as given, so an invalid one is every client's 400.
+    Combine(Option<String>),
+    /// Any other query: to a node unchanged.
+    Proxy,
+}
+
+fn write_query(query: Option<&str>) -> WriteQuery {
+    let Some(query) = query else {
+        return WriteQuery::Combine(None);
+    };
+    let Some(value) = query.strip_prefix("w=") else {
+        return WriteQuery::Proxy;
+    };
+    let plain =
+        !value.is_empty() && value.len() <= 16 && value.bytes().all(|b| b.is_ascii_alphanumeric());
+    match value {
+        "1" => WriteQuery::Combine(None),
+        _ if plain => WriteQuery::Combine(Some(value.to_owned())),
+        _ => WriteQuery::Proxy,
+    }
 }
 
 /// `POST /increment`, `/decrement`.
@@ -74,9 +106,10 @@ async fn write(
     name: Option<String>,
     direction: Direction,
 ) -> Response {
-    if headers.contains_key(IDEMPOTENCY_KEY) || uri.query().is_some() {
-        return proxy::forward(State(shared), method, uri, headers, body).await;
-    }
+    let level = match write_query(uri.query()) {
+        WriteQuery::Combine(level) if !headers.contains_key(IDEMPOTENCY_KEY) => level,
+        _ => return proxy::forward(State(shared), method, uri, headers, body).await,
+    };
     // The node's checks, in the node's order, with its messages: the
     // answer is the same whether the write is combined or not.
     let body = match body {
@@ -101,11 +134,20 @@ async fn write(
     };
     let authorization = headers.get(AUTHORIZATION).cloned();
     let counter = counter.as_str().to_owned();
-    match writes::submit(&shared, authorization, counter.clone(), direction, amount).await {
+    let submitted = writes::submit(
+        &shared,
+        authorization,
+        level,
+        counter.clone(),
+        direction,
+        amount,
+    );
+    match submitted.await {
         Ok(done) => Json(Answer {
             name: name.is_some().then_some(counter.as_str()),
             value: done.value,
             node: &done.node,
+            replicas: Some(done.replicas),
         })
         .into_response(),
         Err(error) => error.into_response(),
@@ -150,6 +192,7 @@ async fn read(
                 name: name.as_deref(),
                 value,
                 node: LOCAL_NODE,
+                replicas: None,
             };
             return Json(answer).into_response();
         }
@@ -190,6 +233,31 @@ async fn local_value(shared: &Shared, counter: &str) -> Option<i128> {
             Ok(Ok(())) => continue,
             // Timed out (or the view stopped changing for good): ask a node.
             Ok(Err(_)) | Err(_) => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{write_query, WriteQuery};
+
+    #[test]
+    fn only_a_lone_plain_w_is_combined() {
+        let combine = |level: Option<&str>| WriteQuery::Combine(level.map(str::to_owned));
+        assert_eq!(write_query(None), combine(None));
+        assert_eq!(write_query(Some("w=1")), combine(None));
+        assert_eq!(write_query(Some("w=majority")), combine(Some("majority")));
+        assert_eq!(write_query(Some("w=3")), combine(Some("3")));
+        assert_eq!(write_query(Some("w=abc")), combine(Some("abc")));
+        for proxied in [
+            "r=2",
+            "w=2&r=2",
+            "w=",
+            "w=a%20b",
+            "x=1",
+            "w=12345678901234567",
+        ] {
+            assert_eq!(write_query(Some(proxied)), WriteQuery::Proxy, "{proxied}");
         }
     }
 }

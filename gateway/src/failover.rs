@@ -62,12 +62,19 @@ impl Failure {
     /// request timeout the node missed.
     pub fn into_api_error(self, addr: &str, timeout: Duration) -> ApiError {
         let status = self.status();
-        let message = match self {
+        let unknown = self.may_have_applied();
+        let mut message = match self {
             Failure::TimedOut => format!("node {addr} did not answer within {timeout:?}"),
             Failure::NotSent(error) | Failure::Broken(error) => {
                 format!("node {addr} failed: {error}")
             }
         };
+        if unknown {
+            message.push_str(
+                "; a write may or may not have been applied: retrying it with the same \
+                 Idempotency-Key is safe",
+            );
+        }
         ApiError::new(status, message)
     }
 }
@@ -165,6 +172,12 @@ mod tests {
             broken.message.contains("connection reset"),
             "{}",
             broken.message
+        );
+        assert!(broken.message.contains("same Idempotency-Key is safe"));
+        let not_sent = Failure::NotSent("refused".into()).into_api_error("c:1", timeout);
+        assert!(
+            !not_sent.message.contains("Idempotency-Key"),
+            "it never left"
         );
     }
 }

@@ -13,7 +13,10 @@
 //! every client of the batch gets 502/504 and nothing is resent. Writes
 //! are combined only with writes carrying the same `Authorization`
 //! header, which goes upstream with them, so a node with a tokens file
-//! judges every client's token exactly as it would judge a single write.
+//! judges every client's token exactly as it would judge a single write;
+//! and only with writes of the same `?w=`, which the batch carries
+//! (`POST /batch?w=…`), so each client waits for the replicas it asked
+//! for and is told how many held its write (`x-tally-replicas`).
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -22,7 +25,9 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::uri::{Authority, Scheme};
 use axum::http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use tally_protocol::batch::{BatchAnswer, Direction, BATCH_CONTENT_TYPE, BATCH_PATH};
+use tally_protocol::batch::{
+    BatchAnswer, Direction, BATCH_CONTENT_TYPE, BATCH_PATH, REPLICAS_HEADER,
+};
 use tally_protocol::probes;
 use tokio::sync::oneshot;
 
@@ -42,12 +47,16 @@ pub struct Done {
     pub value: i128,
     /// The node that made it durable.
     pub node: String,
+    /// Replicas holding it (the node's `x-tally-replicas`; 1 by default).
+    pub replicas: usize,
 }
 
 type Reply = oneshot::Sender<Result<Done, ApiError>>;
 
 struct Waiting {
     authorization: Option<HeaderValue>,
+    /// The write's `?w=` (`None`: 1).
+    level: Option<String>,
     write: Write<Reply>,
 }
 
@@ -75,6 +84,7 @@ impl Combiner {
 pub async fn submit(
     shared: &Arc<Shared>,
     authorization: Option<HeaderValue>,
+    level: Option<String>,
     counter: String,
     direction: Direction,
     amount: u64,
@@ -97,6 +107,7 @@ pub async fn submit(
         }
         queue.waiting.push_back(Waiting {
             authorization,
+            level,
             write,
         });
         let start = queue.lanes_busy < lanes;
@@ -144,8 +155,8 @@ async fn run_lane(shared: Arc<Shared>) {
                 }
             }
         };
-        let (authorization, batch) = next;
-        send(&lane.shared, authorization, batch).await;
+        let (group, batch) = next;
+        send(&lane.shared, group, batch).await;
     }
 }
 
@@ -166,14 +177,25 @@ impl Drop for Lane {
     }
 }
 
-/// The next batch: the oldest write and every waiting write with the same
-/// `Authorization` that fits, in arrival order; the rest keep their places.
-fn take_batch(waiting: &mut VecDeque<Waiting>) -> Option<(Option<HeaderValue>, Batch<Reply>)> {
-    let authorization = waiting.front()?.authorization.clone();
+/// What the writes of one batch share: the `Authorization` header and `?w=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Group {
+    authorization: Option<HeaderValue>,
+    level: Option<String>,
+}
+
+/// The next batch: the oldest write and every waiting write of its
+/// [`Group`] that fits, in arrival order; the rest keep their places.
+fn take_batch(waiting: &mut VecDeque<Waiting>) -> Option<(Group, Batch<Reply>)> {
+    let front = waiting.front()?;
+    let group = Group {
+        authorization: front.authorization.clone(),
+        level: front.level.clone(),
+    };
     let mut batch = Batch::default();
     let mut kept = VecDeque::new();
     while let Some(next) = waiting.pop_front() {
-        if next.authorization != authorization {
+        if next.authorization != group.authorization || next.level != group.level {
             kept.push_back(next);
             continue;
         }
@@ -181,24 +203,25 @@ fn take_batch(waiting: &mut VecDeque<Waiting>) -> Option<(Option<HeaderValue>, B
         if let Err(write) = batch.push(next.write) {
             kept.push_back(Waiting {
                 authorization: next.authorization,
+                level: next.level,
                 write,
             });
         }
     }
     *waiting = kept;
-    Some((authorization, batch))
+    Some((group, batch))
 }
 
 /// Sends one batch, failing over only while it certainly never left, and
 /// answers its clients.
-async fn send(shared: &Arc<Shared>, authorization: Option<HeaderValue>, batch: Batch<Reply>) {
+async fn send(shared: &Arc<Shared>, group: Group, batch: Batch<Reply>) {
     let body = Bytes::from(crdt_core::wire::encode(&batch.request()));
     let order = shared.balancer().rotation();
     let mut failed = error::no_healthy_node();
     for addr in order {
         let sent = tokio::time::timeout(
             shared.config.request_timeout,
-            post_batch(shared, &addr, authorization.as_ref(), body.clone()),
+            post_batch(shared, &addr, &group, body.clone()),
         )
         .await
         .unwrap_or(Err(Failure::TimedOut));
@@ -230,8 +253,8 @@ async fn send(shared: &Arc<Shared>, authorization: Option<HeaderValue>, batch: B
 
 /// What a node said to a batch.
 enum NodeReply {
-    /// Per-item results.
-    Answer(BatchAnswer),
+    /// Per-item results, and how many replicas hold them.
+    Answer(BatchAnswer, usize),
     /// The whole batch refused (401/403, 400, 503, …): nothing applied;
     /// every client gets this status and message.
     Refused(ApiError),
@@ -241,8 +264,8 @@ enum NodeReply {
 /// writes for read-your-writes first, so a client that reads right after
 /// its answer waits for its write.
 fn answer(shared: &Shared, batch: Batch<Reply>, reply: NodeReply) {
-    let answer = match reply {
-        NodeReply::Answer(answer) => answer,
+    let (answer, replicas) = match reply {
+        NodeReply::Answer(answer, replicas) => (answer, replicas),
         NodeReply::Refused(error) => {
             for combined in batch.into_items() {
                 for reply in combined.tickets {
@@ -266,6 +289,7 @@ fn answer(shared: &Shared, batch: Batch<Reply>, reply: NodeReply) {
             Outcome::Applied { value, .. } => Ok(Done {
                 value,
                 node: answer.node.clone(),
+                replicas,
             }),
             Outcome::Refused { status, error } => Err(ApiError::new(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
@@ -290,7 +314,7 @@ fn answer(shared: &Shared, batch: Batch<Reply>, reply: NodeReply) {
 async fn post_batch(
     shared: &Shared,
     addr: &str,
-    authorization: Option<&HeaderValue>,
+    group: &Group,
     body: Bytes,
 ) -> Result<(NodeReply, bool), Failure> {
     // A bad address in the node table means the request cannot leave.
@@ -299,14 +323,17 @@ async fn post_batch(
     let uri = Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(authority)
-        .path_and_query(BATCH_PATH)
+        .path_and_query(match &group.level {
+            Some(level) => format!("{BATCH_PATH}?w={level}"),
+            None => BATCH_PATH.to_owned(),
+        })
         .build()
         .map_err(not_sent)?;
     let mut request = Request::builder()
         .method(Method::POST)
         .uri(uri)
         .header(CONTENT_TYPE, BATCH_CONTENT_TYPE);
-    if let Some(authorization) = authorization {
+    if let Some(authorization) = &group.authorization {
         request = request.header(AUTHORIZATION, authorization.clone());
     }
     let request = request.body(Full::new(body)).map_err(not_sent)?;
@@ -317,13 +344,18 @@ async fn post_batch(
         .map_err(crate::proxy::classify)?;
     let (head, body) = answer.into_parts();
     let draining = head.headers.contains_key(probes::DRAINING_HEADER);
+    let replicas = (head.headers.get(REPLICAS_HEADER))
+        .and_then(|value| value.to_str().ok()?.parse().ok())
+        .unwrap_or(1);
     let body = Limited::new(body, shared.config.max_node_answer)
         .collect()
         .await
         .map_err(|error| Failure::Broken(error.to_string()))?
         .to_bytes();
     if !head.status.is_success() {
-        // The node refused the batch as a whole and applied none of it.
+        // The node refused the batch as a whole and applied none of it;
+        // or (504, with `?w=`) applied it but could not say that enough
+        // replicas hold it: the node's message says the outcome is unknown.
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|json| json["error"].as_str().map(str::to_owned))
@@ -336,5 +368,5 @@ async fn post_batch(
     // An answer we cannot read may follow an applied batch: unknown, never resent.
     let answer = crdt_core::wire::decode::<BatchAnswer>(&body)
         .map_err(|error| Failure::Broken(format!("unreadable batch answer: {error}")))?;
-    Ok((NodeReply::Answer(answer), draining))
+    Ok((NodeReply::Answer(answer, replicas), draining))
 }

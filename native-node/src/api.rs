@@ -28,6 +28,7 @@ use tally_protocol::{health_proof, probes};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::consistency::{self, Level, QuorumError, Replicas};
 use crate::gossip::Gossip;
 use crate::idempotency::{InFlightKeys, IN_FLIGHT_WAIT};
 use crate::membership::Status;
@@ -73,6 +74,8 @@ pub struct ApiState {
     pub watch: Arc<WatchHub>,
     /// Keyed writes in progress on this node.
     pub in_flight: Arc<InFlightKeys>,
+    /// `--write-timeout`: how long `?w=`/`?r=` above 1 wait for replicas.
+    pub write_timeout: Duration,
 }
 
 /// Most `/ws` subscribers at once (the gateways and tools following a node).
@@ -156,21 +159,21 @@ pub fn router(state: ApiState) -> Router {
         .route("/counter", get(get_default))
         .route(
             "/increment",
-            post(|s, h, b| write_default(s, h, b, Op::Increment)),
+            post(|s, q, h, b| write_default(s, q, h, b, Op::Increment)),
         )
         .route(
             "/decrement",
-            post(|s, h, b| write_default(s, h, b, Op::Decrement)),
+            post(|s, q, h, b| write_default(s, q, h, b, Op::Decrement)),
         )
         .route("/counters", get(list_counters))
         .route("/counters/{name}", get(get_named))
         .route(
             "/counters/{name}/increment",
-            post(|s, p, h, b| write_named(s, p, h, b, Op::Increment)),
+            post(|s, p, q, h, b| write_named(s, p, q, h, b, Op::Increment)),
         )
         .route(
             "/counters/{name}/decrement",
-            post(|s, p, h, b| write_named(s, p, h, b, Op::Decrement)),
+            post(|s, p, q, h, b| write_named(s, p, q, h, b, Op::Decrement)),
         )
         .route(batch::BATCH_PATH, post(write_batch))
         .route("/state", get(get_state))
@@ -221,6 +224,8 @@ impl From<WriteError> for ApiError {
 struct ValueAnswer {
     value: i128,
     node: String,
+    /// Replicas that held the write (`?w=`) or were merged for the read (`?r=`).
+    replicas: usize,
     /// Only on the answer to a retried keyed write: the first answer again.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     replayed: bool,
@@ -231,6 +236,8 @@ struct NamedAnswer {
     name: String,
     value: i128,
     node: String,
+    /// As in [`ValueAnswer`].
+    replicas: usize,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     replayed: bool,
 }
@@ -285,6 +292,87 @@ async fn submit(
     Ok(written)
 }
 
+/// `?w=` (writes) and `?r=` (reads); see [`crate::consistency`].
+#[derive(Debug, Default, Deserialize)]
+struct ConsistencyQuery {
+    w: Option<String>,
+    r: Option<String>,
+}
+
+type ConsistencyParams = Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>;
+
+/// The replicas `?w=` (`param` "w") or `?r=` wants in the cluster as this
+/// node knows it: 400 for a bad value, 503 for more than the cluster has.
+fn wanted_replicas(
+    state: &ApiState,
+    params: ConsistencyParams,
+    param: &'static str,
+) -> Result<usize, ApiError> {
+    let Query(query) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let value = if param == "w" { query.w } else { query.r };
+    let level = Level::parse_optional(param, value.as_deref())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if level.is_local() {
+        return Ok(1);
+    }
+    level
+        .required(param, state.gossip.cluster_size())
+        .map_err(|e| quorum_error(e, param))
+}
+
+fn quorum_error(error: QuorumError, param: &'static str) -> ApiError {
+    match error {
+        QuorumError::TooFew { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }
+        QuorumError::TimedOut { .. } if param == "w" => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "outcome unknown: {error}; the write is durable on this node and may still reach \
+                 the others; retrying with the same Idempotency-Key is safe"
+            ),
+        ),
+        QuorumError::TimedOut { .. } => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("read not answered: {error}"),
+        ),
+    }
+}
+
+/// After a durable local write: waits until `wanted` replicas hold the
+/// written counters; returns how many did.
+async fn replicate_written(
+    state: &ApiState,
+    names: &[&CounterName],
+    wanted: usize,
+) -> Result<usize, ApiError> {
+    if wanted <= 1 {
+        return Ok(1);
+    }
+    let changes = consistency::counters_named(
+        &state.replica.read().map,
+        names.iter().map(|name| name.as_str()),
+    );
+    consistency::replicate(&state.gossip, changes, wanted, state.write_timeout)
+        .await
+        .map_err(|e| quorum_error(e, "w"))
+}
+
+/// Before a read: merges `name` from `wanted` replicas; returns how many.
+async fn gather_read(
+    state: &ApiState,
+    name: &CounterName,
+    wanted: usize,
+) -> Result<usize, ApiError> {
+    if wanted <= 1 {
+        return Ok(1);
+    }
+    let names = [name.clone()];
+    consistency::gather(&state.gossip, &names, wanted, state.write_timeout)
+        .await
+        .map_err(|e| quorum_error(e, "r"))
+}
+
 /// Parses the optional amount (one rule with the gateway: [`batch::parse_amount`]).
 fn parse_amount(body: &[u8]) -> Result<u64, ApiError> {
     batch::parse_amount(body).map_err(|e| ApiError::bad_request(e.to_string()))
@@ -298,27 +386,42 @@ fn default_name() -> CounterName {
     CounterName::new(DEFAULT_COUNTER).expect("the default name is valid")
 }
 
-async fn get_default(State(state): State<ApiState>) -> Json<ValueAnswer> {
+async fn get_default(
+    State(state): State<ApiState>,
+    params: ConsistencyParams,
+) -> Result<Json<ValueAnswer>, ApiError> {
+    let wanted = wanted_replicas(&state, params, "r")?;
+    let replicas = gather_read(&state, &default_name(), wanted).await?;
     let value = state.replica.read().map.value(DEFAULT_COUNTER).unwrap_or(0);
-    Json(ValueAnswer {
+    Ok(Json(ValueAnswer {
         value,
         node: state.node,
+        replicas,
         replayed: false,
-    })
+    }))
 }
 
 async fn write_default(
     State(state): State<ApiState>,
+    params: ConsistencyParams,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     op: fn(u64) -> Op,
 ) -> Result<Json<ValueAnswer>, ApiError> {
     let amount = parse_amount(&body?)?;
-    let write = LocalWrite::plain(default_name(), op(amount));
-    let written = submit(&state, &headers, write).await?;
+    let wanted = wanted_replicas(&state, params, "w")?;
+    let name = default_name();
+    let written = submit(
+        &state,
+        &headers,
+        LocalWrite::plain(name.clone(), op(amount)),
+    )
+    .await?;
+    let replicas = replicate_written(&state, &[&name], wanted).await?;
     Ok(Json(ValueAnswer {
         value: written.value,
         node: answering_node(&state, &written),
+        replicas,
         replayed: written.replayed,
     }))
 }
@@ -326,14 +429,18 @@ async fn write_default(
 async fn get_named(
     State(state): State<ApiState>,
     Path(name): Path<String>,
+    params: ConsistencyParams,
 ) -> Result<Json<NamedAnswer>, ApiError> {
     let name = counter_name(&name)?;
+    let wanted = wanted_replicas(&state, params, "r")?;
+    let replicas = gather_read(&state, &name, wanted).await?;
     let value = state.replica.read().map.value(name.as_str());
     match value {
         Some(value) => Ok(Json(NamedAnswer {
             name: name.to_string(),
             value,
             node: state.node,
+            replicas,
             replayed: false,
         })),
         None => Err(ApiError::new(
@@ -346,22 +453,26 @@ async fn get_named(
 async fn write_named(
     State(state): State<ApiState>,
     Path(name): Path<String>,
+    params: ConsistencyParams,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     op: fn(u64) -> Op,
 ) -> Result<Json<NamedAnswer>, ApiError> {
     let name = counter_name(&name)?;
     let amount = parse_amount(&body?)?;
+    let wanted = wanted_replicas(&state, params, "w")?;
     let written = submit(
         &state,
         &headers,
         LocalWrite::plain(name.clone(), op(amount)),
     )
     .await?;
+    let replicas = replicate_written(&state, &[&name], wanted).await?;
     Ok(Json(NamedAnswer {
         name: name.to_string(),
         value: written.value,
         node: answering_node(&state, &written),
+        replicas,
         replayed: written.replayed,
     }))
 }
@@ -369,13 +480,46 @@ async fn write_named(
 /// `POST /batch`: every valid item in one commit (one fsync), each answered
 /// with its own result (see [`tally_protocol::batch`]). An item that is
 /// invalid or over the counter limit is refused alone.
+///
+/// With `?w=`, the whole batch is answered once that many replicas hold
+/// every counter it wrote (header [`batch::REPLICAS_HEADER`]), or 504.
 async fn write_batch(
     State(state): State<ApiState>,
+    params: ConsistencyParams,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let answer = batch_answer(&state, &body?).await?;
+    let body = body?;
+    let wanted = wanted_replicas(&state, params, "w")?;
+    let answer = batch_answer(&state, &body).await?;
+    // The counters it wrote (the body decoded once more, only for `w` > 1).
+    let request: Option<BatchRequest> = (wanted > 1)
+        .then(|| crdt_core::wire::decode(&body).ok())
+        .flatten();
+    let mut names: Vec<CounterName> = (request.iter().flat_map(|r| &r.items))
+        .zip(&answer.results)
+        .filter(|(_, result)| matches!(result, ItemResult::Applied { .. }))
+        .filter_map(|(item, _)| CounterName::new(&item.counter).ok())
+        .collect();
+    names.sort();
+    names.dedup();
+    let written: Vec<&CounterName> = names.iter().collect();
+    let replicas = if written.is_empty() {
+        1
+    } else {
+        replicate_written(&state, &written, wanted).await?
+    };
     let encoded = crdt_core::wire::encode(&answer);
-    Ok(([(header::CONTENT_TYPE, batch::BATCH_CONTENT_TYPE)], encoded).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, batch::BATCH_CONTENT_TYPE.to_owned()),
+            (
+                header::HeaderName::from_static(batch::REPLICAS_HEADER),
+                replicas.to_string(),
+            ),
+        ],
+        encoded,
+    )
+        .into_response())
 }
 
 async fn batch_answer(state: &ApiState, body: &[u8]) -> Result<BatchAnswer, ApiError> {
@@ -682,6 +826,7 @@ async fn get_metrics(State(state): State<ApiState>) -> impl IntoResponse {
             counters: replica.map.len(),
             actors: replica.map.summary().len(),
             entries: replica.map.entry_count(),
+            keys: replica.map.key_count(),
         }
     };
     let text = state.metrics.render(&state.node, size, peers);

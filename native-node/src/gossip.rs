@@ -35,9 +35,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tally_protocol::request_auth::unix_now_ms;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 
+use crate::consistency::{self, Replicas, Requests};
 use crate::membership::{Membership, Source, Timing};
 use crate::metrics::Metrics;
 use crate::protocol::{MemberRecord, MemberUpdate, Message};
@@ -101,6 +102,30 @@ pub trait RemoteSink: Send + Sync + 'static {
     /// (the connection's reader) wait, which slows the peer through TCP
     /// instead of queueing without bound.
     fn persist(&self, news: CounterMap, watermarks: Option<Watermarks>) -> BoxFuture<'_, ()>;
+
+    /// Persists `changes` (all of them, news or not) and syncs them like a
+    /// local write. Resolves once the sink has taken them, to a receiver
+    /// told whether the fsync that holds them succeeded (a `Replicate`
+    /// is answered only then; see `consistency.rs`).
+    fn persist_synced(&self, changes: CounterMap) -> BoxFuture<'_, Synced>;
+}
+
+/// Says whether the fsync holding news handed over with
+/// [`RemoteSink::persist_synced`] succeeded.
+#[derive(Debug)]
+pub struct Synced(oneshot::Receiver<bool>);
+
+impl Synced {
+    /// Told `true` through the sender once the news is synced.
+    pub fn channel() -> (oneshot::Sender<bool>, Synced) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Synced(rx))
+    }
+
+    /// True once the news is durable; false if the sync failed or the sink stopped.
+    pub async fn wait(self) -> bool {
+        self.0.await.unwrap_or(false)
+    }
 }
 
 /// Since when a pull sent on a link waits for its answer (`None`: nothing pending).
@@ -270,6 +295,8 @@ pub struct Gossip<N: Network> {
     inbound: Arc<Semaphore>,
     /// One permit per inbound handshake under way.
     handshakes: Arc<Semaphore>,
+    /// `Replicate`/`Fetch` requests waiting for answers (`consistency.rs`).
+    requests: Requests,
 }
 
 impl<N: Network> Gossip<N> {
@@ -306,6 +333,7 @@ impl<N: Network> Gossip<N> {
             pull_budget: AtomicUsize::new(0),
             inbound,
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            requests: Requests::default(),
         })
     }
 
@@ -539,6 +567,29 @@ impl<N: Network> Gossip<N> {
                             self.pull_from(peer);
                         }
                     }
+                    Message::Replicate { id, changes } => {
+                        if let Some(stored) = self.store_synced(peer, changes).await {
+                            let reply_tx = reply_tx.clone();
+                            // Awaited apart, so the fsync does not hold up this reader.
+                            tokio::spawn(async move {
+                                if stored.wait().await {
+                                    let _ = reply_tx.send(Message::Stored { id }).await;
+                                }
+                            });
+                        }
+                    }
+                    Message::Fetch { id, names } => {
+                        let state = consistency::counters_named(
+                            &self.replica.read().map,
+                            names
+                                .iter()
+                                .take(consistency::MAX_FETCH_NAMES)
+                                .map(String::as_str),
+                        );
+                        if reply_tx.send(Message::Fetched { id, state }).await.is_err() {
+                            return Ok(());
+                        }
+                    }
                     message => self.handle(peer, message).await,
                 }
             }
@@ -604,7 +655,14 @@ impl<N: Network> Gossip<N> {
     /// pings are answered in `drive`).
     pub async fn handle(self: &Arc<Self>, peer: &str, message: Message) {
         match message {
-            Message::Pull { .. } | Message::Ping { .. } | Message::Ack => {}
+            // Answered in `drive`.
+            Message::Pull { .. }
+            | Message::Ping { .. }
+            | Message::Ack
+            | Message::Replicate { .. }
+            | Message::Fetch { .. } => {}
+            Message::Stored { id } => self.requests.stored(peer, id),
+            Message::Fetched { id, state } => self.requests.fetched(peer, id, state),
             Message::PingAck {
                 probe,
                 digest,
@@ -689,6 +747,20 @@ impl<N: Network> Gossip<N> {
         if let Some(sink) = &self.sink {
             sink.persist(news, done).await;
         }
+    }
+
+    /// A peer's `Replicate`: merges `changes` and hands all of them to the
+    /// sink to sync; resolves once handed over, to what says whether the
+    /// fsync succeeded (`None`: no sink, and nothing to answer).
+    async fn store_synced(&self, peer: &str, changes: CounterMap) -> Option<Synced> {
+        let news = self.replica.merge_remote(&changes, None);
+        if !news.is_empty() {
+            self.metrics.merges.fetch_add(1, Relaxed);
+            self.replica.publish(news, Some(peer.to_owned()));
+        }
+        // All of `changes`, not only the news: what was news to an earlier
+        // message may not be synced yet, and replaying a merge is harmless.
+        Some(self.sink.as_ref()?.persist_synced(changes).await)
     }
 
     /// `Ack` when digests agree; otherwise what the puller lacks, in chunks
@@ -967,6 +1039,34 @@ async fn next_queued(outbox: &mut Option<Outbox<'_>>) -> Option<Outgoing> {
             Some(message)
         }
         None => std::future::pending().await,
+    }
+}
+
+/// The quorum logic's view of this node (see `consistency.rs`).
+impl<N: Network> Replicas for Arc<Gossip<N>> {
+    fn cluster_size(&self) -> usize {
+        self.members().peers().len() + 1
+    }
+
+    fn send_to_members(&self, message: &Message) -> usize {
+        let addrs: Vec<String> = (self.members().peers().into_iter())
+            .filter(|(record, _)| !self.is_partitioned(&record.id))
+            .map(|(record, _)| record.gossip_addr)
+            .collect();
+        let message = Outgoing::encode(message);
+        for addr in &addrs {
+            self.send(addr, message.clone());
+        }
+        addrs.len()
+    }
+
+    fn requests(&self) -> &Requests {
+        &self.requests
+    }
+
+    fn merge_from(&self, peer: &str, state: CounterMap) -> BoxFuture<'_, ()> {
+        let peer = peer.to_owned();
+        Box::pin(async move { self.absorb(&peer, &state, None).await })
     }
 }
 

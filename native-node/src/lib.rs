@@ -1,5 +1,6 @@
 //! The Tally node. See ARCHITECTURE.md for the map.
 pub mod api;
+pub mod consistency;
 pub mod data_dir;
 pub mod dns_seeds;
 pub mod gossip;

@@ -7,8 +7,19 @@ use std::sync::Arc;
 use tally_protocol::http_server::ConnectionStats;
 
 /// Message kinds, indexing the per-kind gossip counters.
-pub const KINDS: [&str; 8] = [
-    "pull", "ack", "push", "delta", "ping", "ping_ack", "members", "news",
+pub const KINDS: [&str; 12] = [
+    "pull",
+    "ack",
+    "push",
+    "delta",
+    "ping",
+    "ping_ack",
+    "members",
+    "news",
+    "replicate",
+    "stored",
+    "fetch",
+    "fetched",
 ];
 
 /// Gossip traffic of one direction.
@@ -78,6 +89,9 @@ pub struct StateSize {
     pub actors: usize,
     /// `(counter, actor)` entries.
     pub entries: usize,
+    /// Idempotency keys held (within their window, or with a duplicate
+    /// not yet cancelled).
+    pub keys: usize,
 }
 
 /// Estimated memory per counter (name, map node, counter header).
@@ -192,7 +206,12 @@ impl Metrics {
                 &bytes,
             );
         }
-        let gauges: [(&str, &str, u64); 6] = [
+        let gauges: [(&str, &str, u64); 7] = [
+            (
+                "idempotency_keys",
+                "Idempotency keys held (each with the registrations of the nodes that applied it).",
+                state.keys as u64,
+            ),
             ("counters", "Named counters held.", state.counters as u64),
             (
                 "actors",
@@ -263,6 +282,7 @@ mod tests {
             counters: 10,
             actors: 2,
             entries: 15,
+            keys: 0,
         };
         let peers = PeerCounts {
             alive: 1,

@@ -80,6 +80,8 @@ pub struct NodeConfig {
     pub allowed_origins: Vec<String>,
     /// Enables `/admin/partition`.
     pub allow_fault_injection: bool,
+    /// How long a `?w=`/`?r=` above 1 waits for other replicas (then 504).
+    pub write_timeout: Duration,
     /// Largest gossip frame.
     pub max_frame: usize,
     /// WAL segment size.
@@ -299,6 +301,7 @@ pub async fn run(
         readiness: Arc::clone(&readiness),
         in_flight: Arc::new(crate::idempotency::InFlightKeys::from_env()),
         watch,
+        write_timeout: config.write_timeout,
     });
     on_ready(&running);
     tracing::info!(

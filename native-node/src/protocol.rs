@@ -18,13 +18,19 @@
 //! 3. **Broadcast**: a durable local write goes at once as one `Delta` to
 //!    every live member (receivers do not forward it), so each member
 //!    receives each change once, one hop after the write.
+//! 4. **Quorum requests** (`?w=` / `?r=`, see `consistency.rs`), each with
+//!    a request id the answer echoes: `Replicate { id, changes }` →
+//!    `Stored { id }` once the receiver's WAL fsync holds `changes`;
+//!    `Fetch { id, names }` → `Fetched { id, state }` with those counters.
+//!    A receiver that cannot store answers nothing: the asker times out.
 use crdt_core::{CounterMap, Watermarks};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Message`] or the handshake.
 /// 2: probes (`Ping`/`PingAck`), membership as versioned updates and digests
 /// (`Members`), no member lists on `Pull`/`Ack`/`Push`.
-/// 3: maps carry the registrations of keyed writes beside the entries.
+/// 3: maps carry the registrations of keyed writes beside the entries;
+/// quorum requests (`Replicate`/`Stored`, `Fetch`/`Fetched`).
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// A member as gossiped: its addresses and its version.
@@ -133,6 +139,33 @@ pub enum Message {
         /// Every member the sender knows (itself included), with status.
         records: Vec<MemberUpdate>,
     },
+    /// A write acknowledged with `?w=` above 1: store these entries
+    /// durably, then answer `Stored` with the same id.
+    Replicate {
+        /// Echoed in `Stored`.
+        id: u64,
+        /// The written counters' state (a delta: merging it is harmless).
+        changes: CounterMap,
+    },
+    /// The answer to `Replicate`: `changes` are merged and fsynced.
+    Stored {
+        /// The `Replicate` answered.
+        id: u64,
+    },
+    /// A read with `?r=` above 1: send these counters' state.
+    Fetch {
+        /// Echoed in `Fetched`.
+        id: u64,
+        /// The counters wanted (at most `consistency::MAX_FETCH_NAMES`).
+        names: Vec<String>,
+    },
+    /// The answer to `Fetch`: the named counters the responder holds.
+    Fetched {
+        /// The `Fetch` answered.
+        id: u64,
+        /// Those counters (missing ones are absent).
+        state: CounterMap,
+    },
 }
 
 impl Message {
@@ -147,6 +180,10 @@ impl Message {
             Message::PingAck { .. } => "ping_ack",
             Message::Members { .. } => "members",
             Message::News { .. } => "news",
+            Message::Replicate { .. } => "replicate",
+            Message::Stored { .. } => "stored",
+            Message::Fetch { .. } => "fetch",
+            Message::Fetched { .. } => "fetched",
         }
     }
 }

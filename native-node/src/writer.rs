@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
-use crate::gossip::RemoteSink;
+use crate::gossip::{RemoteSink, Synced};
 use crate::identity::IdentityFile;
 use crate::journal;
 use crate::metrics::Metrics;
@@ -150,6 +150,9 @@ enum Request {
         watermarks: Option<Watermarks>,
         /// Holds this news's share of [`REMOTE_BACKLOG_ENTRIES`] until appended.
         _backlog: OwnedSemaphorePermit,
+        /// Told whether the fsync that holds this news succeeded (a peer's
+        /// `Replicate`, see `consistency.rs`); `None`: synced lazily.
+        synced: Option<oneshot::Sender<bool>>,
     },
     /// Sync, finish, record the clean stop, then answer.
     Stop {
@@ -252,25 +255,44 @@ impl WriterHandle {
     }
 }
 
+impl WriterHandle {
+    /// Queues peer news for the writer, after waiting while it holds too
+    /// much unwritten news: the gossip reader stops reading, and TCP slows
+    /// the peer.
+    async fn queue_remote(
+        &self,
+        news: CounterMap,
+        watermarks: Option<Watermarks>,
+        synced: Option<oneshot::Sender<bool>>,
+    ) {
+        let entries = news.entry_count().clamp(1, REMOTE_BACKLOG_ENTRIES) as u32;
+        let Ok(backlog) = Arc::clone(&self.remote_backlog)
+            .acquire_many_owned(entries)
+            .await
+        else {
+            return;
+        };
+        let request = Request::Remote {
+            news,
+            watermarks,
+            _backlog: backlog,
+            synced,
+        };
+        // An error only means the writer has stopped (`synced` is dropped: "no").
+        let _ = self.remote.send(request);
+    }
+}
+
 impl RemoteSink for WriterHandle {
     fn persist(&self, news: CounterMap, watermarks: Option<Watermarks>) -> BoxFuture<'_, ()> {
+        Box::pin(self.queue_remote(news, watermarks, None))
+    }
+
+    fn persist_synced(&self, changes: CounterMap) -> BoxFuture<'_, Synced> {
         Box::pin(async move {
-            // Waits while the writer holds too much unwritten news: the
-            // gossip reader stops reading, and TCP slows the peer.
-            let entries = news.entry_count().clamp(1, REMOTE_BACKLOG_ENTRIES) as u32;
-            let Ok(backlog) = Arc::clone(&self.remote_backlog)
-                .acquire_many_owned(entries)
-                .await
-            else {
-                return;
-            };
-            let request = Request::Remote {
-                news,
-                watermarks,
-                _backlog: backlog,
-            };
-            // An error only means the writer has stopped.
-            let _ = self.remote.send(request);
+            let (synced, answer) = Synced::channel();
+            self.queue_remote(changes, None, Some(synced)).await;
+            answer
         })
     }
 }
@@ -455,12 +477,19 @@ impl Writer {
 
     /// Commits one batch: appends its records and, when it holds local
     /// writes, syncs and acknowledges them.
-    async fn commit(&mut self, batch: Vec<Request>) -> Unsynced {
+    async fn commit(&mut self, mut batch: Vec<Request>) -> Unsynced {
         if self.rolled_back() {
             self.renew_incarnation().await;
         }
+        // Peers' news that a `Replicate` waits on must be synced like a local write.
+        let mut synced_waiters = Vec::new();
+        for request in &mut batch {
+            if let Request::Remote { synced, .. } = request {
+                synced_waiters.extend(synced.take());
+            }
+        }
         let (pending, records) = self.prepare(batch);
-        if pending.is_empty() {
+        if pending.is_empty() && synced_waiters.is_empty() {
             if records.is_empty() {
                 return Unsynced::Unchanged;
             }
@@ -480,9 +509,14 @@ impl Writer {
                 wal.sync().map(|_| ())
             })
             .await;
+        for waiter in synced_waiters {
+            let _ = waiter.send(synced.is_ok());
+        }
         match synced {
             Ok(()) => {
-                self.apply(pending);
+                if !pending.is_empty() {
+                    self.apply(pending);
+                }
                 Unsynced::AllSynced
             }
             Err(error) => {
@@ -1041,6 +1075,31 @@ mod tests {
         );
         let synced = eventually(|| metrics.wal_fsyncs.load(Relaxed) > fsyncs_before).await;
         assert!(synced, "peer news was never synced after a refused write");
+    }
+
+    #[tokio::test]
+    async fn news_persisted_synced_is_answered_after_its_fsync_and_not_after_a_failed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started {
+            writer,
+            metrics,
+            faults,
+            ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
+        let fsyncs_before = metrics.wal_fsyncs.load(Relaxed);
+        let synced = writer.persist_synced(news(0)).await;
+        assert!(synced.wait().await, "the news was not synced");
+        // Answered by its own fsync, long before the lazy flush deadline.
+        assert!(metrics.wal_fsyncs.load(Relaxed) > fsyncs_before);
+
+        faults.fail_writes(1);
+        let failed = writer.persist_synced(news(1)).await;
+        assert!(
+            !failed.wait().await,
+            "a failed log must not say the news is durable"
+        );
+        writer.shutdown().await;
+        assert_eq!(recovered(dir.path()).map.value("counter-0"), Some(1));
     }
 
     #[tokio::test]

@@ -18,6 +18,10 @@ pub const BATCH_PATH: &str = "/batch";
 /// The content type of both the request and the answer.
 pub const BATCH_CONTENT_TYPE: &str = "application/x-tally-batch";
 
+/// The header of a `POST /batch?w=…` answer saying how many replicas hold
+/// the batch (`?w=` as on single writes: the gateway sends one `w` per batch).
+pub const REPLICAS_HEADER: &str = "x-tally-replicas";
+
 /// Most items in one batch (more → 400). With names at their 128-byte
 /// maximum, this many unkeyed items stays under the 64 KiB body limit
 /// (keyed items with long keys take fewer per batch).

@@ -329,12 +329,14 @@ impl NodeProcess {
             &http_addr,
             "--gossip-addr",
             &gossip_addr,
-            "--gossip-interval",
-            "100ms",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Fast rounds unless the test sets its own.
+        if !extra.iter().any(|arg| arg == "--gossip-interval") {
+            args.extend(["--gossip-interval".to_string(), "100ms".to_string()]);
+        }
         // Tests stop nodes often: a short drain unless the test sets one.
         if !extra.iter().any(|arg| arg == "--drain-period") {
             args.extend(["--drain-period".to_string(), "100ms".to_string()]);
