@@ -163,7 +163,8 @@ async fn assert_settles(nodes: &[NodeProcess], name: &str, expected: i64, contex
         let seen = values(nodes, name).await;
         assert!(
             seen.iter().all(|(_, value)| *value == Some(expected)),
-            "{context}: every node showed {name} = {expected} (counted once), then {seen:?}"
+            "{context}: every node showed {name} = {expected} (counted once), then {seen:?} \
+             (a node counted a write zero times or twice on the way)"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -444,6 +445,12 @@ async fn a_retry_after_a_restart_replays_the_original_answer() {
         let original = keyed(&cluster.nodes[0].url(path), KEY, &body).await;
         assert_eq!(original.0, 200, "the original write: {}", original.1);
         assert_converges(&cluster.nodes, "kept", 13, "the original write").await;
+        // n2 journals n1's news within 100 ms, or with its next local
+        // write: acknowledged, that write vouches that the news is on disk.
+        for node in &cluster.nodes {
+            let (status, answer) = node.post("/counters/synced/increment", "").await;
+            assert_eq!(status, 200, "a write on {}: {answer}", node.id);
+        }
         for node in &mut cluster.nodes {
             node.kill9();
         }
