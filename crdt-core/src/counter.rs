@@ -1,3 +1,4 @@
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::keyed::{key_excess, IdempotencyKey, Registration};
@@ -105,8 +106,10 @@ pub struct PnCounter {
     /// a sorted vector costs ~40 bytes per entry where a B-tree node costs
     /// ~450: it matters with a million counters.
     entries: Vec<(ActorId, Entry)>,
-    /// Sorted by `(key, origin)`; empty unless keyed writes were made.
-    registrations: Vec<Registration>,
+    /// Per key, its registrations sorted by origin (one per node that
+    /// applied it, usually one); empty unless keyed writes were made. A
+    /// B-tree: a hot counter can hold a day of keys.
+    registrations: BTreeMap<IdempotencyKey, Vec<Registration>>,
     /// Σinc and Σdec, exact.
     total_inc: WideSum,
     total_dec: WideSum,
@@ -182,37 +185,49 @@ impl PnCounter {
     }
 
     /// Every registration of a keyed write, ordered by `(key, origin)`.
-    pub fn registrations(&self) -> &[Registration] {
-        &self.registrations
+    pub fn registrations(&self) -> impl Iterator<Item = &Registration> {
+        self.registrations.values().flatten()
+    }
+
+    /// True when the counter holds a registration.
+    pub fn has_registrations(&self) -> bool {
+        !self.registrations.is_empty()
     }
 
     /// The registrations of one key (by every origin that applied it).
     pub fn registrations_of(&self, key: &str) -> &[Registration] {
-        let start = self.registrations.partition_point(|r| r.key.as_str() < key);
-        let end = start + self.registrations[start..].partition_point(|r| r.key.as_str() == key);
-        &self.registrations[start..end]
+        self.registrations.get(key).map_or(&[], Vec::as_slice)
     }
 
-    fn registration_position(&self, key: &str, origin: &str) -> Result<usize, usize> {
-        self.registrations
-            .binary_search_by(|r| (r.key.as_str(), r.origin.as_str()).cmp(&(key, origin)))
+    /// A working copy for stamping local operations: the same entries,
+    /// totals and value, without the registrations (which can be many, and
+    /// which stamping a new key never reads).
+    pub fn without_registrations(&self) -> PnCounter {
+        PnCounter {
+            entries: self.entries.clone(),
+            registrations: BTreeMap::new(),
+            total_inc: self.total_inc,
+            total_dec: self.total_dec,
+            excess: self.excess,
+            digest: self.digest,
+        }
     }
 
     /// Merges one registration; true when anything changed.
     pub fn merge_registration(&mut self, incoming: &Registration) -> bool {
-        let key = incoming.key.as_str();
-        let before = key_excess(self.registrations_of(key));
-        match self.registration_position(key, incoming.origin.as_str()) {
+        let same_key = self.registrations.entry(incoming.key.clone()).or_default();
+        let before = key_excess(same_key.iter());
+        match same_key.binary_search_by(|r| r.origin.cmp(&incoming.origin)) {
             Ok(index) => {
-                let joined = self.registrations[index].join(incoming);
-                if joined == self.registrations[index] {
+                let joined = same_key[index].join(incoming);
+                if joined == same_key[index] {
                     return false;
                 }
-                self.registrations[index] = joined;
+                same_key[index] = joined;
             }
-            Err(index) => self.registrations.insert(index, incoming.clone()),
+            Err(index) => same_key.insert(index, incoming.clone()),
         }
-        let after = key_excess(self.registrations_of(key));
+        let after = key_excess(same_key.iter());
         self.excess = self.excess.saturating_sub(before).saturating_add(after);
         true
     }
@@ -221,11 +236,11 @@ impl PnCounter {
     /// to the value ([`key_excess`] is 0) and no further one can come (the
     /// key's window is over); the caller checks both.
     pub(crate) fn drop_key(&mut self, key: &IdempotencyKey) -> usize {
-        let before = key_excess(self.registrations_of(key.as_str()));
-        let len = self.registrations.len();
-        self.registrations.retain(|r| &r.key != key);
-        self.excess = self.excess.saturating_sub(before);
-        len - self.registrations.len()
+        let Some(dropped) = self.registrations.remove(key) else {
+            return 0;
+        };
+        self.excess = self.excess.saturating_sub(key_excess(dropped.iter()));
+        dropped.len()
     }
 
     /// Adds `amount` on behalf of `actor`, returning the delta to ship to peers.

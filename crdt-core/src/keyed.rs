@@ -60,6 +60,12 @@ impl IdempotencyKey {
     }
 }
 
+impl core::borrow::Borrow<str> for IdempotencyKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

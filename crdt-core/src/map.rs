@@ -297,26 +297,26 @@ impl CounterMap {
         })
     }
 
-    /// The keyed writes of `actor` in `names` that lost to another
-    /// registration of their key and must be cancelled ([`Self::cancel`]).
+    /// Which of `keys` (counter, key) `actor` registered and lost to
+    /// another registration of the key: they must be cancelled ([`Self::cancel`]).
     pub fn duplicates_of<'a>(
         &'a self,
         actor: &'a ActorId,
-        names: impl IntoIterator<Item = &'a CounterName> + 'a,
+        keys: impl IntoIterator<Item = (&'a CounterName, &'a IdempotencyKey)> + 'a,
     ) -> impl Iterator<Item = (CounterName, IdempotencyKey)> + 'a {
-        names.into_iter().flat_map(move |name| {
-            let counter = self.counters.get(name);
-            counter
-                .into_iter()
-                .flat_map(|counter| counter.registrations().iter())
-                .filter(move |r| &r.origin == actor)
-                .filter(move |mine| {
-                    counter.is_some_and(|counter| {
-                        is_duplicate(mine, counter.registrations_of(mine.key.as_str()))
-                    })
-                })
-                .map(move |mine| (name.clone(), mine.key.clone()))
+        keys.into_iter().filter_map(move |(name, key)| {
+            let same_key = self.counters.get(name)?.registrations_of(key.as_str());
+            let mine = same_key.iter().find(|r| &r.origin == actor)?;
+            is_duplicate(mine, same_key).then(|| (name.clone(), key.clone()))
         })
+    }
+
+    /// Every key of `actor` that lost and must be cancelled: a full scan,
+    /// for a node's start (the incremental checks cover the rest).
+    pub fn all_duplicates_of(&self, actor: &ActorId) -> Vec<(CounterName, IdempotencyKey)> {
+        let keys: Vec<(&CounterName, &IdempotencyKey)> =
+            self.keys.iter().map(|(key, name)| (name, key)).collect();
+        self.duplicates_of(actor, keys).collect()
     }
 
     /// Cancels `actor`'s duplicate registration of `key` in `name`: takes
@@ -453,7 +453,7 @@ impl CounterMap {
         let old_contribution = contribution(&name, counter);
         let joined = counter.merge_entry(&actor, entry);
         let Some(joined) = joined else {
-            if counter.actors() == 0 && counter.registrations().is_empty() {
+            if counter.actors() == 0 && !counter.has_registrations() {
                 self.counters.remove(&name);
             }
             return None;
@@ -518,7 +518,6 @@ fn bundle(name: &CounterName, counter: &PnCounter, actor: &ActorId, after: u64) 
         entry: counter.entry(actor.as_str()).copied().unwrap_or_default(),
         registrations: counter
             .registrations()
-            .iter()
             .filter(|r| &r.origin == actor && r.last_seq() > after)
             .cloned()
             .collect(),
@@ -549,7 +548,8 @@ mod serde_impl {
             let mut seq = s.serialize_seq(Some(self.counters.len()))?;
             for (name, counter) in &self.counters {
                 let entries: Vec<(&ActorId, &Entry)> = counter.entries().collect();
-                seq.serialize_element(&(name, entries, counter.registrations()))?;
+                let registrations: Vec<&Registration> = counter.registrations().collect();
+                seq.serialize_element(&(name, entries, registrations))?;
             }
             seq.end()
         }

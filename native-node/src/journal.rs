@@ -129,7 +129,7 @@ type Chunk = Vec<(CounterName, Vec<(ActorId, Entry)>, Vec<Registration>)>;
 type ChunkRef<'a> = Vec<(
     &'a CounterName,
     Vec<(&'a ActorId, &'a Entry)>,
-    &'a [Registration],
+    Vec<&'a Registration>,
 )>;
 /// Counters encoded per read-lock hold while a snapshot is taken.
 pub const SNAPSHOT_CHUNK_COUNTERS: usize = 4096;
@@ -159,7 +159,13 @@ pub fn snapshot(replica: &Replica) -> Vec<u8> {
             .map
             .page("", after.as_ref().map(CounterName::as_str))
             .take(SNAPSHOT_CHUNK_COUNTERS)
-            .map(|(name, counter)| (name, counter.entries().collect(), counter.registrations()))
+            .map(|(name, counter)| {
+                (
+                    name,
+                    counter.entries().collect(),
+                    counter.registrations().collect(),
+                )
+            })
             .collect();
         payload.extend(crdt_core::wire::encode(&chunk));
         let Some((last, _, _)) = chunk.last() else {

@@ -311,6 +311,8 @@ pub fn start(
     let refusal = Arc::new(Refusal::default());
     record_wal_stats(&metrics, &wal);
     let own_seq = replica.read().map.last_seq(replica.actor().as_str());
+    // Lost keys a crash left uncancelled: cancelled with the next batch.
+    let duplicates = replica_duplicates(&replica);
     let writer = Writer {
         wal: Some(wal),
         replica,
@@ -323,7 +325,7 @@ pub fn start(
         snapshot_retry_at: None,
         identity,
         own_seq,
-        duplicates: Vec::new(),
+        duplicates,
     };
     tokio::spawn(writer.run(local_rx, remote_rx));
     WriterHandle {
@@ -609,9 +611,9 @@ impl Writer {
         let mut keys_in_batch: HashMap<IdempotencyKey, ()> = HashMap::new();
         let mut pending = Vec::new();
         let mut records = Vec::with_capacity(batch.len());
-        // Counters whose news carried registrations: this actor's own may
-        // have lost there.
-        let mut keyed_news: Vec<CounterName> = Vec::new();
+        // Keys of peers' registrations in the news: this actor's own
+        // registration of one of them may have lost.
+        let mut keyed_news: Vec<(CounterName, IdempotencyKey)> = Vec::new();
         for request in batch {
             match request {
                 Request::Local { write, reply } => {
@@ -641,9 +643,9 @@ impl Writer {
                         }
                     }
                     let name = write.name.clone();
-                    let counter = touched.entry(name.clone()).or_insert_with(|| {
-                        state.map.get(name.as_str()).cloned().unwrap_or_default()
-                    });
+                    let counter = touched
+                        .entry(name.clone())
+                        .or_insert_with(|| working_copy(state.map.get(name.as_str())));
                     match counter.prepare(actor.as_str(), write.op, seq + 1) {
                         Ok(entry) => {
                             seq += 1;
@@ -685,11 +687,12 @@ impl Writer {
                 Request::Remote {
                     news, watermarks, ..
                 } => {
-                    keyed_news.extend(
-                        news.counters()
-                            .filter(|(_, counter)| !counter.registrations().is_empty())
-                            .map(|(name, _)| name.clone()),
-                    );
+                    keyed_news.extend(news.counters().flat_map(|(name, counter)| {
+                        counter
+                            .registrations()
+                            .filter(|r| r.origin != actor)
+                            .map(|r| (name.clone(), r.key.clone()))
+                    }));
                     match journal::merge_records(&news, watermarks.as_ref(), MAX_RECORD_PAYLOAD) {
                         Ok(payloads) => {
                             records.extend(payloads.into_iter().map(|p| (journal::KIND_MERGE, p)))
@@ -704,18 +707,28 @@ impl Writer {
             }
         }
         if refused.is_none() {
+            let news_keys = keyed_news.iter().map(|(name, key)| (name, key));
             let lost = duplicates
                 .into_iter()
-                .chain(state.map.duplicates_of(&actor, &keyed_news));
+                .chain(state.map.duplicates_of(&actor, news_keys));
             for (name, key) in lost {
+                let Some(mine) = state.map.get(name.as_str()).and_then(|counter| {
+                    let same_key = counter.registrations_of(key.as_str());
+                    same_key
+                        .iter()
+                        .find(|r| r.origin == actor && !r.is_cancelled())
+                }) else {
+                    continue;
+                };
                 let counter = touched
                     .entry(name.clone())
-                    .or_insert_with(|| state.map.get(name.as_str()).cloned().unwrap_or_default());
-                let Some(change) = cancellation(counter, &actor, &name, &key, seq + 1) else {
+                    .or_insert_with(|| working_copy(state.map.get(name.as_str())));
+                let Some(change) = cancellation(counter, mine, &name, seq + 1) else {
                     continue;
                 };
                 seq += 1;
-                counter.merge_registration(&change.registrations[0]);
+                // The copy's value is not read again in this batch (the
+                // cancellation moves no value); its entry must chain.
                 counter.merge_entry(&actor, change.entry);
                 records.push((
                     journal::KIND_LOCAL_CHANGE,
@@ -752,13 +765,14 @@ impl Writer {
             }
             // A peer's registration of the same key may have come in while
             // this batch was on its way to disk.
-            let keyed: Vec<CounterName> = pending
-                .iter()
-                .filter(|p| p.op.is_some() && !p.change.registrations.is_empty())
-                .map(|p| p.change.name.clone())
-                .collect();
+            let keyed = pending.iter().filter(|p| p.op.is_some()).flat_map(|p| {
+                p.change
+                    .registrations
+                    .iter()
+                    .map(|r| (&p.change.name, &r.key))
+            });
             self.duplicates
-                .extend(state.map.duplicates_of(&actor, &keyed));
+                .extend(state.map.duplicates_of(&actor, keyed));
         }
         self.replica.publish(delta, None);
         for (p, value) in pending.into_iter().zip(values) {
@@ -898,30 +912,41 @@ fn replay(registration: Registration) -> Written {
     }
 }
 
-/// The change that cancels `actor`'s duplicate registration of `key` in
-/// `counter`, stamped `seq`; `None` when there is none left to cancel.
+/// The change that cancels the duplicate registration `mine` (of this
+/// actor) in counter `name`, whose working copy is `counter`, stamped `seq`.
 fn cancellation(
     counter: &PnCounter,
-    actor: &ActorId,
+    mine: &Registration,
     name: &CounterName,
-    key: &IdempotencyKey,
     seq: u64,
 ) -> Option<Change> {
-    let mine = counter
-        .registrations_of(key.as_str())
-        .iter()
-        .find(|r| &r.origin == actor && !r.is_cancelled())?;
     // Only a total beyond u128 refuses, which only a hostile peer can cause.
-    let entry = counter.prepare_cancel(actor.as_str(), mine.op, seq).ok()?;
+    let entry = counter
+        .prepare_cancel(mine.origin.as_str(), mine.op, seq)
+        .ok()?;
     Some(Change {
         name: name.clone(),
-        actor: actor.clone(),
+        actor: mine.origin.clone(),
         entry,
         registrations: vec![Registration {
             cancelled_seq: seq,
             ..mine.clone()
         }],
     })
+}
+
+/// This actor's registrations that lost to another of their key.
+fn replica_duplicates(replica: &Replica) -> Vec<(CounterName, IdempotencyKey)> {
+    let actor = replica.actor();
+    replica.read().map.all_duplicates_of(&actor)
+}
+
+/// The counter as the batch stamps it: its entries and value, without its
+/// registrations (a copy per batch must not copy a day of keys).
+fn working_copy(counter: Option<&PnCounter>) -> PnCounter {
+    counter
+        .map(PnCounter::without_registrations)
+        .unwrap_or_default()
 }
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before it).

@@ -272,10 +272,10 @@ impl SnapshotChunker {
             // `taken`: entries of this counter already in the chunk.
             // A counter's registrations go with its first piece; a piece
             // continuing it in a later chunk carries an empty list.
-            let registrations = if after.is_none() {
-                counter.registrations()
+            let registrations: Vec<&Registration> = if after.is_none() {
+                counter.registrations().collect()
             } else {
-                &[]
+                Vec::new()
             };
             for (taken, (actor, entry)) in (0u128..).zip(entries) {
                 let entry_bytes = entry_len(actor, entry);
@@ -285,7 +285,7 @@ impl SnapshotChunker {
                     str_len(name.as_str())
                         + varint_len(1)
                         + entry_bytes
-                        + registrations_len(registrations)
+                        + registrations_len(registrations.iter().copied())
                         + varint_len(counters + 1)
                         - varint_len(counters)
                 } else {
@@ -295,7 +295,7 @@ impl SnapshotChunker {
                     return (chunk, false);
                 }
                 if taken == 0 {
-                    for registration in registrations {
+                    for registration in &registrations {
                         chunk.merge_registration(name, registration);
                     }
                 }
@@ -345,12 +345,14 @@ fn entry_len(actor: &ActorId, entry: &Entry) -> usize {
 }
 
 /// Bytes of an encoded list of registrations.
-fn registrations_len(registrations: &[Registration]) -> usize {
-    varint_len(registrations.len() as u128)
-        + registrations
-            .iter()
-            .map(|registration| crdt_core::wire::encode(registration).len())
-            .sum::<usize>()
+fn registrations_len<'a>(registrations: impl Iterator<Item = &'a Registration>) -> usize {
+    let (count, bytes) = registrations.fold((0u128, 0usize), |(count, bytes), registration| {
+        (
+            count + 1,
+            bytes + crdt_core::wire::encode(registration).len(),
+        )
+    });
+    varint_len(count) + bytes
 }
 
 /// Bytes of one counter as a map encodes it (name, its entries, its registrations).

@@ -92,8 +92,7 @@ fn sync(replicas: &mut [Replica], from: usize, to: usize) {
 /// Cancels every duplicate of the replica's own keyed writes, as a node does
 /// after each merge.
 fn cancel_duplicates(replica: &mut Replica) {
-    let names: Vec<CounterName> = replica.map.counters().map(|(n, _)| n.clone()).collect();
-    let due: Vec<_> = replica.map.duplicates_of(&replica.actor, &names).collect();
+    let due = replica.map.all_duplicates_of(&replica.actor);
     for (name, key) in due {
         replica
             .map
