@@ -99,6 +99,28 @@ pub async fn post_to(url: &str, body: &str) -> (u16, Value) {
     status_and_json(response).await
 }
 
+/// POST `body` to `url` with extra `headers` through `client`: status and
+/// JSON, or the error when no answer came (refused, reset, timed out).
+pub async fn post_with_headers(
+    client: &reqwest::Client,
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Result<(u16, Value)> {
+    let mut request = client.post(url).body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    // A body cut off by a dying server is no answer.
+    let bytes = response.bytes().await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
 /// The `"value"` that `GET url` answers (a counter), None while there is no
 /// such answer (unreachable, an error, not JSON).
 pub async fn value_at(url: &str) -> Option<i64> {
@@ -281,6 +303,8 @@ pub struct NodeProcess {
     pub data_dir: PathBuf,
     args: Vec<String>,
     cluster_key: String,
+    /// Extra environment of its next starts ([`NodeProcess::set_env`]).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// Its output; Drop stops the process before the log prints.
     log: ChildLog,
@@ -327,6 +351,7 @@ impl NodeProcess {
             data_dir: data_dir.into(),
             args,
             cluster_key: cluster_key.into(),
+            env: Vec::new(),
             child: None,
             log: ChildLog::new(id),
         };
@@ -337,6 +362,7 @@ impl NodeProcess {
     fn spawn(&mut self) {
         let child = tally_command(&self.log)
             .env("TALLY_CLUSTER_KEY", &self.cluster_key)
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .args(&self.args)
             .spawn()
             .expect("spawn tally node");
@@ -352,6 +378,37 @@ impl NodeProcess {
     pub async fn wait_ready(&self) {
         let ready = answers_ok(&self.url("/health"), Duration::from_secs(20)).await;
         assert!(ready, "node {} did not become ready", self.id);
+    }
+
+    /// Sets `name` to `value` in the environment of its next starts
+    /// ([`NodeProcess::restart`]); it overrides the harness's own, such as
+    /// `TALLY_CLUSTER_KEY`.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.remove_env(name);
+        self.env.push((name.into(), value.into()));
+    }
+
+    /// Undoes [`NodeProcess::set_env`] for its next starts.
+    pub fn remove_env(&mut self, name: &str) {
+        self.env.retain(|(set, _)| set != name);
+    }
+
+    /// Whether its process has exited (by itself or killed); reaps it.
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// Sends `signal` (as `kill` names it: "STOP", "CONT") to its process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("a running node");
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     /// The process id while it runs.
