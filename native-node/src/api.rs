@@ -14,7 +14,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use crdt_core::{CounterName, Op, DEFAULT_COUNTER};
+use crdt_core::{CounterName, IdempotencyKey, Op, DEFAULT_COUNTER};
 use serde::{Deserialize, Serialize};
 use tally_protocol::access::{self, AccessPolicy};
 use tally_protocol::batch::{self, BatchAnswer, BatchRequest, Direction, ItemResult};
@@ -255,6 +255,12 @@ fn answering_node(state: &ApiState, written: &Written) -> String {
         .to_owned()
 }
 
+/// The request's `Idempotency-Key`, if any (400 when invalid).
+fn header_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let value = headers.get(IDEMPOTENCY_KEY_HEADER);
+    idempotency::parse_key(value.map(|value| value.as_bytes())).map_err(ApiError::bad_request)
+}
+
 /// Applies one write; with an `Idempotency-Key`, at most once across the
 /// cluster: an attempt of the same key on this node is waited for, and the
 /// writer answers a key it already holds from its registration.
@@ -263,13 +269,7 @@ async fn submit(
     headers: &HeaderMap,
     write: LocalWrite,
 ) -> Result<Written, ApiError> {
-    let key = idempotency::parse_key(
-        headers
-            .get(IDEMPOTENCY_KEY_HEADER)
-            .map(|value| value.as_bytes()),
-    )
-    .map_err(ApiError::bad_request)?;
-    let Some(key) = key else {
+    let Some(key) = header_key(headers)? else {
         let _creation = admit(state, &write.name)?;
         return Ok(state.writer.submit(write).await?);
     };
@@ -340,19 +340,17 @@ fn quorum_error(error: QuorumError, param: &'static str) -> ApiError {
 }
 
 /// After a durable local write: waits until `wanted` replicas hold the
-/// written counters; returns how many did.
+/// writes (each a counter and, for a keyed write, its key); returns how
+/// many did.
 async fn replicate_written(
     state: &ApiState,
-    names: &[&CounterName],
+    writes: &[(CounterName, Option<IdempotencyKey>)],
     wanted: usize,
 ) -> Result<usize, ApiError> {
     if wanted <= 1 {
         return Ok(1);
     }
-    let changes = consistency::counters_named(
-        &state.replica.read().map,
-        names.iter().map(|name| name.as_str()),
-    );
+    let changes = consistency::writes_in(&state.replica.read().map, writes);
     consistency::replicate(&state.gossip, changes, wanted, state.write_timeout)
         .await
         .map_err(|e| quorum_error(e, "w"))
@@ -417,7 +415,8 @@ async fn write_default(
         LocalWrite::plain(name.clone(), op(amount)),
     )
     .await?;
-    let replicas = replicate_written(&state, &[&name], wanted).await?;
+    let replicas =
+        replicate_written(&state, &[(name.clone(), header_key(&headers)?)], wanted).await?;
     Ok(Json(ValueAnswer {
         value: written.value,
         node: answering_node(&state, &written),
@@ -467,7 +466,8 @@ async fn write_named(
         LocalWrite::plain(name.clone(), op(amount)),
     )
     .await?;
-    let replicas = replicate_written(&state, &[&name], wanted).await?;
+    let replicas =
+        replicate_written(&state, &[(name.clone(), header_key(&headers)?)], wanted).await?;
     Ok(Json(NamedAnswer {
         name: name.to_string(),
         value: written.value,
@@ -495,14 +495,20 @@ async fn write_batch(
     let request: Option<BatchRequest> = (wanted > 1)
         .then(|| crdt_core::wire::decode(&body).ok())
         .flatten();
-    let mut names: Vec<CounterName> = (request.iter().flat_map(|r| &r.items))
-        .zip(&answer.results)
-        .filter(|(_, result)| matches!(result, ItemResult::Applied { .. }))
-        .filter_map(|(item, _)| CounterName::new(&item.counter).ok())
-        .collect();
-    names.sort();
-    names.dedup();
-    let written: Vec<&CounterName> = names.iter().collect();
+    let mut written: Vec<(CounterName, Option<IdempotencyKey>)> =
+        (request.iter().flat_map(|r| &r.items))
+            .zip(&answer.results)
+            .filter(|(_, result)| matches!(result, ItemResult::Applied { .. }))
+            .filter_map(|(item, _)| {
+                let key = item
+                    .key
+                    .as_deref()
+                    .and_then(|key| IdempotencyKey::new(key).ok());
+                Some((CounterName::new(&item.counter).ok()?, key))
+            })
+            .collect();
+    written.sort();
+    written.dedup();
     let replicas = if written.is_empty() {
         1
     } else {

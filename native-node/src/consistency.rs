@@ -161,8 +161,35 @@ impl Level {
     }
 }
 
-/// The named counters of `map`, whole (every actor's entry): what a
-/// `Replicate` or a `Fetched` carries. Unknown names are skipped.
+/// What a `Replicate` of `writes` carries: each written counter's entries
+/// (every actor's: a few), and for a keyed write the registrations of its
+/// key — not the counter's other keys, of which a hot counter holds a
+/// window's worth.
+pub fn writes_in(
+    map: &CounterMap,
+    writes: &[(CounterName, Option<crdt_core::IdempotencyKey>)],
+) -> CounterMap {
+    let mut out = CounterMap::new();
+    for (name, key) in writes {
+        let Some(counter) = map.get(name.as_str()) else {
+            continue;
+        };
+        for registration in key
+            .iter()
+            .flat_map(|key| counter.registrations_of(key.as_str()))
+        {
+            out.merge_registration(name, registration);
+        }
+        for (actor, entry) in counter.entries() {
+            out.merge_entry(name, actor, *entry);
+        }
+    }
+    out
+}
+
+/// The named counters of `map`, whole (every actor's entry and every
+/// registration, so the reader's value is exact): what a `Fetched`
+/// carries. Unknown names are skipped.
 pub fn counters_named<'a>(
     map: &CounterMap,
     names: impl IntoIterator<Item = &'a str>,
