@@ -70,14 +70,17 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// The timing for gossip rounds of `interval`: a probe may take 3 rounds
-    /// (a new link needs a dial and a handshake first), its retry 2 more, a
-    /// suspect has 5 more to refute.
+    /// The timing for gossip rounds of `interval`: a probe may take a round,
+    /// and its retry one more (a fresh link's dial, handshake and ping are
+    /// four round trips: milliseconds in a data centre; an answer stuck
+    /// behind a long pull answer on the old link does not delay the retry),
+    /// so a member that is down is suspect after 2 rounds; a suspect has 5
+    /// more to refute.
     pub fn for_interval(interval: Duration, forget_dead_after: Duration) -> Self {
         Self {
             interval,
-            probe_timeout: interval * 3,
-            retry_timeout: interval * 2,
+            probe_timeout: interval,
+            retry_timeout: interval,
             suspect_timeout: interval * 5,
             forget_dead_after,
         }
@@ -759,7 +762,7 @@ mod tests {
         );
         let targets = table.probe_targets(Instant::now(), &mut rng);
         assert_eq!(targets[0].0.id, "b");
-        rounds(&mut table, 3).await;
+        rounds(&mut table, 1).await;
         // First the probe goes again, over a fresh connection.
         assert_eq!(status_of(&table, "b"), Some(Status::Alive));
         let retries = table.take_retries();
@@ -768,7 +771,7 @@ mod tests {
             ("b", targets[0].1)
         );
         assert!(table.take_retries().is_empty(), "a retry is asked for once");
-        rounds(&mut table, 2).await;
+        rounds(&mut table, 1).await;
         assert_eq!(status_of(&table, "b"), Some(Status::Suspect));
         assert_eq!(table.suspicions().raised, 1);
         // The suspicion is news to spread.
@@ -789,7 +792,7 @@ mod tests {
             Source::Peer("b"),
         );
         table.probe_targets(Instant::now(), &mut rng);
-        rounds(&mut table, 3).await;
+        rounds(&mut table, 1).await;
         let (record, probe) = table.take_retries().remove(0);
         table.acked(&record.id, probe);
         rounds(&mut table, 10).await;
@@ -843,7 +846,7 @@ mod tests {
             Source::Peer("b"),
         );
         table.probe_targets(Instant::now(), &mut rng);
-        rounds(&mut table, 5).await;
+        rounds(&mut table, 2).await;
         assert_eq!(status_of(&table, "b"), Some(Status::Suspect));
         // A ping to b tells b what we think of it, so it can refute.
         assert_eq!(table.piggyback("b")[0], news("b", 1, Status::Suspect));

@@ -1114,7 +1114,7 @@ fn half_leave(cluster: &mut SimCluster) {
 /// 200 nodes, then 100 of them gone for good.
 #[test]
 fn two_hundred_nodes_scale_within_the_bounds_and_shrink_when_half_leave() {
-    let (mut cluster, _) = scale(200, 200, 100);
+    let (mut cluster, _) = scale(200, 200, 50);
     half_leave(&mut cluster);
 }
 
