@@ -1049,9 +1049,9 @@ fn scale(size: usize, seed: u64, writes: usize) -> (SimCluster, ScaleFigures) {
         "slow convergence after heal: {figures:?}"
     );
     // Asserted up to 100 nodes only. At 200 nodes it is open: 1.1–1.4 s
-    // measured alone, but 2.1–5.0 s within this sequence, where a node's
-    // loss takes long to reach the last few survivors; cause not yet
-    // found (see ARCHITECTURE.md, "Gossip at scale"). Printed above.
+    // on a freshly formed cluster, but 2.1–5.0 s within this sequence,
+    // where the first suspicion comes late (see ARCHITECTURE.md, "Gossip
+    // at scale"). Printed above.
     if size <= 100 {
         assert!(
             figures.detected <= DETECTED_WITHIN,
