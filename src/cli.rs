@@ -140,7 +140,8 @@ pub struct NodeArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Time between gossip rounds: each pings one member (failure detection,
-    /// digest comparison); a silent member is suspect after 3 rounds, dead 5 later.
+    /// digest comparison); a silent member is pinged again over a fresh
+    /// connection after a round, suspect after one more, dead 5 later.
     #[arg(long, default_value = "200ms", value_parser = humantime_duration)]
     pub gossip_interval: Duration,
     /// Most pulls started per round (where a probe showed states differ), and

@@ -35,7 +35,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tally_protocol::request_auth::unix_now_ms;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::consistency::{self, Replicas, Requests};
@@ -63,6 +63,13 @@ const MIN_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Member records per `Members` chunk: a record is an id and two addresses
 /// (≤ ~600 bytes even with long names), so a chunk stays far under a frame.
 const MEMBERS_PER_CHUNK: usize = 256;
+/// A connection is given up after carrying nothing for this many rounds
+/// per member (when that is longer than the transport's idle timeout). Idle,
+/// a link carries only the probes of one member by another, one per pass
+/// over the table: n rounds apart, up to 2n as each pass is reshuffled. A
+/// fixed timeout shorter than that closed idle links between probes, and a
+/// ping sent as the other side was closing was lost: a false suspicion.
+const IDLE_ROUNDS_PER_MEMBER: u32 = 4;
 
 /// Tuning of the gossip layer.
 #[derive(Debug, Clone)]
@@ -160,6 +167,8 @@ struct Link {
     awaiting: Awaiting,
     /// The oldest ping sent and not answered (a link that answers none is redialled).
     ping_awaiting: Awaiting,
+    /// Cuts short a redial backoff: a probe is waiting to go.
+    redial_now: Arc<Notify>,
 }
 
 impl Link {
@@ -182,6 +191,7 @@ struct LinkWaits {
     queued_bytes: Arc<AtomicUsize>,
     awaiting: Awaiting,
     ping_awaiting: Awaiting,
+    redial_now: Arc<Notify>,
 }
 
 /// Member-table chunks for the digest repair, each well under a frame.
@@ -523,6 +533,7 @@ impl<N: Network> Gossip<N> {
         let awaiting = || lock_awaiting(awaiting_reply);
         let reading = async {
             loop {
+                reader.set_idle_timeout(self.idle_timeout());
                 let (message, size) = reader.recv().await?;
                 if self.is_partitioned(peer) {
                     self.metrics
@@ -649,6 +660,15 @@ impl<N: Network> Gossip<N> {
             result = writing => result,
             result = watchdog => result,
         }
+    }
+
+    /// How long a connection may stay silent before it is given up: the
+    /// transport's idle timeout, or [`IDLE_ROUNDS_PER_MEMBER`] rounds per
+    /// member when that is longer (see there).
+    fn idle_timeout(&self) -> Duration {
+        let members = self.members().known() as u32 + 1;
+        let probe_cycles = self.config.interval * IDLE_ROUNDS_PER_MEMBER * members;
+        self.me.idle_timeout.max(probe_cycles)
     }
 
     /// Handles one message from `peer` that needs no answer (pulls and
@@ -801,7 +821,14 @@ impl<N: Network> Gossip<N> {
             }
             self.reap_links();
             self.pull_budget.store(self.config.fanout.max(1), Relaxed);
-            for (addr, message) in self.round_pings() {
+            // A probe unanswered once goes again over a fresh connection:
+            // the old one may be stalled (after a partition, TCP can take
+            // seconds to retransmit) while the member is up.
+            let retries = self.members().take_retries();
+            for (record, _) in &retries {
+                self.drop_link(&record.gossip_addr);
+            }
+            for (addr, message) in self.round_pings(retries) {
                 match message {
                     Message::Ping { .. } => self.send_ping(&addr, message),
                     news => self.send(&addr, Outgoing::encode(&news)),
@@ -810,17 +837,17 @@ impl<N: Network> Gossip<N> {
         }
     }
 
-    /// This round's pings: to the members `Membership::probe_targets`
-    /// picks, or to a seed while we know no member that is not dead.
-    fn round_pings(&self) -> Vec<(String, Message)> {
+    /// This round's pings: the `retries`, to the members
+    /// `Membership::probe_targets` picks, or to a seed while we know no
+    /// member that is not dead.
+    fn round_pings(&self, retries: Vec<(MemberRecord, u64)>) -> Vec<(String, Message)> {
         let digest = self.replica.read().map.digest();
         let mut rng = self.rng();
         let mut members = self.members();
-        let mut targets: Vec<(String, String, u64)> = (members
-            .probe_targets(Instant::now(), &mut *rng))
-        .into_iter()
-        .map(|(record, probe)| (record.id, record.gossip_addr, probe))
-        .collect();
+        let mut targets: Vec<(String, String, u64)> = (retries.into_iter())
+            .chain(members.probe_targets(Instant::now(), &mut *rng))
+            .map(|(record, probe)| (record.id, record.gossip_addr, probe))
+            .collect();
         if members.reachable().is_empty() {
             if let Some(seed) = self.all_seeds().choose(&mut *rng) {
                 targets.push((String::new(), seed.clone(), 0));
@@ -860,6 +887,12 @@ impl<N: Network> Gossip<N> {
         // Dropping a link closes its queue; its task ends with the connection.
         (self.links.lock().unwrap_or_else(|p| p.into_inner()))
             .retain(|addr, _| wanted.contains(addr));
+    }
+
+    /// Closes the link to `addr` (its task ends with its queue); the next
+    /// message to `addr` dials afresh.
+    fn drop_link(&self, addr: &str) {
+        (self.links.lock().unwrap_or_else(|p| p.into_inner())).remove(addr);
     }
 
     /// Open outbound links (for tests and metrics).
@@ -906,12 +939,16 @@ impl<N: Network> Gossip<N> {
     }
 
     /// Queues a ping for the peer at `addr`; the link notes when the oldest
-    /// unanswered ping left, so a link that answers none is redialled.
+    /// unanswered ping left, so a link that answers none is redialled. A
+    /// link waiting out a redial backoff dials at once: a probe that sat in
+    /// the queue through the backoff (up to 5 s, after a partition) would
+    /// time out and suspect a member that is up.
     fn send_ping(self: &Arc<Self>, addr: &str, ping: Message) {
         self.with_link(addr, |link| {
             let queued = link.offer(Outgoing::encode(&ping));
             if queued {
                 lock_awaiting(&link.ping_awaiting).get_or_insert_with(Instant::now);
+                link.redial_now.notify_one();
             }
             queued
         });
@@ -950,12 +987,14 @@ impl<N: Network> Gossip<N> {
                 queued_bytes: Arc::new(AtomicUsize::new(0)),
                 awaiting: Awaiting::default(),
                 ping_awaiting: Awaiting::default(),
+                redial_now: Arc::default(),
             };
             let gossip = Arc::clone(self);
             let waits = LinkWaits {
                 queued_bytes: Arc::clone(&link.queued_bytes),
                 awaiting: Arc::clone(&link.awaiting),
                 ping_awaiting: Arc::clone(&link.ping_awaiting),
+                redial_now: Arc::clone(&link.redial_now),
             };
             let addr = addr.to_owned();
             tokio::spawn(async move { gossip.run_link(addr, rx, waits).await });
@@ -979,6 +1018,7 @@ impl<N: Network> Gossip<N> {
             queued_bytes,
             awaiting,
             ping_awaiting,
+            redial_now,
         } = waits;
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -989,6 +1029,14 @@ impl<N: Network> Gossip<N> {
             match result {
                 Ok((connection, hello)) => {
                     backoff = Duration::from_millis(50);
+                    // What was queued while the link was down waits from
+                    // now on: the watchdog must not take the time it spent
+                    // queued for a silent peer.
+                    for waits in [&awaiting, &ping_awaiting] {
+                        if let Some(since) = lock_awaiting(waits).as_mut() {
+                            *since = Instant::now();
+                        }
+                    }
                     self.hello(&hello.member);
                     let outbox = Outbox {
                         queue: &mut queue,
@@ -1019,7 +1067,11 @@ impl<N: Network> Gossip<N> {
                     }
                     *lock_awaiting(&awaiting) = None;
                     *lock_awaiting(&ping_awaiting) = None;
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        biased;
+                        () = redial_now.notified() => {}
+                        () = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -1081,6 +1133,7 @@ mod tests {
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             awaiting: Awaiting::default(),
             ping_awaiting: Awaiting::default(),
+            redial_now: Arc::default(),
         };
         (link, rx)
     }

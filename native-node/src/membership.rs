@@ -13,8 +13,10 @@
 //!   included ([`Membership::digest`]). Probes carry it; when two nodes'
 //!   digests differ, they exchange whole tables (the repair path, rare).
 //! - **Failure detection**: each round one member is probed, round-robin over
-//!   a shuffled list; no answer within the probe timeout → *suspect* (and
-//!   gossiped), suspect for the suspicion timeout → *dead*. A member that
+//!   a shuffled list; no answer within the probe timeout → the probe is sent
+//!   again over a fresh connection ([`Membership::take_retries`]); no answer
+//!   to that either → *suspect* (and gossiped), suspect for the suspicion
+//!   timeout → *dead*. A member that
 //!   hears it is suspected raises its version: that refutes it everywhere.
 //!   Dead members are probed now and then, so a healed partition is noticed.
 //! - **Forgetting**: a member dead for `forget_dead_after` leaves the table
@@ -57,8 +59,10 @@ pub enum Source<'a> {
 pub struct Timing {
     /// One probe per round.
     pub interval: Duration,
-    /// A probe unanswered this long makes its target suspect.
+    /// A probe unanswered this long is sent again, over a fresh connection.
     pub probe_timeout: Duration,
+    /// The probe sent again unanswered this long makes its target suspect.
+    pub retry_timeout: Duration,
     /// A suspect not refuted this long is dead.
     pub suspect_timeout: Duration,
     /// A member dead this long leaves the table.
@@ -66,13 +70,17 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// The timing for gossip rounds of `interval`: a probe may take 3 rounds
-    /// (a new link needs a dial and a handshake first), a suspect has 5 more
-    /// to refute.
+    /// The timing for gossip rounds of `interval`: a probe may take a round,
+    /// and its retry one more (a fresh link's dial, handshake and ping are
+    /// four round trips: milliseconds in a data centre; an answer stuck
+    /// behind a long pull answer on the old link does not delay the retry),
+    /// so a member that is down is suspect after 2 rounds; a suspect has 5
+    /// more to refute.
     pub fn for_interval(interval: Duration, forget_dead_after: Duration) -> Self {
         Self {
             interval,
-            probe_timeout: interval * 3,
+            probe_timeout: interval,
+            retry_timeout: interval,
             suspect_timeout: interval * 5,
             forget_dead_after,
         }
@@ -139,6 +147,8 @@ const TOMBSTONE_LIFETIMES: u32 = 10;
 struct Pending {
     probe: u64,
     deadline: Instant,
+    /// Sent again over a fresh connection already: the next deadline suspects.
+    retried: bool,
 }
 
 /// What the failure detector counted.
@@ -166,6 +176,8 @@ pub struct Membership {
     queue: VecDeque<(MemberUpdate, u32)>,
     last_tick: Option<Instant>,
     suspicions: Suspicions,
+    /// Probes to send again over a fresh connection (see [`Membership::take_retries`]).
+    retries: Vec<String>,
 }
 
 impl Membership {
@@ -182,6 +194,7 @@ impl Membership {
             queue: VecDeque::new(),
             last_tick: None,
             suspicions: Suspicions::default(),
+            retries: Vec::new(),
         }
     }
 
@@ -212,6 +225,16 @@ impl Membership {
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
+            // A first timeout is not yet a suspicion: the connection may be
+            // what failed (stalled after a partition, closed under the
+            // ping). The probe goes again over a fresh one.
+            let alive = self.status_of(&id) == Some(Status::Alive);
+            if let Some(pending) = self.pending.get_mut(&id).filter(|p| !p.retried && alive) {
+                pending.retried = true;
+                pending.deadline = now + self.timing.retry_timeout;
+                self.retries.push(id);
+                continue;
+            }
             self.pending.remove(&id);
             if let Some(member) = self.members.get_mut(&id) {
                 if member.status == Status::Alive {
@@ -257,9 +280,11 @@ impl Membership {
             let deadline = now + self.timing.probe_timeout;
             // A probe already awaited keeps its deadline: a member that
             // never answers becomes suspect on time however often it is picked.
-            self.pending
-                .entry(id.clone())
-                .or_insert(Pending { probe, deadline });
+            self.pending.entry(id.clone()).or_insert(Pending {
+                probe,
+                deadline,
+                retried: false,
+            });
             let probe = self.pending[&id].probe;
             targets.push((self.members[&id].record.clone(), probe));
         }
@@ -295,6 +320,19 @@ impl Membership {
             }
         }
         None
+    }
+
+    /// Probes that went unanswered once, to send again over a fresh
+    /// connection (the caller drops the old one): each member's record and
+    /// the probe's number.
+    pub fn take_retries(&mut self) -> Vec<(MemberRecord, u64)> {
+        let retries = std::mem::take(&mut self.retries);
+        (retries.into_iter())
+            .filter_map(|id| {
+                let probe = self.pending.get(&id)?.probe;
+                Some((self.members.get(&id)?.record.clone(), probe))
+            })
+            .collect()
     }
 
     /// An answer to probe `probe` came from `id`.
@@ -593,6 +631,11 @@ impl Membership {
         self.tombstones.len()
     }
 
+    /// Members known (not us), whatever their status.
+    pub fn known(&self) -> usize {
+        self.members.len()
+    }
+
     /// Members by status.
     pub fn count(&self, status: Status) -> usize {
         self.members.values().filter(|m| m.status == status).count()
@@ -719,7 +762,16 @@ mod tests {
         );
         let targets = table.probe_targets(Instant::now(), &mut rng);
         assert_eq!(targets[0].0.id, "b");
-        rounds(&mut table, 3).await;
+        rounds(&mut table, 1).await;
+        // First the probe goes again, over a fresh connection.
+        assert_eq!(status_of(&table, "b"), Some(Status::Alive));
+        let retries = table.take_retries();
+        assert_eq!(
+            (retries[0].0.id.as_str(), retries[0].1),
+            ("b", targets[0].1)
+        );
+        assert!(table.take_retries().is_empty(), "a retry is asked for once");
+        rounds(&mut table, 1).await;
         assert_eq!(status_of(&table, "b"), Some(Status::Suspect));
         assert_eq!(table.suspicions().raised, 1);
         // The suspicion is news to spread.
@@ -728,6 +780,24 @@ mod tests {
         rounds(&mut table, 5).await;
         assert_eq!(status_of(&table, "b"), Some(Status::Dead));
         assert!(table.reachable().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_answered_on_its_retry_suspects_nobody() {
+        let mut table = table();
+        let mut rng = StdRng::seed_from_u64(1);
+        hear(
+            &mut table,
+            &[news("b", 1, Status::Alive)],
+            Source::Peer("b"),
+        );
+        table.probe_targets(Instant::now(), &mut rng);
+        rounds(&mut table, 1).await;
+        let (record, probe) = table.take_retries().remove(0);
+        table.acked(&record.id, probe);
+        rounds(&mut table, 10).await;
+        assert_eq!(status_of(&table, "b"), Some(Status::Alive));
+        assert_eq!(table.suspicions().raised, 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -776,7 +846,7 @@ mod tests {
             Source::Peer("b"),
         );
         table.probe_targets(Instant::now(), &mut rng);
-        rounds(&mut table, 3).await;
+        rounds(&mut table, 2).await;
         assert_eq!(status_of(&table, "b"), Some(Status::Suspect));
         // A ping to b tells b what we think of it, so it can refute.
         assert_eq!(table.piggyback("b")[0], news("b", 1, Status::Suspect));

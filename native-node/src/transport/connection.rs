@@ -157,6 +157,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
 }
 
 impl<S: AsyncRead + Send + 'static> ConnectionReader<S> {
+    /// Changes how long [`ConnectionReader::recv`] waits for a frame before
+    /// giving up on the connection.
+    pub fn set_idle_timeout(&mut self, idle_timeout: Duration) {
+        self.idle_timeout = idle_timeout;
+    }
+
     /// The next message, with the frame size it had on the wire.
     pub async fn recv(&mut self) -> Result<(Message, usize), TransportError> {
         let frame = match tokio::time::timeout(self.idle_timeout, self.frames.next()).await {
