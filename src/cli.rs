@@ -122,7 +122,7 @@ pub struct NodeArgs {
     /// How long a write's Idempotency-Key is kept (and survives restarts): a
     /// retry with the same key within this long of the first attempt gets
     /// the first answer again, on any node, and is never applied twice.
-    /// Longer windows hold more keys (about 200 bytes each).
+    /// Longer windows hold more keys (about 700 bytes of memory each).
     #[arg(long, default_value = "24h", value_parser = humantime_duration)]
     pub idempotency_window: Duration,
     /// Deadline for the whole graceful stop after SIGTERM (drain, requests
