@@ -165,6 +165,14 @@ impl CounterMap {
             .unwrap_or(0)
     }
 
+    /// The seq `actor`'s next operation is stamped with. (A seq at
+    /// `u64::MAX` can only come from a damaged or hostile peer.)
+    fn next_seq(&self, actor: &ActorId) -> Result<u64, CrdtError> {
+        self.last_seq(actor.as_str())
+            .checked_add(1)
+            .ok_or(CrdtError::Overflow)
+    }
+
     /// Entries changed above `known`, actor by actor in seq order: what a
     /// peer holding everything up to `known` lacks. O(result), whatever the
     /// number of counters.
@@ -201,11 +209,7 @@ impl CounterMap {
         name: &CounterName,
         op: Op,
     ) -> Result<CounterMap, CrdtError> {
-        // A seq at u64::MAX can only come from a damaged or hostile peer.
-        let seq = self
-            .last_seq(actor.as_str())
-            .checked_add(1)
-            .ok_or(CrdtError::Overflow)?;
+        let seq = self.next_seq(actor)?;
         let entry = self.prepare(actor, name, op, seq)?;
         self.merge_entry(name, actor, entry);
         Ok(CounterMap::single(name, actor, entry))
@@ -266,10 +270,7 @@ impl CounterMap {
         key: &IdempotencyKey,
         at_ms: u64,
     ) -> Result<KeyedWrite, CrdtError> {
-        let seq = self
-            .last_seq(actor.as_str())
-            .checked_add(1)
-            .ok_or(CrdtError::Overflow)?;
+        let seq = self.next_seq(actor)?;
         let entry = self.prepare(actor, name, op, seq)?;
         let value = self
             .value(name.as_str())
@@ -364,10 +365,7 @@ impl CounterMap {
         else {
             return Ok(None);
         };
-        let seq = self
-            .last_seq(actor.as_str())
-            .checked_add(1)
-            .ok_or(CrdtError::Overflow)?;
+        let seq = self.next_seq(actor)?;
         let entry = counter.prepare_cancel(actor.as_str(), mine.op, seq)?;
         let change = Change {
             name: name.clone(),

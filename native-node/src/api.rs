@@ -406,23 +406,32 @@ async fn write_default(
     body: Result<Bytes, BytesRejection>,
     op: fn(u64) -> Op,
 ) -> Result<Json<ValueAnswer>, ApiError> {
-    let amount = parse_amount(&body?)?;
-    let wanted = wanted_replicas(&state, params, "w")?;
     let name = default_name();
-    let written = submit(
-        &state,
-        &headers,
-        LocalWrite::plain(name.clone(), op(amount)),
-    )
-    .await?;
-    let replicas =
-        replicate_written(&state, &[(name.clone(), header_key(&headers)?)], wanted).await?;
+    let (written, replicas) = write_counter(&state, params, &headers, body, &name, op).await?;
     Ok(Json(ValueAnswer {
         value: written.value,
         node: answering_node(&state, &written),
         replicas,
         replayed: written.replayed,
     }))
+}
+
+/// One write to `name` as every write route makes it: the amount, the
+/// key, then `?w=` replicas; the write's answer and the replicas that held it.
+async fn write_counter(
+    state: &ApiState,
+    params: ConsistencyParams,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    name: &CounterName,
+    op: fn(u64) -> Op,
+) -> Result<(Written, usize), ApiError> {
+    let amount = parse_amount(&body?)?;
+    let wanted = wanted_replicas(state, params, "w")?;
+    let written = submit(state, headers, LocalWrite::plain(name.clone(), op(amount))).await?;
+    let key = header_key(headers)?;
+    let replicas = replicate_written(state, &[(name.clone(), key)], wanted).await?;
+    Ok((written, replicas))
 }
 
 async fn get_named(
@@ -458,16 +467,7 @@ async fn write_named(
     op: fn(u64) -> Op,
 ) -> Result<Json<NamedAnswer>, ApiError> {
     let name = counter_name(&name)?;
-    let amount = parse_amount(&body?)?;
-    let wanted = wanted_replicas(&state, params, "w")?;
-    let written = submit(
-        &state,
-        &headers,
-        LocalWrite::plain(name.clone(), op(amount)),
-    )
-    .await?;
-    let replicas =
-        replicate_written(&state, &[(name.clone(), header_key(&headers)?)], wanted).await?;
+    let (written, replicas) = write_counter(&state, params, &headers, body, &name, op).await?;
     Ok(Json(NamedAnswer {
         name: name.to_string(),
         value: written.value,
