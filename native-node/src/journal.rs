@@ -17,7 +17,7 @@
 //! chunks hold entries only, and whole-map snapshots `(CounterMap, Watermarks)`.
 //!
 //! News larger than a record may hold (a catch-up chunk can be as large as a
-//! gossip frame) is split into several kind-2 records ([`merge_records`]); only
+//! gossip frame) is split into several kind-4 records ([`merge_records`]); only
 //! the last carries the watermarks, so replay adopts them after every entry.
 use crdt_core::{
     ActorId, Change, CounterMap, CounterName, EntriesOnly, Entry, Registration, Watermarks,
