@@ -13,7 +13,8 @@
 //!   included ([`Membership::digest`]). Probes carry it; when two nodes'
 //!   digests differ, they exchange whole tables (the repair path, rare).
 //! - **Failure detection**: each round one member is probed, round-robin over
-//!   a shuffled list; no answer within the probe timeout → the probe is sent
+//!   a shuffled list (a member that joins goes in at once, at a place of
+//!   its own, not at the next pass: `Membership::join_this_pass`); no answer within the probe timeout → the probe is sent
 //!   again over a fresh connection ([`Membership::take_retries`]); no answer
 //!   to that either → *suspect* (and gossiped), suspect for the suspicion
 //!   timeout → *dead*. A member that
@@ -300,6 +301,20 @@ impl Membership {
         targets
     }
 
+    /// Puts a new member somewhere in the current pass's order, as SWIM
+    /// does: otherwise it waits for the next pass (n rounds away: 40 s at 200
+    /// members), and a member that joined after most nodes began their pass
+    /// went unprobed — a crash of it unnoticed — for that long. The place
+    /// comes from a hash of both ids, not the rng: the same on every run,
+    /// and not the same on every node.
+    fn join_this_pass(&mut self, id: &str) {
+        let mut both = self.me.id.as_bytes().to_vec();
+        both.push(0);
+        both.extend_from_slice(id.as_bytes());
+        let at = fnv(&both) % (self.order.len() as u64 + 1);
+        self.order.insert(at as usize, id.to_owned());
+    }
+
     fn next_in_order(&mut self, rng: &mut impl Rng) -> Option<String> {
         for pass in 0..2 {
             while let Some(id) = self.order.pop() {
@@ -447,6 +462,7 @@ impl Membership {
             };
             let update = update_of(&member);
             self.members.insert(record.id.clone(), member);
+            self.join_this_pass(&record.id);
             if spread {
                 self.enqueue(update);
             }
@@ -749,6 +765,36 @@ mod tests {
         assert!(!was_paused(INTERVAL, INTERVAL));
         assert!(!was_paused(INTERVAL * 3, INTERVAL));
         assert!(was_paused(INTERVAL * 10, INTERVAL));
+    }
+
+    #[test]
+    fn a_member_that_joins_mid_pass_is_probed_within_that_pass() {
+        let mut table = table();
+        let mut rng = StdRng::seed_from_u64(1);
+        let first: Vec<MemberUpdate> = (0..10)
+            .map(|i| news(&format!("m{i}"), 1, Status::Alive))
+            .collect();
+        hear(&mut table, &first, Source::Outside);
+        // The pass begins with the ten; then "late" joins.
+        let mut probed: Vec<String> = (table.probe_targets(Instant::now(), &mut rng))
+            .into_iter()
+            .map(|(record, _)| record.id)
+            .collect();
+        hear(
+            &mut table,
+            &[news("late", 1, Status::Alive)],
+            Source::Outside,
+        );
+        // What is left of the pass: nine of the first, and "late".
+        for _ in 0..10 {
+            let targets = table.probe_targets(Instant::now(), &mut rng);
+            probed.extend(targets.into_iter().map(|(record, _)| record.id));
+        }
+        assert!(probed.iter().any(|id| id == "late"), "{probed:?}");
+        let mut once = probed.clone();
+        once.sort();
+        once.dedup();
+        assert_eq!(once.len(), 11, "each member once a pass: {probed:?}");
     }
 
     #[tokio::test(start_paused = true)]
