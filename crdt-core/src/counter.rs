@@ -1,7 +1,8 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::keyed::{key_excess, IdempotencyKey, Registration};
+use crate::keyed::{live_key_excess, IdempotencyKey, Registration};
+use crate::lifecycle::{live_part, removed_through, Lifecycle};
 use crate::{digest, ActorId, CrdtError};
 
 /// One actor's running totals in one counter.
@@ -21,15 +22,35 @@ pub struct Entry {
     pub dec: u128,
     /// The actor's operation number that last changed this entry.
     pub seq: u64,
+    /// The seq that began this *run* of totals: an actor whose entry was
+    /// wholly removed (deleted, reset, expired) starts again from zero at
+    /// its next write (see [`crate::lifecycle`]). 0 for entries of before.
+    pub since: u64,
 }
 
 impl Entry {
-    /// The per-field maximum: the merge of two views of one actor's entry.
+    /// The merge of two views of one actor's entry: the later run, and
+    /// within one run the per-field maximum (a run's totals only grow).
     pub fn join(self, other: Entry) -> Entry {
+        match self.since.cmp(&other.since) {
+            core::cmp::Ordering::Greater => self,
+            core::cmp::Ordering::Less => other,
+            core::cmp::Ordering::Equal => Entry {
+                inc: self.inc.max(other.inc),
+                dec: self.dec.max(other.dec),
+                seq: self.seq.max(other.seq),
+                since: self.since,
+            },
+        }
+    }
+
+    /// The first entry of a run begun by an operation stamped `seq`.
+    pub fn start(seq: u64) -> Entry {
         Entry {
-            inc: self.inc.max(other.inc),
-            dec: self.dec.max(other.dec),
-            seq: self.seq.max(other.seq),
+            inc: 0,
+            dec: 0,
+            seq,
+            since: seq,
         }
     }
 }
@@ -95,8 +116,9 @@ impl WideSum {
     }
 }
 
-/// A PN-Counter: per-actor increment and decrement totals, and the
-/// registrations of keyed writes (see [`crate::keyed`]).
+/// A PN-Counter: per-actor increment and decrement totals, the
+/// registrations of keyed writes (see [`crate::keyed`]) and, once it was
+/// removed or given an expiry, its [`Lifecycle`].
 ///
 /// `value()` is O(1): the sums, the excess of duplicate keyed writes and the
 /// digest are updated on every change.
@@ -110,21 +132,28 @@ pub struct PnCounter {
     /// applied it, usually one); empty unless keyed writes were made. A
     /// B-tree: a hot counter can hold a day of keys.
     registrations: BTreeMap<IdempotencyKey, Vec<Registration>>,
-    /// Σinc and Σdec, exact.
+    /// Removals and expiry; boxed, as most counters never have one.
+    lifecycle: Option<Box<Lifecycle>>,
+    /// Σinc and Σdec of the live parts (above what removals saw), exact.
     total_inc: WideSum,
     total_dec: WideSum,
-    /// Σ [`key_excess`] over the keys: what duplicates add to the totals.
+    /// Σ over the keys of what duplicates add to the live totals.
     excess: i128,
-    /// Over the entries only: a registration never changes without its
-    /// origin's entry (they travel as one bundle), so equal entries mean
-    /// equal registrations, up to keys dropped after their window, which
-    /// count for nothing.
+    /// With a lifecycle: whether anything was written above the removals
+    /// (a duplicate of a removed key, or a cancellation, is no write).
+    written_since_removal: bool,
+    /// Over the entries only: a registration or a lifecycle change never
+    /// happens without its actor's entry changing (they travel as one
+    /// bundle), so equal entries mean equal registrations and lifecycles,
+    /// up to what local housekeeping dropped, which counts for nothing.
     digest: u64,
 }
 
 impl PartialEq for PnCounter {
     fn eq(&self, other: &Self) -> bool {
-        self.entries == other.entries && self.registrations == other.registrations
+        self.entries == other.entries
+            && self.registrations == other.registrations
+            && self.lifecycle == other.lifecycle
     }
 }
 impl Eq for PnCounter {}
@@ -160,6 +189,32 @@ impl PnCounter {
     fn position(&self, actor: &str) -> Result<usize, usize> {
         self.entries
             .binary_search_by(|(known, _)| known.as_str().cmp(actor))
+    }
+
+    /// True when the counter reads as present: never removed, written
+    /// since its last removal, or reset. (Expiry is the caller's to check
+    /// against its clock: [`Self::expiry`].)
+    pub fn is_visible(&self) -> bool {
+        match &self.lifecycle {
+            None => !self.entries.is_empty(),
+            Some(lifecycle) => self.written_since_removal || lifecycle.is_reset(),
+        }
+    }
+
+    /// The expiry in force (ms since the Unix epoch), if any.
+    pub fn expiry(&self) -> Option<u64> {
+        self.lifecycle.as_ref().and_then(|l| l.expiry())
+    }
+
+    /// Removals and expiry, if it ever had any.
+    pub fn lifecycle(&self) -> Option<&Lifecycle> {
+        self.lifecycle.as_deref()
+    }
+
+    /// Through which seq of `actor` its operations on this counter are removed.
+    pub fn removed_through(&self, actor: &str) -> u64 {
+        let removed = self.lifecycle.as_ref().and_then(|l| l.removed_of(actor));
+        removed_through(removed, self.entry(actor))
     }
 
     /// The 64-bit digest of this counter's entries.
@@ -206,40 +261,100 @@ impl PnCounter {
         PnCounter {
             entries: self.entries.clone(),
             registrations: BTreeMap::new(),
+            lifecycle: self.lifecycle.clone(),
             total_inc: self.total_inc,
             total_dec: self.total_dec,
             excess: self.excess,
+            written_since_removal: self.written_since_removal,
             digest: self.digest,
         }
     }
 
+    /// What the registrations of `key` add to the live totals (0 when none
+    /// or when they count exactly once).
+    pub fn key_excess(&self, key: &str) -> i128 {
+        let covered = coverage(&self.entries, self.lifecycle.as_deref());
+        live_key_excess(self.registrations_of(key), covered).excess
+    }
+
+    /// Recomputes the sums, the excess and visibility from scratch: after a
+    /// change that may lower a live part (a removal, a new run).
+    fn recompute(&mut self) {
+        let lifecycle = self.lifecycle.as_deref();
+        let removed = |actor: &str| lifecycle.and_then(|l| l.removed_of(actor));
+        let (mut total_inc, mut total_dec) = (WideSum::default(), WideSum::default());
+        let mut gross: Vec<u128> = Vec::with_capacity(self.entries.len());
+        for (actor, entry) in &self.entries {
+            let (inc, dec) = live_part(entry, removed(actor.as_str()));
+            total_inc.add(inc);
+            total_dec.add(dec);
+            gross.push(inc.saturating_add(dec));
+        }
+        let covered = coverage(&self.entries, lifecycle);
+        let mut excess: i128 = 0;
+        for same_key in self.registrations.values() {
+            let key = live_key_excess(same_key, &covered);
+            excess = excess.saturating_add(key.excess);
+            for (origin, amount) in key.not_writes {
+                if let Ok(index) = self.entries.binary_search_by(|(a, _)| a.cmp(origin)) {
+                    gross[index] = gross[index].saturating_sub(amount);
+                }
+            }
+        }
+        self.total_inc = total_inc;
+        self.total_dec = total_dec;
+        self.excess = excess;
+        self.written_since_removal = gross.iter().any(|&amount| amount > 0);
+    }
+
+    /// Merges a lifecycle change; true when anything changed.
+    pub fn merge_lifecycle(&mut self, incoming: &Lifecycle) -> bool {
+        let lifecycle = self.lifecycle.get_or_insert_with(Default::default);
+        if !lifecycle.join(incoming) {
+            return false;
+        }
+        for (actor, entry) in &self.entries {
+            lifecycle.forget_older_runs(actor.as_str(), entry.since);
+        }
+        self.recompute();
+        true
+    }
+
     /// Merges one registration; true when anything changed.
     pub fn merge_registration(&mut self, incoming: &Registration) -> bool {
-        let same_key = self.registrations.entry(incoming.key.clone()).or_default();
-        let before = key_excess(same_key.iter());
-        match same_key.binary_search_by(|r| r.origin.cmp(&incoming.origin)) {
-            Ok(index) => {
-                let joined = same_key[index].join(incoming);
-                if joined == same_key[index] {
-                    return false;
+        {
+            let covered = coverage(&self.entries, self.lifecycle.as_deref());
+            let same_key = self.registrations.entry(incoming.key.clone()).or_default();
+            let before = live_key_excess(same_key, &covered).excess;
+            match same_key.binary_search_by(|r| r.origin.cmp(&incoming.origin)) {
+                Ok(index) => {
+                    let joined = same_key[index].join(incoming);
+                    if joined == same_key[index] {
+                        return false;
+                    }
+                    same_key[index] = joined;
                 }
-                same_key[index] = joined;
+                Err(index) => same_key.insert(index, incoming.clone()),
             }
-            Err(index) => same_key.insert(index, incoming.clone()),
+            let after = live_key_excess(same_key, &covered).excess;
+            self.excess = self.excess.saturating_sub(before).saturating_add(after);
         }
-        let after = key_excess(same_key.iter());
-        self.excess = self.excess.saturating_sub(before).saturating_add(after);
+        if self.lifecycle.is_some() {
+            // Whether the counter was written since its removal may change.
+            self.recompute();
+        }
         true
     }
 
     /// Drops every registration of `key`. Only sound when they add nothing
-    /// to the value ([`key_excess`] is 0) and no further one can come (the
+    /// to the value ([`Self::key_excess`] is 0) and no further one can come (the
     /// key's window is over); the caller checks both.
     pub(crate) fn drop_key(&mut self, key: &IdempotencyKey) -> usize {
         let Some(dropped) = self.registrations.remove(key) else {
             return 0;
         };
-        self.excess = self.excess.saturating_sub(key_excess(dropped.iter()));
+        let covered = coverage(&self.entries, self.lifecycle.as_deref());
+        self.excess = (self.excess).saturating_sub(live_key_excess(&dropped, covered).excess);
         dropped.len()
     }
 
@@ -274,8 +389,13 @@ impl PnCounter {
     /// of accepted operations can reach (2^64 operations of `u64::MAX`),
     /// only a damaged or hostile peer. On failure nothing changes.
     pub fn prepare(&self, actor: &str, op: Op, seq: u64) -> Result<Entry, CrdtError> {
-        let current = self.entry(actor).copied().unwrap_or_default();
-        let mut next = Entry { seq, ..current };
+        let (current, mut next) = match self.entry(actor) {
+            // Everything this actor wrote here was removed: a new run.
+            Some(entry) if self.removed_through(actor) < entry.seq => {
+                (*entry, Entry { seq, ..*entry })
+            }
+            _ => (Entry::start(seq), Entry::start(seq)),
+        };
         match op {
             Op::Increment(0) | Op::Decrement(0) => return Err(CrdtError::ZeroAmount),
             Op::Increment(amount) => {
@@ -336,24 +456,40 @@ impl PnCounter {
             Ok(index) => self.entries[index].1 = joined,
             Err(index) => self.entries.insert(index, (actor.clone(), joined)),
         }
-        // The join is a per-field maximum, so neither difference underflows.
-        self.total_inc.add(joined.inc - old.inc);
-        self.total_dec.add(joined.dec - old.dec);
-        let was_new = old == Entry::default();
-        if !was_new {
-            self.digest =
-                self.digest
-                    .wrapping_sub(digest::entry_hash(actor.as_str(), old.inc, old.dec));
+        if position.is_ok() {
+            self.digest = self
+                .digest
+                .wrapping_sub(digest::entry_hash(actor.as_str(), &old));
         }
-        self.digest =
-            self.digest
-                .wrapping_add(digest::entry_hash(actor.as_str(), joined.inc, joined.dec));
+        self.digest = self
+            .digest
+            .wrapping_add(digest::entry_hash(actor.as_str(), &joined));
+        let same_run = old.since == joined.since || position.is_err();
+        if self.lifecycle.is_none() && same_run {
+            // One run, no removal: the join is a per-field maximum, so
+            // neither difference underflows and the live part is the entry.
+            self.total_inc.add(joined.inc - old.inc);
+            self.total_dec.add(joined.dec - old.dec);
+            if self.has_registrations() && position.is_err() {
+                // Registrations that came before their entry are covered
+                // by its run now if they belong to an earlier one.
+                self.recompute();
+            }
+        } else {
+            if let Some(lifecycle) = self.lifecycle.as_mut() {
+                lifecycle.forget_older_runs(actor.as_str(), joined.since);
+            }
+            self.recompute();
+        }
         Some(joined)
     }
 
     /// Merges another replica (or a delta) into this one; true when anything changed.
     pub fn merge(&mut self, other: &PnCounter) -> bool {
         let mut changed = false;
+        if let Some(lifecycle) = other.lifecycle() {
+            changed |= self.merge_lifecycle(lifecycle);
+        }
         for registration in other.registrations() {
             changed |= self.merge_registration(registration);
         }
@@ -361,6 +497,22 @@ impl PnCounter {
             changed |= self.merge_entry(actor, *entry).is_some();
         }
         changed
+    }
+}
+
+/// Whether seq `seq` of `origin` is removed, for the counter with these
+/// entries and lifecycle.
+fn coverage<'a>(
+    entries: &'a [(ActorId, Entry)],
+    lifecycle: Option<&'a Lifecycle>,
+) -> impl Fn(&ActorId, u64) -> bool + 'a {
+    move |origin, seq| {
+        let entry = entries
+            .binary_search_by(|(known, _)| known.cmp(origin))
+            .ok()
+            .map(|index| &entries[index].1);
+        let removed = lifecycle.and_then(|l| l.removed_of(origin.as_str()));
+        seq <= removed_through(removed, entry)
     }
 }
 
@@ -384,7 +536,8 @@ mod tests {
             Some(&Entry {
                 inc: 6,
                 dec: 0,
-                seq: 2
+                seq: 2,
+                since: 1
             })
         );
     }
@@ -429,7 +582,8 @@ mod tests {
             Some(&Entry {
                 inc: full + 1 + u128::from(u64::MAX >> 1),
                 dec: full + 3,
-                seq: 6
+                seq: 6,
+                since: 1
             })
         );
     }
@@ -440,6 +594,7 @@ mod tests {
             inc: u128::MAX,
             dec: 0,
             seq: 1,
+            since: 0,
         };
         let mut up = PnCounter::new();
         up.merge_entry(&actor("a"), huge);
@@ -453,6 +608,7 @@ mod tests {
                 inc: 5,
                 dec: u128::MAX,
                 seq: 1,
+                since: 0,
             },
         );
         assert_eq!(up.value(), i128::MAX);
@@ -462,6 +618,7 @@ mod tests {
                 inc: 0,
                 dec: u128::MAX - 10,
                 seq: 1,
+                since: 0,
             },
         );
         assert_eq!(up.value(), 15);
@@ -482,6 +639,7 @@ mod tests {
                 inc: 0,
                 dec: u128::MAX,
                 seq: 1,
+                since: 0,
             },
         );
         assert_eq!(down.value(), i128::MIN);
@@ -491,6 +649,7 @@ mod tests {
                 inc: 0,
                 dec: 1 << 127,
                 seq: 1,
+                since: 0,
             },
         );
         assert_eq!(down.value(), i128::MIN);
@@ -501,6 +660,7 @@ mod tests {
                 inc: 0,
                 dec: 1 << 127,
                 seq: 1,
+                since: 0,
             },
         );
         assert_eq!(edge.value(), i128::MIN, "−2^127 is exactly i128::MIN");
@@ -510,6 +670,7 @@ mod tests {
                 inc: 1,
                 dec: 0,
                 seq: 1,
+                since: 0,
             },
         );
         assert_eq!(edge.value(), i128::MIN + 1);
@@ -525,6 +686,7 @@ mod tests {
                 inc: u128::MAX,
                 dec: 0,
                 seq: u64::MAX,
+                since: 0,
             },
         );
         let before = counter.clone();

@@ -178,6 +178,62 @@ pub fn key_excess<'a>(registrations: impl IntoIterator<Item = &'a Registration>)
     }
 }
 
+/// What the registrations of one key mean for a counter whose removals
+/// cover some seqs ([`crate::lifecycle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCount<'a> {
+    /// What they add to the live totals beyond counting the key once (or
+    /// not at all, once a removal saw the key).
+    pub excess: i128,
+    /// Per origin, amounts in its live total that are not writes: the
+    /// re-application of a removed key, or a cancellation.
+    pub not_writes: alloc::vec::Vec<(&'a ActorId, u128)>,
+}
+
+/// [`key_excess`] for a counter with removals: `covered(origin, seq)`
+/// tells whether an origin's operation is removed.
+///
+/// A key a removal saw (any registration covered) counts zero times from
+/// then on: every registration of it names the same logical write, and
+/// the remover's view counted it. Otherwise it counts once, by its least
+/// uncancelled registration. The live totals hold each registration's
+/// amount while its application is not covered, and take it back out
+/// while its cancellation is not; the excess is the difference.
+pub fn live_key_excess<'a>(
+    registrations: &'a [Registration],
+    covered: impl Fn(&ActorId, u64) -> bool,
+) -> KeyCount<'a> {
+    let observed = registrations.iter().any(|r| covered(&r.origin, r.seq));
+    let mut live: i128 = 0;
+    let mut least: Option<&Registration> = None;
+    let mut not_writes = alloc::vec::Vec::new();
+    for registration in registrations {
+        let amount = registration.op.signed();
+        if !covered(&registration.origin, registration.seq) {
+            live = live.saturating_add(amount);
+            if observed {
+                not_writes.push((&registration.origin, amount.unsigned_abs()));
+            }
+        }
+        if registration.is_cancelled() {
+            if !covered(&registration.origin, registration.cancelled_seq) {
+                live = live.saturating_sub(amount);
+                not_writes.push((&registration.origin, amount.unsigned_abs()));
+            }
+        } else if least.is_none_or(|kept| registration.precedence(kept) == Ordering::Less) {
+            least = Some(registration);
+        }
+    }
+    let counted = match least {
+        Some(kept) if !observed => kept.op.signed(),
+        _ => 0,
+    };
+    KeyCount {
+        excess: live.saturating_sub(counted),
+        not_writes,
+    }
+}
+
 /// True when `mine` must be cancelled: some registration of its key, by
 /// anyone and cancelled or not, takes precedence over it.
 pub fn is_duplicate<'a>(

@@ -42,6 +42,7 @@ mod counter;
 mod digest;
 mod error;
 pub mod keyed;
+pub mod lifecycle;
 mod map;
 mod name;
 mod watermarks;
@@ -52,9 +53,10 @@ pub use actor::ActorId;
 pub use counter::{Entry, Op, PnCounter};
 pub use error::CrdtError;
 pub use keyed::{IdempotencyKey, KeyCheck, Registration};
-#[cfg(feature = "serde")]
-pub use map::EntriesOnly;
+pub use lifecycle::{Lifecycle, Mark, RemovalKind};
 pub use map::{Change, CounterMap, KeyedWrite, Summary};
+#[cfg(feature = "serde")]
+pub use map::{EntriesOnly, EntryWithoutRun, KeyedOnly, LegacyChange};
 pub use name::{CounterName, MAX_NAME_LEN};
 pub use watermarks::Watermarks;
 

@@ -3,7 +3,8 @@ use core::ops::Bound;
 
 use alloc::vec::Vec;
 
-use crate::keyed::{is_duplicate, key_excess, IdempotencyKey, KeyCheck, Registration};
+use crate::keyed::{is_duplicate, IdempotencyKey, KeyCheck, Registration};
+use crate::lifecycle::{Lifecycle, Mark, RemovalKind};
 use crate::{digest, ActorId, CounterName, CrdtError, Entry, Op, PnCounter, Watermarks};
 
 /// For each actor, the highest operation number a replica has *seen* — not
@@ -13,8 +14,9 @@ use crate::{digest, ActorId, CounterName, CrdtError, Entry, Op, PnCounter, Water
 /// the number of counters.
 pub type Summary = BTreeMap<ActorId, u64>;
 
-/// What changed of one actor in one counter: its entry and the
-/// registrations of its keyed writes that changed with it. The unit of
+/// What changed of one actor in one counter: its entry, the registrations
+/// of its keyed writes that changed with it, and the counter's lifecycle
+/// when this actor changed it (a delete, a reset, an expiry). The unit of
 /// replication: a replica that holds the entry must hold these too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -27,6 +29,8 @@ pub struct Change {
     pub entry: Entry,
     /// Its registrations (origin = `actor`), often none.
     pub registrations: Vec<Registration>,
+    /// The counter's lifecycle, when `actor` changed it; usually none.
+    pub lifecycle: Option<Lifecycle>,
 }
 
 impl Change {
@@ -35,9 +39,15 @@ impl Change {
     /// length prefixes, and per registration its key and origin plus its
     /// numbers (a u64 and an i128 varint are at most 10 and 19 bytes).
     pub fn size_hint(&self) -> usize {
-        const ENTRY: usize = 64;
+        const ENTRY: usize = 74;
         const REGISTRATION: usize = 96;
-        self.name.as_str().len()
+        let lifecycle = self.lifecycle.as_ref().map_or(0, |l| {
+            let actors = l.removed.iter().map(|(a, _)| a.as_str().len() + ENTRY);
+            let stamps = l.stamps.iter().map(|(a, _)| a.as_str().len() + 10);
+            actors.chain(stamps).sum::<usize>() + 2 * ENTRY
+        });
+        lifecycle
+            + self.name.as_str().len()
             + self.actor.as_str().len()
             + ENTRY
             + self
@@ -47,6 +57,30 @@ impl Change {
                 .sum::<usize>()
     }
 
+    /// The change that cancels `mine`, a duplicate registration of its
+    /// origin in counter `name` (held as `counter`), stamped `seq`: the
+    /// amount taken back out of the origin's entry and the registration
+    /// marked, in one bundle ([`crate::keyed`]). Fails only on a total
+    /// beyond `u128`, which only a hostile peer can cause.
+    pub fn cancelling(
+        counter: &PnCounter,
+        mine: &Registration,
+        name: &CounterName,
+        seq: u64,
+    ) -> Result<Change, CrdtError> {
+        let entry = counter.prepare_cancel(mine.origin.as_str(), mine.op, seq)?;
+        Ok(Change {
+            name: name.clone(),
+            actor: mine.origin.clone(),
+            entry,
+            registrations: alloc::vec![Registration {
+                cancelled_seq: seq,
+                ..mine.clone()
+            }],
+            lifecycle: None,
+        })
+    }
+
     /// A change of an entry alone.
     pub fn entry(name: CounterName, actor: ActorId, entry: Entry) -> Self {
         Change {
@@ -54,6 +88,7 @@ impl Change {
             actor,
             entry,
             registrations: Vec::new(),
+            lifecycle: None,
         }
     }
 }
@@ -83,6 +118,13 @@ pub struct CounterMap {
     changes_by_actor: BTreeMap<ActorId, BTreeSet<(u64, CounterName)>>,
     /// Which counters hold registrations of which key.
     keys: BTreeSet<(IdempotencyKey, CounterName)>,
+    /// Counters by the expiry in force.
+    expiries: BTreeSet<(u64, CounterName)>,
+    /// Counters that were removed at least once: where garbage is.
+    removed: BTreeSet<CounterName>,
+    /// Per actor, the highest seq of counters dropped as garbage, so seqs
+    /// never go back ([`Self::drop_removed`]).
+    dropped: Watermarks,
     entry_count: usize,
 }
 
@@ -119,9 +161,12 @@ impl CounterMap {
         self.counters.get(name)
     }
 
-    /// One counter's value, `None` when it was never written.
+    /// One counter's value, `None` when it was never written or was
+    /// deleted (its expiry is the caller's to check: [`PnCounter::expiry`]).
     pub fn value(&self, name: &str) -> Option<i128> {
-        self.counters.get(name).map(PnCounter::value)
+        (self.counters.get(name))
+            .filter(|counter| counter.is_visible())
+            .map(PnCounter::value)
     }
 
     /// Counters in name order.
@@ -129,8 +174,19 @@ impl CounterMap {
         self.counters.iter()
     }
 
-    /// A page of counters whose names start with `prefix` and sort after `after`.
+    /// A page of the counters that read as present ([`PnCounter::is_visible`])
+    /// whose names start with `prefix` and sort after `after`.
     pub fn page<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&'a CounterName, &'a PnCounter)> + 'a {
+        self.all_from(prefix, after)
+            .filter(|(_, counter)| counter.is_visible())
+    }
+
+    /// Like [`Self::page`], deleted counters included (what a snapshot holds).
+    pub fn all_from<'a>(
         &'a self,
         prefix: &'a str,
         after: Option<&str>,
@@ -151,10 +207,16 @@ impl CounterMap {
 
     /// The highest operation number seen per actor.
     pub fn summary(&self) -> Summary {
-        self.changes_by_actor
+        let mut summary: Summary = self
+            .changes_by_actor
             .iter()
             .filter_map(|(actor, changes)| changes.last().map(|(seq, _)| (actor.clone(), *seq)))
-            .collect()
+            .collect();
+        for (actor, seq) in self.dropped.iter() {
+            let mine = summary.entry(actor.clone()).or_default();
+            *mine = (*mine).max(seq);
+        }
+        summary
     }
 
     /// The highest operation number seen from one actor (0 when none).
@@ -163,6 +225,14 @@ impl CounterMap {
             .get(actor)
             .and_then(|changes| changes.last().map(|(seq, _)| *seq))
             .unwrap_or(0)
+            .max(self.dropped.get(actor))
+    }
+
+    /// Raises the floor of every actor's seqs to `seen` (after a restart,
+    /// the durable watermarks: counters dropped as garbage are gone, and
+    /// the seqs they held must not be handed out again).
+    pub fn raise_seq_floor(&mut self, seen: &Watermarks) {
+        self.dropped.raise_all(seen);
     }
 
     /// The seq `actor`'s next operation is stamped with. (A seq at
@@ -290,6 +360,7 @@ impl CounterMap {
             actor: actor.clone(),
             entry,
             registrations: alloc::vec![registration.clone()],
+            lifecycle: None,
         };
         self.merge_change(&change);
         Ok(KeyedWrite {
@@ -332,6 +403,7 @@ impl CounterMap {
                     actor: other.origin.clone(),
                     entry,
                     registrations: alloc::vec![other.clone()],
+                    lifecycle: None,
                 })
             })
             .collect()
@@ -366,16 +438,7 @@ impl CounterMap {
             return Ok(None);
         };
         let seq = self.next_seq(actor)?;
-        let entry = counter.prepare_cancel(actor.as_str(), mine.op, seq)?;
-        let change = Change {
-            name: name.clone(),
-            actor: actor.clone(),
-            entry,
-            registrations: alloc::vec![Registration {
-                cancelled_seq: seq,
-                ..mine.clone()
-            }],
-        };
+        let change = Change::cancelling(counter, mine, name, seq)?;
         self.merge_change(&change);
         Ok(Some(core::iter::once(change).collect()))
     }
@@ -393,7 +456,7 @@ impl CounterMap {
                 self.counters.get(name).is_some_and(|counter| {
                     let registrations = counter.registrations_of(key.as_str());
                     registrations.iter().all(|r| r.at_ms < before_ms)
-                        && key_excess(registrations) == 0
+                        && counter.key_excess(key.as_str()) == 0
                 })
             })
             .cloned()
@@ -406,6 +469,189 @@ impl CounterMap {
             self.keys.remove(&(key, name));
         }
         dropped
+    }
+
+    /// Removes what this replica holds of `name` (observed-remove): a
+    /// delete or a reset by `actor` at wall clock `at_ms`, stamped with the
+    /// actor's next seq. It also spends the counter's expiry. Returns the
+    /// delta to persist and ship, or `None` when the counter does not read
+    /// as present here.
+    pub fn remove(
+        &mut self,
+        actor: &ActorId,
+        name: &CounterName,
+        kind: RemovalKind,
+        at_ms: u64,
+    ) -> Result<Option<CounterMap>, CrdtError> {
+        let Some(counter) = self.counters.get(name).filter(|c| c.is_visible()) else {
+            return Ok(None);
+        };
+        let seq = self.next_seq(actor)?;
+        let entry = stamped(counter, actor, seq);
+        let mut removed: Vec<(ActorId, Entry)> = counter
+            .entries()
+            .filter(|(known, _)| *known != actor)
+            .map(|(known, seen)| (known.clone(), *seen))
+            .collect();
+        let at = removed.partition_point(|(known, _)| known < actor);
+        removed.insert(at, (actor.clone(), entry));
+        let lifecycle = Lifecycle {
+            removed,
+            stamps: alloc::vec![(actor.clone(), seq)],
+            mark: Some(Mark {
+                at_ms,
+                actor: actor.clone(),
+                kind,
+            }),
+            expires_at_ms: 0,
+            spent_expiry_ms: counter.lifecycle().map_or(0, |l| l.expires_at_ms),
+        };
+        Ok(Some(self.lifecycle_change(name, actor, entry, lifecycle)))
+    }
+
+    /// Sets `name` to expire at `expires_at_ms` (the latest expiry set
+    /// anywhere wins), as an operation of `actor`. `None` when the counter
+    /// does not read as present here.
+    pub fn set_expiry(
+        &mut self,
+        actor: &ActorId,
+        name: &CounterName,
+        expires_at_ms: u64,
+    ) -> Result<Option<CounterMap>, CrdtError> {
+        let Some(counter) = self.counters.get(name).filter(|c| c.is_visible()) else {
+            return Ok(None);
+        };
+        let seq = self.next_seq(actor)?;
+        let entry = stamped(counter, actor, seq);
+        let lifecycle = Lifecycle {
+            stamps: alloc::vec![(actor.clone(), seq)],
+            expires_at_ms,
+            ..Lifecycle::default()
+        };
+        Ok(Some(self.lifecycle_change(name, actor, entry, lifecycle)))
+    }
+
+    fn lifecycle_change(
+        &mut self,
+        name: &CounterName,
+        actor: &ActorId,
+        entry: Entry,
+        lifecycle: Lifecycle,
+    ) -> CounterMap {
+        let change = Change {
+            name: name.clone(),
+            actor: actor.clone(),
+            entry,
+            registrations: Vec::new(),
+            lifecycle: Some(lifecycle),
+        };
+        self.merge_change(&change);
+        core::iter::once(change).collect()
+    }
+
+    /// Counters whose expiry in force is at or before `now_ms`, earliest
+    /// first, at most `limit`.
+    pub fn expired(&self, now_ms: u64, limit: usize) -> Vec<CounterName> {
+        self.expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(limit)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+
+    /// True when `name` has an expiry in force at or before `now_ms`.
+    pub fn is_expired(&self, name: &str, now_ms: u64) -> bool {
+        (self.counters.get(name))
+            .and_then(PnCounter::expiry)
+            .is_some_and(|at| at <= now_ms)
+    }
+
+    /// Drops, as garbage, deleted counters (entries, registrations and
+    /// lifecycle) that every live replica is known to hold as they are
+    /// here: every seq in them is at most `seen_by_all`. The caller also
+    /// vouches that it holds everything those replicas held when they
+    /// reported it (see ARCHITECTURE.md, "Counter lifecycle"), so nothing
+    /// written before the removal can still arrive above it. Keys stay for
+    /// their window: a counter holding a key registered at or after
+    /// `keys_before_ms` stays. Looks at no more than `budget` counters
+    /// (resuming after `after`); returns how many it dropped and where to
+    /// resume (`None` once it went through all of them).
+    pub fn drop_removed(
+        &mut self,
+        seen_by_all: &Watermarks,
+        keys_before_ms: u64,
+        after: Option<&CounterName>,
+        budget: usize,
+    ) -> (usize, Option<CounterName>) {
+        let start = match after {
+            Some(after) => Bound::Excluded(after.clone()),
+            None => Bound::Unbounded,
+        };
+        let looked: Vec<CounterName> = self
+            .removed
+            .range((start, Bound::Unbounded))
+            .take(budget)
+            .cloned()
+            .collect();
+        let resume = (looked.len() == budget)
+            .then(|| looked.last().cloned())
+            .flatten();
+        let mut dropped = 0;
+        for name in looked {
+            let Some(counter) = self.counters.get(&name) else {
+                self.removed.remove(&name);
+                continue;
+            };
+            if counter.is_visible() {
+                continue;
+            }
+            let stable = counter
+                .entries()
+                .all(|(actor, entry)| entry.seq <= seen_by_all.get(actor.as_str()))
+                && counter.lifecycle().is_some_and(|l| {
+                    (l.stamps.iter()).all(|(actor, seq)| *seq <= seen_by_all.get(actor.as_str()))
+                })
+                && counter.registrations().all(|r| {
+                    r.at_ms < keys_before_ms && r.last_seq() <= seen_by_all.get(r.origin.as_str())
+                });
+            if stable {
+                self.drop_counter(&name);
+                dropped += 1;
+            }
+        }
+        (dropped, resume)
+    }
+
+    /// Number of counters that were removed and are not dropped yet.
+    pub fn removed_count(&self) -> usize {
+        self.removed.len()
+    }
+
+    fn drop_counter(&mut self, name: &CounterName) {
+        self.removed.remove(name);
+        let Some(counter) = self.counters.remove(name) else {
+            return;
+        };
+        self.digest = self.digest.wrapping_sub(contribution(name, &counter));
+        for (actor, entry) in counter.entries() {
+            self.dropped.raise(actor, entry.seq);
+            if let Some(changes) = self.changes_by_actor.get_mut(actor.as_str()) {
+                changes.remove(&(entry.seq, name.clone()));
+            }
+            self.entry_count -= 1;
+        }
+        if let Some(lifecycle) = counter.lifecycle() {
+            for (actor, seq) in &lifecycle.stamps {
+                self.dropped.raise(actor, *seq);
+            }
+            if let Some(at) = counter.expiry() {
+                self.expiries.remove(&(at, name.clone()));
+            }
+        }
+        for registration in counter.registrations() {
+            self.keys.remove(&(registration.key.clone(), name.clone()));
+        }
     }
 
     /// Number of keys held (each with one or more registrations).
@@ -441,10 +687,39 @@ impl CounterMap {
                 changed |= self.merge_registration(&change.name, registration);
             }
         }
+        if let Some(lifecycle) = &change.lifecycle {
+            changed |= self.merge_lifecycle(&change.name, lifecycle);
+        }
         changed |= self
             .merge_entry(&change.name, &change.actor, change.entry)
             .is_some();
         changed
+    }
+
+    /// Merges a counter's lifecycle; true when anything changed.
+    pub fn merge_lifecycle(&mut self, name: &CounterName, lifecycle: &Lifecycle) -> bool {
+        let name = match self.counters.get_key_value(name.as_str()) {
+            Some((known, _)) => known.clone(),
+            None => name.clone(),
+        };
+        let counter = self.counters.entry(name.clone()).or_default();
+        let expiry_before = counter.expiry();
+        if !counter.merge_lifecycle(lifecycle) {
+            return false;
+        }
+        let expiry_after = counter.expiry();
+        if expiry_before != expiry_after {
+            if let Some(at) = expiry_before {
+                self.expiries.remove(&(at, name.clone()));
+            }
+            if let Some(at) = expiry_after {
+                self.expiries.insert((at, name.clone()));
+            }
+        }
+        if lifecycle.mark.is_some() {
+            self.removed.insert(name);
+        }
+        true
     }
 
     /// A map holding one entry.
@@ -476,7 +751,10 @@ impl CounterMap {
         let old_contribution = contribution(&name, counter);
         let joined = counter.merge_entry(&actor, entry);
         let Some(joined) = joined else {
-            if counter.actors() == 0 && !counter.has_registrations() {
+            if counter.actors() == 0
+                && !counter.has_registrations()
+                && counter.lifecycle().is_none()
+            {
                 self.counters.remove(&name);
             }
             return None;
@@ -506,6 +784,9 @@ impl CounterMap {
             for registration in counter.registrations() {
                 changed |= self.merge_registration(name, registration);
             }
+            if let Some(lifecycle) = counter.lifecycle() {
+                changed |= self.merge_lifecycle(name, lifecycle);
+            }
             for (actor, entry) in counter.entries() {
                 changed |= self.merge_entry(name, actor, *entry).is_some();
             }
@@ -515,13 +796,35 @@ impl CounterMap {
 
     /// Merges changes and returns the ones that were news here, as a delta.
     pub fn merge_changed(&mut self, changes: impl IntoIterator<Item = Change>) -> CounterMap {
+        self.merge_news(changes, &Watermarks::new())
+    }
+
+    /// [`Self::merge_changed`] for a replica that holds everything up to
+    /// `seen`: a change of an entry it does not hold, at a seq it has
+    /// seen, belongs to a counter it dropped as garbage, and is skipped
+    /// (merging it would bring removed amounts back).
+    pub fn merge_news(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+        seen: &Watermarks,
+    ) -> CounterMap {
         let mut news = CounterMap::new();
         for change in changes {
+            let held = (self.counters.get(&change.name))
+                .is_some_and(|counter| counter.entry(change.actor.as_str()).is_some());
+            if !held && change.entry.seq <= seen.get(change.actor.as_str()) {
+                continue;
+            }
             for registration in &change.registrations {
                 if registration.origin == change.actor
                     && self.merge_registration(&change.name, registration)
                 {
                     news.merge_registration(&change.name, registration);
+                }
+            }
+            if let Some(lifecycle) = &change.lifecycle {
+                if self.merge_lifecycle(&change.name, lifecycle) {
+                    news.merge_lifecycle(&change.name, lifecycle);
                 }
             }
             if let Some(joined) = self.merge_entry(&change.name, &change.actor, change.entry) {
@@ -544,6 +847,19 @@ fn bundle(name: &CounterName, counter: &PnCounter, actor: &ActorId, after: u64) 
             .filter(|r| &r.origin == actor && r.last_seq() > after)
             .cloned()
             .collect(),
+        lifecycle: counter
+            .lifecycle()
+            .filter(|l| l.stamp_of(actor.as_str()) > after)
+            .cloned(),
+    }
+}
+
+/// `actor`'s entry in `counter` with its seq moved to `seq` (a lifecycle
+/// change is an operation of its actor), or a new run's empty entry.
+fn stamped(counter: &PnCounter, actor: &ActorId, seq: u64) -> Entry {
+    match counter.entry(actor.as_str()) {
+        Some(entry) => Entry { seq, ..*entry },
+        None => Entry::start(seq),
     }
 }
 
@@ -558,11 +874,15 @@ fn contribution(name: &CounterName, counter: &PnCounter) -> u64 {
 
 #[cfg(feature = "serde")]
 mod serde_impl {
-    //! A map travels as `[(name, [(actor, entry)], [registration])]`;
+    //! A map travels as `[(name, [(actor, entry)], [registration], lifecycle?)]`;
     //! decoding re-merges, so indexes, sums and digest are rebuilt and
-    //! duplicates are harmless. [`EntriesOnly`] reads the format of before
-    //! keyed writes, `[(name, [(actor, entry)])]`, which WAL records and
-    //! snapshots written by earlier versions hold.
+    //! duplicates are harmless.
+    //!
+    //! WAL records and snapshots written by earlier versions hold entries
+    //! without a run (`since`), and are still read: [`KeyedOnly`] reads the
+    //! format of keyed writes, `[(name, [(actor, entry)], [registration])]`,
+    //! [`EntriesOnly`] the one of before, `[(name, [(actor, entry)])]`, and
+    //! [`LegacyChange`] a change of keyed writes.
     use super::*;
 
     impl serde::Serialize for CounterMap {
@@ -572,7 +892,7 @@ mod serde_impl {
             for (name, counter) in &self.counters {
                 let entries: Vec<(&ActorId, &Entry)> = counter.entries().collect();
                 let registrations: Vec<&Registration> = counter.registrations().collect();
-                seq.serialize_element(&(name, entries, registrations))?;
+                seq.serialize_element(&(name, entries, registrations, counter.lifecycle()))?;
             }
             seq.end()
         }
@@ -580,17 +900,85 @@ mod serde_impl {
 
     impl<'de> serde::Deserialize<'de> for CounterMap {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            type Wire = Vec<(CounterName, Vec<(ActorId, Entry)>, Vec<Registration>)>;
+            type Wire = Vec<(
+                CounterName,
+                Vec<(ActorId, Entry)>,
+                Vec<Registration>,
+                Option<Lifecycle>,
+            )>;
             let mut map = CounterMap::new();
-            for (name, entries, registrations) in Wire::deserialize(d)? {
-                for registration in &registrations {
-                    map.merge_registration(&name, registration);
-                }
-                for (actor, entry) in entries {
-                    map.merge_entry(&name, &actor, entry);
-                }
+            for (name, entries, registrations, lifecycle) in Wire::deserialize(d)? {
+                map.merge_counter(&name, entries, &registrations, lifecycle.as_ref());
             }
             Ok(map)
+        }
+    }
+
+    impl CounterMap {
+        /// Merges one counter's parts: registrations and lifecycle before
+        /// the entries they explain.
+        pub fn merge_counter(
+            &mut self,
+            name: &CounterName,
+            entries: impl IntoIterator<Item = (ActorId, Entry)>,
+            registrations: &[Registration],
+            lifecycle: Option<&Lifecycle>,
+        ) {
+            for registration in registrations {
+                self.merge_registration(name, registration);
+            }
+            if let Some(lifecycle) = lifecycle {
+                self.merge_lifecycle(name, lifecycle);
+            }
+            for (actor, entry) in entries {
+                self.merge_entry(name, &actor, entry);
+            }
+        }
+    }
+
+    /// An entry as encoded before runs: no `since` (it reads as 0).
+    #[derive(Debug, Clone, Copy, serde::Deserialize)]
+    pub struct EntryWithoutRun {
+        inc: u128,
+        dec: u128,
+        seq: u64,
+    }
+
+    impl From<EntryWithoutRun> for Entry {
+        fn from(old: EntryWithoutRun) -> Entry {
+            Entry {
+                inc: old.inc,
+                dec: old.dec,
+                seq: old.seq,
+                since: 0,
+            }
+        }
+    }
+
+    fn with_runs(
+        entries: Vec<(ActorId, EntryWithoutRun)>,
+    ) -> impl Iterator<Item = (ActorId, Entry)> {
+        entries
+            .into_iter()
+            .map(|(actor, entry)| (actor, entry.into()))
+    }
+
+    /// A map in the format of keyed writes, before lifecycle.
+    #[derive(Debug, Clone, Default)]
+    pub struct KeyedOnly(pub CounterMap);
+
+    impl<'de> serde::Deserialize<'de> for KeyedOnly {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            type Wire = Vec<(
+                CounterName,
+                Vec<(ActorId, EntryWithoutRun)>,
+                Vec<Registration>,
+            )>;
+            let mut map = CounterMap::new();
+            for (name, entries, registrations) in Wire::deserialize(d)? {
+                map.merge_counter(&name, with_runs(entries), &registrations, None);
+            }
+            Ok(KeyedOnly(map))
         }
     }
 
@@ -600,19 +988,41 @@ mod serde_impl {
 
     impl<'de> serde::Deserialize<'de> for EntriesOnly {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let wire = <Vec<(CounterName, Vec<(ActorId, Entry)>)>>::deserialize(d)?;
+            let wire = <Vec<(CounterName, Vec<(ActorId, EntryWithoutRun)>)>>::deserialize(d)?;
             let mut map = CounterMap::new();
             for (name, entries) in wire {
-                for (actor, entry) in entries {
-                    map.merge_entry(&name, &actor, entry);
-                }
+                map.merge_counter(&name, with_runs(entries), &[], None);
             }
             Ok(EntriesOnly(map))
         }
     }
+
+    /// A [`Change`] in the format of keyed writes, before lifecycle.
+    #[derive(Debug, Clone)]
+    pub struct LegacyChange(pub Change);
+
+    impl<'de> serde::Deserialize<'de> for LegacyChange {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            #[derive(serde::Deserialize)]
+            struct Wire {
+                name: CounterName,
+                actor: ActorId,
+                entry: EntryWithoutRun,
+                registrations: Vec<Registration>,
+            }
+            let wire = Wire::deserialize(d)?;
+            Ok(LegacyChange(Change {
+                name: wire.name,
+                actor: wire.actor,
+                entry: wire.entry.into(),
+                registrations: wire.registrations,
+                lifecycle: None,
+            }))
+        }
+    }
 }
 #[cfg(feature = "serde")]
-pub use serde_impl::EntriesOnly;
+pub use serde_impl::{EntriesOnly, EntryWithoutRun, KeyedOnly, LegacyChange};
 
 impl FromIterator<Change> for CounterMap {
     fn from_iter<I: IntoIterator<Item = Change>>(changes: I) -> Self {

@@ -140,6 +140,7 @@ fn encoded_entries_fit_the_gossip_size_estimate() {
         inc: u128::MAX,
         dec: u128::MAX,
         seq: u64::MAX,
+        since: 0,
     };
     let mut chunk = CounterMap::new();
     let mut estimate = 0;

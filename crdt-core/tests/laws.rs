@@ -97,7 +97,17 @@ fn hostile_entry() -> impl Strategy<Value = laws::HostileEntry> {
         seq,
     )
         .prop_map(|(replica, name, actor, inc, dec, seq)| {
-            (replica, name, actor, Entry { inc, dec, seq })
+            (
+                replica,
+                name,
+                actor,
+                Entry {
+                    inc,
+                    dec,
+                    seq,
+                    since: 0,
+                },
+            )
         })
 }
 
@@ -214,7 +224,7 @@ proptest! {
     fn invalid_names_and_actors_are_rejected(text in invalid_text()) {
         prop_assert!(CounterName::new(&text).is_err());
         prop_assert!(ActorId::new(&text).is_err());
-        let entry = Entry { inc: 1, dec: 0, seq: 1 };
+        let entry = Entry { inc: 1, dec: 0, seq: 1, since: 0 };
         let smuggled = vec![(text, vec![("node-1".to_owned(), entry)])];
         prop_assert!(wire::decode::<CounterMap>(&wire::encode(&smuggled)).is_err());
     }

@@ -413,6 +413,7 @@ mod tests {
             inc: u128::from(seq),
             dec: 0,
             seq,
+            since: 0,
         };
         CounterMap::single(&name, actor, entry)
     }

@@ -7,33 +7,43 @@
 //!
 //! | kind | payload (postcard)                          | written for                      |
 //! |------|---------------------------------------------|----------------------------------|
-//! | 1    | `(CounterName, ActorId, Entry)`             | one local operation              |
-//! | 3    | `Change` (entry + registrations)            | a keyed write, or the cancellation of a duplicate |
-//! | 4    | `(CounterMap, Option<Watermarks>)`          | news from a peer (+ watermarks)  |
+//! | 5    | `(CounterName, ActorId, Entry)`             | one local operation              |
+//! | 6    | `Change` (entry + registrations + lifecycle) | a keyed write, the cancellation of a duplicate, a delete, reset or expiry |
+//! | 7    | `(CounterMap, Option<Watermarks>)`          | news from a peer (+ watermarks)  |
 //! | snap | `tag ‖ Watermarks ‖ chunk… ‖ []` ([`snapshot`]) | the whole replica, a chunk of counters at a time |
 //!
-//! Written by earlier versions and still read: kind 2, news as kind 4 but in
-//! the map format of before keyed writes (entries only); snapshots whose
-//! chunks hold entries only, and whole-map snapshots `(CounterMap, Watermarks)`.
+//! Written by earlier versions and still read (their entries have no run,
+//! which reads as 0): kinds 1, 3 and 4, as 5, 6 and 7 before lifecycle;
+//! kind 2, news in the map format of before keyed writes (entries only);
+//! snapshots whose chunks hold no lifecycle, or entries only, and whole-map
+//! snapshots `(CounterMap, Watermarks)`.
 //!
 //! News larger than a record may hold (a catch-up chunk can be as large as a
-//! gossip frame) is split into several kind-4 records ([`merge_records`]); only
+//! gossip frame) is split into several kind-7 records ([`merge_records`]); only
 //! the last carries the watermarks, so replay adopts them after every entry.
 use crdt_core::{
-    ActorId, Change, CounterMap, CounterName, EntriesOnly, Entry, Registration, Watermarks,
+    ActorId, Change, CounterMap, CounterName, EntriesOnly, Entry, EntryWithoutRun, KeyedOnly,
+    LegacyChange, Lifecycle, Registration, Watermarks,
 };
 
 use crate::replica::{Replica, ReplicaState};
 use crate::wal::{RecoveredRecord, WalError};
 
 /// A local operation's resulting entry.
-pub const KIND_LOCAL: u8 = 1;
-/// Changes merged from a peer, in the map format of before keyed writes (read only).
-pub const KIND_MERGE_ENTRIES_ONLY: u8 = 2;
-/// A local change with registrations: a keyed write or a cancellation.
-pub const KIND_LOCAL_CHANGE: u8 = 3;
+pub const KIND_LOCAL: u8 = 5;
+/// A local change with registrations or a lifecycle: a keyed write, a
+/// cancellation, a delete, a reset, an expiry.
+pub const KIND_LOCAL_CHANGE: u8 = 6;
 /// Changes merged from a peer.
-pub const KIND_MERGE: u8 = 4;
+pub const KIND_MERGE: u8 = 7;
+/// [`KIND_LOCAL`] of before runs (read only).
+const KIND_LOCAL_WITHOUT_RUNS: u8 = 1;
+/// Changes merged from a peer, in the map format of before keyed writes (read only).
+const KIND_MERGE_ENTRIES_ONLY: u8 = 2;
+/// [`KIND_LOCAL_CHANGE`] of before lifecycle (read only).
+const KIND_LOCAL_CHANGE_WITHOUT_LIFECYCLE: u8 = 3;
+/// [`KIND_MERGE`] of before lifecycle (read only).
+const KIND_MERGE_WITHOUT_LIFECYCLE: u8 = 4;
 
 /// Why the journal could not be replayed.
 #[derive(Debug, thiserror::Error)]
@@ -121,15 +131,24 @@ fn fitting(payload: Vec<u8>, max: usize) -> Result<Vec<u8>, WalError> {
 /// format of before keyed writes, still read). A whole-map snapshot (older
 /// still) starts with its number of counters, which can never be this.
 const CHUNKED_SNAPSHOT_TAG: u64 = u64::MAX - 1;
-/// First value of a chunked snapshot whose chunks hold registrations too.
+/// First value of a chunked snapshot whose chunks hold registrations too
+/// (entries without runs, no lifecycle; still read).
 const KEYED_SNAPSHOT_TAG: u64 = u64::MAX - 2;
-/// A snapshot chunk: counters with their entries and registrations.
-type Chunk = Vec<(CounterName, Vec<(ActorId, Entry)>, Vec<Registration>)>;
+/// First value of a chunked snapshot whose chunks hold lifecycles too.
+const LIFECYCLE_SNAPSHOT_TAG: u64 = u64::MAX - 3;
+/// A snapshot chunk: counters with their entries, registrations and lifecycle.
+type Chunk = Vec<(
+    CounterName,
+    Vec<(ActorId, Entry)>,
+    Vec<Registration>,
+    Option<Lifecycle>,
+)>;
 /// A [`Chunk`] as it is encoded, borrowing from the replica.
 type ChunkRef<'a> = Vec<(
     &'a CounterName,
     Vec<(&'a ActorId, &'a Entry)>,
     Vec<&'a Registration>,
+    Option<&'a Lifecycle>,
 )>;
 /// Counters encoded per read-lock hold while a snapshot is taken.
 pub const SNAPSHOT_CHUNK_COUNTERS: usize = 4096;
@@ -140,8 +159,8 @@ pub const SNAPSHOT_CHUNK_COUNTERS: usize = 4096;
 ///
 /// ```text
 /// tag u64 ‖ Watermarks ‖ chunk … ‖ empty chunk      (each a postcard value;
-/// chunk = [(CounterName, [(ActorId, Entry)], [Registration])], in name
-/// order, disjoint)
+/// chunk = [(CounterName, [(ActorId, Entry)], [Registration], Lifecycle?)],
+/// in name order, disjoint; deleted counters too)
 /// ```
 ///
 /// Sound although the replica changes meanwhile: the watermarks are read
@@ -150,25 +169,26 @@ pub const SNAPSHOT_CHUNK_COUNTERS: usize = 4096;
 /// so every chunk covers it; and what a chunk holds beyond it is replayed
 /// again from later segments, harmlessly (replay is merge).
 pub fn snapshot(replica: &Replica) -> Vec<u8> {
-    let mut payload = crdt_core::wire::encode(&KEYED_SNAPSHOT_TAG);
+    let mut payload = crdt_core::wire::encode(&LIFECYCLE_SNAPSHOT_TAG);
     payload.extend(crdt_core::wire::encode(&replica.read().watermarks));
     let mut after: Option<CounterName> = None;
     loop {
         let state = replica.read();
         let chunk: ChunkRef<'_> = state
             .map
-            .page("", after.as_ref().map(CounterName::as_str))
+            .all_from("", after.as_ref().map(CounterName::as_str))
             .take(SNAPSHOT_CHUNK_COUNTERS)
             .map(|(name, counter)| {
                 (
                     name,
                     counter.entries().collect(),
                     counter.registrations().collect(),
+                    counter.lifecycle(),
                 )
             })
             .collect();
         payload.extend(crdt_core::wire::encode(&chunk));
-        let Some((last, _, _)) = chunk.last() else {
+        let Some((last, _, _, _)) = chunk.last() else {
             return payload;
         };
         after = Some((*last).clone());
@@ -178,7 +198,13 @@ pub fn snapshot(replica: &Replica) -> Vec<u8> {
 /// Merges a snapshot payload (either format) into `state`.
 fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_core::CrdtError> {
     let (tag, rest) = crdt_core::wire::take::<u64>(payload)?;
-    if tag != CHUNKED_SNAPSHOT_TAG && tag != KEYED_SNAPSHOT_TAG {
+    if ![
+        CHUNKED_SNAPSHOT_TAG,
+        KEYED_SNAPSHOT_TAG,
+        LIFECYCLE_SNAPSHOT_TAG,
+    ]
+    .contains(&tag)
+    {
         let (EntriesOnly(map), watermarks): (EntriesOnly, Watermarks) =
             crdt_core::wire::decode(payload)?;
         // The snapshot comes first, into an empty replica: take it as
@@ -193,29 +219,40 @@ fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_
     }
     let (watermarks, mut rest) = crdt_core::wire::take::<Watermarks>(rest)?;
     loop {
-        let chunk: Chunk = if tag == KEYED_SNAPSHOT_TAG {
-            let (chunk, after) = crdt_core::wire::take::<Chunk>(rest)?;
-            rest = after;
-            chunk
-        } else {
-            let (chunk, after) =
-                crdt_core::wire::take::<Vec<(CounterName, Vec<(ActorId, Entry)>)>>(rest)?;
-            rest = after;
-            chunk
-                .into_iter()
-                .map(|(name, entries)| (name, entries, Vec::new()))
-                .collect()
+        let chunk: Chunk = match tag {
+            LIFECYCLE_SNAPSHOT_TAG => {
+                let (chunk, after) = crdt_core::wire::take::<Chunk>(rest)?;
+                rest = after;
+                chunk
+            }
+            KEYED_SNAPSHOT_TAG => {
+                type KeyedChunk = Vec<(
+                    CounterName,
+                    Vec<(ActorId, EntryWithoutRun)>,
+                    Vec<Registration>,
+                )>;
+                let (chunk, after) = crdt_core::wire::take::<KeyedChunk>(rest)?;
+                rest = after;
+                (chunk.into_iter())
+                    .map(|(name, entries, registrations)| {
+                        (name, with_runs(entries), registrations, None)
+                    })
+                    .collect()
+            }
+            _ => {
+                type EntriesChunk = Vec<(CounterName, Vec<(ActorId, EntryWithoutRun)>)>;
+                let (chunk, after) = crdt_core::wire::take::<EntriesChunk>(rest)?;
+                rest = after;
+                (chunk.into_iter())
+                    .map(|(name, entries)| (name, with_runs(entries), Vec::new(), None))
+                    .collect()
+            }
         };
         if chunk.is_empty() {
             break;
         }
-        for (name, entries, registrations) in chunk {
-            for registration in &registrations {
-                state.map.merge_registration(&name, registration);
-            }
-            for (actor, entry) in entries {
-                state.map.merge_entry(&name, &actor, entry);
-            }
+        for (name, entries, registrations, lifecycle) in chunk {
+            (state.map).merge_counter(&name, entries, &registrations, lifecycle.as_ref());
         }
     }
     if !rest.is_empty() {
@@ -223,6 +260,27 @@ fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_
     }
     state.watermarks.raise_all(&watermarks);
     Ok(())
+}
+
+/// A local change: this node's own operation, so its seq is held.
+fn replay_change(state: &mut ReplicaState, change: Change) {
+    state.map.merge_change(&change);
+    state.watermarks.raise(&change.actor, change.entry.seq);
+}
+
+/// News from a peer, and the watermarks of the pull it completed.
+fn replay_news(state: &mut ReplicaState, news: &CounterMap, watermarks: Option<Watermarks>) {
+    state.map.merge(news);
+    if let Some(watermarks) = watermarks {
+        state.watermarks.raise_all(&watermarks);
+    }
+}
+
+/// Entries of before runs, with their run read as 0.
+fn with_runs(entries: Vec<(ActorId, EntryWithoutRun)>) -> Vec<(ActorId, Entry)> {
+    (entries.into_iter())
+        .map(|(actor, entry)| (actor, entry.into()))
+        .collect()
 }
 
 /// Applies one recovered record to `state`.
@@ -241,8 +299,15 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
         } => {
             let (name, actor, entry): (CounterName, ActorId, Entry) =
                 crdt_core::wire::decode(payload).map_err(|e| undecodable("local", e))?;
-            state.map.merge_entry(&name, &actor, entry);
-            state.watermarks.raise(&actor, entry.seq);
+            replay_change(state, Change::entry(name, actor, entry));
+        }
+        RecoveredRecord::Entry {
+            kind: KIND_LOCAL_WITHOUT_RUNS,
+            payload,
+        } => {
+            let (name, actor, entry): (CounterName, ActorId, EntryWithoutRun) =
+                crdt_core::wire::decode(payload).map_err(|e| undecodable("local", e))?;
+            replay_change(state, Change::entry(name, actor, entry.into()));
         }
         RecoveredRecord::Entry {
             kind: KIND_LOCAL_CHANGE,
@@ -250,8 +315,15 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
         } => {
             let change: Change =
                 crdt_core::wire::decode(payload).map_err(|e| undecodable("local change", e))?;
-            state.map.merge_change(&change);
-            state.watermarks.raise(&change.actor, change.entry.seq);
+            replay_change(state, change);
+        }
+        RecoveredRecord::Entry {
+            kind: KIND_LOCAL_CHANGE_WITHOUT_LIFECYCLE,
+            payload,
+        } => {
+            let LegacyChange(change) =
+                crdt_core::wire::decode(payload).map_err(|e| undecodable("local change", e))?;
+            replay_change(state, change);
         }
         RecoveredRecord::Entry {
             kind: KIND_MERGE,
@@ -259,10 +331,15 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
         } => {
             let (news, watermarks): (CounterMap, Option<Watermarks>) =
                 crdt_core::wire::decode(payload).map_err(|e| undecodable("merge", e))?;
-            state.map.merge(&news);
-            if let Some(watermarks) = watermarks {
-                state.watermarks.raise_all(&watermarks);
-            }
+            replay_news(state, &news, watermarks);
+        }
+        RecoveredRecord::Entry {
+            kind: KIND_MERGE_WITHOUT_LIFECYCLE,
+            payload,
+        } => {
+            let (KeyedOnly(news), watermarks): (KeyedOnly, Option<Watermarks>) =
+                crdt_core::wire::decode(payload).map_err(|e| undecodable("merge", e))?;
+            replay_news(state, &news, watermarks);
         }
         RecoveredRecord::Entry {
             kind: KIND_MERGE_ENTRIES_ONLY,
@@ -270,10 +347,7 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
         } => {
             let (EntriesOnly(news), watermarks): (EntriesOnly, Option<Watermarks>) =
                 crdt_core::wire::decode(payload).map_err(|e| undecodable("merge", e))?;
-            state.map.merge(&news);
-            if let Some(watermarks) = watermarks {
-                state.watermarks.raise_all(&watermarks);
-            }
+            replay_news(state, &news, watermarks);
         }
         RecoveredRecord::Entry { kind, .. } => {
             return Err(JournalError::Undecodable {
@@ -301,6 +375,7 @@ mod tests {
                     inc: u128::from(n) * 1_000_003,
                     dec: u128::from(n % 7),
                     seq: n + 1,
+                    since: 0,
                 };
                 map.merge_entry(&name, &actor, entry);
             }
@@ -419,11 +494,90 @@ mod tests {
         assert_eq!((state.map, state.watermarks), (map, watermarks));
     }
 
+    /// An entry as encoded before runs: `(inc, dec, seq)`.
+    type EntryWithoutRunRef = (u128, u128, u64);
+
+    fn without_run(entry: &Entry) -> EntryWithoutRunRef {
+        (entry.inc, entry.dec, entry.seq)
+    }
+
     /// `map` in the format of before keyed writes: `[(name, [(actor, entry)])]`.
-    fn entries_only(map: &CounterMap) -> Vec<(&CounterName, Vec<(&ActorId, &Entry)>)> {
+    fn entries_only(map: &CounterMap) -> Vec<(&CounterName, Vec<(&ActorId, EntryWithoutRunRef)>)> {
         map.counters()
-            .map(|(name, counter)| (name, counter.entries().collect()))
+            .map(|(name, counter)| {
+                let entries = counter.entries().map(|(a, e)| (a, without_run(e)));
+                (name, entries.collect())
+            })
             .collect()
+    }
+
+    #[test]
+    fn records_and_snapshots_of_keyed_writes_before_lifecycle_are_still_read() {
+        let actor = ActorId::new("node-0~inc").unwrap();
+        let key = crdt_core::IdempotencyKey::new("order-1").unwrap();
+        let mut map = news(20, 1);
+        let keyed = map
+            .apply_keyed(
+                &actor,
+                &CounterName::new("k").unwrap(),
+                crdt_core::Op::Increment(4),
+                &key,
+                1,
+            )
+            .unwrap();
+        // Written before runs: every entry's run reads 0.
+        let mut expected = CounterMap::new();
+        for (name, counter) in map.counters() {
+            let entries = counter
+                .entries()
+                .map(|(a, e)| (a.clone(), Entry { since: 0, ..*e }));
+            let registrations: Vec<Registration> = counter.registrations().cloned().collect();
+            expected.merge_counter(name, entries, &registrations, None);
+        }
+        let keyed_format: Vec<_> = map
+            .counters()
+            .map(|(name, counter)| {
+                let entries: Vec<_> = counter
+                    .entries()
+                    .map(|(a, e)| (a, without_run(e)))
+                    .collect();
+                let registrations: Vec<&Registration> = counter.registrations().collect();
+                (name, entries, registrations)
+            })
+            .collect();
+        let watermarks = watermarks(1);
+        let record = crdt_core::wire::encode(&(&keyed_format, Some(&watermarks)));
+        let mut state = ReplicaState::default();
+        let payload = &record;
+        replay(
+            &mut state,
+            RecoveredRecord::Entry {
+                kind: KIND_MERGE_WITHOUT_LIFECYCLE,
+                payload,
+            },
+        )
+        .unwrap();
+        assert_eq!(state.map, expected);
+
+        let mut snapshot = crdt_core::wire::encode(&KEYED_SNAPSHOT_TAG);
+        snapshot.extend(crdt_core::wire::encode(&watermarks));
+        snapshot.extend(crdt_core::wire::encode(&keyed_format));
+        snapshot.extend(crdt_core::wire::encode(&Vec::<u8>::new()));
+        assert_eq!(from_snapshot(&snapshot).map, expected);
+
+        let change = keyed.delta.all_changes().next().unwrap();
+        let legacy_change = (
+            &change.name,
+            &change.actor,
+            without_run(&change.entry),
+            &change.registrations,
+        );
+        let payload = &crdt_core::wire::encode(&legacy_change);
+        let mut state = ReplicaState::default();
+        let kind = KIND_LOCAL_CHANGE_WITHOUT_LIFECYCLE;
+        replay(&mut state, RecoveredRecord::Entry { kind, payload }).unwrap();
+        assert_eq!(state.map.value("k"), Some(4));
+        assert_eq!(state.watermarks.get(actor.as_str()), change.entry.seq);
     }
 
     #[test]

@@ -405,6 +405,8 @@ async fn recover(dir: PathBuf, options: WalOptions) -> Result<(Wal, ReplicaState
         let mut state = ReplicaState::default();
         let wal =
             Wal::open::<JournalError>(&dir, options, |record| journal::replay(&mut state, record))?;
+        // Counters dropped as garbage are gone from the log, not their seqs.
+        state.map.raise_seq_floor(&state.watermarks);
         Ok::<_, NodeError>((wal, state))
     })
     .await;

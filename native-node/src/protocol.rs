@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 /// (`Members`), no member lists on `Pull`/`Ack`/`Push`.
 /// 3: maps carry the registrations of keyed writes beside the entries;
 /// quorum requests (`Replicate`/`Stored`, `Fetch`/`Fetched`).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: entries carry their run (`since`); changes and maps carry counters'
+/// lifecycles (delete, reset, expiry).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// A member as gossiped: its addresses and its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -100,9 +100,13 @@ impl Replica {
 
     /// Merges changes learned from `peer`; returns what was news here.
     /// With `done`, a completed pull also raises the watermarks.
+    ///
+    /// A change of an entry this replica does not hold, at a seq its
+    /// watermarks cover, is of a counter dropped as garbage: it is skipped.
     pub fn merge_remote(&self, changes: &CounterMap, done: Option<&Watermarks>) -> CounterMap {
         let mut state = self.write();
-        let news = state.map.merge_changed(changes.all_changes());
+        let ReplicaState { map, watermarks } = &mut *state;
+        let news = map.merge_news(changes.all_changes(), watermarks);
         if let Some(watermarks) = done {
             state.watermarks.raise_all(watermarks);
         }

@@ -727,7 +727,7 @@ impl Writer {
                 let counter = touched
                     .entry(name.clone())
                     .or_insert_with(|| working_copy(state.map.get(name.as_str())));
-                let Some(change) = cancellation(counter, mine, &name, seq + 1) else {
+                let Ok(change) = Change::cancelling(counter, mine, &name, seq + 1) else {
                     continue;
                 };
                 seq += 1;
@@ -925,29 +925,6 @@ fn replay(registration: Registration) -> Written {
     }
 }
 
-/// The change that cancels the duplicate registration `mine` (of this
-/// actor) in counter `name`, whose working copy is `counter`, stamped `seq`.
-fn cancellation(
-    counter: &PnCounter,
-    mine: &Registration,
-    name: &CounterName,
-    seq: u64,
-) -> Option<Change> {
-    // Only a total beyond u128 refuses, which only a hostile peer can cause.
-    let entry = counter
-        .prepare_cancel(mine.origin.as_str(), mine.op, seq)
-        .ok()?;
-    Some(Change {
-        name: name.clone(),
-        actor: mine.origin.clone(),
-        entry,
-        registrations: vec![Registration {
-            cancelled_seq: seq,
-            ..mine.clone()
-        }],
-    })
-}
-
 /// This actor's registrations that lost to another of their key.
 fn replica_duplicates(replica: &Replica) -> Vec<(CounterName, IdempotencyKey)> {
     let actor = replica.actor();
@@ -1082,6 +1059,7 @@ mod tests {
             inc: u128::from(index + 1),
             dec: 0,
             seq: index + 1,
+            since: 0,
         };
         CounterMap::single(&name, &peer, entry)
     }
@@ -1175,6 +1153,7 @@ mod tests {
                     inc: u128::from(index),
                     dec: 0,
                     seq: index,
+                    since: 0,
                 };
                 big.merge_entry(&name(&long), &peer, entry);
             }
@@ -1298,6 +1277,7 @@ mod tests {
                 inc: 10,
                 dec: 0,
                 seq: 10,
+                since: 1,
             },
         );
         let news = replica.merge_remote(&lost, None);

@@ -52,6 +52,7 @@ pub fn wire_round_trips_on_generated_cases() {
                 inc: total(&mut rng),
                 dec: total(&mut rng),
                 seq: rng.next_u64(),
+                since: 0,
             };
             map.merge_entry(&name, &actor, entry);
         }
@@ -95,6 +96,7 @@ pub fn names_and_actors_are_validated() {
             inc: 1,
             dec: 0,
             seq: 1,
+            since: 0,
         };
         let bad_name = vec![(text.clone(), vec![("node-1".to_owned(), entry)])];
         let bad_actor = vec![("default".to_owned(), vec![(text.clone(), entry)])];
@@ -233,7 +235,8 @@ pub fn no_counter_can_be_frozen() {
         Entry {
             inc: full + 1 + u128::from(MAX) + full,
             dec: full + 2 + full - 1,
-            seq: 8
+            seq: 8,
+            since: 1
         }
     );
     // The totals are past u64, yet the entry still survives the wire and a

@@ -86,6 +86,7 @@ pub fn hostile_entry(rng: &mut XorShift) -> Entry {
         inc: total(rng),
         dec: total(rng),
         seq,
+        since: 0,
     }
 }
 

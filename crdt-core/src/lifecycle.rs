@@ -1,0 +1,282 @@
+//! Counter lifecycle: delete, reset and expiry, as lattice state.
+//!
+//! A counter's entries are per-actor *running totals*, so removing a
+//! counter cannot lower them (merge is a per-actor maximum: a lowered total
+//! would be raised again by the next merge). A removal is recorded instead:
+//!
+//! - **Observed-remove.** A delete or reset keeps, per actor, the entry the
+//!   remover *saw* ([`Lifecycle::removed`], joined per actor). The value
+//!   counts only what lies above it, so what the remover had seen is gone
+//!   on every replica, and an increment it had not seen (concurrent, or on
+//!   the other side of a partition) survives.
+//! - **Runs.** An actor whose entry is wholly removed starts its next write
+//!   from zero: a new *run* ([`crate::Entry::since`] = that write's seq).
+//!   The join prefers the later run, so a removed run can never come back
+//!   through a stale copy, and once every replica holds the removal, the
+//!   counter (entries, keys and removal together) can be dropped: a later
+//!   write starts a new run that owes nothing to the dropped one.
+//! - **Delete or reset.** The latest removal by `(at_ms, actor)` says
+//!   which ([`Mark`]): after a delete the counter reads as absent until
+//!   something is written above the baseline; after a reset it reads 0.
+//! - **Expiry.** `expires_at_ms` merges by maximum (the latest expiry wins,
+//!   as in Redis Active-Active). A node that finds a counter past its expiry
+//!   deletes it like a client would; the removal records the expiry it spent
+//!   ([`Lifecycle::spent_expiry_ms`]), so a write after it starts a counter
+//!   without one.
+//! - **Stamps.** Every lifecycle change is an operation of its actor (seq
+//!   bumped in its entry), and [`Lifecycle::stamps`] remembers the latest per
+//!   actor, so anti-entropy ships the lifecycle with that actor's bundle.
+//!
+//! Everything here is a join of per-part joins (per-actor maximum, maximum,
+//! maximum by a total order), so merge stays commutative, associative and
+//! idempotent.
+use alloc::vec::Vec;
+
+use crate::{ActorId, Entry};
+
+/// What a removal leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum RemovalKind {
+    /// The counter reads as absent (404) until written again.
+    Delete,
+    /// The counter reads 0.
+    Reset,
+}
+
+/// The latest removal: which kind, by whom, when.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Mark {
+    /// The remover's wall clock (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The remover.
+    pub actor: ActorId,
+    /// Delete or reset.
+    pub kind: RemovalKind,
+}
+
+/// A counter's removals and expiry. Absent from counters that never had one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Lifecycle {
+    /// Per actor (sorted), the entry removals saw: only what lies above it counts.
+    pub removed: Vec<(ActorId, Entry)>,
+    /// Per actor (sorted), its latest seq that changed this lifecycle.
+    pub stamps: Vec<(ActorId, u64)>,
+    /// The latest removal, by `(at_ms, actor, kind)`.
+    pub mark: Option<Mark>,
+    /// When the counter expires (ms since the Unix epoch), 0 for never.
+    pub expires_at_ms: u64,
+    /// The latest expiry a removal acted on: expiries up to it are spent.
+    pub spent_expiry_ms: u64,
+}
+
+impl Lifecycle {
+    /// Merges `other` in; true when anything changed.
+    pub fn join(&mut self, other: &Lifecycle) -> bool {
+        let mut changed = false;
+        for (actor, entry) in &other.removed {
+            changed |= join_sorted(&mut self.removed, actor, *entry, Entry::join);
+        }
+        for (actor, seq) in &other.stamps {
+            changed |= join_sorted(&mut self.stamps, actor, *seq, u64::max);
+        }
+        if other.mark > self.mark {
+            self.mark = other.mark.clone();
+            changed = true;
+        }
+        changed |= raise(&mut self.expires_at_ms, other.expires_at_ms);
+        changed |= raise(&mut self.spent_expiry_ms, other.spent_expiry_ms);
+        changed
+    }
+
+    /// The entry removals saw of `actor`.
+    pub fn removed_of(&self, actor: &str) -> Option<&Entry> {
+        find(&self.removed, actor)
+    }
+
+    /// `actor`'s latest seq that changed this lifecycle (0 for none).
+    pub fn stamp_of(&self, actor: &str) -> u64 {
+        find(&self.stamps, actor).copied().unwrap_or(0)
+    }
+
+    /// The expiry still in force (not spent by a removal), if any.
+    pub fn expiry(&self) -> Option<u64> {
+        (self.expires_at_ms > self.spent_expiry_ms).then_some(self.expires_at_ms)
+    }
+
+    /// True when the latest removal was a reset (the counter reads 0, not absent).
+    pub fn is_reset(&self) -> bool {
+        self.mark
+            .as_ref()
+            .is_some_and(|m| m.kind == RemovalKind::Reset)
+    }
+
+    /// True when it says nothing (no removal, no expiry).
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.mark.is_none() && self.expires_at_ms == 0
+    }
+
+    /// Forgets what removals saw of a run `actor` has left behind: an entry
+    /// of a later run supersedes it everywhere. Local housekeeping; never
+    /// changes a value.
+    pub(crate) fn forget_older_runs(&mut self, actor: &str, since: u64) {
+        self.removed
+            .retain(|(known, removed)| known.as_str() != actor || removed.since >= since);
+    }
+}
+
+/// Through which of `actor`'s seqs everything it did to a counter is
+/// removed: what removals saw of it, and every run before the one its
+/// `entry` belongs to (an actor starts a run only once its previous one
+/// was wholly removed).
+pub fn removed_through(removed: Option<&Entry>, entry: Option<&Entry>) -> u64 {
+    let by_removal = removed.map_or(0, |r| r.seq);
+    let by_run = entry.map_or(0, |e| e.since.saturating_sub(1));
+    by_removal.max(by_run)
+}
+
+/// The part of `entry` above what removals saw of it: `(inc, dec)`.
+pub fn live_part(entry: &Entry, removed: Option<&Entry>) -> (u128, u128) {
+    match removed {
+        Some(r) if r.since == entry.since => (
+            entry.inc.saturating_sub(r.inc),
+            entry.dec.saturating_sub(r.dec),
+        ),
+        // A removal saw a later run: this one was wholly removed before it began.
+        Some(r) if r.since > entry.since => (0, 0),
+        _ => (entry.inc, entry.dec),
+    }
+}
+
+fn raise(mine: &mut u64, other: u64) -> bool {
+    if other > *mine {
+        *mine = other;
+        true
+    } else {
+        false
+    }
+}
+
+fn find<'a, T>(pairs: &'a [(ActorId, T)], actor: &str) -> Option<&'a T> {
+    pairs
+        .binary_search_by(|(known, _)| known.as_str().cmp(actor))
+        .ok()
+        .map(|index| &pairs[index].1)
+}
+
+/// Joins `value` into `actor`'s place in the sorted `pairs`; true when anything changed.
+fn join_sorted<T: Copy + PartialEq>(
+    pairs: &mut Vec<(ActorId, T)>,
+    actor: &ActorId,
+    value: T,
+    join: impl Fn(T, T) -> T,
+) -> bool {
+    match pairs.binary_search_by(|(known, _)| known.cmp(actor)) {
+        Ok(index) => {
+            let joined = join(pairs[index].1, value);
+            let changed = joined != pairs[index].1;
+            pairs[index].1 = joined;
+            changed
+        }
+        Err(index) => {
+            pairs.insert(index, (actor.clone(), value));
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(id: &str) -> ActorId {
+        ActorId::new(id).unwrap()
+    }
+
+    fn entry(since: u64, inc: u128, seq: u64) -> Entry {
+        Entry {
+            inc,
+            dec: 0,
+            seq,
+            since,
+        }
+    }
+
+    #[test]
+    fn only_what_lies_above_the_removal_counts() {
+        let removed = entry(1, 8, 4);
+        assert_eq!(live_part(&entry(1, 10, 6), Some(&removed)), (2, 0));
+        assert_eq!(live_part(&entry(1, 8, 4), Some(&removed)), (0, 0));
+        assert_eq!(
+            live_part(&entry(7, 3, 7), Some(&removed)),
+            (3, 0),
+            "a later run owes nothing to the removal"
+        );
+        assert_eq!(
+            live_part(&entry(1, 8, 4), Some(&entry(7, 3, 9))),
+            (0, 0),
+            "a removal of a later run removed every earlier one"
+        );
+        assert_eq!(live_part(&entry(1, 8, 4), None), (8, 0));
+    }
+
+    #[test]
+    fn removed_through_covers_removals_and_earlier_runs() {
+        assert_eq!(removed_through(None, None), 0);
+        assert_eq!(removed_through(Some(&entry(1, 8, 4)), None), 4);
+        assert_eq!(removed_through(None, Some(&entry(7, 3, 9))), 6);
+        assert_eq!(
+            removed_through(Some(&entry(1, 8, 4)), Some(&entry(7, 3, 9))),
+            6
+        );
+    }
+
+    #[test]
+    fn join_is_commutative_associative_and_idempotent() {
+        let a = Lifecycle {
+            removed: alloc::vec![(actor("n1"), entry(1, 5, 5))],
+            stamps: alloc::vec![(actor("n1"), 6)],
+            mark: Some(Mark {
+                at_ms: 10,
+                actor: actor("n1"),
+                kind: RemovalKind::Delete,
+            }),
+            expires_at_ms: 0,
+            spent_expiry_ms: 0,
+        };
+        let b = Lifecycle {
+            removed: alloc::vec![(actor("n1"), entry(1, 7, 7)), (actor("n2"), entry(2, 1, 2))],
+            stamps: alloc::vec![(actor("n2"), 3)],
+            mark: Some(Mark {
+                at_ms: 10,
+                actor: actor("n2"),
+                kind: RemovalKind::Reset,
+            }),
+            expires_at_ms: 99,
+            spent_expiry_ms: 0,
+        };
+        let c = Lifecycle {
+            expires_at_ms: 50,
+            spent_expiry_ms: 99,
+            ..Lifecycle::default()
+        };
+        let joined = |x: &Lifecycle, y: &Lifecycle| {
+            let mut out = x.clone();
+            out.join(y);
+            out
+        };
+        assert_eq!(joined(&a, &b), joined(&b, &a));
+        assert_eq!(joined(&joined(&a, &b), &c), joined(&a, &joined(&b, &c)));
+        let ab = joined(&a, &b);
+        assert_eq!(joined(&ab, &ab), ab);
+        assert!(
+            ab.is_reset(),
+            "the later mark (by actor at equal times) wins"
+        );
+        assert_eq!(ab.expiry(), Some(99));
+        assert_eq!(joined(&ab, &c).expiry(), None, "spent by a removal");
+        assert_eq!(ab.removed_of("n1"), Some(&entry(1, 7, 7)));
+    }
+}
