@@ -277,34 +277,57 @@ impl PnCounter {
         live_key_excess(self.registrations_of(key), covered).excess
     }
 
+    /// True when a removal saw `key` (some registration of it is removed):
+    /// it counts for nothing from then on, and its duplicates need no
+    /// cancelling.
+    pub fn key_is_removed(&self, key: &str) -> bool {
+        let covered = coverage(&self.entries, self.lifecycle.as_deref());
+        (self.registrations_of(key))
+            .iter()
+            .any(|r| covered(&r.origin, r.seq))
+    }
+
     /// Recomputes the sums, the excess and visibility from scratch: after a
     /// change that may lower a live part (a removal, a new run).
     fn recompute(&mut self) {
+        let tally = self.tally();
+        self.total_inc = tally.total_inc;
+        self.total_dec = tally.total_dec;
+        self.excess = tally.excess;
+        self.written_since_removal = tally.written.iter().any(|&amount| amount > 0);
+    }
+
+    /// The live sums and excess, and per entry its live amount (Σ of both
+    /// directions) and how much of it is writes.
+    fn tally(&self) -> Tally {
         let lifecycle = self.lifecycle.as_deref();
         let removed = |actor: &str| lifecycle.and_then(|l| l.removed_of(actor));
         let (mut total_inc, mut total_dec) = (WideSum::default(), WideSum::default());
-        let mut gross: Vec<u128> = Vec::with_capacity(self.entries.len());
+        let mut live: Vec<u128> = Vec::with_capacity(self.entries.len());
         for (actor, entry) in &self.entries {
             let (inc, dec) = live_part(entry, removed(actor.as_str()));
             total_inc.add(inc);
             total_dec.add(dec);
-            gross.push(inc.saturating_add(dec));
+            live.push(inc.saturating_add(dec));
         }
         let covered = coverage(&self.entries, lifecycle);
         let mut excess: i128 = 0;
+        let mut written = live;
         for same_key in self.registrations.values() {
             let key = live_key_excess(same_key, &covered);
             excess = excess.saturating_add(key.excess);
             for (origin, amount) in key.not_writes {
                 if let Ok(index) = self.entries.binary_search_by(|(a, _)| a.cmp(origin)) {
-                    gross[index] = gross[index].saturating_sub(amount);
+                    written[index] = written[index].saturating_sub(amount);
                 }
             }
         }
-        self.total_inc = total_inc;
-        self.total_dec = total_dec;
-        self.excess = excess;
-        self.written_since_removal = gross.iter().any(|&amount| amount > 0);
+        Tally {
+            total_inc,
+            total_dec,
+            excess,
+            written,
+        }
     }
 
     /// Merges a lifecycle change; true when anything changed.
@@ -344,6 +367,97 @@ impl PnCounter {
             self.recompute();
         }
         true
+    }
+
+    /// Drops what removals made dead weight, for a counter every live
+    /// replica holds as it is here (the caller's check, see
+    /// [`crate::CounterMap::drop_removed`]): keys whose every registration
+    /// and cancellation are removed, entries wholly removed, what removals
+    /// saw of actors with nothing left, and the lifecycle itself once it
+    /// says nothing a counter without one would not (no removed part left,
+    /// no reset, no expiry in force). Never changes the value or whether
+    /// the counter reads as present. Returns the dropped entries (with the
+    /// actor) and keys, for the map's indexes.
+    pub(crate) fn compact(&mut self) -> (Vec<(ActorId, Entry)>, Vec<IdempotencyKey>) {
+        if self.lifecycle.is_none() {
+            return (Vec::new(), Vec::new());
+        }
+        // An entry whose live part holds no write (re-applications of
+        // removed keys, cancellations) adds nothing and never will: removed
+        // as it is, it stops differing from replicas that dropped the
+        // counter whole.
+        let tally = self.tally();
+        let inert: Vec<(ActorId, Entry)> = (self.entries.iter().enumerate())
+            .filter(|(index, _)| tally.written[*index] == 0)
+            .map(|(_, (actor, entry))| (actor.clone(), *entry))
+            .collect();
+        if !inert.is_empty() {
+            let seen = Lifecycle {
+                removed: inert,
+                ..Lifecycle::default()
+            };
+            self.lifecycle
+                .get_or_insert_with(Default::default)
+                .join(&seen);
+        }
+        let Some(lifecycle) = self.lifecycle.as_deref() else {
+            return (Vec::new(), Vec::new());
+        };
+        let (dead_keys, dead_entries) = {
+            let covered = coverage(&self.entries, Some(lifecycle));
+            let dead_keys: Vec<IdempotencyKey> = (self.registrations.iter())
+                .filter(|(_, same_key)| {
+                    same_key.iter().all(|r| {
+                        covered(&r.origin, r.seq)
+                            && (!r.is_cancelled() || covered(&r.origin, r.cancelled_seq))
+                    })
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            // The latest remover's entry carries a reset to replicas that join later.
+            let carrier = (lifecycle.mark.as_ref())
+                .filter(|m| m.kind == crate::RemovalKind::Reset)
+                .map(|m| &m.actor);
+            let dead_entries: Vec<(ActorId, Entry)> = (self.entries.iter())
+                .filter(|(actor, entry)| covered(actor, entry.seq) && Some(actor) != carrier)
+                .cloned()
+                .collect();
+            (dead_keys, dead_entries)
+        };
+        for key in &dead_keys {
+            self.registrations.remove(key);
+        }
+        for (actor, entry) in &dead_entries {
+            if let Ok(index) = self.position(actor.as_str()) {
+                self.entries.remove(index);
+                self.digest = self
+                    .digest
+                    .wrapping_sub(digest::entry_hash(actor.as_str(), entry));
+            }
+        }
+        let still_named: alloc::collections::BTreeSet<&ActorId> = (self.registrations.values())
+            .flatten()
+            .map(|r| &r.origin)
+            .chain(self.entries.iter().map(|(actor, _)| actor))
+            .collect();
+        let mut lifecycle = self.lifecycle.take().unwrap_or_default();
+        (lifecycle.removed).retain(|(actor, _)| still_named.contains(actor));
+        let says_something = !lifecycle.removed.is_empty()
+            || lifecycle.is_reset()
+            || lifecycle.expiry().is_some()
+            || (!self.written_since_removal && !self.entries.is_empty());
+        if says_something {
+            // Every live replica holds it: the stamps that route it to
+            // peers lagging behind have nobody left to route it to.
+            lifecycle.stamps.clear();
+            if lifecycle.expiry().is_none() {
+                // A spent expiry says nothing either.
+                (lifecycle.expires_at_ms, lifecycle.spent_expiry_ms) = (0, 0);
+            }
+            self.lifecycle = Some(lifecycle);
+        }
+        self.recompute();
+        (dead_entries, dead_keys)
     }
 
     /// Drops every registration of `key`. Only sound when they add nothing
@@ -498,6 +612,15 @@ impl PnCounter {
         }
         changed
     }
+}
+
+/// What [`PnCounter::tally`] counts.
+struct Tally {
+    total_inc: WideSum,
+    total_dec: WideSum,
+    excess: i128,
+    /// Per entry, how much of its live amount is writes.
+    written: Vec<u128>,
 }
 
 /// Whether seq `seq` of `origin` is removed, for the counter with these

@@ -101,6 +101,22 @@ impl Lifecycle {
         find(&self.stamps, actor).copied().unwrap_or(0)
     }
 
+    /// Whether the lifecycle goes with `actor`'s bundle for a peer holding
+    /// its changes up to `after`: when the actor changed it since, when the
+    /// peer holds nothing of the actor yet (a replica that joins later), or
+    /// when it speaks of the actor's entry (what removals saw of it, or the
+    /// latest removal was its), so no replica ever gets an entry without
+    /// the removal that covers it, whatever was collected meanwhile.
+    pub fn travels_with(&self, actor: &str, after: u64) -> bool {
+        after == 0
+            || self.stamp_of(actor) > after
+            || self.removed_of(actor).is_some()
+            || self
+                .mark
+                .as_ref()
+                .is_some_and(|m| m.actor.as_str() == actor)
+    }
+
     /// The expiry still in force (not spent by a removal), if any.
     pub fn expiry(&self) -> Option<u64> {
         (self.expires_at_ms > self.spent_expiry_ms).then_some(self.expires_at_ms)

@@ -377,9 +377,12 @@ impl CounterMap {
         keys: impl IntoIterator<Item = (&'a CounterName, &'a IdempotencyKey)> + 'a,
     ) -> impl Iterator<Item = (CounterName, IdempotencyKey)> + 'a {
         keys.into_iter().filter_map(move |(name, key)| {
-            let same_key = self.counters.get(name)?.registrations_of(key.as_str());
+            let counter = self.counters.get(name)?;
+            let same_key = counter.registrations_of(key.as_str());
             let mine = same_key.iter().find(|r| &r.origin == actor)?;
-            is_duplicate(mine, same_key).then(|| (name.clone(), key.clone()))
+            // A removed key counts for nothing however many applied it.
+            let due = is_duplicate(mine, same_key) && !counter.key_is_removed(key.as_str());
+            due.then(|| (name.clone(), key.clone()))
         })
     }
 
@@ -567,16 +570,18 @@ impl CounterMap {
             .is_some_and(|at| at <= now_ms)
     }
 
-    /// Drops, as garbage, deleted counters (entries, registrations and
-    /// lifecycle) that every live replica is known to hold as they are
-    /// here: every seq in them is at most `seen_by_all`. The caller also
-    /// vouches that it holds everything those replicas held when they
-    /// reported it (see ARCHITECTURE.md, "Counter lifecycle"), so nothing
-    /// written before the removal can still arrive above it. Keys stay for
-    /// their window: a counter holding a key registered at or after
-    /// `keys_before_ms` stays. Looks at no more than `budget` counters
-    /// (resuming after `after`); returns how many it dropped and where to
-    /// resume (`None` once it went through all of them).
+    /// Collects garbage: drops deleted counters (entries, registrations and
+    /// lifecycle), and what removals left dead in counters written again
+    /// ([`PnCounter::compact`]), in counters that every live replica is
+    /// known to hold as they are here: every seq in them is at most
+    /// `seen_by_all`. The caller also vouches that it holds everything
+    /// those replicas held when they reported it (see ARCHITECTURE.md,
+    /// "Counter lifecycle"), so nothing written before a removal can still
+    /// arrive above it. Keys stay for their window: a counter holding a key
+    /// registered at or after `keys_before_ms` is left as it is. Looks at
+    /// no more than `budget` removed counters (resuming after `after`);
+    /// returns how many counters it dropped and where to resume (`None`
+    /// once it went through all of them). Never changes what a read returns.
     pub fn drop_removed(
         &mut self,
         seen_by_all: &Watermarks,
@@ -603,24 +608,52 @@ impl CounterMap {
                 self.removed.remove(&name);
                 continue;
             };
-            if counter.is_visible() {
-                continue;
-            }
+            let seen = |actor: &ActorId, seq: u64| seq <= seen_by_all.get(actor.as_str());
             let stable = counter
                 .entries()
-                .all(|(actor, entry)| entry.seq <= seen_by_all.get(actor.as_str()))
-                && counter.lifecycle().is_some_and(|l| {
-                    (l.stamps.iter()).all(|(actor, seq)| *seq <= seen_by_all.get(actor.as_str()))
-                })
-                && counter.registrations().all(|r| {
-                    r.at_ms < keys_before_ms && r.last_seq() <= seen_by_all.get(r.origin.as_str())
-                });
-            if stable {
+                .all(|(actor, entry)| seen(actor, entry.seq))
+                && (counter.lifecycle())
+                    .is_some_and(|l| l.stamps.iter().all(|(actor, seq)| seen(actor, *seq)))
+                && counter
+                    .registrations()
+                    .all(|r| r.at_ms < keys_before_ms && seen(&r.origin, r.last_seq()));
+            if !stable {
+                continue;
+            }
+            if !counter.is_visible() {
                 self.drop_counter(&name);
                 dropped += 1;
+            } else {
+                self.compact_counter(&name);
             }
         }
         (dropped, resume)
+    }
+
+    fn compact_counter(&mut self, name: &CounterName) {
+        let Some(counter) = self.counters.get_mut(name) else {
+            return;
+        };
+        let old_contribution = contribution(name, counter);
+        let (entries, keys) = counter.compact();
+        let new_contribution = contribution(name, counter);
+        if counter.lifecycle().is_none() {
+            self.removed.remove(name);
+        }
+        self.digest = self
+            .digest
+            .wrapping_sub(old_contribution)
+            .wrapping_add(new_contribution);
+        for (actor, entry) in entries {
+            self.dropped.raise(&actor, entry.seq);
+            if let Some(changes) = self.changes_by_actor.get_mut(actor.as_str()) {
+                changes.remove(&(entry.seq, name.clone()));
+            }
+            self.entry_count -= 1;
+        }
+        for key in keys {
+            self.keys.remove(&(key, name.clone()));
+        }
     }
 
     /// Number of counters that were removed and are not dropped yet.
@@ -849,7 +882,7 @@ fn bundle(name: &CounterName, counter: &PnCounter, actor: &ActorId, after: u64) 
             .collect(),
         lifecycle: counter
             .lifecycle()
-            .filter(|l| l.stamp_of(actor.as_str()) > after)
+            .filter(|l| l.travels_with(actor.as_str(), after))
             .cloned(),
     }
 }

@@ -144,6 +144,19 @@ proptest! {
         common::keyed::each_write_counts_once(common::keyed::run(seed));
     }
 
+    /// Deletes, resets and expiries racing writes, retries, cancellations
+    /// and garbage collection: merge laws on every state passed through.
+    #[test]
+    fn lifecycle_merge_laws_hold(seed in any::<u64>()) {
+        common::lifecycle::merge_laws_hold(&common::lifecycle::run(seed));
+    }
+
+    /// ... and, once converged, what a removal saw is gone and nothing else.
+    #[test]
+    fn removals_are_observed_remove(seed in any::<u64>()) {
+        common::lifecycle::removals_are_observed_remove(common::lifecycle::run(seed));
+    }
+
     #[test]
     fn map_merge_is_commutative(s in scenario()) {
         laws::map_merge_commutes(&run_map(&s));

@@ -8,6 +8,7 @@
 pub mod assertions;
 pub mod keyed;
 pub mod laws;
+pub mod lifecycle;
 pub mod pinned;
 pub mod scenario;
 pub mod suite;
@@ -52,6 +53,14 @@ macro_rules! generated_case_tests {
         #[$attr]
         fn hostile_totals_never_panic_on_generated_cases() {
             common::suite::hostile_totals_never_panic_on_generated_cases();
+        }
+        #[$attr]
+        fn lifecycle_merge_laws_hold_on_generated_cases() {
+            common::suite::lifecycle_merge_laws_hold_on_generated_cases();
+        }
+        #[$attr]
+        fn removals_are_observed_remove_on_generated_cases() {
+            common::suite::removals_are_observed_remove_on_generated_cases();
         }
         #[$attr]
         fn keyed_merge_laws_hold_on_generated_cases() {

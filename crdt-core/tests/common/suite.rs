@@ -29,6 +29,18 @@ pub fn keyed_merge_laws_hold_on_generated_cases() {
     }
 }
 
+pub fn lifecycle_merge_laws_hold_on_generated_cases() {
+    for seed in 0..CASES {
+        super::lifecycle::merge_laws_hold(&super::lifecycle::run(seed));
+    }
+}
+
+pub fn removals_are_observed_remove_on_generated_cases() {
+    for seed in 0..CASES {
+        super::lifecycle::removals_are_observed_remove(super::lifecycle::run(seed));
+    }
+}
+
 pub fn each_keyed_write_counts_once_on_generated_cases() {
     for seed in 0..CASES {
         super::keyed::each_write_counts_once(super::keyed::run(seed));

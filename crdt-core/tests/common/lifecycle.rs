@@ -1,0 +1,396 @@
+//! Counter lifecycle under concurrency: deletes, resets and expiries racing
+//! writes (plain and keyed, with retries), cancellations, anti-entropy and
+//! garbage collection, in a random order. Checks the merge laws on every
+//! state passed through, that garbage collection never changes what a
+//! replica reads, and, after convergence, observed-remove against a model:
+//! a counter reads the sum of the logical writes no removal saw, and is
+//! present exactly when one exists or the latest removal was a reset.
+use std::collections::BTreeSet;
+
+use crdt_core::{
+    wire, ActorId, CounterMap, CounterName, IdempotencyKey, KeyCheck, Op, RemovalKind, Watermarks,
+};
+
+use super::xorshift::XorShift;
+
+const REPLICAS: usize = 3;
+const NAMES: [&str; 2] = ["a", "b"];
+/// How long keys are kept (simulated ms): collecting a counter waits for
+/// its keys' window, and retries come only within it.
+const KEY_WINDOW_MS: u64 = 200;
+
+#[derive(Clone)]
+struct Replica {
+    actor: ActorId,
+    map: CounterMap,
+    /// Everything held up to these seqs, per actor (a node's watermarks).
+    watermarks: Watermarks,
+    /// The logical writes this replica holds (the model).
+    knows: BTreeSet<usize>,
+}
+
+#[derive(Clone, Debug)]
+struct LogicalWrite {
+    key: Option<IdempotencyKey>,
+    name: CounterName,
+    op: Op,
+    at_ms: u64,
+}
+
+/// A removal as the model sees it: the counter, what its remover held, its mark.
+#[derive(Clone, Debug)]
+struct Removal {
+    name: CounterName,
+    saw: BTreeSet<usize>,
+    mark: (u64, ActorId, RemovalKind),
+}
+
+pub struct LifecycleRun {
+    replicas: Vec<Replica>,
+    writes: Vec<LogicalWrite>,
+    removals: Vec<Removal>,
+    now_ms: u64,
+    /// Every state any replica passed through, for the merge laws.
+    pub states: Vec<CounterMap>,
+}
+
+fn actor(replica: usize) -> ActorId {
+    ActorId::new(&format!("node-{replica}~i")).expect("valid actor")
+}
+
+impl Replica {
+    fn own_seq_held(&mut self) {
+        let seq = self.map.last_seq(self.actor.as_str());
+        let own = self.actor.clone();
+        self.watermarks.raise(&own, seq);
+    }
+
+    /// Removes `name` as a node does (client delete/reset or expiry sweep),
+    /// telling the model what it saw.
+    fn remove(&mut self, name: &CounterName, kind: RemovalKind, now_ms: u64) -> Option<Removal> {
+        let delta = self
+            .map
+            .remove(&self.actor, name, kind, now_ms)
+            .expect("a removal never overflows here")?;
+        assert!(!delta.is_empty());
+        self.own_seq_held();
+        Some(Removal {
+            name: name.clone(),
+            saw: self.knows.clone(),
+            mark: (now_ms, self.actor.clone(), kind),
+        })
+    }
+}
+
+impl LifecycleRun {
+    /// Applies logical write `index` at replica `at`, as a node does: an
+    /// expired counter is deleted first; a known key is answered, not applied.
+    fn attempt(&mut self, at: usize, index: usize) {
+        let now_ms = self.now_ms;
+        let write = self.writes[index].clone();
+        let replica = &mut self.replicas[at];
+        if replica.map.is_expired(write.name.as_str(), now_ms) {
+            if let Some(removal) = replica.remove(&write.name, RemovalKind::Delete, now_ms) {
+                self.removals.push(removal);
+            }
+        }
+        let replica = &mut self.replicas[at];
+        match &write.key {
+            None => {
+                replica
+                    .map
+                    .apply(&replica.actor, &write.name, write.op)
+                    .expect("small amounts never overflow");
+            }
+            Some(key) => match replica.map.check_key(key, &write.name, write.op) {
+                KeyCheck::New => {
+                    replica
+                        .map
+                        .apply_keyed(&replica.actor, &write.name, write.op, key, now_ms)
+                        .expect("small amounts never overflow");
+                }
+                KeyCheck::Replay(registration) => {
+                    assert_eq!(registration.op, write.op, "a replay names the same write");
+                    assert!(replica.knows.contains(&index), "a replay of a write held");
+                }
+                KeyCheck::Mismatch { .. } => panic!("{write:?}: the key names another write"),
+            },
+        }
+        replica.knows.insert(index);
+        replica.own_seq_held();
+    }
+}
+
+/// Ships what `from` holds above `to`'s watermarks, through the wire, and
+/// merges it as a node does (skipping stale copies of collected counters).
+fn sync(replicas: &mut [Replica], from: usize, to: usize) {
+    if from == to {
+        return;
+    }
+    let changes: CounterMap = replicas[from]
+        .map
+        .changes_since(&replicas[to].watermarks)
+        .collect();
+    let decoded: CounterMap = wire::decode(&wire::encode(&changes)).expect("a delta round-trips");
+    let marks = replicas[from].watermarks.clone();
+    let knows = replicas[from].knows.clone();
+    let receiver = &mut replicas[to];
+    let seen = receiver.watermarks.clone();
+    receiver.map.merge_news(decoded.all_changes(), &seen);
+    receiver.watermarks.raise_all(&marks);
+    receiver.knows.extend(knows);
+}
+
+fn cancel_duplicates(replica: &mut Replica) {
+    for (name, key) in replica.map.all_duplicates_of(&replica.actor) {
+        replica
+            .map
+            .cancel(&replica.actor, &name, &key)
+            .expect("a cancellation never overflows here");
+    }
+    replica.own_seq_held();
+}
+
+/// What every replica reads, deleted counters as `None`.
+fn reads(map: &CounterMap) -> Vec<Option<i128>> {
+    NAMES.iter().map(|name| map.value(name)).collect()
+}
+
+/// Collects garbage at `at` when the model knows it is safe: every replica
+/// holds what `at` holds of the dropped counters (`seen_by_all`), and `at`
+/// holds everything any replica holds. Never changes what it reads.
+fn collect(replicas: &mut [Replica], at: usize, now_ms: u64) {
+    let mut held_anywhere = Watermarks::new();
+    for replica in replicas.iter() {
+        held_anywhere.raise_all(&replica.watermarks);
+    }
+    let seen_by_all: Watermarks = held_anywhere
+        .iter()
+        .map(|(actor, _)| {
+            let least = replicas
+                .iter()
+                .map(|r| r.watermarks.get(actor.as_str()))
+                .min();
+            (actor.clone(), least.unwrap_or(0))
+        })
+        .collect();
+    let holds_all = held_anywhere
+        .iter()
+        .all(|(actor, seq)| replicas[at].watermarks.get(actor.as_str()) >= seq);
+    if !holds_all {
+        return;
+    }
+    let before = reads(&replicas[at].map);
+    let keys_before = now_ms.saturating_sub(KEY_WINDOW_MS);
+    replicas[at]
+        .map
+        .drop_removed(&seen_by_all, keys_before, None, usize::MAX);
+    assert_eq!(
+        reads(&replicas[at].map),
+        before,
+        "collecting garbage moved a value"
+    );
+}
+
+pub fn run(seed: u64) -> LifecycleRun {
+    let mut rng = XorShift::new(seed.wrapping_mul(0x2545_f491) ^ 0x11fe);
+    let mut run = LifecycleRun {
+        replicas: (0..REPLICAS)
+            .map(|r| Replica {
+                actor: actor(r),
+                map: CounterMap::new(),
+                watermarks: Watermarks::new(),
+                knows: BTreeSet::new(),
+            })
+            .collect(),
+        writes: Vec::new(),
+        removals: Vec::new(),
+        now_ms: 1_000,
+        states: Vec::new(),
+    };
+    let steps = 20 + rng.below(60);
+    for _ in 0..steps {
+        run.now_ms += 1 + rng.below(20) as u64;
+        let now_ms = run.now_ms;
+        let at = rng.below(REPLICAS);
+        let name = CounterName::new(NAMES[rng.below(NAMES.len())]).expect("valid name");
+        match rng.below(17) {
+            0..=4 => {
+                let amount = 1 + rng.below(9) as u64;
+                let op = if rng.chance(3, 4) {
+                    Op::Increment(amount)
+                } else {
+                    Op::Decrement(amount)
+                };
+                let key = rng
+                    .chance(1, 2)
+                    .then(|| IdempotencyKey::new(&format!("key-{}", run.writes.len())).unwrap());
+                run.writes.push(LogicalWrite {
+                    key,
+                    name,
+                    op,
+                    at_ms: now_ms,
+                });
+                run.attempt(at, run.writes.len() - 1);
+            }
+            // A retry of a recent keyed write, on any replica.
+            5 => {
+                let recent: Vec<usize> = (0..run.writes.len())
+                    .filter(|&w| run.writes[w].key.is_some())
+                    .filter(|&w| run.writes[w].at_ms + KEY_WINDOW_MS / 2 > now_ms)
+                    .collect();
+                if !recent.is_empty() {
+                    let index = recent[rng.below(recent.len())];
+                    run.attempt(at, index);
+                }
+            }
+            6 | 7 => {
+                let kind = if rng.chance(2, 3) {
+                    RemovalKind::Delete
+                } else {
+                    RemovalKind::Reset
+                };
+                if let Some(removal) = run.replicas[at].remove(&name, kind, now_ms) {
+                    run.removals.push(removal);
+                }
+            }
+            8 => {
+                let replica = &mut run.replicas[at];
+                let expires = now_ms + rng.below(60) as u64;
+                let set = replica
+                    .map
+                    .set_expiry(&replica.actor, &name, expires)
+                    .expect("never overflows here");
+                if set.is_some() {
+                    replica.own_seq_held();
+                }
+            }
+            // The expiry sweep.
+            9 => {
+                for expired in run.replicas[at].map.expired(now_ms, usize::MAX) {
+                    let removal = run.replicas[at].remove(&expired, RemovalKind::Delete, now_ms);
+                    run.removals.extend(removal);
+                }
+            }
+            10..=12 => {
+                let from = rng.below(REPLICAS);
+                sync(&mut run.replicas, from, at);
+            }
+            13 => cancel_duplicates(&mut run.replicas[at]),
+            // A quiet moment: everyone hears everyone, so garbage can go.
+            14 => {
+                for from in 0..REPLICAS {
+                    for to in 0..REPLICAS {
+                        sync(&mut run.replicas, from, to);
+                    }
+                }
+            }
+            _ => collect(&mut run.replicas, at, now_ms),
+        }
+        run.states
+            .push(run.replicas[rng.below(REPLICAS)].map.clone());
+    }
+    run
+}
+
+/// Merge is commutative, associative and idempotent over every state a run
+/// passes through, and the wire keeps lifecycles.
+pub fn merge_laws_hold(run: &LifecycleRun) {
+    let merged = |a: &CounterMap, b: &CounterMap| {
+        let mut out = a.clone();
+        out.merge(b);
+        out
+    };
+    for window in run.states.windows(3) {
+        let [a, b, c] = window else { continue };
+        assert_eq!(merged(a, b), merged(b, a), "merge commutes");
+        assert_eq!(
+            merged(&merged(a, b), c),
+            merged(a, &merged(b, c)),
+            "merge associates"
+        );
+        assert_eq!(merged(a, a), *a, "merge is idempotent");
+        let ab = merged(a, b);
+        assert_eq!(reads(&ab), reads(&merged(b, a)));
+        let decoded: CounterMap = wire::decode(&wire::encode(&ab)).expect("round trip");
+        assert_eq!(decoded, ab, "the wire keeps lifecycles");
+        assert_eq!(decoded.digest(), ab.digest());
+    }
+}
+
+/// After everyone heard everything (expiries swept, duplicates cancelled),
+/// each counter reads what the model says: the sum of the logical writes
+/// no removal saw, present when there is one or the latest removal was a
+/// reset. Collecting garbage everywhere then changes nothing read, and
+/// every replica ends in the same state.
+pub fn removals_are_observed_remove(run: LifecycleRun) {
+    let LifecycleRun {
+        mut replicas,
+        writes,
+        mut removals,
+        now_ms,
+        ..
+    } = run;
+    let everyone = |replicas: &mut Vec<Replica>| {
+        for _ in 0..2 {
+            for from in 0..REPLICAS {
+                for to in 0..REPLICAS {
+                    sync(replicas, from, to);
+                }
+            }
+        }
+    };
+    everyone(&mut replicas);
+    let later = now_ms + 1_000;
+    for replica in replicas.iter_mut() {
+        for expired in replica.map.expired(later, usize::MAX) {
+            removals.extend(replica.remove(&expired, RemovalKind::Delete, later));
+        }
+        cancel_duplicates(replica);
+    }
+    everyone(&mut replicas);
+    for replica in replicas.iter_mut() {
+        cancel_duplicates(replica);
+    }
+    everyone(&mut replicas);
+    let expected: Vec<Option<i128>> = NAMES
+        .iter()
+        .map(|name| {
+            let removed_here: Vec<&Removal> = removals
+                .iter()
+                .filter(|r| r.name.as_str() == *name)
+                .collect();
+            let unseen: Vec<&LogicalWrite> = (0..writes.len())
+                .filter(|w| writes[*w].name.as_str() == *name)
+                .filter(|w| !removed_here.iter().any(|r| r.saw.contains(w)))
+                .map(|w| &writes[w])
+                .collect();
+            let latest = removed_here.iter().map(|r| &r.mark).max();
+            let reset = latest.is_some_and(|(_, _, kind)| *kind == RemovalKind::Reset);
+            (!unseen.is_empty() || reset).then(|| unseen.iter().map(|w| w.op.signed()).sum())
+        })
+        .collect();
+    for replica in &replicas {
+        assert_eq!(reads(&replica.map), expected, "converged: observed-remove");
+    }
+    for at in 0..REPLICAS {
+        collect(&mut replicas, at, later + KEY_WINDOW_MS);
+    }
+    everyone(&mut replicas);
+    for replica in &replicas {
+        assert_eq!(reads(&replica.map), expected, "after collecting garbage");
+        assert_eq!(
+            replica.map, replicas[0].map,
+            "every replica in the same state"
+        );
+        assert_eq!(replica.map.digest(), replicas[0].map.digest());
+    }
+    for (name, expected) in NAMES.iter().zip(&expected) {
+        if expected.is_none() {
+            assert!(
+                replicas.iter().all(|r| r.map.get(name).is_none()),
+                "{name}: a deleted counter is collected everywhere"
+            );
+        }
+    }
+}
