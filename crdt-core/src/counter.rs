@@ -277,6 +277,21 @@ impl PnCounter {
         live_key_excess(self.registrations_of(key), covered).excess
     }
 
+    /// True when `actor`'s next write must start a new run: everything in
+    /// its `entry` was removed, or what is left above the removals holds no
+    /// write (re-applications of removed keys, cancellations), so a replica
+    /// may have dropped the counter as garbage while this one still holds it.
+    fn run_is_over(&self, actor: &str, entry: &Entry) -> bool {
+        if self.removed_through(actor) >= entry.seq {
+            return true;
+        }
+        if self.lifecycle.is_none() {
+            return false;
+        }
+        let tally = self.tally();
+        (self.position(actor)).is_ok_and(|index| tally.written[index] == 0)
+    }
+
     /// True when a removal saw `key` (some registration of it is removed):
     /// it counts for nothing from then on, and its duplicates need no
     /// cancelling.
@@ -504,10 +519,7 @@ impl PnCounter {
     /// only a damaged or hostile peer. On failure nothing changes.
     pub fn prepare(&self, actor: &str, op: Op, seq: u64) -> Result<Entry, CrdtError> {
         let (current, mut next) = match self.entry(actor) {
-            // Everything this actor wrote here was removed: a new run.
-            Some(entry) if self.removed_through(actor) < entry.seq => {
-                (*entry, Entry { seq, ..*entry })
-            }
+            Some(entry) if !self.run_is_over(actor, entry) => (*entry, Entry { seq, ..*entry }),
             _ => (Entry::start(seq), Entry::start(seq)),
         };
         match op {

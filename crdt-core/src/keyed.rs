@@ -54,6 +54,11 @@ impl IdempotencyKey {
         Ok(Self(Arc::from(key)))
     }
 
+    /// A value that sorts before every valid key (for range bounds).
+    pub(crate) fn lowest() -> Self {
+        Self(Arc::from(""))
+    }
+
     /// The key as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -116,8 +116,11 @@ pub struct CounterMap {
     /// (A set of pairs, not a map by seq: a damaged or hostile peer may send
     /// two counters with one seq, and neither may vanish from the index.)
     changes_by_actor: BTreeMap<ActorId, BTreeSet<(u64, CounterName)>>,
-    /// Which counters hold registrations of which key.
-    keys: BTreeSet<(IdempotencyKey, CounterName)>,
+    /// Which counters hold registrations of which key, with the latest
+    /// `at_ms` among them.
+    keys: BTreeMap<(IdempotencyKey, CounterName), u64>,
+    /// The same, by that latest `at_ms`: where the keys past their window are.
+    keys_by_age: BTreeSet<(u64, IdempotencyKey, CounterName)>,
     /// Counters by the expiry in force.
     expiries: BTreeSet<(u64, CounterName)>,
     /// Counters that were removed at least once: where garbage is.
@@ -305,6 +308,7 @@ impl CounterMap {
         let mut found = self
             .keys
             .range((key.clone(), CounterName::lowest())..)
+            .map(|(pair, _)| pair)
             .take_while(|(known, _)| known == key);
         let Some((_, counter_name)) = found.next() else {
             return KeyCheck::New;
@@ -416,7 +420,7 @@ impl CounterMap {
     /// for a node's start (the incremental checks cover the rest).
     pub fn all_duplicates_of(&self, actor: &ActorId) -> Vec<(CounterName, IdempotencyKey)> {
         let keys: Vec<(&CounterName, &IdempotencyKey)> =
-            self.keys.iter().map(|(key, name)| (name, key)).collect();
+            self.keys.keys().map(|(key, name)| (name, key)).collect();
         self.duplicates_of(actor, keys).collect()
     }
 
@@ -452,26 +456,43 @@ impl CounterMap {
     /// Local housekeeping, not a replicated change: it never changes a
     /// value or the digest. Returns the number of registrations dropped.
     pub fn drop_keys_before(&mut self, before_ms: u64) -> usize {
+        // Only keys whose latest registration is past the window are looked
+        // at, not every key held.
         let expired: Vec<(IdempotencyKey, CounterName)> = self
-            .keys
-            .iter()
-            .filter(|(key, name)| {
-                self.counters.get(name).is_some_and(|counter| {
-                    let registrations = counter.registrations_of(key.as_str());
-                    registrations.iter().all(|r| r.at_ms < before_ms)
-                        && counter.key_excess(key.as_str()) == 0
-                })
+            .keys_by_age
+            .range(..(before_ms, IdempotencyKey::lowest(), CounterName::lowest()))
+            .filter(|(_, key, name)| {
+                (self.counters.get(name)).is_some_and(|c| c.key_excess(key.as_str()) == 0)
             })
-            .cloned()
+            .map(|(_, key, name)| (key.clone(), name.clone()))
             .collect();
         let mut dropped = 0;
         for (key, name) in expired {
             if let Some(counter) = self.counters.get_mut(&name) {
                 dropped += counter.drop_key(&key);
             }
-            self.keys.remove(&(key, name));
+            self.forget_key(key, name);
         }
         dropped
+    }
+
+    fn forget_key(&mut self, key: IdempotencyKey, name: CounterName) {
+        if let Some(latest) = self.keys.remove(&(key.clone(), name.clone())) {
+            self.keys_by_age.remove(&(latest, key, name));
+        }
+    }
+
+    fn index_key(&mut self, registration: &Registration, name: CounterName) {
+        let pair = (registration.key.clone(), name);
+        let latest = self.keys.get(&pair).copied();
+        if latest.is_some_and(|at| at >= registration.at_ms) {
+            return;
+        }
+        if let Some(at) = latest {
+            (self.keys_by_age).remove(&(at, pair.0.clone(), pair.1.clone()));
+        }
+        (self.keys_by_age).insert((registration.at_ms, pair.0.clone(), pair.1.clone()));
+        self.keys.insert(pair, registration.at_ms);
     }
 
     /// Removes what this replica holds of `name` (observed-remove): a
@@ -652,7 +673,7 @@ impl CounterMap {
             self.entry_count -= 1;
         }
         for key in keys {
-            self.keys.remove(&(key, name.clone()));
+            self.forget_key(key, name.clone());
         }
     }
 
@@ -683,7 +704,7 @@ impl CounterMap {
             }
         }
         for registration in counter.registrations() {
-            self.keys.remove(&(registration.key.clone(), name.clone()));
+            self.forget_key(registration.key.clone(), name.clone());
         }
     }
 
@@ -704,7 +725,7 @@ impl CounterMap {
             .or_default()
             .merge_registration(registration);
         if changed {
-            self.keys.insert((registration.key.clone(), name));
+            self.index_key(registration, name);
         }
         changed
     }
