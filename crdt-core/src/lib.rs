@@ -6,12 +6,18 @@
 //!
 //! ## Invariants
 //! - An entry `(counter, actor)` holds that actor's running totals
-//!   `inc` and `dec` and the `seq` of the actor's operation that last changed
-//!   it. Only the actor itself ever raises its own entry; everyone else
-//!   learns it by merging.
-//! - Merge is a per-field maximum, so it is commutative, associative and
-//!   idempotent; replaying or re-receiving anything is harmless.
-//! - `value = Σinc − Σdec` is kept as running sums, so reading it is O(1).
+//!   `inc` and `dec`, the `seq` of the actor's operation that last changed
+//!   it, and `since`, the seq that began its current run. Only the actor
+//!   itself ever raises its own entry; everyone else learns it by merging.
+//! - Merge of an entry takes the later run, and within a run the per-field
+//!   maximum; registrations of keyed writes ([`keyed`]) and lifecycles
+//!   ([`lifecycle`]) merge part by part the same way. So merge is
+//!   commutative, associative and idempotent; replaying or re-receiving
+//!   anything is harmless.
+//! - A counter is removed (deleted, reset, expired) by recording what the
+//!   remover saw: only what lies above it counts ([`lifecycle`]).
+//! - `value = Σinc − Σdec` over what lies above the removals, minus what
+//!   duplicate keyed writes add, is kept as running sums, so reading it is O(1).
 //!   Per-actor totals are `u128` while one operation's amount is a `u64`,
 //!   so no sequence of accepted operations can exhaust them: a counter
 //!   never freezes. Local operations refuse only to move the value

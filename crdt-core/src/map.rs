@@ -593,8 +593,9 @@ impl CounterMap {
 
     /// Collects garbage: drops deleted counters (entries, registrations and
     /// lifecycle), and what removals left dead in counters written again
-    /// ([`PnCounter::compact`]), in counters that every live replica is
-    /// known to hold as they are here: every seq in them is at most
+    /// (entries wholly removed, dead keys, the lifecycle), in counters that
+    /// every live replica is known to hold as they are here: every seq in
+    /// them is at most
     /// `seen_by_all`. The caller also vouches that it holds everything
     /// those replicas held when they reported it (see ARCHITECTURE.md,
     /// "Counter lifecycle"), so nothing written before a removal can still
