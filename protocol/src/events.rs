@@ -14,7 +14,7 @@
 //! of that node's state; every later chunk merges into it (a CRDT merge, so
 //! chunks and deltas interleave harmlessly); `last` marks the end.
 
-use crdt_core::{ActorId, CounterMap, CounterName, Entry, PnCounter, Registration};
+use crdt_core::{ActorId, CounterMap, CounterName, Entry, Lifecycle, PnCounter, Registration};
 
 /// Default size of one snapshot chunk: the encoded counter map of one
 /// `Snapshot`/`NodeState` event is at most this many bytes (the event adds
@@ -259,8 +259,10 @@ impl SnapshotChunker {
             .and_then(|(name, actor)| Some((name, map.get(name.as_str())?, Some(actor))));
         // A copy: the loop below moves the cursor while the page borrows.
         let prefix = self.prefix.clone();
+        // Deleted counters too: a follower holding an older copy learns of
+        // the removal only from its lifecycle.
         let later = map
-            .page(&prefix, start.as_ref().map(|(name, _)| name.as_str()))
+            .all_from(&prefix, start.as_ref().map(|(name, _)| name.as_str()))
             .map(|(name, counter)| (name, counter, None));
         for (name, counter, after) in current.into_iter().chain(later) {
             // A counter begun in an earlier chunk was already counted.
@@ -270,13 +272,14 @@ impl SnapshotChunker {
             let entries = (counter.entries())
                 .filter(|(actor, _)| after.is_none_or(|after| actor.as_str() > after.as_str()));
             // `taken`: entries of this counter already in the chunk.
-            // A counter's registrations go with its first piece; a piece
-            // continuing it in a later chunk carries an empty list.
-            let registrations: Vec<&Registration> = if after.is_none() {
-                counter.registrations().collect()
-            } else {
-                Vec::new()
-            };
+            // A counter's registrations and lifecycle go with its first
+            // piece; a piece continuing it in a later chunk carries none.
+            let (registrations, lifecycle): (Vec<&Registration>, Option<&Lifecycle>) =
+                if after.is_none() {
+                    (counter.registrations().collect(), counter.lifecycle())
+                } else {
+                    (Vec::new(), None)
+                };
             for (taken, (actor, entry)) in (0u128..).zip(entries) {
                 let entry_bytes = entry_len(actor, entry);
                 let grows = if taken == 0 {
@@ -286,6 +289,7 @@ impl SnapshotChunker {
                         + varint_len(1)
                         + entry_bytes
                         + registrations_len(registrations.iter().copied())
+                        + lifecycle_len(lifecycle)
                         + varint_len(counters + 1)
                         - varint_len(counters)
                 } else {
@@ -297,6 +301,9 @@ impl SnapshotChunker {
                 if taken == 0 {
                     for registration in &registrations {
                         chunk.merge_registration(name, registration);
+                    }
+                    if let Some(lifecycle) = lifecycle {
+                        chunk.merge_lifecycle(name, lifecycle);
                     }
                 }
                 chunk.merge_entry(name, actor, *entry);
@@ -342,20 +349,42 @@ fn entry_len(actor: &ActorId, entry: &Entry) -> usize {
         + varint_len(entry.inc)
         + varint_len(entry.dec)
         + varint_len(u128::from(entry.seq))
+        + varint_len(u128::from(entry.since))
+}
+
+/// Bytes of an encoded optional lifecycle.
+fn lifecycle_len(lifecycle: Option<&Lifecycle>) -> usize {
+    1 + lifecycle.map_or(0, |l| crdt_core::wire::encode(l).len())
 }
 
 /// Bytes of an encoded list of registrations.
 fn registrations_len<'a>(registrations: impl Iterator<Item = &'a Registration>) -> usize {
     let (count, bytes) = registrations.fold((0u128, 0usize), |(count, bytes), registration| {
-        (
-            count + 1,
-            bytes + crdt_core::wire::encode(registration).len(),
-        )
+        (count + 1, bytes + registration_len(registration))
     });
     varint_len(count) + bytes
 }
 
-/// Bytes of one counter as a map encodes it (name, its entries, its registrations).
+/// Bytes of one encoded registration, field by field (no encoding needed).
+fn registration_len(registration: &Registration) -> usize {
+    let amount = match registration.op {
+        crdt_core::Op::Increment(amount) | crdt_core::Op::Decrement(amount) => amount,
+    };
+    // postcard: an enum is its variant index then its field; an i128 is a zigzag varint.
+    let value = registration.value;
+    let zigzag = ((value << 1) ^ (value >> 127)) as u128;
+    str_len(registration.key.as_str())
+        + str_len(registration.origin.as_str())
+        + varint_len(0)
+        + varint_len(u128::from(amount))
+        + varint_len(u128::from(registration.at_ms))
+        + varint_len(u128::from(registration.seq))
+        + varint_len(zigzag)
+        + varint_len(u128::from(registration.cancelled_seq))
+}
+
+/// Bytes of one counter as a map encodes it (name, its entries, its
+/// registrations, its lifecycle).
 pub fn encoded_counter_len(name: &CounterName, counter: &PnCounter) -> usize {
     str_len(name.as_str())
         + varint_len(counter.actors() as u128)
@@ -363,11 +392,12 @@ pub fn encoded_counter_len(name: &CounterName, counter: &PnCounter) -> usize {
             .map(|(actor, entry)| entry_len(actor, entry))
             .sum::<usize>()
         + registrations_len(counter.registrations())
+        + lifecycle_len(counter.lifecycle())
 }
 
 #[cfg(test)]
 mod tests {
-    use crdt_core::{wire, ActorId, CounterName, Op};
+    use crdt_core::{wire, ActorId, CounterName, Op, RemovalKind};
     use proptest::prelude::*;
 
     use super::*;
@@ -471,7 +501,15 @@ mod tests {
 
     #[test]
     fn chunk_sizes_are_computed_exactly() {
-        let map = a_wide_map(7, 50);
+        let mut map = a_wide_map(7, 50);
+        // Some counters deleted, reset, or given an expiry: lifecycles travel too.
+        let remover = ActorId::new("remover~1").unwrap();
+        for c in (0..50).step_by(3) {
+            let name = CounterName::new(&format!("counter-{c}")).unwrap();
+            let kind = [RemovalKind::Delete, RemovalKind::Reset][c % 2];
+            map.remove(&remover, &name, kind, 1_000 + c as u64).unwrap();
+            let _ = map.set_expiry(&remover, &name, 9_000);
+        }
         for (name, counter) in map.counters() {
             let mut single = CounterMap::new();
             for (actor, entry) in counter.entries() {
@@ -480,6 +518,9 @@ mod tests {
             for registration in counter.registrations() {
                 single.merge_registration(name, registration);
             }
+            if let Some(lifecycle) = counter.lifecycle() {
+                single.merge_lifecycle(name, lifecycle);
+            }
             // The map's own length varint (1 byte for one counter) plus the counter.
             let expected = wire::encode(&single).len() - 1;
             assert_eq!(encoded_counter_len(name, counter), expected);
@@ -487,9 +528,37 @@ mod tests {
         for max in [1024, 1500, 4096] {
             let chunks = snapshot_chunks(&map, max);
             assert!(chunks.len() > 1, "{max}: one chunk");
+            let mut merged = CounterMap::new();
             for chunk in &chunks {
                 assert!(wire::encode(chunk).len() <= max);
+                merged.merge(chunk);
             }
+            assert_eq!(merged, map, "{max}: deleted counters and lifecycles arrive");
+        }
+    }
+
+    #[test]
+    fn registration_sizes_are_computed_exactly() {
+        let actor = ActorId::new("node-1~x").unwrap();
+        let mut map = CounterMap::new();
+        for (i, op) in [
+            Op::Increment(1),
+            Op::Decrement(i64::MAX as u64),
+            Op::Increment(300),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = crdt_core::IdempotencyKey::new(&format!("key-{i}")).unwrap();
+            let name = CounterName::new("keyed").unwrap();
+            map.apply_keyed(&actor, &name, op, &key, u64::MAX - i as u64)
+                .unwrap();
+        }
+        for registration in map.get("keyed").unwrap().registrations() {
+            assert_eq!(
+                registration_len(registration),
+                wire::encode(registration).len()
+            );
         }
     }
 
