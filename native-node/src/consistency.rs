@@ -180,6 +180,11 @@ pub fn writes_in(
         {
             out.merge_registration(name, registration);
         }
+        // The entries' removals go with them, or a replica that has not
+        // heard of a delete would count what it removed.
+        if let Some(lifecycle) = counter.lifecycle() {
+            out.merge_lifecycle(name, lifecycle);
+        }
         for (actor, entry) in counter.entries() {
             out.merge_entry(name, actor, *entry);
         }
@@ -201,6 +206,9 @@ pub fn counters_named<'a>(
         };
         for registration in counter.registrations() {
             out.merge_registration(&name, registration);
+        }
+        if let Some(lifecycle) = counter.lifecycle() {
+            out.merge_lifecycle(&name, lifecycle);
         }
         for (actor, entry) in counter.entries() {
             out.merge_entry(&name, actor, *entry);
