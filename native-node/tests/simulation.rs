@@ -277,6 +277,30 @@ impl SimCluster {
         self.writes += 1;
     }
 
+    /// Increments `count` counters named `{prefix}{i}` on node `index` as
+    /// one group commit would: one delta for all of them.
+    fn write_many(&mut self, index: usize, prefix: &str, count: usize) {
+        assert!(!self.down[index], "writes go to running nodes only");
+        let node = &self.nodes[index];
+        let mut delta = crdt_core::CounterMap::new();
+        {
+            let mut state = node.replica.write();
+            for i in 0..count {
+                let name = format!("{prefix}{i}");
+                let counter = CounterName::new(&name).expect("valid counter name");
+                let change = (state.map)
+                    .apply(&node.actor, &counter, Op::Increment(1))
+                    .expect("small amounts never overflow");
+                delta.merge(&change);
+                *self.expected.entry(name).or_default() += 1;
+            }
+            let last = state.map.last_seq(node.actor.as_str());
+            state.watermarks.raise(&node.actor, last);
+        }
+        node.replica.publish(delta, None);
+        self.writes += count;
+    }
+
     /// A random increment or decrement of a random counter on one of `nodes`.
     fn random_write(&mut self, nodes: &[usize]) {
         let running: Vec<usize> = nodes.iter().copied().filter(|&i| !self.down[i]).collect();
@@ -794,6 +818,23 @@ struct ScaleFigures {
     detected: Duration,
     /// A node's links held 1 s: suspicions raised and refuted cluster-wide.
     suspicions: (u64, u64),
+    /// Churn (see [`churn`]): what happened and how the cluster came out of it.
+    churn: ChurnFigures,
+}
+
+/// A churn phase: nodes crashing and coming back while writes go on.
+#[derive(Debug)]
+struct ChurnFigures {
+    /// Nodes that crashed and came back (the earlier crash's victim included).
+    restarts: usize,
+    writes: usize,
+    /// `Delta` frames received per write per other node meanwhile (nodes
+    /// down miss some: at most 1.00 is still "each change received once").
+    deltas_per_write: f64,
+    /// Last restart → every node holds every write.
+    converged: Duration,
+    /// Last restart → every node sees every other one alive.
+    rejoined: Duration,
 }
 
 /// The bounds of issue #17 (the simulated side).
@@ -905,7 +946,9 @@ impl ScaleFigures {
         format!(
             "{} simulated nodes: idle {:.0} B/s per node (max {:.0}); {:.2} delta frames per write per other node; \
              write seen by all p50 {} ms, p99 {} ms; suspect everywhere {} ms after a crash; \
-             a 1 s stall: {} suspicions, {} refuted; converged {} ms after a partition healed",
+             a 1 s stall: {} suspicions, {} refuted; converged {} ms after a partition healed; \
+             churn ({} restarts, {} writes): {:.2} delta frames per write per other node, \
+             converged {} ms and all alive {} ms after the last restart",
             self.size,
             self.idle_mean,
             self.idle_max,
@@ -916,6 +959,11 @@ impl ScaleFigures {
             self.suspicions.0,
             self.suspicions.1,
             ms(self.healed),
+            self.churn.restarts,
+            self.churn.writes,
+            self.churn.deltas_per_write,
+            ms(self.churn.converged),
+            ms(self.churn.rejoined),
         )
     }
 }
@@ -927,7 +975,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Starts `size` nodes on 1 ms links and measures, in order: idle traffic,
 /// `writes` sequential writes (spread, redundancy), a crash (detection), a
 /// 1 s hold of one node's links (suspicions), a partition into halves and
-/// its heal (convergence). Asserts every bound of issue #17.
+/// its heal (convergence), then churn (see [`churn`]). Asserts every bound
+/// of issue #17.
 fn scale(size: usize, seed: u64, writes: usize) -> (SimCluster, ScaleFigures) {
     let everyone: Vec<usize> = (0..size).collect();
     let tick = Duration::from_millis(if size > 100 { 10 } else { 1 });
@@ -1019,6 +1068,9 @@ fn scale(size: usize, seed: u64, writes: usize) -> (SimCluster, ScaleFigures) {
     cluster.run_for(Duration::from_secs(3));
     cluster.heal();
     let healed = cluster.settle(SETTLE, "no convergence after heal");
+    progress("healed", &cluster);
+    let churn = churn(&mut cluster);
+    progress("churn", &cluster);
 
     let figures = ScaleFigures {
         size,
@@ -1030,6 +1082,7 @@ fn scale(size: usize, seed: u64, writes: usize) -> (SimCluster, ScaleFigures) {
         healed,
         detected,
         suspicions,
+        churn,
     };
     println!("{}", figures.row());
     assert!(
@@ -1052,7 +1105,92 @@ fn scale(size: usize, seed: u64, writes: usize) -> (SimCluster, ScaleFigures) {
         figures.detected <= DETECTED_WITHIN,
         "slow failure detection: {figures:?}"
     );
+    assert!(
+        figures.churn.deltas_per_write <= DELTAS_PER_WRITE,
+        "changes received more than once under churn: {figures:?}"
+    );
+    assert!(
+        figures.churn.converged <= HEALED_WITHIN,
+        "slow convergence after churn: {figures:?}"
+    );
     (cluster, figures)
+}
+
+/// How long each churning node stays down: long enough to be suspected
+/// (two rounds) and declared dead (five more), so that it comes back as a
+/// restart the others must take in again.
+const CHURN_DOWN: Duration = Duration::from_millis(1500);
+/// A churning node crashes this often.
+const CHURN_EVERY: Duration = Duration::from_millis(100);
+/// A write on a random running node this often, during churn.
+const CHURN_WRITE_EVERY: Duration = Duration::from_millis(20);
+
+/// Churn: every crashed node comes back, and a tenth of the others, at most
+/// 10 (never the seeds, which restarted nodes dial to rejoin), crash one
+/// after another,
+/// each down [`CHURN_DOWN`], while writes go to whichever nodes run. Then:
+/// how long until every node holds every write, and sees every other alive.
+fn churn(cluster: &mut SimCluster) -> ChurnFigures {
+    let size = cluster.nodes.len();
+    let mut restarts = 0;
+    for index in cluster.crashed(&(0..size).collect::<Vec<_>>()) {
+        cluster.restart(index);
+        restarts += 1;
+    }
+    let candidates: Vec<usize> = (3..size).collect();
+    // At most 10: each second of churn costs ~10 s of CPU at 200 nodes.
+    let count = (size / 10).min(10);
+    let churners: Vec<usize> = (candidates.choose_multiple(&mut cluster.rng, count))
+        .copied()
+        .collect();
+    // (when, node, up): every crash and its restart.
+    let start = cluster.now();
+    let mut events: Vec<(Duration, usize, bool)> = Vec::new();
+    for (i, &node) in churners.iter().enumerate() {
+        let down_at = start + CHURN_EVERY * i as u32;
+        events.push((down_at, node, false));
+        events.push((down_at + CHURN_DOWN, node, true));
+    }
+    events.sort();
+    let (writes_before, deltas_before) = (cluster.writes, cluster.deltas_in());
+    let mut next_write = start;
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        while let Some((_, node, up)) = events.next_if(|(at, _, _)| *at <= cluster.now()) {
+            if up {
+                cluster.restart(node);
+                restarts += 1;
+            } else {
+                cluster.crash(node);
+            }
+        }
+        if cluster.now() >= next_write {
+            let everyone: Vec<usize> = (0..size).collect();
+            cluster.random_write(&everyone);
+            next_write += CHURN_WRITE_EVERY;
+        }
+        cluster.step();
+    }
+    let writes = cluster.writes - writes_before;
+    let deltas = cluster.deltas_in() - deltas_before;
+    let deltas_per_write = deltas as f64 / (writes * (size - 1)) as f64;
+    let restarted = cluster.now();
+    cluster.settle(SETTLE, "no convergence after churn");
+    let converged = cluster.now() - restarted;
+    let everyone: Vec<usize> = (0..size).collect();
+    cluster
+        .run_until_every(SETTLE, CHECK_EVERY, |c| {
+            c.all_see(&everyone, &everyone, Status::Alive)
+        })
+        .expect("restarted nodes were never taken back in");
+    let rejoined = cluster.now() - restarted;
+    ChurnFigures {
+        restarts,
+        writes,
+        deltas_per_write,
+        converged,
+        rejoined,
+    }
 }
 
 #[test]
@@ -1097,16 +1235,31 @@ fn half_leave(cluster: &mut SimCluster) {
         })
         .max()
         .unwrap_or(0);
+    // What is left of the members gone: a tombstone each (an id and a
+    // version, for 10× `forget_dead_after`, see `membership.rs`), nothing else.
+    let tombstones = (staying.iter())
+        .map(|&i| {
+            let gossip = cluster.nodes[i].gossip.borrow();
+            let tombstones = gossip.as_ref().expect("running").members().tombstones();
+            tombstones
+        })
+        .max()
+        .unwrap_or(0);
     let before = cluster.suspicions();
     let (idle_mean, idle_max) = cluster.idle_traffic(IDLE_WINDOW);
     let after = cluster.suspicions();
     let suspicions = after.0 - before.0;
     println!(
         "{size} → {half} nodes: forgotten after {} ms; links per node ≤ {links}; \
+         tombstones per node ≤ {tombstones}; \
          idle {idle_mean:.0} B/s per node (max {idle_max:.0}), {suspicions} suspicions meanwhile",
         shrunk.as_millis()
     );
     assert!(links < half + 3, "links to members gone: {links}");
+    assert!(
+        tombstones <= size - half,
+        "tombstones of members that never left: {tombstones}"
+    );
     assert_eq!(suspicions, 0, "live members suspected after the leave");
     assert!(
         idle_mean <= IDLE_BYTES_PER_SECOND,
@@ -1119,6 +1272,41 @@ fn half_leave(cluster: &mut SimCluster) {
 fn two_hundred_nodes_scale_within_the_bounds_and_shrink_when_half_leave() {
     let (mut cluster, _) = scale(200, 200, 50);
     half_leave(&mut cluster);
+}
+
+/// Idle gossip does not grow with the keyspace: a probe carries one state
+/// digest whatever the number of counters, and anti-entropy sends nothing
+/// more while digests agree. 100 counters vs 10,000, on 5 nodes.
+#[test]
+fn idle_traffic_does_not_grow_with_the_keyspace() {
+    let size = 5;
+    let everyone: Vec<usize> = (0..size).collect();
+    let mut cluster = SimCluster::start_with(size, &[0], 5, scale_setup(Duration::from_millis(1)));
+    let mut idle = Vec::new();
+    for (keyspace, written) in [(100, 100), (10_000, 9_900)] {
+        cluster.write_many(0, &format!("k{keyspace}-"), written);
+        cluster.settle(SETTLE, "the counters never reached every node");
+        cluster
+            .run_until_every(SETTLE, CHECK_EVERY, |c| {
+                c.all_see(&everyone, &everyone, Status::Alive) && c.nothing_to_tell()
+            })
+            .expect("membership never came to rest");
+        cluster.run_for(Duration::from_secs(1));
+        let (mean, max) = cluster.idle_traffic(IDLE_WINDOW);
+        println!("{size} nodes, {keyspace} counters: idle {mean:.0} B/s per node (max {max:.0})");
+        idle.push(mean);
+    }
+    let (small, large) = (idle[0], idle[1]);
+    assert!(
+        large <= IDLE_BYTES_PER_SECOND,
+        "idle traffic over the bound: {large:.0} B/s"
+    );
+    // Digests are varints: equal sizes once both are large, a few bytes
+    // apart at worst.
+    assert!(
+        large <= small * 1.05,
+        "idle traffic grew with the keyspace: {small:.0} → {large:.0} B/s"
+    );
 }
 
 /// One scale run of any size: `SIM_SCALE=<nodes> cargo test -p tally-node
