@@ -630,11 +630,10 @@ impl Observer {
         expires_in_ms(self.present(counter)?, self.now_ms)
     }
 
-    /// Whether some row is still fading out, or some counter has an
-    /// expiry to count down to: the view keeps drawing while either holds.
-    pub fn is_animating(&self) -> bool {
-        let counting_down = !self.merged.expired(u64::MAX, 1).is_empty();
-        counting_down || self.departures.any_fading(self.now_ms)
+    /// Whether some row is still fading out: the view keeps drawing until
+    /// none is.
+    pub fn is_fading(&self) -> bool {
+        self.departures.any_fading(self.now_ms)
     }
 
     /// Counters that left, fading or not.

@@ -105,14 +105,14 @@ fn a_deleted_counter_fades_out_then_leaves_the_list() {
     let leaving = a.leaving.expect("marked as leaving");
     assert_eq!(leaving.why, Gone::Deleted);
     assert_eq!(leaving.elapsed_ms, FADE_MS / 2.0);
-    assert!(observer.is_animating());
+    assert!(observer.is_fading());
     let b = rows.iter().find(|row| row.name.as_str() == "b");
     assert_eq!(b.map(|row| row.leaving), Some(None));
 
     // The fade is over: gone from the list, and nothing left to animate.
     observer.tick(T0 + 10.0 + FADE_MS);
     assert_eq!(listed(&observer), ["b"]);
-    assert!(!observer.is_animating());
+    assert!(!observer.is_fading());
 }
 
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test)]
@@ -176,10 +176,7 @@ fn an_expiry_counts_down_then_the_counter_fades_out() {
     assert_eq!(observer.expires_in_ms("session"), Some(1_500.0));
     let rows = observer.busiest("", 20);
     assert_eq!(rows[0].expires_in_ms, Some(1_500.0));
-    assert!(
-        observer.is_animating(),
-        "a countdown keeps the page drawing"
-    );
+    assert!(!observer.is_fading());
 
     // The expiry passes before any node deleted it: gone at once, fading.
     observer.tick(T0 + 2_000.0);
