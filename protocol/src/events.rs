@@ -14,7 +14,7 @@
 //! of that node's state; every later chunk merges into it (a CRDT merge, so
 //! chunks and deltas interleave harmlessly); `last` marks the end.
 
-use crdt_core::{ActorId, CounterMap, CounterName, Entry, PnCounter, Registration};
+use crdt_core::{ActorId, CounterMap, CounterName, Entry, Lifecycle, PnCounter, Registration};
 
 /// Default size of one snapshot chunk: the encoded counter map of one
 /// `Snapshot`/`NodeState` event is at most this many bytes (the event adds
@@ -259,8 +259,10 @@ impl SnapshotChunker {
             .and_then(|(name, actor)| Some((name, map.get(name.as_str())?, Some(actor))));
         // A copy: the loop below moves the cursor while the page borrows.
         let prefix = self.prefix.clone();
+        // Deleted counters too: a receiver that held one must learn of its
+        // removal, or its copy would read as present forever.
         let later = map
-            .page(&prefix, start.as_ref().map(|(name, _)| name.as_str()))
+            .all_from(&prefix, start.as_ref().map(|(name, _)| name.as_str()))
             .map(|(name, counter)| (name, counter, None));
         for (name, counter, after) in current.into_iter().chain(later) {
             // A counter begun in an earlier chunk was already counted.
@@ -277,6 +279,9 @@ impl SnapshotChunker {
             } else {
                 Vec::new()
             };
+            // So does its lifecycle (removals, expiry): without it a reset
+            // or partly removed counter would read its old amounts.
+            let lifecycle = counter.lifecycle().filter(|_| after.is_none());
             for (taken, (actor, entry)) in (0u128..).zip(entries) {
                 let entry_bytes = entry_len(actor, entry);
                 let grows = if taken == 0 {
@@ -286,6 +291,7 @@ impl SnapshotChunker {
                         + varint_len(1)
                         + entry_bytes
                         + registrations_len(registrations.iter().copied())
+                        + lifecycle_len(lifecycle)
                         + varint_len(counters + 1)
                         - varint_len(counters)
                 } else {
@@ -297,6 +303,9 @@ impl SnapshotChunker {
                 if taken == 0 {
                     for registration in &registrations {
                         chunk.merge_registration(name, registration);
+                    }
+                    if let Some(lifecycle) = lifecycle {
+                        chunk.merge_lifecycle(name, lifecycle);
                     }
                 }
                 chunk.merge_entry(name, actor, *entry);
@@ -342,6 +351,12 @@ fn entry_len(actor: &ActorId, entry: &Entry) -> usize {
         + varint_len(entry.inc)
         + varint_len(entry.dec)
         + varint_len(u128::from(entry.seq))
+        + varint_len(u128::from(entry.since))
+}
+
+/// Bytes of an encoded optional lifecycle.
+fn lifecycle_len(lifecycle: Option<&Lifecycle>) -> usize {
+    crdt_core::wire::encode(&lifecycle).len()
 }
 
 /// Bytes of an encoded list of registrations.
@@ -355,7 +370,8 @@ fn registrations_len<'a>(registrations: impl Iterator<Item = &'a Registration>) 
     varint_len(count) + bytes
 }
 
-/// Bytes of one counter as a map encodes it (name, its entries, its registrations).
+/// Bytes of one counter as a map encodes it (name, its entries, its
+/// registrations, its lifecycle).
 pub fn encoded_counter_len(name: &CounterName, counter: &PnCounter) -> usize {
     str_len(name.as_str())
         + varint_len(counter.actors() as u128)
@@ -363,11 +379,12 @@ pub fn encoded_counter_len(name: &CounterName, counter: &PnCounter) -> usize {
             .map(|(actor, entry)| entry_len(actor, entry))
             .sum::<usize>()
         + registrations_len(counter.registrations())
+        + lifecycle_len(counter.lifecycle())
 }
 
 #[cfg(test)]
 mod tests {
-    use crdt_core::{wire, ActorId, CounterName, Op};
+    use crdt_core::{wire, ActorId, CounterName, Op, RemovalKind};
     use proptest::prelude::*;
 
     use super::*;
@@ -491,6 +508,38 @@ mod tests {
                 assert!(wire::encode(chunk).len() <= max);
             }
         }
+    }
+
+    #[test]
+    fn chunks_carry_deleted_reset_and_expiring_counters_with_their_lifecycle() {
+        let mut map = a_wide_map(6, 30);
+        let remover = ActorId::new("a-rather-long-actor-name-0~1").unwrap();
+        let name = |text: &str| CounterName::new(text).unwrap();
+        map.remove(&remover, &name("counter-3"), RemovalKind::Delete, 5)
+            .unwrap();
+        map.remove(&remover, &name("counter-4"), RemovalKind::Reset, 6)
+            .unwrap();
+        map.set_expiry(&remover, &name("counter-5"), 1_000).unwrap();
+        for (name, counter) in map.counters() {
+            let mut single = CounterMap::new();
+            let registrations: Vec<Registration> = counter.registrations().cloned().collect();
+            let entries = counter
+                .entries()
+                .map(|(actor, entry)| (actor.clone(), *entry));
+            single.merge_counter(name, entries, &registrations, counter.lifecycle());
+            let expected = wire::encode(&single).len() - 1;
+            assert_eq!(encoded_counter_len(name, counter), expected, "{name}");
+        }
+        let chunks = snapshot_chunks(&map, 1024);
+        let mut merged = CounterMap::new();
+        for chunk in &chunks {
+            assert!(wire::encode(chunk).len() <= 1024);
+            merged.merge(chunk);
+        }
+        assert_eq!(merged, map);
+        assert_eq!(merged.value("counter-3"), None, "still deleted");
+        assert_eq!(merged.value("counter-4"), Some(0), "still reset");
+        assert!(merged.is_expired("counter-5", 1_000));
     }
 
     #[test]
