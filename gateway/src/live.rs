@@ -60,9 +60,13 @@ impl News {
             return None;
         }
         let mut delta = CounterMap::new();
-        for (name, counter) in self.delta.page(prefix, None) {
+        // Deleted counters too, with their lifecycle: a delete is news.
+        for (name, counter) in self.delta.all_from(prefix, None) {
             for registration in counter.registrations() {
                 delta.merge_registration(name, registration);
+            }
+            if let Some(lifecycle) = counter.lifecycle() {
+                delta.merge_lifecycle(name, lifecycle);
             }
             for (actor, entry) in counter.entries() {
                 delta.merge_entry(name, actor, *entry);
@@ -132,6 +136,12 @@ impl TopCounters {
         self.landmark = now;
     }
 
+    /// Stops ranking `name` (it was deleted): it leaves the list at once
+    /// rather than as its score decays.
+    pub fn forget(&mut self, name: &str) {
+        self.scores.remove(name);
+    }
+
     /// Keeps the `capacity` strongest.
     fn prune(&mut self) {
         let mut scores: Vec<f64> = self.scores.values().copied().collect();
@@ -193,11 +203,18 @@ impl Activity {
         *counter = counter.saturating_add(counters as u64);
     }
 
-    /// The merged view changed: every counter in `news` was written.
+    /// The merged view changed: every counter in `news` was written,
+    /// except those the news deletes, which stop being ranked.
     pub fn merged_changed(&mut self, news: &CounterMap) {
         let now = self.started.elapsed().as_secs_f64();
-        for (name, _) in news.counters() {
-            self.top.record(name.as_str(), now);
+        for (name, counter) in news.counters() {
+            // News holding a removal and nothing written above it is a delete.
+            let deleted = counter.lifecycle().is_some() && !counter.is_visible();
+            if deleted {
+                self.top.forget(name.as_str());
+            } else {
+                self.top.record(name.as_str(), now);
+            }
         }
     }
 
@@ -252,13 +269,30 @@ pub fn summary_event(shared: &Shared) -> ClusterEvent {
     ClusterEvent::Summary { nodes }
 }
 
-/// The busiest counters with their merged values.
+/// The busiest counters with their merged values; deleted and expired
+/// ones are left out.
 pub fn busiest_event(shared: &Shared) -> ClusterEvent {
-    let busiest = shared.activity().busiest(BUSIEST_COUNTERS);
+    // More than shown, so that counters left out do not shorten the list.
+    let ranked = shared.activity().busiest(2 * BUSIEST_COUNTERS);
+    let now_ms = wall_clock_ms();
     let replicas = shared.replicas();
-    let top = (busiest.into_iter())
+    let top = busy_counters(ranked, BUSIEST_COUNTERS, |name| {
+        replicas.merged_present_value(name, now_ms)
+    });
+    ClusterEvent::Busiest { top }
+}
+
+/// The first `limit` of `ranked` (name, changes per second) that
+/// `present_value` gives a value for: a counter that is deleted or past its
+/// expiry has none, and is dropped from the list.
+pub fn busy_counters(
+    ranked: Vec<(String, f64)>,
+    limit: usize,
+    present_value: impl Fn(&str) -> Option<i128>,
+) -> Vec<BusyCounter> {
+    (ranked.into_iter())
         .filter_map(|(name, rate)| {
-            let value = replicas.merged_value(&name)?;
+            let value = present_value(&name)?;
             // Rounded so that a list whose rates barely moved is not resent.
             let per_second = ((rate * 10.0).round() / 10.0) as f32;
             Some(BusyCounter {
@@ -267,8 +301,26 @@ pub fn busiest_event(shared: &Shared) -> ClusterEvent {
                 value,
             })
         })
-        .collect();
-    ClusterEvent::Busiest { top }
+        .take(limit)
+        .collect()
+}
+
+/// Whether a published busiest list names a counter that is gone now
+/// (deleted, or its expiry passed): then it is recomputed at once rather
+/// than at its next turn.
+fn names_a_gone_counter(list: &ClusterEvent, shared: &Shared) -> bool {
+    let ClusterEvent::Busiest { top } = list else {
+        return false;
+    };
+    let now_ms = wall_clock_ms();
+    let replicas = shared.replicas();
+    (top.iter()).any(|busy| replicas.merged_present_value(&busy.name, now_ms).is_none())
+}
+
+/// Milliseconds since the Unix epoch: expiries are wall-clock times.
+fn wall_clock_ms() -> u64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since_epoch.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Publishes summaries and the busiest list to every browser when they change.
@@ -284,7 +336,8 @@ pub async fn run(shared: Arc<Shared>) {
             browser::publish(&shared, &summary);
             last_summary = Some(summary);
         }
-        if round % busiest_every == 0 {
+        let stale = (last_busiest.as_ref()).is_some_and(|list| names_a_gone_counter(list, &shared));
+        if round % busiest_every == 0 || stale {
             let busiest = busiest_event(&shared);
             if last_busiest.as_ref() != Some(&busiest) {
                 browser::publish(&shared, &busiest);
@@ -297,7 +350,7 @@ pub async fn run(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crdt_core::{ActorId, CounterName, Op};
+    use crdt_core::{ActorId, CounterName, Op, RemovalKind};
 
     fn delta(names: &[&str]) -> CounterMap {
         let actor = ActorId::new("a~1").unwrap();
@@ -330,6 +383,57 @@ mod tests {
         let same = only.for_prefix("page").unwrap();
         assert_eq!(same.as_ptr(), only.frame.as_ptr());
         assert!(News::new(CounterMap::new()).for_prefix("").is_none());
+    }
+
+    /// `names` written, then deleted, by the same actor: the delete's news.
+    fn deleted(names: &[&str]) -> CounterMap {
+        let actor = ActorId::new("a~1").unwrap();
+        let mut map = delta(names);
+        let mut news = CounterMap::new();
+        for name in names {
+            let name = CounterName::new(name).unwrap();
+            let removal = map.remove(&actor, &name, RemovalKind::Delete, 1).unwrap();
+            news.merge(&removal.expect("present"));
+        }
+        news
+    }
+
+    #[test]
+    fn news_for_a_prefix_carries_deletes() {
+        let mut news = deleted(&["page/a"]);
+        news.merge(&delta(&["clicks"]));
+        let news = News::new(news);
+        let pages = decoded(&news.for_prefix("page/").expect("page/a matches"));
+        let page_a = pages.get("page/a").expect("the deleted counter is sent");
+        assert!(page_a.lifecycle().is_some_and(|l| l.mark.is_some()));
+        assert_eq!(pages.value("page/a"), None);
+        assert!(pages.get("clicks").is_none());
+    }
+
+    #[test]
+    fn a_deleted_counter_leaves_the_busiest_at_once() {
+        let mut activity = Activity::default();
+        for _ in 0..5 {
+            activity.merged_changed(&delta(&["hot", "warm"]));
+        }
+        activity.merged_changed(&delta(&["hot"]));
+        assert_eq!(activity.busiest(1)[0].0, "hot");
+        activity.merged_changed(&deleted(&["hot"]));
+        let names: Vec<String> = activity.busiest(5).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["warm"]);
+    }
+
+    #[test]
+    fn the_busiest_list_drops_gone_counters_and_stays_full() {
+        let ranked: Vec<(String, f64)> = ["a", "deleted", "expired", "b", "c"]
+            .iter()
+            .map(|name| ((*name).to_owned(), 1.04))
+            .collect();
+        let present = |name: &str| (!matches!(name, "deleted" | "expired")).then_some(7);
+        let top = busy_counters(ranked, 3, present);
+        let names: Vec<&str> = top.iter().map(|busy| busy.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!((top[0].value, top[0].per_second), (7, 1.0));
     }
 
     #[test]

@@ -111,6 +111,13 @@ impl Replicas {
                     self.news.merge_registration(name, registration);
                 }
             }
+            // Removals and expiry too, before the entries they explain: a
+            // delete is news for browsers and the busiest list.
+            if let Some(lifecycle) = counter.lifecycle() {
+                if self.merged.merge_lifecycle(name, lifecycle) {
+                    self.news.merge_lifecycle(name, lifecycle);
+                }
+            }
             for (actor, entry) in counter.entries() {
                 if let Some(joined) = self.merged.merge_entry(name, actor, *entry) {
                     self.news.merge_entry(name, actor, joined);
@@ -155,6 +162,15 @@ impl Replicas {
     /// The merged view's value of one counter.
     pub fn merged_value(&self, name: &str) -> Option<i128> {
         self.merged.value(name)
+    }
+
+    /// The merged view's value of a counter that reads as present at
+    /// `now_ms` (ms since the epoch): neither deleted nor past its expiry.
+    pub fn merged_present_value(&self, name: &str, now_ms: u64) -> Option<i128> {
+        if self.merged.is_expired(name, now_ms) {
+            return None;
+        }
+        self.merged_value(name)
     }
 
     /// The next chunk of the merged view, restricted to the chunker's
@@ -337,7 +353,7 @@ pub fn lag(merged: &CounterMap, node: &CounterMap) -> Lag {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crdt_core::{ActorId, CounterName, Op};
+    use crdt_core::{ActorId, CounterName, Op, RemovalKind};
 
     fn write(map: &mut CounterMap, actor: &str, counter: &str, op: Op) -> CounterMap {
         let actor = ActorId::new(actor).unwrap();
@@ -453,6 +469,36 @@ mod tests {
         assert_eq!(chunk.len(), 1);
         assert_eq!(chunk.value("page/x"), Some(1));
         assert_eq!(replicas.merged_value("default"), Some(1));
+    }
+
+    #[test]
+    fn a_delete_or_an_expiry_leaves_the_merged_view_and_is_news() {
+        let mut n1 = CounterMap::new();
+        let actor = ActorId::new("a").unwrap();
+        let mut replicas = Replicas::default();
+        let stream = |replicas: &mut Replicas, delta: CounterMap| {
+            let event = NodeEvent::Delta {
+                node: "n1".into(),
+                delta,
+                via_gossip: false,
+            };
+            replicas.apply("h:1", event);
+            replicas.take_news()
+        };
+        for name in ["gone", "brief"] {
+            let delta = write(&mut n1, "a", name, Op::Increment(3));
+            stream(&mut replicas, delta);
+        }
+        let gone = CounterName::new("gone").unwrap();
+        let removal = n1.remove(&actor, &gone, RemovalKind::Delete, 1).unwrap();
+        let news = stream(&mut replicas, removal.unwrap());
+        assert!(news.get("gone").is_some_and(|c| c.lifecycle().is_some()));
+        assert_eq!(replicas.merged_present_value("gone", 0), None);
+        let brief = CounterName::new("brief").unwrap();
+        let expiry = n1.set_expiry(&actor, &brief, 5_000).unwrap();
+        stream(&mut replicas, expiry.unwrap());
+        assert_eq!(replicas.merged_present_value("brief", 4_999), Some(3));
+        assert_eq!(replicas.merged_present_value("brief", 5_000), None);
     }
 
     fn many_counters(actor: &str, count: usize) -> CounterMap {

@@ -10,12 +10,12 @@ use std::time::Duration;
 use axum::extract::ws::{Message as WsMessage, WebSocketUpgrade};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use crdt_core::{wire, ActorId, CounterMap, CounterName, Op};
+use crdt_core::{wire, ActorId, CounterMap, CounterName, Op, RemovalKind};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tally_gateway::{serve, GatewayConfig, Lag, NodeView};
 use tally_protocol::batch::{BatchAnswer, BatchRequest, ItemResult, BATCH_PATH};
-use tally_protocol::events::{ClusterEvent, MemberInfo, NodeEvent};
+use tally_protocol::events::{BusyCounter, ClusterEvent, MemberInfo, NodeEvent};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -498,4 +498,61 @@ async fn a_browser_gets_only_the_counters_under_its_prefix() {
         .await
         .expect("the busiest list never held every counter");
     assert!(busiest.iter().any(|busy| busy.name == "other"));
+}
+
+#[tokio::test]
+async fn a_deleted_counter_reaches_browsers_as_gone_and_leaves_the_busiest() {
+    let mut node_state = CounterMap::new();
+    let actor = ActorId::new("x").unwrap();
+    let names = ["page/gone", "page/kept", "other"].map(|n| CounterName::new(n).unwrap());
+    let mut deltas: Vec<CounterMap> = (0..30)
+        .map(|i| {
+            let name = &names[i % names.len()];
+            node_state.apply(&actor, name, Op::Increment(1)).unwrap()
+        })
+        .collect();
+    let removal = node_state.remove(&actor, &names[0], RemovalKind::Delete, 1);
+    deltas.push(removal.unwrap().expect("page/gone is present"));
+    let node = StandIn::streaming("busy", deltas).await;
+    let gateway = Gateway::start(&[&node], PATIENCE).await;
+    let url = format!("ws://{}/ws?prefix=page%2F", gateway.addr);
+    let (mut browser, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+
+    // Rebuild what the page holds, whether the delete arrives in the
+    // catch-up or as a delta; and the latest busiest list.
+    let (mut seen, mut busiest) = (CounterMap::new(), Vec::new());
+    let settled = |seen: &CounterMap, busiest: &[BusyCounter]| {
+        let listed = |name: &str| busiest.iter().any(|busy| busy.name == name);
+        seen.get("page/gone").is_some()
+            && seen.value("page/gone").is_none()
+            && seen.value("page/kept") == Some(10)
+            && listed("page/kept")
+            && !listed("page/gone")
+    };
+    let following = async {
+        while !settled(&seen, &busiest) {
+            let Some(Ok(Message::Binary(frame))) = browser.next().await else {
+                panic!("browser stream ended");
+            };
+            match wire::decode(&frame).unwrap() {
+                ClusterEvent::Counters {
+                    state, first: true, ..
+                } => seen = state,
+                ClusterEvent::Counters { state, .. } => {
+                    seen.merge(&state);
+                }
+                ClusterEvent::CountersDelta { delta } => {
+                    seen.merge(&delta);
+                }
+                ClusterEvent::Busiest { top } => busiest = top,
+                _ => {}
+            }
+        }
+    };
+    timeout(PATIENCE, following).await.unwrap_or_else(|_| {
+        panic!(
+            "never settled: page/gone reads {:?}, busiest {busiest:?}",
+            seen.value("page/gone")
+        )
+    });
 }

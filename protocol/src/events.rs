@@ -563,6 +563,38 @@ mod tests {
     }
 
     #[test]
+    fn chunks_carry_deleted_reset_and_expiring_counters_with_their_lifecycle() {
+        let mut map = a_wide_map(6, 30);
+        let remover = ActorId::new("a-rather-long-actor-name-0~1").unwrap();
+        let name = |text: &str| CounterName::new(text).unwrap();
+        map.remove(&remover, &name("counter-3"), RemovalKind::Delete, 5)
+            .unwrap();
+        map.remove(&remover, &name("counter-4"), RemovalKind::Reset, 6)
+            .unwrap();
+        map.set_expiry(&remover, &name("counter-5"), 1_000).unwrap();
+        for (name, counter) in map.counters() {
+            let mut single = CounterMap::new();
+            let registrations: Vec<Registration> = counter.registrations().cloned().collect();
+            let entries = counter
+                .entries()
+                .map(|(actor, entry)| (actor.clone(), *entry));
+            single.merge_counter(name, entries, &registrations, counter.lifecycle());
+            let expected = wire::encode(&single).len() - 1;
+            assert_eq!(encoded_counter_len(name, counter), expected, "{name}");
+        }
+        let chunks = snapshot_chunks(&map, 1024);
+        let mut merged = CounterMap::new();
+        for chunk in &chunks {
+            assert!(wire::encode(chunk).len() <= 1024);
+            merged.merge(chunk);
+        }
+        assert_eq!(merged, map);
+        assert_eq!(merged.value("counter-3"), None, "still deleted");
+        assert_eq!(merged.value("counter-4"), Some(0), "still reset");
+        assert!(merged.is_expired("counter-5", 1_000));
+    }
+
+    #[test]
     fn a_counter_with_many_actors_spans_chunks() {
         let map = a_wide_map(200, 1);
         let chunks = snapshot_chunks(&map, 1024);

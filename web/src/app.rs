@@ -112,7 +112,10 @@ fn draw(shared: &Shared) {
         view,
         ..
     } = &mut *app;
-    match view.render(observer, ui, link.state(), now_ms()) {
+    let now = now_ms();
+    // Expiries pass with the clock, not with a message.
+    observer.tick(now);
+    match view.render(observer, ui, link.state(), now) {
         Ok(true) => request_frame(&mut app),
         Ok(false) => {}
         Err(error) => web_sys::console::error_2(&"tally: drawing failed".into(), &error),

@@ -32,6 +32,26 @@ pub fn duration(ms: f64) -> String {
     }
 }
 
+/// Time left before an expiry, whole units rounded up (a counter that
+/// expires in 0.2 s reads "1 s", never "0 s"): `4 s`, `2 min 5 s`,
+/// `3 h 20 min`, `7 d 0 h`.
+pub fn countdown(ms: f64) -> String {
+    if !ms.is_finite() || ms <= 0.0 {
+        return "—".to_owned();
+    }
+    let seconds = (ms / 1000.0).ceil() as u64;
+    let (minutes, hours, days) = (seconds / 60, seconds / 3_600, seconds / 86_400);
+    if seconds < 60 {
+        format!("{seconds} s")
+    } else if minutes < 60 {
+        format!("{minutes} min {} s", seconds % 60)
+    } else if hours < 24 {
+        format!("{hours} h {} min", minutes % 60)
+    } else {
+        format!("{days} d {} h", hours % 24)
+    }
+}
+
 /// `1 entry`, `3 entries`: a count with the noun in the right number.
 pub fn count(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
@@ -83,6 +103,16 @@ mod tests {
         assert_eq!(duration(1500.0), "1.5 s");
         assert_eq!(duration(125_000.0), "2 min 5 s");
         assert_eq!(duration(f64::NAN), "—");
+    }
+
+    #[test]
+    fn countdowns_round_up_and_pick_two_units() {
+        assert_eq!(countdown(200.0), "1 s");
+        assert_eq!(countdown(4_000.0), "4 s");
+        assert_eq!(countdown(125_000.0), "2 min 5 s");
+        assert_eq!(countdown(3.0 * 3_600_000.0 + 1_200_000.0), "3 h 20 min");
+        assert_eq!(countdown(7.0 * 86_400_000.0), "7 d 0 h");
+        assert_eq!(countdown(0.0), "—");
     }
 
     #[test]

@@ -19,17 +19,24 @@
 //! - The cluster is converged when every healthy node's digest equals the
 //!   observer's. Digests are equal exactly for equal states (up to 64-bit
 //!   hash collisions), so this costs O(nodes), not O(keyspace).
+//! - A counter is listed while it reads as present at the page's clock
+//!   (the latest `now_ms` it was given): visible, and not past its expiry.
+//!   One that stops being present fades out ([`Departures`]) and is listed
+//!   again only once it reads as present again; the gateway's busiest list
+//!   never brings back a counter the page holds as gone.
 //! - Bad bytes are logged and dropped; nothing here panics on input.
+mod departures;
 mod log;
 mod ranking;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crdt_core::{wire, CounterMap, CrdtError, DEFAULT_COUNTER};
+use crdt_core::{wire, CounterMap, CounterName, CrdtError, PnCounter, DEFAULT_COUNTER};
 use tally_protocol::events::{BusyCounter, ClusterEvent, NodeHealth, NodeSummary};
 
+pub use departures::{expires_in_ms, is_expired, is_present, Departure, Departures, Gone, FADE_MS};
 pub use log::{CounterList, EventLog, LogEntry, LogKind, Tone, LOG_CAPACITY};
-pub use ranking::{busiest, CounterRow, RecentActivity, ACTIVITY_WINDOW};
+pub use ranking::{busiest, CounterRow, Leaving, RecentActivity, ACTIVITY_WINDOW};
 
 use crate::picture::Timeline;
 
@@ -225,7 +232,19 @@ pub struct Observer {
     following: Option<String>,
     /// What the cluster picture and the chart draw.
     timeline: Timeline,
+    /// Counters that stopped reading as present, fading out of the lists.
+    departures: Departures,
+    /// The page's clock: the latest `now_ms` given to [`Observer::apply`]
+    /// or [`Observer::tick`]. Expiries are judged by it.
+    now_ms: f64,
+    /// Expiries up to here were looked at: a counter already expired when
+    /// the page subscribed just is not listed, it does not fade.
+    expired_through_ms: f64,
 }
+
+/// Expired counters looked at per tick at most (nodes delete expired
+/// counters, so few wait here).
+const EXPIRY_SWEEP: usize = 4_096;
 
 impl Observer {
     /// An observer that has heard nothing yet.
@@ -250,6 +269,7 @@ impl Observer {
 
     /// Applies one event from the gateway.
     pub fn apply(&mut self, event: ClusterEvent, now_ms: f64) {
+        self.now_ms = now_ms;
         // States arrive in a burst on connect; the divergence between the
         // first and the last is the page catching up, not the cluster.
         let is_change = !matches!(
@@ -276,7 +296,7 @@ impl Observer {
                 last,
             } => self.counters(prefix, state, first, last, now_ms),
             ClusterEvent::CountersDelta { delta } => {
-                let news = self.merged.merge_changed(delta.all_changes());
+                let news = self.merge_counters(&delta, now_ms);
                 for (name, _) in news.counters() {
                     self.activity.record(name);
                 }
@@ -284,8 +304,93 @@ impl Observer {
             ClusterEvent::Summary { nodes } => self.summaries(nodes, now_ms),
             ClusterEvent::Busiest { top } => self.top = top,
         }
+        self.sweep_expired(now_ms);
         self.track_convergence(now_ms, is_change);
         self.revision += 1;
+    }
+
+    /// The clock moved: counters whose expiry passed leave (and fade).
+    /// The page calls it every frame; `apply` does it too.
+    pub fn tick(&mut self, now_ms: f64) {
+        self.now_ms = now_ms;
+        if self.sweep_expired(now_ms) {
+            self.revision += 1;
+        }
+    }
+
+    /// Merges `incoming` into the page's counters; a counter that was
+    /// visible and no longer is left (deleted), one present again came
+    /// back. Returns the news.
+    fn merge_counters(&mut self, incoming: &CounterMap, now_ms: f64) -> CounterMap {
+        let before: Vec<(CounterName, i128)> = (incoming.counters())
+            .filter_map(|(name, _)| Some((name.clone(), self.merged.value(name.as_str())?)))
+            .collect();
+        let news = self.merged.merge_changed(incoming.all_changes());
+        let mut left = Vec::new();
+        for (name, value) in before {
+            let Some(counter) = self.merged.get(name.as_str()) else {
+                continue;
+            };
+            if !counter.is_visible() {
+                let why = match is_expired(counter, now_ms) {
+                    true => Gone::Expired,
+                    false => Gone::Deleted,
+                };
+                if self.departures.leave(&name, value, why, now_ms) {
+                    left.push((name, why));
+                }
+            }
+        }
+        for (name, _) in incoming.counters() {
+            let present =
+                (self.merged.get(name.as_str())).is_some_and(|counter| is_present(counter, now_ms));
+            if present {
+                self.departures.came_back(name.as_str());
+            }
+        }
+        self.log_departures(left, now_ms);
+        news
+    }
+
+    /// Counters whose expiry passed since the last look leave; true when any did.
+    fn sweep_expired(&mut self, now_ms: f64) -> bool {
+        if now_ms <= self.expired_through_ms {
+            return false;
+        }
+        let mut left = Vec::new();
+        for name in self.merged.expired(now_ms as u64, EXPIRY_SWEEP) {
+            let Some(counter) = self.merged.get(name.as_str()) else {
+                continue;
+            };
+            let newly = counter
+                .expiry()
+                .is_some_and(|at| at as f64 > self.expired_through_ms);
+            if newly
+                && counter.is_visible()
+                && self
+                    .departures
+                    .leave(&name, counter.value(), Gone::Expired, now_ms)
+            {
+                left.push((name, Gone::Expired));
+            }
+        }
+        self.expired_through_ms = now_ms;
+        let any = !left.is_empty();
+        self.log_departures(left, now_ms);
+        any
+    }
+
+    fn log_departures(&mut self, left: Vec<(CounterName, Gone)>, now_ms: f64) {
+        for why in [Gone::Deleted, Gone::Expired] {
+            let names = left
+                .iter()
+                .filter(|(_, w)| *w == why)
+                .map(|(n, _)| n.as_str());
+            let counters = CounterList::from_names(names);
+            if !counters.is_empty() {
+                self.log.push(now_ms, LogKind::Left { counters, why });
+            }
+        }
     }
 
     /// Adds a line to the activity log (connection changes, action results).
@@ -296,7 +401,7 @@ impl Observer {
 
     fn node_state(&mut self, node: &str, state: CounterMap, first: bool, last: bool, now_ms: f64) {
         // A state's news is not "recent activity": on connect it is the whole history.
-        self.merged.merge(&state);
+        self.merge_counters(&state, now_ms);
         let view = self.view_mut(node);
         if first {
             view.state = state;
@@ -307,7 +412,8 @@ impl Observer {
             return; // more chunks follow: one log line and one flash per state
         }
         view.touched(Update::Snapshot);
-        let (counters, entries) = (view.state.len(), view.state.entry_count());
+        let counters = view.state.page("", None).count();
+        let entries = view.state.entry_count();
         self.log.push(
             now_ms,
             LogKind::Snapshot {
@@ -319,7 +425,7 @@ impl Observer {
     }
 
     fn node_delta(&mut self, node: &str, delta: CounterMap, via_gossip: bool, now_ms: f64) {
-        let news = self.merged.merge_changed(delta.all_changes());
+        let news = self.merge_counters(&delta, now_ms);
         for (name, _) in news.counters() {
             self.activity.record(name);
         }
@@ -354,11 +460,16 @@ impl Observer {
         if first {
             self.merged = state;
             self.activity = RecentActivity::default();
+            // What left before this subscription is simply not listed.
+            self.departures.clear();
+            self.expired_through_ms = now_ms;
         } else {
-            self.merged.merge(&state);
+            self.merge_counters(&state, now_ms);
         }
         if last {
-            let counters = self.merged.len();
+            let counters = (self.merged.page("", None))
+                .filter(|(_, counter)| !is_expired(counter, now_ms))
+                .count();
             self.log.push(
                 now_ms,
                 LogKind::Subscribed {
@@ -485,9 +596,49 @@ impl Observer {
         &self.merged
     }
 
-    /// The converged value of `counter` (0 when never written).
+    /// The converged value of `counter` (0 when never written, deleted or expired).
     pub fn value(&self, counter: &str) -> i128 {
-        self.merged.value(counter).unwrap_or(0)
+        self.present(counter).map_or(0, PnCounter::value)
+    }
+
+    /// `counter` when it reads as present at the page's clock.
+    fn present(&self, counter: &str) -> Option<&PnCounter> {
+        (self.merged.get(counter)).filter(|counter| is_present(counter, self.now_ms))
+    }
+
+    /// Whether the page holds `counter` and it is gone (deleted or
+    /// expired): shown as such, never from another source.
+    pub fn is_gone(&self, counter: &str) -> bool {
+        self.merged.get(counter).is_some() && self.present(counter).is_none()
+    }
+
+    /// Why `counter` is gone, when [`Observer::is_gone`].
+    pub fn gone_why(&self, counter: &str) -> Option<Gone> {
+        let held = self.merged.get(counter)?;
+        if is_present(held, self.now_ms) {
+            return None;
+        }
+        let why = self.departures.get(counter).map(|departure| departure.why);
+        Some(why.unwrap_or(match is_expired(held, self.now_ms) {
+            true => Gone::Expired,
+            false => Gone::Deleted,
+        }))
+    }
+
+    /// How long until `counter` expires, when it is present with an expiry ahead.
+    pub fn expires_in_ms(&self, counter: &str) -> Option<f64> {
+        expires_in_ms(self.present(counter)?, self.now_ms)
+    }
+
+    /// Whether some row is still fading out: the view keeps drawing until
+    /// none is.
+    pub fn is_fading(&self) -> bool {
+        self.departures.any_fading(self.now_ms)
+    }
+
+    /// Counters that left, fading or not.
+    pub fn departures(&self) -> &Departures {
+        &self.departures
     }
 
     /// Every known node, by id.
@@ -560,18 +711,32 @@ impl Observer {
         let wanted = filter.trim().to_lowercase();
         let mut rows: Vec<CounterRow> = (self.top.iter())
             .filter(|busy| wanted.is_empty() || busy.name.to_lowercase().contains(&wanted))
+            // A counter the page holds as gone is not brought back by a list
+            // made before its removal; the page's own pick fades it out.
+            .filter(|busy| !self.is_gone(&busy.name))
             .filter_map(|busy| {
                 Some(CounterRow {
                     name: crdt_core::CounterName::new(&busy.name).ok()?,
                     // The page's own copy is fresher than the list when it has one.
-                    value: self.merged.value(&busy.name).unwrap_or(busy.value),
+                    value: self
+                        .present(&busy.name)
+                        .map_or(busy.value, PnCounter::value),
                     recent_changes: self.activity.count(&busy.name),
                     per_second: Some(busy.per_second),
+                    expires_in_ms: self.expires_in_ms(&busy.name),
+                    leaving: None,
                 })
             })
             .take(limit)
             .collect();
-        let local = busiest(&self.merged, &self.activity, filter, limit);
+        let local = busiest(
+            &self.merged,
+            &self.activity,
+            &self.departures,
+            filter,
+            limit,
+            self.now_ms,
+        );
         for row in local {
             if rows.len() >= limit {
                 break;
@@ -586,8 +751,10 @@ impl Observer {
     /// The value of `counter` as far as the page knows: its own copy, else
     /// the busiest list's; `None` when the page follows neither.
     pub fn known_value(&self, counter: &str) -> Option<i128> {
-        (self.merged.value(counter))
-            .or_else(|| Some(self.top.iter().find(|busy| busy.name == counter)?.value))
+        if self.merged.get(counter).is_some() {
+            return self.present(counter).map(PnCounter::value);
+        }
+        Some(self.top.iter().find(|busy| busy.name == counter)?.value)
     }
 
     /// The prefix of the counters the page holds (None before any arrived,

@@ -12,7 +12,7 @@ use web_sys::{Document, Element, HtmlElement, HtmlInputElement, HtmlSelectElemen
 
 use crate::canvas::Picture;
 use crate::format;
-use crate::observer::{Convergence, Health, NodeView, Observer, Tone, Update};
+use crate::observer::{Convergence, Health, NodeView, Observer, Tone, Update, FADE_MS};
 use crate::routes::DemoAction;
 use crate::socket::LinkState;
 
@@ -64,6 +64,10 @@ struct Drawn {
     list: Option<(u64, String, CounterName)>,
     list_at_ms: f64,
     log_version: Option<u64>,
+    /// The busiest list shows a countdown to an expiry.
+    list_countdown: bool,
+    /// The list or the selected counter shows one: redraw with the clock.
+    countdown: bool,
 }
 
 struct Card {
@@ -168,12 +172,16 @@ impl View {
         // Offline, the last known agreement may no longer hold: don't claim it.
         let convergence = (link == LinkState::Online).then(|| observer.convergence());
         self.render_convergence(convergence);
+        self.drawn.countdown = false;
         self.render_counter(observer, ui)?;
         self.render_nodes(observer, ui.selected.as_str())?;
         let list_pending = self.render_counters(observer, ui, now_ms)?;
+        self.drawn.countdown |= self.drawn.list_countdown;
         self.render_log(observer)?;
         let moving = self.picture.render(observer, now_ms)?;
-        Ok(list_pending || moving)
+        // Fades and countdowns move with the clock, not with messages.
+        let clocked = observer.is_fading() || self.drawn.countdown;
+        Ok(list_pending || moving || clocked)
     }
 
     fn render_link(&self, link: LinkState) -> Result<(), JsValue> {
@@ -221,24 +229,37 @@ impl View {
             .following()
             .is_none_or(|prefix| name.as_str().starts_with(prefix));
         set_text(&self.counter_name, name.as_str());
+        let gone = observer.gone_why(name.as_str());
         let shown = match known {
-            None if !followed => "—".to_owned(),
+            None if !followed || gone.is_some() => "—".to_owned(),
             _ => format::value(value),
         };
         set_text(&self.big_value, &shown);
-        let hint = match observer.merged().get(name.as_str()) {
-            None if !followed => format!(
+        self.big_value
+            .class_list()
+            .toggle_with_force("gone", gone.is_some())?;
+        let hint = match (observer.merged().get(name.as_str()), gone) {
+            (None, _) if !followed => format!(
                 "outside the filter \"{}\" — clear it to follow this counter",
                 observer.following().unwrap_or_default()
             ),
-            None => "never written — press + to create it".to_owned(),
-            Some(counter) => {
+            (None, _) => "never written — press + to create it".to_owned(),
+            (Some(_), Some(why)) => {
+                format!("{} — press + to start it again from zero", why.label())
+            }
+            (Some(counter), None) => {
                 let agreeing = observer
                     .nodes()
                     .filter(|n| n.knows(name.as_str()) && n.value(name.as_str()) == value)
                     .count();
+                let expires_in = observer.expires_in_ms(name.as_str());
+                self.drawn.countdown |= expires_in.is_some();
+                let expiry = match expires_in {
+                    Some(left) => format!(" · expires in {}", format::countdown(left)),
+                    None => String::new(),
+                };
                 format!(
-                    "{} · {agreeing}/{} nodes show this value",
+                    "{} · {agreeing}/{} nodes show this value{expiry}",
                     format::count(counter.actors(), "actor", "actors"),
                     observer.nodes().len()
                 )
@@ -292,7 +313,9 @@ impl View {
         now_ms: f64,
     ) -> Result<bool, JsValue> {
         let key = (observer.revision(), ui.filter.clone(), ui.selected.clone());
-        if self.drawn.list.as_ref() == Some(&key) {
+        // Fading rows and countdowns change with the clock alone.
+        let clocked = observer.is_fading() || self.drawn.list_countdown;
+        if self.drawn.list.as_ref() == Some(&key) && !clocked {
             return Ok(false);
         }
         // Typing in the filter or clicking a row must answer at once; only
@@ -308,24 +331,48 @@ impl View {
         let dom = Dom(&self.document);
         self.counters.set_text_content(None);
         let rows = observer.busiest(&ui.filter, BUSIEST_ROWS);
+        self.drawn.list_countdown = rows.iter().any(|row| row.expires_in_ms.is_some());
         if rows.is_empty() {
             dom.text(&self.counters, "li", "empty", "no counters yet")?;
         }
         for row in rows {
             let selected = row.name == ui.selected;
-            let item = dom.child(
-                &self.counters,
-                "li",
-                if selected { "row selected" } else { "row" },
-            )?;
+            let class = match (selected, row.leaving.is_some()) {
+                (true, true) => "row selected leaving",
+                (true, false) => "row selected",
+                (false, true) => "row leaving",
+                (false, false) => "row",
+            };
+            let item = dom.child(&self.counters, "li", class)?;
             item.set_attribute("data-name", row.name.as_str())?;
             item.set_attribute("title", "follow this counter")?;
+            if let Some(leaving) = row.leaving {
+                // The list is rebuilt while the row fades: each copy
+                // resumes the fade where the last one was.
+                item.set_attribute(
+                    "style",
+                    &format!(
+                        "animation-duration: {FADE_MS}ms; animation-delay: -{:.0}ms",
+                        leaving.elapsed_ms
+                    ),
+                )?;
+            }
             dom.text(&item, "span", "row-name", row.name.as_str())?;
-            let recent = match (row.per_second, row.recent_changes) {
+            let mut recent = match (row.per_second, row.recent_changes) {
                 (Some(rate), _) => format!("{rate:.1}/s"),
                 (None, 0) => String::new(),
                 (None, n) => format!("{n}×"),
             };
+            if let Some(left) = row.expires_in_ms {
+                let countdown = format!("expires in {}", format::countdown(left));
+                recent = match recent.is_empty() {
+                    true => countdown,
+                    false => format!("{recent} · {countdown}"),
+                };
+            }
+            if let Some(leaving) = row.leaving {
+                recent = leaving.why.label().to_owned();
+            }
             dom.text(&item, "span", "row-rate", &recent)?;
             dom.text(&item, "span", "row-value", &format::value(row.value))?;
         }

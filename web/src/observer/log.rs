@@ -75,6 +75,13 @@ pub enum LogKind {
         /// How many counter changes.
         count: u64,
     },
+    /// Counters stopped reading as present: deleted, or past their expiry.
+    Left {
+        /// Which.
+        counters: CounterList,
+        /// Why.
+        why: super::Gone,
+    },
     /// The answer to a button press.
     Action {
         /// Whether the gateway accepted it.
@@ -117,6 +124,7 @@ impl LogKind {
                 _ => Tone::Error,
             },
             LogKind::BadMessage(_) => Tone::Error,
+            LogKind::Left { .. } => Tone::Info,
             LogKind::Action { ok: true, .. } => Tone::Good,
             LogKind::Action { ok: false, .. } => Tone::Error,
         }
@@ -167,6 +175,7 @@ impl fmt::Display for LogKind {
                     false => write!(f, "{node} took {changes} from clients"),
                 }
             }
+            LogKind::Left { counters, why } => write!(f, "{counters} {}", why.label()),
             LogKind::Connection(text) | LogKind::Action { text, .. } => f.write_str(text),
         }
     }
@@ -191,6 +200,11 @@ impl CounterList {
             }
         }
         list
+    }
+
+    /// True when it names no counter.
+    pub fn is_empty(&self) -> bool {
+        self.shown.is_empty()
     }
 }
 

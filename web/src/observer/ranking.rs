@@ -1,9 +1,12 @@
 //! Which counters are busiest: recent change counts over a sliding window,
-//! and a top-N pick that never sorts the whole keyspace.
+//! and a top-N pick that never sorts the whole keyspace. Only counters that
+//! read as present are ranked, and those leaving while they fade.
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use crdt_core::{CounterMap, CounterName};
+
+use super::departures::{expires_in_ms, is_present, Departures, Gone, FADE_MS};
 
 /// How many of the latest changes "recent" covers.
 pub const ACTIVITY_WINDOW: usize = 1000;
@@ -20,6 +23,19 @@ pub struct CounterRow {
     /// Its changes per second over the whole cluster, when the gateway's
     /// busiest list has it.
     pub per_second: Option<f32>,
+    /// How long until it expires, when it has an expiry ahead.
+    pub expires_in_ms: Option<f64>,
+    /// Set while it fades out of the list (deleted or expired).
+    pub leaving: Option<Leaving>,
+}
+
+/// A row on its way out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Leaving {
+    /// Why it leaves.
+    pub why: Gone,
+    /// How long ago it left (ms): the view resumes its fade from there.
+    pub elapsed_ms: f64,
 }
 
 /// Change counts over the last [`ACTIVITY_WINDOW`] changes the observer learned.
@@ -58,12 +74,16 @@ impl RecentActivity {
 
 /// The `limit` busiest counters of `map` whose names contain `filter`
 /// (case-insensitively): most recent changes first, then largest |value|,
-/// then by name. O(counters · log limit).
+/// then by name. Counters present at `now_ms` are ranked, and those of
+/// `departures` still fading (by their last value); the rest are not.
+/// O(counters · log limit).
 pub fn busiest(
     map: &CounterMap,
     activity: &RecentActivity,
+    departures: &Departures,
     filter: &str,
     limit: usize,
+    now_ms: f64,
 ) -> Vec<CounterRow> {
     if limit == 0 {
         return Vec::new();
@@ -75,11 +95,19 @@ pub fn busiest(
         if !filter.is_empty() && !name.as_str().to_lowercase().contains(&filter) {
             continue;
         }
+        let value = if is_present(counter, now_ms) {
+            counter.value()
+        } else {
+            match departures.get(name.as_str()) {
+                Some(departure) if departure.fade(now_ms).is_some() => departure.value,
+                _ => continue,
+            }
+        };
         best.push(Reverse(RankKey {
             recent: activity.count(name.as_str()),
-            magnitude: counter.value().unsigned_abs(),
+            magnitude: value.unsigned_abs(),
             name: Reverse(name),
-            value: counter.value(),
+            value,
         }));
         if best.len() > limit {
             best.pop();
@@ -87,13 +115,31 @@ pub fn busiest(
     }
     best.into_sorted_vec()
         .into_iter()
-        .map(|Reverse(key)| CounterRow {
-            name: key.name.0.clone(),
-            value: key.value,
-            recent_changes: key.recent,
-            per_second: None,
+        .map(|Reverse(key)| {
+            let counter = map.get(key.name.0.as_str());
+            let present = counter.is_some_and(|counter| is_present(counter, now_ms));
+            CounterRow {
+                name: key.name.0.clone(),
+                value: key.value,
+                recent_changes: key.recent,
+                per_second: None,
+                expires_in_ms: counter.and_then(|counter| expires_in_ms(counter, now_ms)),
+                leaving: (!present)
+                    .then(|| leaving(departures, key.name.0.as_str(), now_ms))
+                    .flatten(),
+            }
         })
         .collect()
+}
+
+/// How `name` is leaving at `now_ms`, while it fades.
+pub(super) fn leaving(departures: &Departures, name: &str, now_ms: f64) -> Option<Leaving> {
+    let departure = departures.get(name)?;
+    let fade = departure.fade(now_ms)?;
+    Some(Leaving {
+        why: departure.why,
+        elapsed_ms: fade * FADE_MS,
+    })
 }
 
 /// Field order is rank order: derived `Ord` compares top to bottom.
@@ -136,7 +182,7 @@ mod tests {
         for _ in 0..3 {
             activity.record(&CounterName::new("hot").expect("valid"));
         }
-        let rows = busiest(&map, &activity, "", 3);
+        let rows = busiest(&map, &activity, &Departures::default(), "", 3, 0.0);
         assert_eq!(names(&rows), ["hot", "big", "cold"]);
         assert_eq!(rows[0].recent_changes, 3);
         assert_eq!(rows[2].value, -50);
@@ -145,7 +191,14 @@ mod tests {
     #[test]
     fn filter_is_a_case_insensitive_substring() {
         let map = map_with(&[("page/Home", 1), ("page/about", 2), ("clicks", 3)]);
-        let rows = busiest(&map, &RecentActivity::default(), " PAGE ", 10);
+        let rows = busiest(
+            &map,
+            &RecentActivity::default(),
+            &Departures::default(),
+            " PAGE ",
+            10,
+            0.0,
+        );
         assert_eq!(names(&rows), ["page/about", "page/Home"]);
     }
 
