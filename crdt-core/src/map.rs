@@ -659,9 +659,10 @@ impl CounterMap {
         let old_contribution = contribution(name, counter);
         let (entries, keys) = counter.compact();
         let new_contribution = contribution(name, counter);
-        if counter.lifecycle().is_none() {
-            self.removed.remove(name);
-        }
+        // Compacted while stable: nothing more can go until a new removal
+        // (which puts it back), so garbage rounds stop looking at it (and
+        // stop asking every member for its watermarks).
+        self.removed.remove(name);
         self.digest = self
             .digest
             .wrapping_sub(old_contribution)
@@ -678,7 +679,8 @@ impl CounterMap {
         }
     }
 
-    /// Number of counters that were removed and are not dropped yet.
+    /// Number of removed counters garbage collection may still act on:
+    /// deleted ones not dropped yet, and ones written again not compacted yet.
     pub fn removed_count(&self) -> usize {
         self.removed.len()
     }
