@@ -572,7 +572,12 @@ async fn batch_answer(state: &ApiState, body: &[u8]) -> Result<BatchAnswer, ApiE
                     Direction::Increment => Op::Increment(item.amount),
                     Direction::Decrement => Op::Decrement(item.amount),
                 };
-                writes.push(LocalWrite { name, op, key });
+                writes.push(LocalWrite {
+                    name,
+                    op,
+                    key,
+                    ttl: None,
+                });
                 positions.push(position);
             }
             Err(error) => results[position] = Some(refused(error)),
@@ -833,6 +838,7 @@ async fn get_metrics(State(state): State<ApiState>) -> impl IntoResponse {
             actors: replica.map.summary().len(),
             entries: replica.map.entry_count(),
             keys: replica.map.key_count(),
+            removed: replica.map.removed_count(),
         }
     };
     let text = state.metrics.render(&state.node, size, peers);
