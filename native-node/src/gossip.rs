@@ -307,6 +307,10 @@ pub struct Gossip<N: Network> {
     handshakes: Arc<Semaphore>,
     /// `Replicate`/`Fetch` requests waiting for answers (`consistency.rs`).
     requests: Requests,
+    /// Per member, the highest watermarks its `Pull`s reported (what it
+    /// holds everything up to): garbage collection's view of the cluster
+    /// ([`crate::garbage`]).
+    reports: Mutex<HashMap<String, Watermarks>>,
 }
 
 impl<N: Network> Gossip<N> {
@@ -344,7 +348,38 @@ impl<N: Network> Gossip<N> {
             inbound,
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
             requests: Requests::default(),
+            reports: Mutex::default(),
         })
+    }
+
+    /// Records the watermarks `peer` reported in a `Pull`. Joined with its
+    /// earlier reports: a full pull reports none, which says nothing.
+    fn record_report(&self, peer: &str, known: &Watermarks) {
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        match reports.get_mut(peer) {
+            Some(held) => held.raise_all(known),
+            None if known.is_empty() => {}
+            None => {
+                reports.insert(peer.to_owned(), known.clone());
+            }
+        }
+    }
+
+    /// Every member in the table (whatever its status; forgotten ones are
+    /// not) with the watermarks it reported, `None` before its first report.
+    /// Reports of forgotten members are dropped here.
+    pub fn member_reports(&self) -> Vec<(String, Option<Watermarks>)> {
+        let ids: Vec<String> = (self.members().peers().into_iter())
+            .map(|(record, _)| record.id)
+            .collect();
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        reports.retain(|id, _| ids.contains(id));
+        ids.into_iter()
+            .map(|id| {
+                let report = reports.get(&id).cloned();
+                (id, report)
+            })
+            .collect()
     }
 
     /// Makes partner choice reproducible (deterministic simulation tests).
@@ -555,6 +590,7 @@ impl<N: Network> Gossip<N> {
                 self.metrics.gossip_in.record(message.kind(), size);
                 match message {
                     Message::Pull { digest, known } => {
+                        self.record_report(peer, &known);
                         let mut answer = self.answer_pull(digest, known);
                         while let Some(reply) = answer.next_message(&self.replica) {
                             if reply_tx.send(reply).await.is_err() {
