@@ -180,6 +180,10 @@ pub fn writes_in(
         {
             out.merge_registration(name, registration);
         }
+        // A delete, reset or expiry travels with the entries it stamped.
+        if let Some(lifecycle) = counter.lifecycle() {
+            out.merge_lifecycle(name, lifecycle);
+        }
         for (actor, entry) in counter.entries() {
             out.merge_entry(name, actor, *entry);
         }
@@ -201,6 +205,9 @@ pub fn counters_named<'a>(
         };
         for registration in counter.registrations() {
             out.merge_registration(&name, registration);
+        }
+        if let Some(lifecycle) = counter.lifecycle() {
+            out.merge_lifecycle(&name, lifecycle);
         }
         for (actor, entry) in counter.entries() {
             out.merge_entry(&name, actor, *entry);
