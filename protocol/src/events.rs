@@ -277,6 +277,9 @@ impl SnapshotChunker {
             } else {
                 Vec::new()
             };
+            // So is its lifecycle (a reset's baseline, an expiry).
+            let lifecycle = counter.lifecycle().filter(|_| after.is_none());
+            let lifecycle_bytes = crdt_core::wire::encode(&lifecycle).len();
             for (taken, (actor, entry)) in (0u128..).zip(entries) {
                 let entry_bytes = entry_len(actor, entry);
                 let grows = if taken == 0 {
@@ -286,6 +289,7 @@ impl SnapshotChunker {
                         + varint_len(1)
                         + entry_bytes
                         + registrations_len(registrations.iter().copied())
+                        + lifecycle_bytes
                         + varint_len(counters + 1)
                         - varint_len(counters)
                 } else {
@@ -297,6 +301,9 @@ impl SnapshotChunker {
                 if taken == 0 {
                     for registration in &registrations {
                         chunk.merge_registration(name, registration);
+                    }
+                    if let Some(lifecycle) = lifecycle {
+                        chunk.merge_lifecycle(name, lifecycle);
                     }
                 }
                 chunk.merge_entry(name, actor, *entry);
@@ -342,6 +349,7 @@ fn entry_len(actor: &ActorId, entry: &Entry) -> usize {
         + varint_len(entry.inc)
         + varint_len(entry.dec)
         + varint_len(u128::from(entry.seq))
+        + varint_len(u128::from(entry.since))
 }
 
 /// Bytes of an encoded list of registrations.
@@ -355,7 +363,8 @@ fn registrations_len<'a>(registrations: impl Iterator<Item = &'a Registration>) 
     varint_len(count) + bytes
 }
 
-/// Bytes of one counter as a map encodes it (name, its entries, its registrations).
+/// Bytes of one counter as a map encodes it (name, its entries, its
+/// registrations, its lifecycle if any).
 pub fn encoded_counter_len(name: &CounterName, counter: &PnCounter) -> usize {
     str_len(name.as_str())
         + varint_len(counter.actors() as u128)
@@ -363,6 +372,7 @@ pub fn encoded_counter_len(name: &CounterName, counter: &PnCounter) -> usize {
             .map(|(actor, entry)| entry_len(actor, entry))
             .sum::<usize>()
         + registrations_len(counter.registrations())
+        + crdt_core::wire::encode(&counter.lifecycle()).len()
 }
 
 #[cfg(test)]
