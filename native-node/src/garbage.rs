@@ -10,6 +10,10 @@
 //! 1. Each member's `Pull` reports its watermarks (what it holds
 //!    everything up to); gossip keeps the highest report per member and
 //!    forgets it when the member is forgotten (`--forget-dead-after`).
+//!    While removed counters wait, each round pulls from every member
+//!    even when states agree ([`Gossip::refresh_watermarks`]): eager
+//!    deltas never advance watermarks, and pulls happen otherwise only
+//!    when states differ.
 //! 2. Each round takes `Lo` = the pointwise minimum and `Hi` = the
 //!    pointwise maximum over this node's watermarks and every member's
 //!    report, and remembers them. A member that has not reported yet
@@ -87,6 +91,11 @@ pub fn spawn(
         let mut cursor: Option<CounterName> = None;
         loop {
             ticks.tick().await;
+            if replica.read().map.removed_count() == 0 {
+                previous = None;
+                continue;
+            }
+            gossip.refresh_watermarks();
             let reports: Vec<Option<Watermarks>> = (gossip.member_reports().into_iter())
                 .map(|(_, r)| r)
                 .collect();

@@ -1012,6 +1012,38 @@ impl<N: Network> Gossip<N> {
         });
     }
 
+    /// Pulls from every reachable member, asking for an answer even when
+    /// states agree (a digest that cannot match ours): the answer's last
+    /// chunk carries the member's watermarks, which advance ours (eager
+    /// deltas never do), and the pull reports ours to it. Garbage
+    /// collection needs both ([`crate::garbage`]). Costs what changed
+    /// since the last completed pull from each member.
+    pub fn refresh_watermarks(self: &Arc<Self>) {
+        let addrs: Vec<String> = (self.members().reachable().into_iter())
+            .map(|record| record.gossip_addr)
+            .collect();
+        for addr in addrs {
+            self.with_link(&addr, |link| {
+                let mut awaiting = lock_awaiting(&link.awaiting);
+                if awaiting.is_some() {
+                    return true;
+                }
+                let pull = match self.pull(false) {
+                    Message::Pull { digest, known } => Message::Pull {
+                        digest: !digest,
+                        known,
+                    },
+                    other => other,
+                };
+                let queued = link.offer(Outgoing::encode(&pull));
+                if queued {
+                    *awaiting = Some(Instant::now());
+                }
+                queued
+            });
+        }
+    }
+
     /// Runs `enqueue` on the link to `addr` (opening it first if needed);
     /// counts a drop when it returns false.
     fn with_link(self: &Arc<Self>, addr: &str, enqueue: impl FnOnce(&Link) -> bool) {
