@@ -269,3 +269,45 @@ async fn deleted_counters_are_collected_on_every_node_and_never_come_back() {
         assert!(empty, "{} holds deleted counters again", node.id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_proxies_lifecycle_routes_and_reads_deleted_or_expired_counters_as_absent() {
+    let cluster = Cluster::start(2, &[]).await;
+    peers_alive(&cluster, 1).await;
+    let gateway = common::GatewayProcess::start(&cluster.nodes, None).await;
+    let counter_status = |name: &'static str| {
+        let gateway = &gateway;
+        async move { gateway.get(&format!("/counters/{name}")).await.0 }
+    };
+    assert_eq!(gateway.post("/counters/d/increment", "").await.0, 200);
+    assert_eq!(gateway.post("/counters/r/increment", "").await.0, 200);
+    let response = http()
+        .delete(gateway.url("/counters/d"))
+        .send()
+        .await
+        .expect("DELETE");
+    let (status, answer) = status_and_json(response).await;
+    assert_eq!((status, answer["deleted"].clone()), (200, true.into()));
+    let (status, answer) = gateway.post("/counters/r/reset", "").await;
+    assert_eq!((status, answer["value"].clone()), (200, 0.into()));
+    let (status, answer) = gateway.post("/counters/t/increment?ttl=1s", "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["expires_at_ms"].as_u64().is_some(), "{answer}");
+    let response = http()
+        .put(gateway.url("/counters/r/ttl"))
+        .body(r#"{"ttl":"1h"}"#)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(status_and_json(response).await.0, 200);
+
+    let absent = wait_until(CONVERGE, || async {
+        counter_status("d").await == 404 && counter_status("t").await == 404
+    })
+    .await;
+    assert!(
+        absent,
+        "the gateway still reads a deleted or expired counter"
+    );
+    assert_eq!(gateway.get("/counters/r").await.1["value"], 0);
+}
