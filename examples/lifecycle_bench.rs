@@ -35,6 +35,9 @@ struct Args {
     /// The `tally` binary [default: `tally` in the directory above this example].
     #[arg(long)]
     tally: Option<PathBuf>,
+    /// Keep the node running this long at the end (to inspect it), printing its pid.
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
 }
 
 const CLUSTER_KEY: &str = "lifecycle-bench-cluster-secret";
@@ -159,12 +162,11 @@ async fn run(args: Args, tally: PathBuf) -> anyhow::Result<()> {
     let node = Node::start(&tally, dir.path())?;
     let client = reqwest::Client::builder().no_proxy().build()?;
     let started = Instant::now();
-    while client
+    while !client
         .get(node.url("/ready"))
         .send()
         .await
-        .map(|r| r.status().is_success())
-        != Ok(true)
+        .is_ok_and(|r| r.status().is_success())
     {
         ensure!(started.elapsed() < PATIENCE, "the node never became ready");
         tokio::time::sleep(POLL).await;
@@ -286,8 +288,26 @@ async fn run(args: Args, tally: PathBuf) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     node.report("after deleting and collecting", 1);
+    // The node's change broadcast keeps its last 4,096 deltas (for slow
+    // followers), the deletes' among them: one small commit each turns it over.
+    for _ in 0..CHANGE_BACKLOG {
+        let answer = (client.post(node.url("/counters/filler/increment")))
+            .send()
+            .await?;
+        ensure!(answer.status().is_success(), "filler refused");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    node.report("after 4,096 more commits", 1);
+    if args.hold_secs > 0 {
+        println!("node pid {}", node.child.id());
+        tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
+        node.report("at the end", 1);
+    }
     Ok(())
 }
+
+/// `replica.rs`'s broadcast backlog.
+const CHANGE_BACKLOG: usize = 4096;
 
 fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {

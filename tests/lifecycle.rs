@@ -105,8 +105,9 @@ async fn an_expired_counter_is_gone_everywhere_and_a_later_write_starts_from_zer
     assert_eq!(n1.post("/counters/t/increment?ttl=0s", "").await.0, 400);
     assert_eq!(n1.post("/counters/t/increment?ttl=400d", "").await.0, 400);
 
-    let (status, answer) = n1.post("/counters/t/increment?ttl=2s", "").await;
+    let (status, answer) = n1.post("/counters/t/increment?ttl=2s&w=all", "").await;
     assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["replicas"], 3, "{answer}");
     assert!(answer["expires_at_ms"].as_u64().is_some(), "{answer}");
     assert_eq!(increment(n1, "kept", 1).await.0, 200);
     assert!(cluster.converge(Some("t"), 1, CONVERGE).await);
@@ -146,12 +147,13 @@ async fn a_reset_reads_zero_everywhere_and_counts_on_from_there() {
     assert_eq!(increment(n1, "r", 9).await.0, 200);
     assert_eq!(increment(n3, "r", 1).await.0, 200);
     assert!(cluster.converge(Some("r"), 10, CONVERGE).await);
-    let (status, answer) = n2.post("/counters/r/reset", "").await;
+    let (status, answer) = n2.post("/counters/r/reset?w=all", "").await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         (answer["name"].clone(), answer["value"].clone()),
         ("r".into(), 0.into())
     );
+    assert_eq!(answer["replicas"], 3, "?w=all waits for every replica");
     assert!(cluster.converge(Some("r"), 0, CONVERGE).await);
     assert_eq!(increment(n3, "r", 2).await.0, 200);
     assert!(cluster.converge(Some("r"), 2, CONVERGE).await);
