@@ -313,3 +313,34 @@ async fn the_gateway_proxies_lifecycle_routes_and_reads_deleted_or_expired_count
     );
     assert_eq!(gateway.get("/counters/r").await.1["value"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_sees_a_deleted_counter_as_a_deleted_event() {
+    let cluster = Cluster::start(1, &[]).await;
+    let n1 = &cluster.nodes[0];
+    assert_eq!(increment(n1, "w", 1).await.0, 200);
+    let mut stream = http()
+        .get(n1.url("/watch?prefix=w"))
+        .send()
+        .await
+        .expect("GET /watch");
+    assert_eq!(stream.status(), 200);
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let mut deleted = false;
+    while !text.contains("event: deleted\n") {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("no deleted event in time")
+            .expect("stream broke")
+            .expect("stream ended");
+        text.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        // Delete once the snapshot is out, so the event comes live.
+        if !deleted && text.contains("event: live") {
+            assert_eq!(delete(n1, "w").await.0, 200);
+            deleted = true;
+        }
+    }
+    let event = &text[text.find("event: deleted\n").unwrap_or(0)..];
+    assert!(event.contains(r#"data: {"name":"w"}"#), "{event}");
+}
