@@ -159,6 +159,11 @@ pub struct NodeArgs {
     /// link is closed; it comes back if it restarts.
     #[arg(long, default_value = "10m", value_parser = humantime_duration)]
     pub forget_dead_after: Duration,
+    /// Time between garbage-collection rounds: a deleted counter is dropped
+    /// (memory, snapshot) about two rounds after every member holds the
+    /// delete.
+    #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+    pub gc_interval: Duration,
     /// Discovery heartbeat period.
     #[arg(long, default_value = "1s", value_parser = humantime_duration)]
     pub heartbeat: Duration,

@@ -89,6 +89,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         join_timeout: args.join_timeout,
         drain_period: args.drain_period,
         idempotency_window: args.idempotency_window,
+        gc_interval: args.gc_interval,
         shutdown_timeout: args.shutdown_timeout,
         data_dir,
         gossip: GossipConfig {

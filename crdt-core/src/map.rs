@@ -81,6 +81,69 @@ impl Change {
         })
     }
 
+    /// The removal (observed-remove) of what `counter` holds, a delete or
+    /// a reset by `actor` at wall clock `at_ms`, stamped `seq`: one change
+    /// of the actor's entry carrying the lifecycle. It also spends the
+    /// counter's expiry. The caller checks the counter reads as present.
+    pub fn removing(
+        counter: &PnCounter,
+        name: &CounterName,
+        actor: &ActorId,
+        kind: RemovalKind,
+        at_ms: u64,
+        seq: u64,
+    ) -> Change {
+        let entry = stamped(counter, actor, seq);
+        let mut removed: Vec<(ActorId, Entry)> = counter
+            .entries()
+            .filter(|(known, _)| *known != actor)
+            .map(|(known, seen)| (known.clone(), *seen))
+            .collect();
+        let at = removed.partition_point(|(known, _)| known < actor);
+        removed.insert(at, (actor.clone(), entry));
+        let lifecycle = Lifecycle {
+            removed,
+            stamps: alloc::vec![(actor.clone(), seq)],
+            mark: Some(Mark {
+                at_ms,
+                actor: actor.clone(),
+                kind,
+            }),
+            expires_at_ms: 0,
+            spent_expiry_ms: counter.lifecycle().map_or(0, |l| l.expires_at_ms),
+        };
+        Change {
+            name: name.clone(),
+            actor: actor.clone(),
+            entry,
+            registrations: Vec::new(),
+            lifecycle: Some(lifecycle),
+        }
+    }
+
+    /// Setting `counter` to expire at `expires_at_ms`, as an operation of
+    /// `actor` stamped `seq`. The caller checks the counter reads as present.
+    pub fn expiring(
+        counter: &PnCounter,
+        name: &CounterName,
+        actor: &ActorId,
+        expires_at_ms: u64,
+        seq: u64,
+    ) -> Change {
+        let lifecycle = Lifecycle {
+            stamps: alloc::vec![(actor.clone(), seq)],
+            expires_at_ms,
+            ..Lifecycle::default()
+        };
+        Change {
+            name: name.clone(),
+            actor: actor.clone(),
+            entry: stamped(counter, actor, seq),
+            registrations: Vec::new(),
+            lifecycle: Some(lifecycle),
+        }
+    }
+
     /// A change of an entry alone.
     pub fn entry(name: CounterName, actor: ActorId, entry: Entry) -> Self {
         Change {
@@ -511,26 +574,9 @@ impl CounterMap {
             return Ok(None);
         };
         let seq = self.next_seq(actor)?;
-        let entry = stamped(counter, actor, seq);
-        let mut removed: Vec<(ActorId, Entry)> = counter
-            .entries()
-            .filter(|(known, _)| *known != actor)
-            .map(|(known, seen)| (known.clone(), *seen))
-            .collect();
-        let at = removed.partition_point(|(known, _)| known < actor);
-        removed.insert(at, (actor.clone(), entry));
-        let lifecycle = Lifecycle {
-            removed,
-            stamps: alloc::vec![(actor.clone(), seq)],
-            mark: Some(Mark {
-                at_ms,
-                actor: actor.clone(),
-                kind,
-            }),
-            expires_at_ms: 0,
-            spent_expiry_ms: counter.lifecycle().map_or(0, |l| l.expires_at_ms),
-        };
-        Ok(Some(self.lifecycle_change(name, actor, entry, lifecycle)))
+        let change = Change::removing(counter, name, actor, kind, at_ms, seq);
+        self.merge_change(&change);
+        Ok(Some(core::iter::once(change).collect()))
     }
 
     /// Sets `name` to expire at `expires_at_ms` (the latest expiry set
@@ -546,31 +592,9 @@ impl CounterMap {
             return Ok(None);
         };
         let seq = self.next_seq(actor)?;
-        let entry = stamped(counter, actor, seq);
-        let lifecycle = Lifecycle {
-            stamps: alloc::vec![(actor.clone(), seq)],
-            expires_at_ms,
-            ..Lifecycle::default()
-        };
-        Ok(Some(self.lifecycle_change(name, actor, entry, lifecycle)))
-    }
-
-    fn lifecycle_change(
-        &mut self,
-        name: &CounterName,
-        actor: &ActorId,
-        entry: Entry,
-        lifecycle: Lifecycle,
-    ) -> CounterMap {
-        let change = Change {
-            name: name.clone(),
-            actor: actor.clone(),
-            entry,
-            registrations: Vec::new(),
-            lifecycle: Some(lifecycle),
-        };
+        let change = Change::expiring(counter, name, actor, expires_at_ms, seq);
         self.merge_change(&change);
-        core::iter::once(change).collect()
+        Ok(Some(core::iter::once(change).collect()))
     }
 
     /// Counters whose expiry in force is at or before `now_ms`, earliest

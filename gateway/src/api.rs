@@ -6,7 +6,7 @@ use axum::handler::HandlerWithoutStateExt;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -57,7 +57,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
             post(|s, m, u, h, b| counters::write_default(s, m, u, h, b, Decrement)),
         )
         .route("/counters", get(proxy::forward))
-        .route("/counters/{name}", get(counters::read_named))
+        .route(
+            "/counters/{name}",
+            get(counters::read_named).delete(proxy::forward),
+        )
+        // Deletes, resets and expiries go to a node alone (never combined),
+        // failing over only before the request was sent, like every write.
+        .route("/counters/{name}/reset", post(proxy::forward))
+        .route("/counters/{name}/ttl", put(proxy::forward))
         .route(
             "/counters/{name}/increment",
             post(|s, m, u, h, p, b| counters::write_named(s, m, u, h, p, b, Increment)),

@@ -187,7 +187,19 @@ async fn read(
 ) -> Response {
     if uri.query().is_none() {
         let counter = name.as_deref().unwrap_or(DEFAULT_COUNTER);
-        if let Some(value) = local_value(&shared, counter).await {
+        let value = match local_value(&shared, counter).await {
+            Some(Some(value)) => Some(value),
+            // The default counter reads 0 when absent, as on a node.
+            Some(None) if name.is_none() => Some(0),
+            Some(None) => {
+                return ApiError::not_found(format!(
+                    "counter {counter:?} does not exist (never written, deleted, or expired)"
+                ))
+                .into_response()
+            }
+            None => None,
+        };
+        if let Some(value) = value {
             let answer = Answer {
                 name: name.as_deref(),
                 value,
@@ -200,8 +212,9 @@ async fn read(
     proxy::forward(State(shared), method, uri, headers, Ok(Bytes::new())).await
 }
 
-/// The counter's value from the merged view, `None` when a node must answer.
-async fn local_value(shared: &Shared, counter: &str) -> Option<i128> {
+/// The counter's value from the merged view (`Some(None)`: deleted or
+/// expired there), `None` when a node must answer.
+async fn local_value(shared: &Shared, counter: &str) -> Option<Option<i128>> {
     // Invalid names are the node's to refuse (400), as before.
     CounterName::new(counter).ok()?;
     // Nodes that check tokens while this gateway has none to check: only
@@ -225,7 +238,8 @@ async fn local_value(shared: &Shared, counter: &str) -> Option<i128> {
         // Marked seen before reading the view: a change after this read wakes us.
         changes.borrow_and_update();
         match shared.replicas().read(counter) {
-            LocalRead::Value(value) => return Some(value),
+            LocalRead::Value(value) => return Some(Some(value)),
+            LocalRead::Absent => return Some(None),
             LocalRead::Unknown => return None,
             LocalRead::Behind => {}
         }

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use crdt_core::{CounterMap, DEFAULT_COUNTER};
 use serde::{Deserialize, Serialize};
 use tally_protocol::events::{ClusterEvent, NodeEvent, NodeSummary, SnapshotChunker};
+use tally_protocol::request_auth::unix_now_ms;
 
 /// Every node's replica, as its stream told us, and the merge of them all.
 #[derive(Debug, Default)]
@@ -49,6 +50,9 @@ pub enum LocalRead {
     /// The view cannot answer (no live stream, or a counter it never saw
     /// and no write to wait for): ask a node.
     Unknown,
+    /// The view holds the counter deleted, or past its expiry on this
+    /// gateway's clock: 404.
+    Absent,
 }
 
 impl Replicas {
@@ -136,7 +140,9 @@ impl Replicas {
 
     /// The merged view's values of these counters (for `/watch`).
     pub fn merged_values(&self, names: &[String]) -> Vec<(String, i128)> {
+        let now = unix_now_ms();
         (names.iter())
+            .filter(|name| !self.merged.is_expired(name, now))
             .filter_map(|name| Some((name.clone(), self.merged.value(name)?)))
             .collect()
     }
@@ -148,7 +154,9 @@ impl Replicas {
         after: Option<&str>,
         limit: usize,
     ) -> Vec<(String, i128)> {
+        let now = unix_now_ms();
         (self.merged.page(prefix, after))
+            .filter(|(_, counter)| counter.expiry().is_none_or(|at| at > now))
             .take(limit)
             .map(|(name, counter)| (name.as_str().to_owned(), counter.value()))
             .collect()
@@ -254,8 +262,13 @@ impl Replicas {
             }
             self.acknowledged.remove(counter);
         }
+        let held = self.merged.get(counter).is_some();
+        if held && self.merged.is_expired(counter, unix_now_ms()) {
+            return LocalRead::Absent;
+        }
         match self.merged.value(counter) {
             Some(value) => LocalRead::Value(value),
+            None if held => LocalRead::Absent,
             None => LocalRead::Unknown,
         }
     }

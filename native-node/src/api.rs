@@ -12,9 +12,9 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
-use crdt_core::{CounterName, IdempotencyKey, Op, DEFAULT_COUNTER};
+use crdt_core::{CounterMap, CounterName, IdempotencyKey, Op, RemovalKind, DEFAULT_COUNTER};
 use serde::{Deserialize, Serialize};
 use tally_protocol::access::{self, AccessPolicy};
 use tally_protocol::batch::{self, BatchAnswer, BatchRequest, Direction, ItemResult};
@@ -36,7 +36,7 @@ use crate::metrics::{Metrics, PeerCounts, StateSize};
 use crate::readiness::Readiness;
 use crate::replica::Replica;
 use crate::transport::Tcp;
-use crate::writer::{LocalWrite, WriteError, WriterHandle, Written};
+use crate::writer::{now_ms, LifecycleOp, LocalWrite, WriteError, WriterHandle, Written};
 
 /// Largest page of `GET /counters`.
 const MAX_PAGE: usize = 1000;
@@ -166,7 +166,9 @@ pub fn router(state: ApiState) -> Router {
             post(|s, q, h, b| write_default(s, q, h, b, Op::Decrement)),
         )
         .route("/counters", get(list_counters))
-        .route("/counters/{name}", get(get_named))
+        .route("/counters/{name}", get(get_named).delete(delete_named))
+        .route("/counters/{name}/reset", post(reset_named))
+        .route("/counters/{name}/ttl", put(set_ttl))
         .route(
             "/counters/{name}/increment",
             post(|s, p, q, h, b| write_named(s, p, q, h, b, Op::Increment)),
@@ -229,6 +231,9 @@ struct ValueAnswer {
     /// Only on the answer to a retried keyed write: the first answer again.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     replayed: bool,
+    /// When the counter expires (ms since the Unix epoch), if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -240,6 +245,34 @@ struct NamedAnswer {
     replicas: usize,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     replayed: bool,
+    /// As in [`ValueAnswer`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<u64>,
+}
+
+/// `DELETE /counters/{name}`.
+#[derive(Serialize)]
+struct DeletedAnswer {
+    name: String,
+    deleted: bool,
+    node: String,
+    replicas: usize,
+}
+
+/// `PUT /counters/{name}/ttl`.
+#[derive(Serialize)]
+struct ExpiryAnswer {
+    name: String,
+    expires_at_ms: u64,
+    node: String,
+    replicas: usize,
+}
+
+/// The body of `PUT /counters/{name}/ttl`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TtlBody {
+    ttl: String,
 }
 
 /// The node that gave a write's first answer: the node part of the actor
@@ -292,11 +325,13 @@ async fn submit(
     Ok(written)
 }
 
-/// `?w=` (writes) and `?r=` (reads); see [`crate::consistency`].
+/// `?w=` (writes) and `?r=` (reads), see [`crate::consistency`]; `?ttl=`
+/// (writes, [`tally_protocol::ttl`]).
 #[derive(Debug, Default, Deserialize)]
 struct ConsistencyQuery {
     w: Option<String>,
     r: Option<String>,
+    ttl: Option<String>,
 }
 
 type ConsistencyParams = Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>;
@@ -309,6 +344,27 @@ fn wanted_replicas(
     param: &'static str,
 ) -> Result<usize, ApiError> {
     let Query(query) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    wanted_in(state, query, param)
+}
+
+/// A write's `?w=` replicas and `?ttl=` (400 for a bad value of either).
+fn write_options(
+    state: &ApiState,
+    params: ConsistencyParams,
+) -> Result<(usize, Option<Duration>), ApiError> {
+    let Query(mut query) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let ttl = (query.ttl.take())
+        .map(|ttl| tally_protocol::ttl::parse_ttl(&ttl))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((wanted_in(state, query, "w")?, ttl))
+}
+
+fn wanted_in(
+    state: &ApiState,
+    query: ConsistencyQuery,
+    param: &'static str,
+) -> Result<usize, ApiError> {
     let value = if param == "w" { query.w } else { query.r };
     let level = Level::parse_optional(param, value.as_deref())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -390,12 +446,13 @@ async fn get_default(
 ) -> Result<Json<ValueAnswer>, ApiError> {
     let wanted = wanted_replicas(&state, params, "r")?;
     let replicas = gather_read(&state, &default_name(), wanted).await?;
-    let value = state.replica.read().map.value(DEFAULT_COUNTER).unwrap_or(0);
+    let value = present_value(&state.replica.read().map, DEFAULT_COUNTER).unwrap_or(0);
     Ok(Json(ValueAnswer {
         value,
         node: state.node,
         replicas,
         replayed: false,
+        expires_at_ms: None,
     }))
 }
 
@@ -413,6 +470,7 @@ async fn write_default(
         node: answering_node(&state, &written),
         replicas,
         replayed: written.replayed,
+        expires_at_ms: written.expires_at_ms,
     }))
 }
 
@@ -427,8 +485,12 @@ async fn write_counter(
     op: fn(u64) -> Op,
 ) -> Result<(Written, usize), ApiError> {
     let amount = parse_amount(&body?)?;
-    let wanted = wanted_replicas(state, params, "w")?;
-    let written = submit(state, headers, LocalWrite::plain(name.clone(), op(amount))).await?;
+    let (wanted, ttl) = write_options(state, params)?;
+    let write = LocalWrite {
+        ttl,
+        ..LocalWrite::plain(name.clone(), op(amount))
+    };
+    let written = submit(state, headers, write).await?;
     let key = header_key(headers)?;
     let replicas = replicate_written(state, &[(name.clone(), key)], wanted).await?;
     Ok((written, replicas))
@@ -442,7 +504,12 @@ async fn get_named(
     let name = counter_name(&name)?;
     let wanted = wanted_replicas(&state, params, "r")?;
     let replicas = gather_read(&state, &name, wanted).await?;
-    let value = state.replica.read().map.value(name.as_str());
+    let (value, expires_at_ms) = {
+        let replica = state.replica.read();
+        let counter = replica.map.get(name.as_str());
+        let expiry = counter.and_then(crdt_core::PnCounter::expiry);
+        (present_value(&replica.map, name.as_str()), expiry)
+    };
     match value {
         Some(value) => Ok(Json(NamedAnswer {
             name: name.to_string(),
@@ -450,12 +517,106 @@ async fn get_named(
             node: state.node,
             replicas,
             replayed: false,
+            expires_at_ms,
         })),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("counter {name:?} was never written"),
-        )),
+        None => Err(not_found(&name)),
     }
+}
+
+/// A counter's value as reads see it: `None` when it was never written,
+/// was deleted, or is past its expiry on this node's clock (the sweep
+/// deletes it within [`crate::expiry::SWEEP_INTERVAL`]).
+pub fn present_value(map: &CounterMap, name: &str) -> Option<i128> {
+    if map.is_expired(name, now_ms()) {
+        return None;
+    }
+    map.value(name)
+}
+
+fn not_found(name: &CounterName) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("counter {name:?} does not exist (never written, deleted, or expired)"),
+    )
+}
+
+/// `DELETE /counters/{name}`: removes what this node holds of the counter
+/// (observed-remove: an increment it has not seen yet survives).
+async fn delete_named(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    params: ConsistencyParams,
+) -> Result<Json<DeletedAnswer>, ApiError> {
+    let name = counter_name(&name)?;
+    let wanted = wanted_replicas(&state, params, "w")?;
+    let delete = LifecycleOp::Remove(RemovalKind::Delete);
+    if state
+        .writer
+        .change_lifecycle(name.clone(), delete)
+        .await?
+        .is_none()
+    {
+        return Err(not_found(&name));
+    }
+    let replicas = replicate_written(&state, &[(name.clone(), None)], wanted).await?;
+    Ok(Json(DeletedAnswer {
+        name: name.to_string(),
+        deleted: true,
+        node: state.node,
+        replicas,
+    }))
+}
+
+/// `POST /counters/{name}/reset`: like a delete, but the counter reads 0.
+async fn reset_named(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    params: ConsistencyParams,
+) -> Result<Json<NamedAnswer>, ApiError> {
+    let name = counter_name(&name)?;
+    let wanted = wanted_replicas(&state, params, "w")?;
+    let reset = LifecycleOp::Remove(RemovalKind::Reset);
+    let Some(changed) = state.writer.change_lifecycle(name.clone(), reset).await? else {
+        return Err(not_found(&name));
+    };
+    let replicas = replicate_written(&state, &[(name.clone(), None)], wanted).await?;
+    Ok(Json(NamedAnswer {
+        name: name.to_string(),
+        value: changed.value.unwrap_or(0),
+        node: state.node,
+        replicas,
+        replayed: false,
+        expires_at_ms: None,
+    }))
+}
+
+/// `PUT /counters/{name}/ttl` with `{"ttl":"5m"}`: the counter expires
+/// that long from now (the latest expiry set anywhere wins).
+async fn set_ttl(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    params: ConsistencyParams,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ExpiryAnswer>, ApiError> {
+    let name = counter_name(&name)?;
+    let body = body?;
+    let TtlBody { ttl } = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::bad_request(r#"body must be {"ttl":"DURATION"} (500ms, 2s, 5m, 1h, 7d)"#)
+    })?;
+    let ttl =
+        tally_protocol::ttl::parse_ttl(&ttl).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let wanted = wanted_replicas(&state, params, "w")?;
+    let expire = LifecycleOp::ExpireIn(ttl);
+    let Some(changed) = state.writer.change_lifecycle(name.clone(), expire).await? else {
+        return Err(not_found(&name));
+    };
+    let replicas = replicate_written(&state, &[(name.clone(), None)], wanted).await?;
+    Ok(Json(ExpiryAnswer {
+        name: name.to_string(),
+        expires_at_ms: changed.expires_at_ms.unwrap_or(0),
+        node: state.node,
+        replicas,
+    }))
 }
 
 async fn write_named(
@@ -474,6 +635,7 @@ async fn write_named(
         node: answering_node(&state, &written),
         replicas,
         replayed: written.replayed,
+        expires_at_ms: written.expires_at_ms,
     }))
 }
 
@@ -489,8 +651,8 @@ async fn write_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body?;
-    let wanted = wanted_replicas(&state, params, "w")?;
-    let answer = batch_answer(&state, &body).await?;
+    let (wanted, ttl) = write_options(&state, params)?;
+    let answer = batch_answer(&state, &body, ttl).await?;
     // The counters it wrote (the body decoded once more, only for `w` > 1).
     let request: Option<BatchRequest> = (wanted > 1)
         .then(|| crdt_core::wire::decode(&body).ok())
@@ -528,7 +690,11 @@ async fn write_batch(
         .into_response())
 }
 
-async fn batch_answer(state: &ApiState, body: &[u8]) -> Result<BatchAnswer, ApiError> {
+async fn batch_answer(
+    state: &ApiState,
+    body: &[u8],
+    ttl: Option<Duration>,
+) -> Result<BatchAnswer, ApiError> {
     let request: BatchRequest = crdt_core::wire::decode(body)
         .map_err(|e| ApiError::bad_request(format!("body must be a postcard batch: {e}")))?;
     let count = request.items.len();
@@ -572,7 +738,7 @@ async fn batch_answer(state: &ApiState, body: &[u8]) -> Result<BatchAnswer, ApiE
                     Direction::Increment => Op::Increment(item.amount),
                     Direction::Decrement => Op::Decrement(item.amount),
                 };
-                writes.push(LocalWrite { name, op, key });
+                writes.push(LocalWrite { name, op, key, ttl });
                 positions.push(position);
             }
             Err(error) => results[position] = Some(refused(error)),
@@ -666,9 +832,11 @@ async fn list_counters(
         )));
     }
     let replica = state.replica.read();
+    let now = now_ms();
     let mut counters: Vec<PageEntry> = replica
         .map
         .page(&query.prefix, query.after.as_deref())
+        .filter(|(_, counter)| counter.expiry().is_none_or(|at| at > now))
         .take(limit + 1)
         .map(|(name, counter)| PageEntry {
             name: name.to_string(),
@@ -833,6 +1001,7 @@ async fn get_metrics(State(state): State<ApiState>) -> impl IntoResponse {
             actors: replica.map.summary().len(),
             entries: replica.map.entry_count(),
             keys: replica.map.key_count(),
+            removed: replica.map.removed_count(),
         }
     };
     let text = state.metrics.render(&state.node, size, peers);

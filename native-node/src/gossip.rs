@@ -307,6 +307,10 @@ pub struct Gossip<N: Network> {
     handshakes: Arc<Semaphore>,
     /// `Replicate`/`Fetch` requests waiting for answers (`consistency.rs`).
     requests: Requests,
+    /// Per member, the highest watermarks its `Pull`s reported (what it
+    /// holds everything up to): garbage collection's view of the cluster
+    /// ([`crate::garbage`]).
+    reports: Mutex<HashMap<String, Watermarks>>,
 }
 
 impl<N: Network> Gossip<N> {
@@ -344,7 +348,38 @@ impl<N: Network> Gossip<N> {
             inbound,
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
             requests: Requests::default(),
+            reports: Mutex::default(),
         })
+    }
+
+    /// Records the watermarks `peer` reported in a `Pull`. Joined with its
+    /// earlier reports: a full pull reports none, which says nothing.
+    fn record_report(&self, peer: &str, known: &Watermarks) {
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        match reports.get_mut(peer) {
+            Some(held) => held.raise_all(known),
+            None if known.is_empty() => {}
+            None => {
+                reports.insert(peer.to_owned(), known.clone());
+            }
+        }
+    }
+
+    /// Every member in the table (whatever its status; forgotten ones are
+    /// not) with the watermarks it reported, `None` before its first report.
+    /// Reports of forgotten members are dropped here.
+    pub fn member_reports(&self) -> Vec<(String, Option<Watermarks>)> {
+        let ids: Vec<String> = (self.members().peers().into_iter())
+            .map(|(record, _)| record.id)
+            .collect();
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        reports.retain(|id, _| ids.contains(id));
+        ids.into_iter()
+            .map(|id| {
+                let report = reports.get(&id).cloned();
+                (id, report)
+            })
+            .collect()
     }
 
     /// Makes partner choice reproducible (deterministic simulation tests).
@@ -555,6 +590,7 @@ impl<N: Network> Gossip<N> {
                 self.metrics.gossip_in.record(message.kind(), size);
                 match message {
                     Message::Pull { digest, known } => {
+                        self.record_report(peer, &known);
                         let mut answer = self.answer_pull(digest, known);
                         while let Some(reply) = answer.next_message(&self.replica) {
                             if reply_tx.send(reply).await.is_err() {
@@ -974,6 +1010,38 @@ impl<N: Network> Gossip<N> {
             }
             queued
         });
+    }
+
+    /// Pulls from every reachable member, asking for an answer even when
+    /// states agree (a digest that cannot match ours): the answer's last
+    /// chunk carries the member's watermarks, which advance ours (eager
+    /// deltas never do), and the pull reports ours to it. Garbage
+    /// collection needs both ([`crate::garbage`]). Costs what changed
+    /// since the last completed pull from each member.
+    pub fn refresh_watermarks(self: &Arc<Self>) {
+        let addrs: Vec<String> = (self.members().reachable().into_iter())
+            .map(|record| record.gossip_addr)
+            .collect();
+        for addr in addrs {
+            self.with_link(&addr, |link| {
+                let mut awaiting = lock_awaiting(&link.awaiting);
+                if awaiting.is_some() {
+                    return true;
+                }
+                let pull = match self.pull(false) {
+                    Message::Pull { digest, known } => Message::Pull {
+                        digest: !digest,
+                        known,
+                    },
+                    other => other,
+                };
+                let queued = link.offer(Outgoing::encode(&pull));
+                if queued {
+                    *awaiting = Some(Instant::now());
+                }
+                queued
+            });
+        }
     }
 
     /// Runs `enqueue` on the link to `addr` (opening it first if needed);

@@ -3,6 +3,8 @@ pub mod api;
 pub mod consistency;
 pub mod data_dir;
 pub mod dns_seeds;
+pub mod expiry;
+pub mod garbage;
 pub mod gossip;
 pub mod idempotency;
 pub mod identity;

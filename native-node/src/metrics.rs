@@ -76,6 +76,10 @@ pub struct Metrics {
     pub wal_bytes: AtomicU64,
     /// Snapshots taken.
     pub snapshots: AtomicU64,
+    /// Counters this node deleted because their expiry had passed.
+    pub expired: AtomicU64,
+    /// Removed counters dropped as garbage once every live member held the removal.
+    pub garbage_collected: AtomicU64,
     /// The HTTP server's connections (open, refused at the cap).
     pub http_connections: Arc<ConnectionStats>,
 }
@@ -92,6 +96,8 @@ pub struct StateSize {
     /// Idempotency keys held (within their window, or with a duplicate
     /// not yet cancelled).
     pub keys: usize,
+    /// Counters removed (deleted, reset, expired) and not yet dropped as garbage.
+    pub removed: usize,
 }
 
 /// Estimated memory per counter (name, map node, counter header).
@@ -135,7 +141,7 @@ impl Metrics {
                 let _ = writeln!(out, "tally_{name}{{node=\"{node}\"{labels}}} {value}");
             }
         };
-        let totals: [(&str, &str, &AtomicU64); 10] = [
+        let totals: [(&str, &str, &AtomicU64); 12] = [
             (
                 "increments_total",
                 "Local increments acknowledged.",
@@ -174,6 +180,16 @@ impl Metrics {
             ("wal_fsyncs_total", "WAL fsyncs.", &self.wal_fsyncs),
             ("wal_bytes_total", "WAL bytes written.", &self.wal_bytes),
             ("snapshots_total", "Snapshots taken.", &self.snapshots),
+            (
+                "expired_total",
+                "Counters this node deleted because their expiry had passed.",
+                &self.expired,
+            ),
+            (
+                "garbage_collected_total",
+                "Removed counters dropped as garbage once every live member held the removal.",
+                &self.garbage_collected,
+            ),
         ];
         for (name, help, value) in totals {
             put(
@@ -206,13 +222,18 @@ impl Metrics {
                 &bytes,
             );
         }
-        let gauges: [(&str, &str, u64); 7] = [
+        let gauges: [(&str, &str, u64); 8] = [
             (
                 "idempotency_keys",
                 "Idempotency keys held (each with the registrations of the nodes that applied it).",
                 state.keys as u64,
             ),
             ("counters", "Named counters held.", state.counters as u64),
+            (
+                "removed_counters",
+                "Counters removed (deleted, reset, expired) and not yet dropped as garbage.",
+                state.removed as u64,
+            ),
             (
                 "actors",
                 "Distinct actors (node incarnations) in the counter map.",
@@ -283,6 +304,7 @@ mod tests {
             actors: 2,
             entries: 15,
             keys: 0,
+            removed: 0,
         };
         let peers = PeerCounts {
             alive: 1,

@@ -60,6 +60,9 @@ pub struct NodeConfig {
     /// How long idempotency keys are kept: a retry with the same key within
     /// this long of the first attempt is answered from it, never applied twice.
     pub idempotency_window: Duration,
+    /// Time between garbage-collection rounds of removed counters
+    /// ([`crate::garbage`]).
+    pub gc_interval: Duration,
     /// The whole graceful stop (drain, in-flight requests, deregistration,
     /// final sync) must finish within this long, else the node gives up
     /// with an error (acknowledged writes are on disk either way).
@@ -276,6 +279,14 @@ pub async fn run(
         config.seeds.is_empty() && config.seed_dns.is_empty() && config.discovery.is_empty();
     let readiness = Arc::new(Readiness::new(alone_by_config, config.join_timeout));
     crate::idempotency::spawn_key_expiry(Arc::clone(&replica), config.idempotency_window);
+    crate::expiry::spawn(Arc::clone(&replica), writer.clone());
+    crate::garbage::spawn(
+        Arc::clone(&replica),
+        Arc::clone(&gossip),
+        Arc::clone(&metrics),
+        config.gc_interval,
+        config.idempotency_window,
+    );
     let watch = WatchHub::new();
     crate::replica::feed_watch(&replica, Arc::clone(&watch));
     watch.spawn(Arc::clone(&replica) as Arc<dyn CounterSource>);

@@ -119,13 +119,15 @@ impl tally_protocol::watch::CounterSource for Replica {
     fn values(&self, names: &[String]) -> Vec<(String, i128)> {
         let state = self.read();
         (names.iter())
-            .filter_map(|name| Some((name.clone(), state.map.value(name)?)))
+            .filter_map(|name| Some((name.clone(), crate::api::present_value(&state.map, name)?)))
             .collect()
     }
 
     fn page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(String, i128)> {
         let state = self.read();
+        let now = crate::writer::now_ms();
         (state.map.page(prefix, after))
+            .filter(|(_, counter)| counter.expiry().is_none_or(|at| at > now))
             .take(limit)
             .map(|(name, counter)| (name.as_str().to_owned(), counter.value()))
             .collect()

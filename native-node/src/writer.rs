@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use crdt_core::{
     ActorId, Change, CounterMap, CounterName, CrdtError, IdempotencyKey, KeyCheck, Op, PnCounter,
-    Registration, Watermarks,
+    Registration, RemovalKind, Watermarks,
 };
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -103,6 +103,9 @@ pub struct Written {
     /// True when a keyed write was applied before (here or on a peer) and
     /// this answer repeats the first one; nothing was applied now.
     pub replayed: bool,
+    /// The counter's expiry in force after the commit (ms since the Unix
+    /// epoch), if it has one.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// One local write as the API asks for it.
@@ -114,17 +117,43 @@ pub struct LocalWrite {
     pub op: Op,
     /// The client's idempotency key, if it gave one.
     pub key: Option<IdempotencyKey>,
+    /// `?ttl=`: the counter expires this long after the write (the same commit).
+    pub ttl: Option<Duration>,
 }
 
 impl LocalWrite {
-    /// A write without a key.
+    /// A write without a key or a ttl.
     pub fn plain(name: CounterName, op: Op) -> Self {
         LocalWrite {
             name,
             op,
             key: None,
+            ttl: None,
         }
     }
+}
+
+/// A change of a counter's lifecycle as the API asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleOp {
+    /// Delete or reset what this node holds of the counter (observed-remove).
+    Remove(RemovalKind),
+    /// The counter expires this long from now.
+    ExpireIn(Duration),
+}
+
+/// A durable lifecycle change: the counter as the commit left it, and the
+/// `(actor, seq)` that stamped the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleChanged {
+    /// The value after the commit, `None` once deleted.
+    pub value: Option<i128>,
+    /// The expiry in force after the commit, if any.
+    pub expires_at_ms: Option<u64>,
+    /// The actor that stamped the change.
+    pub actor: ActorId,
+    /// Its seq.
+    pub seq: u64,
 }
 
 /// How an operation is named in errors ("increment by 5").
@@ -136,6 +165,9 @@ pub fn describe_op(op: Op) -> String {
 }
 
 type Reply = oneshot::Sender<Result<Written, WriteError>>;
+/// `None`: the counter does not read as present here (never written,
+/// deleted, or expired).
+type LifecycleReply = oneshot::Sender<Result<Option<LifecycleChanged>, WriteError>>;
 
 enum Request {
     Local {
@@ -145,6 +177,18 @@ enum Request {
     /// Several local writes that must share one commit (`POST /batch`):
     /// one message, so the writer cannot split them between batches.
     Locals(Vec<Request>),
+    /// A delete, reset or new expiry of one counter.
+    Lifecycle {
+        name: CounterName,
+        op: LifecycleOp,
+        reply: LifecycleReply,
+    },
+    /// Counters the expiry sweep found past their expiry: each still past
+    /// it when stamped is deleted.
+    Expire {
+        names: Vec<CounterName>,
+        done: oneshot::Sender<()>,
+    },
     Remote {
         news: CounterMap,
         watermarks: Option<Watermarks>,
@@ -235,6 +279,36 @@ impl WriterHandle {
             outcomes.push(outcome);
         }
         outcomes
+    }
+
+    /// Deletes, resets or sets the expiry of counter `name` once the change
+    /// is durable; `Ok(None)` when the counter does not read as present
+    /// here (never written, deleted, or past its expiry).
+    pub async fn change_lifecycle(
+        &self,
+        name: CounterName,
+        op: LifecycleOp,
+    ) -> Result<Option<LifecycleChanged>, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::Lifecycle { name, op, reply })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Deletes each of `names` still past its expiry when the writer
+    /// stamps it ([`crate::expiry`]); returns once the commit is done.
+    pub async fn expire(&self, names: Vec<CounterName>) {
+        let (done, finished) = oneshot::channel();
+        if self
+            .queue
+            .send(Request::Expire { names, done })
+            .await
+            .is_ok()
+        {
+            let _ = finished.await;
+        }
     }
 
     /// Why the writer refuses writes now (a WAL failure, an incarnation that
@@ -376,13 +450,25 @@ enum Unsynced {
     Unchanged,
 }
 
-/// A local change that passed validation and waits for its fsync: a write
-/// (with its caller) or the cancellation of a duplicate (without).
+/// A local change that passed validation and waits for its fsync, and
+/// what is due once it is durable.
 struct Pending {
     change: Change,
-    /// The write, for the metrics; `None` for a cancellation.
-    op: Option<Op>,
-    reply: Option<Reply>,
+    answer: Answer,
+}
+
+/// Who a pending change answers, and how it counts.
+enum Answer {
+    /// A client's write (its op counts in the metrics).
+    Write { op: Op, reply: Reply },
+    /// A client's delete, reset or expiry.
+    Lifecycle(LifecycleReply),
+    /// The cancellation of a duplicate keyed write (no caller).
+    Cancellation,
+    /// The deletion of a counter past its expiry (no caller; counted).
+    Expiry,
+    /// The expiry a write's `?ttl=` set (answered with the write).
+    WriteTtl,
 }
 
 impl Writer {
@@ -523,17 +609,22 @@ impl Writer {
             }
             Err(error) => {
                 for p in pending {
-                    match p.reply {
-                        Some(reply) => {
+                    match p.answer {
+                        Answer::Write { reply, .. } => {
+                            let _ = reply.send(Err(WriteError::Storage(error.clone())));
+                        }
+                        Answer::Lifecycle(reply) => {
                             let _ = reply.send(Err(WriteError::Storage(error.clone())));
                         }
                         // A cancellation not made durable is made again.
-                        None => self.duplicates.extend(
+                        Answer::Cancellation => self.duplicates.extend(
                             p.change
                                 .registrations
                                 .into_iter()
                                 .map(|r| (p.change.name.clone(), r.key)),
                         ),
+                        // The next sweep finds the counter again.
+                        Answer::Expiry | Answer::WriteTtl => {}
                     }
                 }
                 // Refused whole (nothing of it buffered): earlier news waits on.
@@ -607,6 +698,9 @@ impl Writer {
             })
         });
         let mut seq = self.own_seq;
+        // One clock reading per batch: what "past its expiry" means here.
+        let now = now_ms();
+        let mut expiry_done = Vec::new();
         let mut touched: HashMap<CounterName, PnCounter> = HashMap::new();
         let mut keys_in_batch: HashMap<IdempotencyKey, ()> = HashMap::new();
         let mut pending = Vec::new();
@@ -646,10 +740,18 @@ impl Writer {
                     let counter = touched
                         .entry(name.clone())
                         .or_insert_with(|| working_copy(state.map.get(name.as_str())));
+                    // A write to a counter past its expiry starts it again
+                    // from zero: it is deleted first, in the same commit.
+                    if is_due(counter, now) {
+                        seq += 1;
+                        let removal =
+                            Change::removing(counter, &name, &actor, RemovalKind::Delete, now, seq);
+                        stage(counter, removal, Answer::Expiry, &mut records, &mut pending);
+                    }
                     match counter.prepare(actor.as_str(), write.op, seq + 1) {
                         Ok(entry) => {
                             seq += 1;
-                            let mut change = Change::entry(name, actor.clone(), entry);
+                            let mut change = Change::entry(name.clone(), actor.clone(), entry);
                             match &write.key {
                                 None => records.push((
                                     journal::KIND_LOCAL,
@@ -674,13 +776,87 @@ impl Writer {
                             counter.merge_entry(&actor, entry);
                             pending.push(Pending {
                                 change,
-                                op: Some(write.op),
-                                reply: Some(reply),
+                                answer: Answer::Write {
+                                    op: write.op,
+                                    reply,
+                                },
                             });
+                            if let Some(ttl) = write.ttl {
+                                seq += 1;
+                                let at = now.saturating_add(duration_ms(ttl));
+                                let expiry = Change::expiring(counter, &name, &actor, at, seq);
+                                stage(
+                                    counter,
+                                    expiry,
+                                    Answer::WriteTtl,
+                                    &mut records,
+                                    &mut pending,
+                                );
+                            }
                         }
                         Err(error) => {
                             self.metrics.rejected_ops.fetch_add(1, Relaxed);
                             let _ = reply.send(Err(error.into()));
+                        }
+                    }
+                }
+                Request::Lifecycle { name, op, reply } => {
+                    if let Some(reason) = &refused {
+                        let _ = reply.send(Err(WriteError::Storage(reason.clone())));
+                        continue;
+                    }
+                    let counter = touched
+                        .entry(name.clone())
+                        .or_insert_with(|| working_copy(state.map.get(name.as_str())));
+                    if is_due(counter, now) {
+                        // Gone already: deleted as the sweep would, and absent.
+                        seq += 1;
+                        let removal =
+                            Change::removing(counter, &name, &actor, RemovalKind::Delete, now, seq);
+                        stage(counter, removal, Answer::Expiry, &mut records, &mut pending);
+                        let _ = reply.send(Ok(None));
+                        continue;
+                    }
+                    if !counter.is_visible() {
+                        let _ = reply.send(Ok(None));
+                        continue;
+                    }
+                    seq += 1;
+                    let change = match op {
+                        LifecycleOp::Remove(kind) => {
+                            Change::removing(counter, &name, &actor, kind, now, seq)
+                        }
+                        LifecycleOp::ExpireIn(ttl) => {
+                            let at = now.saturating_add(duration_ms(ttl));
+                            Change::expiring(counter, &name, &actor, at, seq)
+                        }
+                    };
+                    let answer = Answer::Lifecycle(reply);
+                    stage(counter, change, answer, &mut records, &mut pending);
+                }
+                Request::Expire { names, done } => {
+                    expiry_done.push(done);
+                    if refused.is_some() {
+                        continue;
+                    }
+                    for name in names {
+                        let Some(held) = state.map.get(name.as_str()) else {
+                            continue;
+                        };
+                        let counter = touched
+                            .entry(name.clone())
+                            .or_insert_with(|| working_copy(Some(held)));
+                        if is_due(counter, now) {
+                            seq += 1;
+                            let removal = Change::removing(
+                                counter,
+                                &name,
+                                &actor,
+                                RemovalKind::Delete,
+                                now,
+                                seq,
+                            );
+                            stage(counter, removal, Answer::Expiry, &mut records, &mut pending);
                         }
                     }
                 }
@@ -740,10 +916,14 @@ impl Writer {
                 ));
                 pending.push(Pending {
                     change,
-                    op: None,
-                    reply: None,
+                    answer: Answer::Cancellation,
                 });
             }
+        }
+        // The sweep waits only for its turn, not for the fsync: it comes
+        // back for anything still past its expiry.
+        for done in expiry_done {
+            let _ = done.send(());
         }
         (pending, records)
     }
@@ -766,7 +946,10 @@ impl Writer {
             // registrations of its key, each with its origin's entry): a
             // replica that hears of the cancellation first would otherwise
             // count the key zero times until the winner reaches it.
-            for p in pending.iter().filter(|p| p.op.is_none()) {
+            let cancellations = pending
+                .iter()
+                .filter(|p| matches!(p.answer, Answer::Cancellation));
+            for p in cancellations {
                 for lost_to in state.map.precedents(&p.change) {
                     delta.merge_change(&lost_to);
                 }
@@ -774,11 +957,18 @@ impl Writer {
             // Every one of this actor's changes up to here is in the map.
             state.watermarks.raise(&actor, self.own_seq);
             for p in &pending {
-                values.push(state.map.value(p.change.name.as_str()).unwrap_or(0));
+                let counter = state.map.get(p.change.name.as_str());
+                values.push((
+                    state.map.value(p.change.name.as_str()),
+                    counter.and_then(PnCounter::expiry),
+                ));
             }
             // A peer's registration of the same key may have come in while
             // this batch was on its way to disk.
-            let keyed = pending.iter().filter(|p| p.op.is_some()).flat_map(|p| {
+            let writes = pending
+                .iter()
+                .filter(|p| matches!(p.answer, Answer::Write { .. }));
+            let keyed = writes.flat_map(|p| {
                 p.change
                     .registrations
                     .iter()
@@ -788,9 +978,24 @@ impl Writer {
                 .extend(state.map.duplicates_of(&actor, keyed));
         }
         self.replica.publish(delta, None);
-        for (p, value) in pending.into_iter().zip(values) {
-            let (Some(op), Some(reply)) = (p.op, p.reply) else {
-                continue;
+        for (p, (value, expires_at_ms)) in pending.into_iter().zip(values) {
+            let (op, reply) = match p.answer {
+                Answer::Write { op, reply } => (op, reply),
+                Answer::Lifecycle(reply) => {
+                    let changed = LifecycleChanged {
+                        value,
+                        expires_at_ms,
+                        actor: actor.clone(),
+                        seq: p.change.entry.seq,
+                    };
+                    let _ = reply.send(Ok(Some(changed)));
+                    continue;
+                }
+                Answer::Expiry => {
+                    self.metrics.expired.fetch_add(1, Relaxed);
+                    continue;
+                }
+                Answer::Cancellation | Answer::WriteTtl => continue,
             };
             let counter = match op {
                 Op::Increment(_) => &self.metrics.increments,
@@ -799,12 +1004,13 @@ impl Writer {
             counter.fetch_add(1, Relaxed);
             // A keyed write answers what its registration holds, the same
             // answer every replay gives.
-            let value = p.change.registrations.first().map_or(value, |r| r.value);
+            let value = (p.change.registrations.first()).map_or(value.unwrap_or(0), |r| r.value);
             let written = Written {
                 value,
                 actor: actor.clone(),
                 seq: p.change.entry.seq,
                 replayed: false,
+                expires_at_ms,
             };
             let _ = reply.send(Ok(written));
         }
@@ -922,6 +1128,7 @@ fn replay(registration: Registration) -> Written {
         actor: registration.origin,
         seq: registration.seq,
         replayed: true,
+        expires_at_ms: None,
     }
 }
 
@@ -939,8 +1146,37 @@ fn working_copy(counter: Option<&PnCounter>) -> PnCounter {
         .unwrap_or_default()
 }
 
+/// True when `counter` has an expiry in force at or before `now_ms`.
+fn is_due(counter: &PnCounter, now_ms: u64) -> bool {
+    counter.expiry().is_some_and(|at| at <= now_ms)
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Stamps a lifecycle change into the batch: onto the working copy (so
+/// later operations of the batch see it), into the log, and pending.
+fn stage(
+    counter: &mut PnCounter,
+    change: Change,
+    answer: Answer,
+    records: &mut Vec<(u8, Vec<u8>)>,
+    pending: &mut Vec<Pending>,
+) {
+    if let Some(lifecycle) = &change.lifecycle {
+        counter.merge_lifecycle(lifecycle);
+    }
+    counter.merge_entry(&change.actor, change.entry);
+    records.push((
+        journal::KIND_LOCAL_CHANGE,
+        journal::local_change_record(&change),
+    ));
+    pending.push(Pending { change, answer });
+}
+
 /// Wall clock in ms since the Unix epoch (0 if the clock is before it).
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| {
@@ -1366,11 +1602,71 @@ mod tests {
         assert_eq!(recovered(dir.path()).map.value("a"), Some(7));
     }
 
+    #[tokio::test]
+    async fn delete_reset_and_ttl_are_durable_and_a_write_after_expiry_starts_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started {
+            writer, metrics, ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
+        writer.write(name("d"), Op::Increment(5)).await.unwrap();
+        writer.write(name("r"), Op::Increment(7)).await.unwrap();
+        let delete = LifecycleOp::Remove(RemovalKind::Delete);
+        let deleted = writer.change_lifecycle(name("d"), delete).await.unwrap();
+        assert_eq!(deleted.map(|d| d.value), Some(None));
+        let again = writer.change_lifecycle(name("d"), delete).await.unwrap();
+        assert_eq!(again, None, "a deleted counter is absent");
+        let reset = LifecycleOp::Remove(RemovalKind::Reset);
+        let reset = writer.change_lifecycle(name("r"), reset).await.unwrap();
+        assert_eq!(reset.map(|r| r.value), Some(Some(0)));
+        assert_eq!(writer.write(name("d"), Op::Increment(2)).await.unwrap(), 2);
+
+        let with_ttl = LocalWrite {
+            ttl: Some(Duration::from_millis(1)),
+            ..LocalWrite::plain(name("t"), Op::Increment(3))
+        };
+        let written = writer.submit(with_ttl).await.unwrap();
+        assert!(written.expires_at_ms.is_some(), "{written:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let after = writer.submit(LocalWrite::plain(name("t"), Op::Increment(1)));
+        let after = after.await.unwrap();
+        assert_eq!((after.value, after.expires_at_ms), (1, None));
+        assert_eq!(metrics.expired.load(Relaxed), 1);
+        writer.shutdown().await;
+        let state = recovered(dir.path());
+        assert_eq!(
+            [
+                state.map.value("d"),
+                state.map.value("r"),
+                state.map.value("t")
+            ],
+            [Some(2), Some(0), Some(1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_sweep_deletes_only_what_is_past_its_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started {
+            writer, replica, ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
+        writer.write(name("a"), Op::Increment(1)).await.unwrap();
+        writer.write(name("b"), Op::Increment(1)).await.unwrap();
+        let soon = LifecycleOp::ExpireIn(Duration::from_millis(1));
+        let later = LifecycleOp::ExpireIn(Duration::from_secs(3600));
+        writer.change_lifecycle(name("a"), soon).await.unwrap();
+        writer.change_lifecycle(name("b"), later).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        writer.expire(vec![name("a"), name("b")]).await;
+        assert!(wait_for(|| replica.read().map.value("a").is_none()).await);
+        assert_eq!(replica.read().map.value("b"), Some(1));
+    }
+
     fn keyed(counter: &str, op: Op, key: &str) -> LocalWrite {
         LocalWrite {
             name: name(counter),
             op,
             key: Some(IdempotencyKey::new(key).unwrap()),
+            ttl: None,
         }
     }
 

@@ -46,6 +46,7 @@ pub mod node_id;
 pub mod probes;
 #[cfg(feature = "auth")]
 pub mod request_auth;
+pub mod ttl;
 #[cfg(feature = "http")]
 pub mod watch;
 

@@ -15,6 +15,10 @@
 //! event: counter             then one per change
 //! id: 7d1f…-42
 //! data: {"name":"a","value":4}
+//!
+//! event: deleted             a counter that no longer reads as present
+//! id: 7d1f…-43               (deleted, or past its expiry)
+//! data: {"name":"a"}
 //! ```
 //!
 //! One [`WatchHub`] per process collects the names of changed counters and,
@@ -49,7 +53,8 @@ const CLIENT_QUEUE: usize = 256;
 
 /// Where values come from: a node's replica, or a gateway's merged view.
 pub trait CounterSource: Send + Sync + 'static {
-    /// Current values of these counters (a counter without one is left out).
+    /// Current values of these counters (a counter without one, never
+    /// written, deleted or expired, is left out: its change is a `deleted` event).
     fn values(&self, names: &[String]) -> Vec<(String, i128)>;
     /// Up to `limit` counters starting with `prefix`, after `after`, in name order.
     fn page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(String, i128)>;
@@ -82,8 +87,9 @@ pub struct WatchEvent {
     pub seq: u64,
     /// The counter.
     pub name: String,
-    /// Its value when the event was made.
-    pub value: i128,
+    /// Its value when the event was made; `None` once it no longer reads
+    /// as present (deleted or expired): an `event: deleted`.
+    pub value: Option<i128>,
 }
 
 /// What goes out to every client at each flush.
@@ -130,7 +136,7 @@ struct Buffer {
 
 impl Buffer {
     /// Numbers and keeps `values`, dropping the oldest beyond `capacity`.
-    fn push(&mut self, values: Vec<(String, i128)>, capacity: usize) -> Vec<WatchEvent> {
+    fn push(&mut self, values: Vec<(String, Option<i128>)>, capacity: usize) -> Vec<WatchEvent> {
         let made: Vec<WatchEvent> = values
             .into_iter()
             .map(|(name, value)| {
@@ -257,7 +263,15 @@ impl WatchHub {
         if names.is_empty() {
             return;
         }
-        let values = source.values(&names);
+        // A changed counter without a value is gone (deleted or expired).
+        let present: std::collections::HashMap<String, i128> =
+            source.values(&names).into_iter().collect();
+        let values: Vec<(String, Option<i128>)> = (names.into_iter())
+            .map(|name| {
+                let value = present.get(&name).copied();
+                (name, value)
+            })
+            .collect();
         // Numbered, kept and sent under one lock, so a client that looks at
         // the buffer right after subscribing misses nothing in between.
         let mut buffer = lock(&self.buffer);
@@ -418,11 +432,15 @@ fn json(value: &impl Serialize) -> String {
 }
 
 fn counter_event(event: &WatchEvent, id: Option<EventId>) -> Event {
-    let data = json(&CounterValue {
-        name: &event.name,
-        value: event.value,
-    });
-    let sse = Event::default().event("counter").data(data);
+    let sse = match event.value {
+        Some(value) => Event::default().event("counter").data(json(&CounterValue {
+            name: &event.name,
+            value,
+        })),
+        None => Event::default()
+            .event("deleted")
+            .data(json(&serde_json::json!({ "name": event.name }))),
+    };
     match id {
         Some(id) => sse.id(id.to_string()),
         None => sse,
@@ -433,8 +451,8 @@ fn counter_event(event: &WatchEvent, id: Option<EventId>) -> Event {
 mod tests {
     use super::*;
 
-    fn values(names: &[&str]) -> Vec<(String, i128)> {
-        names.iter().map(|n| (n.to_string(), 1)).collect()
+    fn values(names: &[&str]) -> Vec<(String, Option<i128>)> {
+        names.iter().map(|n| (n.to_string(), Some(1))).collect()
     }
 
     #[test]

@@ -1,0 +1,346 @@
+//! Counter lifecycle over real processes: delete (observed-remove across a
+//! partition), reset, expiry, delete-then-recreate across restarts and
+//! snapshots, and garbage collection of deleted counters.
+mod common;
+
+use std::time::Duration;
+
+use common::{http, status_and_json, wait_until, Cluster, NodeProcess};
+use serde_json::Value;
+
+/// Generous for loopback gossip at 100 ms rounds.
+const CONVERGE: Duration = Duration::from_secs(15);
+
+async fn delete(node: &NodeProcess, name: &str) -> (u16, Value) {
+    let response = http()
+        .delete(node.url(&format!("/counters/{name}")))
+        .send()
+        .await
+        .expect("DELETE");
+    status_and_json(response).await
+}
+
+async fn increment(node: &NodeProcess, name: &str, amount: u64) -> (u16, Value) {
+    let body = format!(r#"{{"amount": {amount}}}"#);
+    node.post(&format!("/counters/{name}/increment"), &body)
+        .await
+}
+
+async fn peers_alive(cluster: &Cluster, alive: i64) {
+    for node in &cluster.nodes {
+        let all_seen = wait_until(CONVERGE, || async {
+            node.get_json("/health").await["peers_alive"] == alive
+        })
+        .await;
+        assert!(all_seen, "{} never saw {alive} peers alive", node.id);
+    }
+}
+
+/// Waits until no node has counter `name` (404 everywhere).
+async fn gone_everywhere(cluster: &Cluster, name: &str) -> bool {
+    wait_until(CONVERGE, || async {
+        for node in &cluster.nodes {
+            if node.get(&format!("/counters/{name}")).await.0 != 404 {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+}
+
+async fn partition(node: &NodeProcess, peers: &str) {
+    let body = format!(r#"{{"peers": {peers}}}"#);
+    assert_eq!(node.post("/admin/partition", &body).await.0, 200);
+}
+
+async fn heal(node: &NodeProcess) {
+    let healed = http()
+        .delete(node.url("/admin/partition"))
+        .send()
+        .await
+        .expect("heal");
+    assert!(healed.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_removes_what_it_saw_and_keeps_the_partitioned_nodes_unseen_increments() {
+    let cluster = Cluster::start(3, &["--allow-fault-injection"]).await;
+    let [n1, n2, n3] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    peers_alive(&cluster, 2).await;
+    assert_eq!(increment(n1, "x", 5).await.0, 200);
+    assert!(cluster.converge(Some("x"), 5, CONVERGE).await);
+
+    partition(n3, r#"["n1", "n2"]"#).await;
+    for _ in 0..7 {
+        assert_eq!(increment(n3, "x", 1).await.0, 200);
+    }
+    let (status, answer) = delete(n1, "x").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["deleted"], true);
+    assert_eq!(answer["name"], "x");
+    let gone_on_n2 = wait_until(CONVERGE, || async { n2.get("/counters/x").await.0 == 404 }).await;
+    assert!(gone_on_n2, "n2 still reads the deleted counter");
+    assert_eq!(n3.named("x").await, Some(12), "n3 heard nothing");
+
+    heal(n3).await;
+    assert!(
+        cluster.converge(Some("x"), 7, CONVERGE).await,
+        "every node must read exactly n3's 7 unseen increments"
+    );
+    let (status, _) = delete(n2, "never-written").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_counter_is_gone_everywhere_and_a_later_write_starts_from_zero() {
+    let cluster = Cluster::start(3, &[]).await;
+    let [n1, n2, _] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    peers_alive(&cluster, 2).await;
+
+    let (status, answer) = n1.post("/counters/t/increment?ttl=5x", "").await;
+    assert_eq!(status, 400);
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(error.contains("500ms, 2s, 5m, 1h, 7d"), "{error}");
+    assert_eq!(n1.post("/counters/t/increment?ttl=0s", "").await.0, 400);
+    assert_eq!(n1.post("/counters/t/increment?ttl=400d", "").await.0, 400);
+
+    let (status, answer) = n1.post("/counters/t/increment?ttl=2s&w=all", "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["replicas"], 3, "{answer}");
+    assert!(answer["expires_at_ms"].as_u64().is_some(), "{answer}");
+    assert_eq!(increment(n1, "kept", 1).await.0, 200);
+    assert!(cluster.converge(Some("t"), 1, CONVERGE).await);
+    assert!(
+        gone_everywhere(&cluster, "t").await,
+        "t never expired everywhere"
+    );
+    for node in &cluster.nodes {
+        let listing = node.get_json("/counters").await;
+        let names: Vec<&str> = (listing["counters"].as_array().expect("counters").iter())
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["kept"], "{} lists {names:?}", node.id);
+    }
+    let counted = wait_until(CONVERGE, || async {
+        let mut expired = 0;
+        for node in &cluster.nodes {
+            expired += node.metric("tally_expired_total", "").await;
+        }
+        expired >= 1
+    })
+    .await;
+    assert!(counted, "no node's sweep deleted the expired counter");
+
+    let (status, answer) = increment(n2, "t", 3).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["value"], 3, "a write after expiry starts from zero");
+    assert!(answer.get("expires_at_ms").is_none(), "{answer}");
+    assert!(cluster.converge(Some("t"), 3, CONVERGE).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_reads_zero_everywhere_and_counts_on_from_there() {
+    let cluster = Cluster::start(3, &[]).await;
+    let [n1, n2, n3] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    peers_alive(&cluster, 2).await;
+    assert_eq!(increment(n1, "r", 9).await.0, 200);
+    assert_eq!(increment(n3, "r", 1).await.0, 200);
+    assert!(cluster.converge(Some("r"), 10, CONVERGE).await);
+    let (status, answer) = n2.post("/counters/r/reset?w=all", "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["name"].clone(), answer["value"].clone()),
+        ("r".into(), 0.into())
+    );
+    assert_eq!(answer["replicas"], 3, "?w=all waits for every replica");
+    assert!(cluster.converge(Some("r"), 0, CONVERGE).await);
+    assert_eq!(increment(n3, "r", 2).await.0, 200);
+    assert!(cluster.converge(Some("r"), 2, CONVERGE).await);
+    assert_eq!(n1.post("/counters/absent/reset", "").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ttl_set_later_expires_the_counter() {
+    let cluster = Cluster::start(1, &[]).await;
+    let n1 = &cluster.nodes[0];
+    assert_eq!(increment(n1, "p", 4).await.0, 200);
+    let put = |body: &'static str| http().put(n1.url("/counters/p/ttl")).body(body).send();
+    let (status, _) = status_and_json(put(r#"{"ttl":"soon"}"#).await.unwrap()).await;
+    assert_eq!(status, 400);
+    let (status, answer) = status_and_json(put(r#"{"ttl":"500ms"}"#).await.unwrap()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["expires_at_ms"].as_u64().is_some(), "{answer}");
+    assert!(gone_everywhere(&cluster, "p").await);
+    let (status, _) = status_and_json(put(r#"{"ttl":"5m"}"#).await.unwrap()).await;
+    assert_eq!(status, 404, "an expired counter has no ttl to set");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_then_recreated_counter_survives_restarts_and_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args: Vec<String> = ["--snapshot-bytes", "8192", "--segment-bytes", "4096"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut node = NodeProcess::start("n1", &dir.path().join("n1"), &args);
+    node.wait_ready().await;
+    assert_eq!(increment(&node, "x", 5).await.0, 200);
+    assert_eq!(delete(&node, "x").await.0, 200);
+    node.restart();
+    node.wait_ready().await;
+    assert_eq!(
+        node.get("/counters/x").await.0,
+        404,
+        "deleted before a restart"
+    );
+
+    assert_eq!(increment(&node, "x", 2).await.0, 200);
+    // Other writes until snapshots cover the delete and the recreation.
+    let mut filler = 0;
+    while node.metric("tally_snapshots_total", "").await < 2 {
+        assert!(filler < 20_000, "{filler} writes and still no 2 snapshots");
+        let url = node.url(&format!("/counters/filler-{filler}/increment"));
+        let writes = (0..16).map(|_| common::post_to(&url, ""));
+        for (status, answer) in futures_util::future::join_all(writes).await {
+            assert_eq!(status, 200, "a filler write: {answer}");
+        }
+        filler += 16;
+    }
+    node.restart();
+    node.wait_ready().await;
+    assert_eq!(
+        node.named("x").await,
+        Some(2),
+        "recreated, after a snapshot"
+    );
+    assert_eq!(delete(&node, "x").await.0, 200);
+    node.restart();
+    node.wait_ready().await;
+    assert_eq!(node.get("/counters/x").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_counters_are_collected_on_every_node_and_never_come_back() {
+    let mut cluster = Cluster::start(3, &["--gc-interval", "200ms"]).await;
+    peers_alive(&cluster, 2).await;
+    const COUNTERS: usize = 100;
+    for i in 0..COUNTERS {
+        let node = &cluster.nodes[i % 3];
+        assert_eq!(increment(node, &format!("g-{i}"), 1).await.0, 200);
+    }
+    assert!(
+        cluster
+            .converge(Some(&format!("g-{}", COUNTERS - 1)), 1, CONVERGE)
+            .await
+    );
+    for i in 0..COUNTERS {
+        let (status, answer) = delete(&cluster.nodes[0], &format!("g-{i}")).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    for node in &cluster.nodes {
+        let collected = wait_until(CONVERGE, || async {
+            node.metric("tally_garbage_collected_total", "").await >= COUNTERS as u64
+                && node.metric("tally_removed_counters", "").await == 0
+        })
+        .await;
+        assert!(
+            collected,
+            "{} did not collect the deleted counters",
+            node.id
+        );
+    }
+    for node in &mut cluster.nodes {
+        node.restart();
+    }
+    for node in &cluster.nodes {
+        node.wait_ready().await;
+    }
+    peers_alive(&cluster, 2).await;
+    // A few gossip rounds for anything stale to come back, if it could.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for node in &cluster.nodes {
+        let listing = node.get_json("/counters?prefix=g-").await;
+        assert_eq!(listing["counters"], Value::Array(vec![]), "{}", node.id);
+        assert_eq!(node.get("/counters/g-0").await.0, 404);
+        // The log replays the deletes; they are collected again.
+        let empty = wait_until(CONVERGE, || async {
+            node.metric("tally_counters", "").await == 0
+        })
+        .await;
+        assert!(empty, "{} holds deleted counters again", node.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_proxies_lifecycle_routes_and_reads_deleted_or_expired_counters_as_absent() {
+    let cluster = Cluster::start(2, &[]).await;
+    peers_alive(&cluster, 1).await;
+    let gateway = common::GatewayProcess::start(&cluster.nodes, None).await;
+    let counter_status = |name: &'static str| {
+        let gateway = &gateway;
+        async move { gateway.get(&format!("/counters/{name}")).await.0 }
+    };
+    assert_eq!(gateway.post("/counters/d/increment", "").await.0, 200);
+    assert_eq!(gateway.post("/counters/r/increment", "").await.0, 200);
+    let response = http()
+        .delete(gateway.url("/counters/d"))
+        .send()
+        .await
+        .expect("DELETE");
+    let (status, answer) = status_and_json(response).await;
+    assert_eq!((status, answer["deleted"].clone()), (200, true.into()));
+    let (status, answer) = gateway.post("/counters/r/reset", "").await;
+    assert_eq!((status, answer["value"].clone()), (200, 0.into()));
+    let (status, answer) = gateway.post("/counters/t/increment?ttl=1s", "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["expires_at_ms"].as_u64().is_some(), "{answer}");
+    let response = http()
+        .put(gateway.url("/counters/r/ttl"))
+        .body(r#"{"ttl":"1h"}"#)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(status_and_json(response).await.0, 200);
+
+    let absent = wait_until(CONVERGE, || async {
+        counter_status("d").await == 404 && counter_status("t").await == 404
+    })
+    .await;
+    assert!(
+        absent,
+        "the gateway still reads a deleted or expired counter"
+    );
+    assert_eq!(gateway.get("/counters/r").await.1["value"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_sees_a_deleted_counter_as_a_deleted_event() {
+    let cluster = Cluster::start(1, &[]).await;
+    let n1 = &cluster.nodes[0];
+    assert_eq!(increment(n1, "w", 1).await.0, 200);
+    let mut stream = http()
+        .get(n1.url("/watch?prefix=w"))
+        .send()
+        .await
+        .expect("GET /watch");
+    assert_eq!(stream.status(), 200);
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let mut deleted = false;
+    while !text.contains("event: deleted\n") {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("no deleted event in time")
+            .expect("stream broke")
+            .expect("stream ended");
+        text.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        // Delete once the snapshot is out, so the event comes live.
+        if !deleted && text.contains("event: live") {
+            assert_eq!(delete(n1, "w").await.0, 200);
+            deleted = true;
+        }
+    }
+    let event = &text[text.find("event: deleted\n").unwrap_or(0)..];
+    assert!(event.contains(r#"data: {"name":"w"}"#), "{event}");
+}
