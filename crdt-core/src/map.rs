@@ -619,10 +619,9 @@ impl CounterMap {
     /// lifecycle), and what removals left dead in counters written again
     /// (entries wholly removed, dead keys, the lifecycle), in counters that
     /// every live replica is known to hold as they are here: every seq in
-    /// them is at most
-    /// `seen_by_all`. The caller also vouches that it holds everything
+    /// them is at most `seen_by_all`. The caller also vouches that it holds everything
     /// those replicas held when they reported it (see ARCHITECTURE.md,
-    /// "Counter lifecycle"), so nothing written before a removal can still
+    /// "Counter lifecycle on the node"), so nothing written before a removal can still
     /// arrive above it. Keys stay for their window: a counter holding a key
     /// registered at or after `keys_before_ms` is left as it is. Looks at
     /// no more than `budget` removed counters (resuming after `after`);
