@@ -299,10 +299,10 @@ fn header_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
 /// writer answers a key it already holds from its registration.
 async fn submit(
     state: &ApiState,
-    headers: &HeaderMap,
+    key: Option<IdempotencyKey>,
     write: LocalWrite,
 ) -> Result<Written, ApiError> {
-    let Some(key) = header_key(headers)? else {
+    let Some(key) = key else {
         let _creation = admit(state, &write.name)?;
         return Ok(state.writer.submit(write).await?);
     };
@@ -490,8 +490,8 @@ async fn write_counter(
         ttl,
         ..LocalWrite::plain(name.clone(), op(amount))
     };
-    let written = submit(state, headers, write).await?;
     let key = header_key(headers)?;
+    let written = submit(state, key.clone(), write).await?;
     let replicas = replicate_written(state, &[(name.clone(), key)], wanted).await?;
     Ok((written, replicas))
 }

@@ -26,7 +26,7 @@
 //! registration (a replay) and applies nothing. A registration of this
 //! actor that lost to another of its key is cancelled by the next batch, as
 //! soon as the news that shows it (or the write that made it) is in.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -702,7 +702,7 @@ impl Writer {
         let now = now_ms();
         let mut expiry_done = Vec::new();
         let mut touched: HashMap<CounterName, PnCounter> = HashMap::new();
-        let mut keys_in_batch: HashMap<IdempotencyKey, ()> = HashMap::new();
+        let mut keys_in_batch: HashSet<IdempotencyKey> = HashSet::new();
         let mut pending = Vec::new();
         let mut records = Vec::with_capacity(batch.len());
         // Keys of peers' registrations in the news: this actor's own
@@ -718,7 +718,7 @@ impl Writer {
                     if let Some(key) = &write.key {
                         let check = state.map.check_key(key, &write.name, write.op);
                         let answered = match check {
-                            KeyCheck::New if keys_in_batch.insert(key.clone(), ()).is_some() => {
+                            KeyCheck::New if !keys_in_batch.insert(key.clone()) => {
                                 Some(Err(WriteError::KeyInFlight(key.to_string())))
                             }
                             KeyCheck::New => None,
