@@ -511,20 +511,24 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn records_and_snapshots_of_keyed_writes_before_lifecycle_are_still_read() {
+    /// [`news`] plus one keyed write (key `order-1`) of `amount` on `name`.
+    fn news_and_a_keyed_write(
+        name: &str,
+        amount: u64,
+        at_ms: u64,
+    ) -> (CounterMap, ActorId, crdt_core::KeyedWrite) {
         let actor = ActorId::new("node-0~inc").unwrap();
         let key = crdt_core::IdempotencyKey::new("order-1").unwrap();
         let mut map = news(20, 1);
-        let keyed = map
-            .apply_keyed(
-                &actor,
-                &CounterName::new("k").unwrap(),
-                crdt_core::Op::Increment(4),
-                &key,
-                1,
-            )
-            .unwrap();
+        let name = CounterName::new(name).unwrap();
+        let op = crdt_core::Op::Increment(amount);
+        let keyed = map.apply_keyed(&actor, &name, op, &key, at_ms).unwrap();
+        (map, actor, keyed)
+    }
+
+    #[test]
+    fn records_and_snapshots_of_keyed_writes_before_lifecycle_are_still_read() {
+        let (map, actor, keyed) = news_and_a_keyed_write("k", 4, 1);
         // Written before runs: every entry's run reads 0.
         let mut expected = CounterMap::new();
         for (name, counter) in map.counters() {
@@ -608,18 +612,7 @@ mod tests {
 
     #[test]
     fn registrations_survive_snapshots_and_local_change_records() {
-        let actor = ActorId::new("node-0~inc").unwrap();
-        let key = crdt_core::IdempotencyKey::new("order-1").unwrap();
-        let mut map = news(20, 1);
-        let keyed = map
-            .apply_keyed(
-                &actor,
-                &CounterName::new("z").unwrap(),
-                crdt_core::Op::Increment(3),
-                &key,
-                7,
-            )
-            .unwrap();
+        let (map, actor, keyed) = news_and_a_keyed_write("z", 3, 7);
         let state = from_snapshot(&snapshot(&replica_of(map.clone())));
         assert_eq!(state.map, map, "entries and registrations");
         assert_eq!(state.map.key_count(), 1);

@@ -742,12 +742,12 @@ impl Writer {
                         .or_insert_with(|| working_copy(state.map.get(name.as_str())));
                     // A write to a counter past its expiry starts it again
                     // from zero: it is deleted first, in the same commit.
-                    if is_due(counter, now) {
-                        seq += 1;
-                        let removal =
-                            Change::removing(counter, &name, &actor, RemovalKind::Delete, now, seq);
-                        stage(counter, removal, Answer::Expiry, &mut records, &mut pending);
-                    }
+                    let due = Due {
+                        name: &name,
+                        actor: &actor,
+                        now,
+                    };
+                    due.delete(counter, &mut seq, &mut records, &mut pending);
                     match counter.prepare(actor.as_str(), write.op, seq + 1) {
                         Ok(entry) => {
                             seq += 1;
@@ -808,12 +808,13 @@ impl Writer {
                     let counter = touched
                         .entry(name.clone())
                         .or_insert_with(|| working_copy(state.map.get(name.as_str())));
-                    if is_due(counter, now) {
+                    let due = Due {
+                        name: &name,
+                        actor: &actor,
+                        now,
+                    };
+                    if due.delete(counter, &mut seq, &mut records, &mut pending) {
                         // Gone already: deleted as the sweep would, and absent.
-                        seq += 1;
-                        let removal =
-                            Change::removing(counter, &name, &actor, RemovalKind::Delete, now, seq);
-                        stage(counter, removal, Answer::Expiry, &mut records, &mut pending);
                         let _ = reply.send(Ok(None));
                         continue;
                     }
@@ -1149,6 +1150,34 @@ fn working_copy(counter: Option<&PnCounter>) -> PnCounter {
 /// True when `counter` has an expiry in force at or before `now_ms`.
 fn is_due(counter: &PnCounter, now_ms: u64) -> bool {
     counter.expiry().is_some_and(|at| at <= now_ms)
+}
+
+/// A counter of the batch that may be past its expiry at `now`.
+struct Due<'a> {
+    name: &'a CounterName,
+    actor: &'a ActorId,
+    now: u64,
+}
+
+impl Due<'_> {
+    /// Deletes the counter into the batch, as the sweep would, when it is
+    /// past its expiry; true when it did.
+    fn delete(
+        &self,
+        counter: &mut PnCounter,
+        seq: &mut u64,
+        records: &mut Vec<(u8, Vec<u8>)>,
+        pending: &mut Vec<Pending>,
+    ) -> bool {
+        if !is_due(counter, self.now) {
+            return false;
+        }
+        *seq += 1;
+        let kind = RemovalKind::Delete;
+        let removal = Change::removing(counter, self.name, self.actor, kind, self.now, *seq);
+        stage(counter, removal, Answer::Expiry, records, pending);
+        true
+    }
 }
 
 fn duration_ms(duration: Duration) -> u64 {
