@@ -612,7 +612,7 @@ mod tests {
 
     #[test]
     fn registrations_survive_snapshots_and_local_change_records() {
-        let (map, actor, keyed) = news_and_a_keyed_write("z", 3, 7);
+        let (map, _, keyed) = news_and_a_keyed_write("z", 3, 7);
         let state = from_snapshot(&snapshot(&replica_of(map.clone())));
         assert_eq!(state.map, map, "entries and registrations");
         assert_eq!(state.map.key_count(), 1);
