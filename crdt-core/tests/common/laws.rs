@@ -437,3 +437,34 @@ pub fn hostile_entries_obey_the_laws(replicas: usize, entries: &[HostileEntry], 
     }
     assert_map_consistent(&union);
 }
+
+/// Merge is commutative, associative and idempotent over every window of
+/// three consecutive `states`, reads agree whichever way two are merged,
+/// and the wire keeps everything (registrations, lifecycles).
+pub fn merge_laws_hold_over(states: &[CounterMap]) {
+    let merged = |a: &CounterMap, b: &CounterMap| {
+        let mut out = a.clone();
+        out.merge(b);
+        out
+    };
+    let reads = |map: &CounterMap| -> Vec<(String, Option<i128>)> {
+        map.counters()
+            .map(|(name, _)| (name.to_string(), map.value(name.as_str())))
+            .collect()
+    };
+    for window in states.windows(3) {
+        let [a, b, c] = window else { continue };
+        assert_eq!(merged(a, b), merged(b, a), "merge commutes");
+        assert_eq!(
+            merged(&merged(a, b), c),
+            merged(a, &merged(b, c)),
+            "merge associates"
+        );
+        assert_eq!(merged(a, a), *a, "merge is idempotent");
+        let ab = merged(a, b);
+        assert_eq!(reads(&ab), reads(&merged(b, a)));
+        let decoded: CounterMap = wire::decode(&wire::encode(&ab)).expect("round trip");
+        assert_eq!(decoded, ab, "the wire keeps registrations and lifecycles");
+        assert_eq!(decoded.digest(), ab.digest());
+    }
+}
