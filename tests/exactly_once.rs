@@ -45,6 +45,13 @@ async fn keyed(url: &str, key: &str, body: &str) -> (u16, Value) {
         .unwrap_or_else(|e| panic!("POST {url} with key {key:?}: no answer: {e}"))
 }
 
+/// A retry of `key` on `url` is answered 200 from the key, marked replayed.
+async fn assert_replays(url: &str, key: &str, body: &str, context: &str) {
+    let (status, replay) = keyed(url, key, body).await;
+    assert_eq!(status, 200, "{context}: {replay}");
+    assert_eq!(replay["replayed"], true, "{context}: {replay}");
+}
+
 /// A JSON `{"amount": n}` body.
 fn amount(n: u64) -> String {
     format!(r#"{{"amount": {n}}}"#)
@@ -233,9 +240,7 @@ async fn a_write_whose_node_died_after_its_fsync_and_was_retried_elsewhere_count
         n1.wait_ready().await;
         assert_settles(&cluster.nodes, "once", AMOUNT, "n1 back after its crash").await;
         // Nothing was left in flight that could still land twice.
-        let (status, replay) = keyed(&url(&cluster.nodes[2]), KEY, &body).await;
-        assert_eq!(status, 200, "a later retry on n3: {replay}");
-        assert_eq!(replay["replayed"], true, "a later retry on n3: {replay}");
+        assert_replays(&url(&cluster.nodes[2]), KEY, &body, "a later retry on n3").await;
         assert_converges(&cluster.nodes, "once", AMOUNT, "after a later retry").await;
     })
     .await;
@@ -275,9 +280,7 @@ async fn a_write_applied_by_a_partitioned_node_and_retried_elsewhere_counts_once
 
         heal(n1).await;
         assert_settles(&cluster.nodes, "once", -AMOUNT, "after the heal").await;
-        let (status, replay) = keyed(&url(n3), KEY, &body).await;
-        assert_eq!(status, 200, "a later retry on n3: {replay}");
-        assert_eq!(replay["replayed"], true, "a later retry on n3: {replay}");
+        assert_replays(&url(n3), KEY, &body, "a later retry on n3").await;
         assert_converges(&cluster.nodes, "once", -AMOUNT, "after a later retry").await;
     })
     .await;
@@ -370,12 +373,8 @@ async fn the_same_key_with_another_write_is_refused_with_422_and_applies_nothing
             assert_eq!(node.value().await, 0, "the default counter on {}", node.id);
         }
         // And the key still replays its own write.
-        let (status, replay) = keyed(&n2.url("/counters/c/increment"), KEY, &amount(3)).await;
-        assert_eq!(status, 200, "the original write again on n2: {replay}");
-        assert_eq!(
-            replay["replayed"], true,
-            "the original write again on n2: {replay}"
-        );
+        let again = n2.url("/counters/c/increment");
+        assert_replays(&again, KEY, &amount(3), "the original write again on n2").await;
         assert_converges(&cluster.nodes, "c", 3, "after the refusals").await;
     })
     .await;

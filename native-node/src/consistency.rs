@@ -238,6 +238,39 @@ struct Registered<'a> {
     answers: mpsc::UnboundedReceiver<Answer>,
 }
 
+impl Registered<'_> {
+    /// Waits until `wanted` replicas (this node included) answered, or
+    /// `timeout`; `first` handles each member's first answer. Returns how
+    /// many replicas were reached.
+    async fn quorum<F: std::future::Future<Output = ()>>(
+        &mut self,
+        wanted: usize,
+        timeout: Duration,
+        mut first: impl FnMut(Answer) -> F,
+    ) -> Result<usize, QuorumError> {
+        let mut tally = Tally::new();
+        let waited = tokio::time::timeout(timeout, async {
+            while tally.reached() < wanted {
+                let Some(answer) = self.answers.recv().await else {
+                    return;
+                };
+                if tally.add(&answer.from) {
+                    first(answer).await;
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(()) if tally.reached() >= wanted => Ok(tally.reached()),
+            _ => Err(QuorumError::TimedOut {
+                reached: tally.reached(),
+                wanted,
+                timeout,
+            }),
+        }
+    }
+}
+
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.requests.lock().remove(&self.id);
@@ -339,26 +372,7 @@ pub async fn replicate<R: Replicas + ?Sized>(
         id: request.id,
         changes,
     });
-    let mut tally = Tally::new();
-    let waited = tokio::time::timeout(timeout, async {
-        while tally.reached() < wanted {
-            match request.answers.recv().await {
-                Some(answer) => {
-                    tally.add(&answer.from);
-                }
-                None => return,
-            }
-        }
-    })
-    .await;
-    match waited {
-        Ok(()) if tally.reached() >= wanted => Ok(tally.reached()),
-        _ => Err(QuorumError::TimedOut {
-            reached: tally.reached(),
-            wanted,
-            timeout,
-        }),
-    }
+    request.quorum(wanted, timeout, |_| async {}).await
 }
 
 /// `?r=`: merges the state of `names` from `wanted` replicas (this one
@@ -380,30 +394,13 @@ pub async fn gather<R: Replicas + ?Sized>(
         id: request.id,
         names,
     });
-    let mut tally = Tally::new();
-    let waited = tokio::time::timeout(timeout, async {
-        while tally.reached() < wanted {
-            match request.answers.recv().await {
-                Some(Answer { from, state }) => {
-                    if tally.add(&from) {
-                        if let Some(state) = state {
-                            replicas.merge_from(&from, state).await;
-                        }
-                    }
-                }
-                None => return,
+    (request)
+        .quorum(wanted, timeout, |Answer { from, state }| async move {
+            if let Some(state) = state {
+                replicas.merge_from(&from, state).await;
             }
-        }
-    })
-    .await;
-    match waited {
-        Ok(()) if tally.reached() >= wanted => Ok(tally.reached()),
-        _ => Err(QuorumError::TimedOut {
-            reached: tally.reached(),
-            wanted,
-            timeout,
-        }),
-    }
+        })
+        .await
 }
 
 #[cfg(test)]

@@ -712,6 +712,17 @@ mod tests {
     }
 
     /// `updates` arrive from `source` now.
+    /// A table that has heard from one peer, `b`, alive, and a seeded rng.
+    fn table_with_b() -> (Membership, StdRng) {
+        let mut table = table();
+        hear(
+            &mut table,
+            &[news("b", 1, Status::Alive)],
+            Source::Peer("b"),
+        );
+        (table, StdRng::seed_from_u64(1))
+    }
+
     fn hear(table: &mut Membership, updates: &[MemberUpdate], source: Source<'_>) -> bool {
         table.merge(updates, source, false, Instant::now(), NOW_MS)
     }
@@ -799,13 +810,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_probe_makes_a_suspect_then_a_dead_member() {
-        let mut table = table();
-        let mut rng = StdRng::seed_from_u64(1);
-        hear(
-            &mut table,
-            &[news("b", 1, Status::Alive)],
-            Source::Peer("b"),
-        );
+        let (mut table, mut rng) = table_with_b();
         let targets = table.probe_targets(Instant::now(), &mut rng);
         assert_eq!(targets[0].0.id, "b");
         rounds(&mut table, 1).await;
@@ -830,13 +835,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_probe_answered_on_its_retry_suspects_nobody() {
-        let mut table = table();
-        let mut rng = StdRng::seed_from_u64(1);
-        hear(
-            &mut table,
-            &[news("b", 1, Status::Alive)],
-            Source::Peer("b"),
-        );
+        let (mut table, mut rng) = table_with_b();
         table.probe_targets(Instant::now(), &mut rng);
         rounds(&mut table, 1).await;
         let (record, probe) = table.take_retries().remove(0);
@@ -848,13 +847,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_answered_probe_suspects_nobody() {
-        let mut table = table();
-        let mut rng = StdRng::seed_from_u64(1);
-        hear(
-            &mut table,
-            &[news("b", 1, Status::Alive)],
-            Source::Peer("b"),
-        );
+        let (mut table, mut rng) = table_with_b();
         for _ in 0..20 {
             let targets = table.probe_targets(Instant::now(), &mut rng);
             let (target, probe) = &targets[0];
@@ -867,13 +860,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn after_a_pause_probes_get_a_new_deadline_instead_of_suspicions() {
-        let mut table = table();
-        let mut rng = StdRng::seed_from_u64(1);
-        hear(
-            &mut table,
-            &[news("b", 1, Status::Alive)],
-            Source::Peer("b"),
-        );
+        let (mut table, mut rng) = table_with_b();
         table.tick(Instant::now());
         table.probe_targets(Instant::now(), &mut rng);
         // We were stopped for a second: b's answer may be sitting unread.
@@ -884,13 +871,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_suspect_that_refutes_is_alive_and_counted_as_a_false_suspicion() {
-        let mut table = table();
-        let mut rng = StdRng::seed_from_u64(1);
-        hear(
-            &mut table,
-            &[news("b", 1, Status::Alive)],
-            Source::Peer("b"),
-        );
+        let (mut table, mut rng) = table_with_b();
         table.probe_targets(Instant::now(), &mut rng);
         rounds(&mut table, 2).await;
         assert_eq!(status_of(&table, "b"), Some(Status::Suspect));

@@ -737,9 +737,7 @@ impl Writer {
                         }
                     }
                     let name = write.name.clone();
-                    let counter = touched
-                        .entry(name.clone())
-                        .or_insert_with(|| working_copy(state.map.get(name.as_str())));
+                    let counter = copy_in(&mut touched, &state.map, &name);
                     // A write to a counter past its expiry starts it again
                     // from zero: it is deleted first, in the same commit.
                     let due = Due {
@@ -805,9 +803,7 @@ impl Writer {
                         let _ = reply.send(Err(WriteError::Storage(reason.clone())));
                         continue;
                     }
-                    let counter = touched
-                        .entry(name.clone())
-                        .or_insert_with(|| working_copy(state.map.get(name.as_str())));
+                    let counter = copy_in(&mut touched, &state.map, &name);
                     let due = Due {
                         name: &name,
                         actor: &actor,
@@ -901,9 +897,7 @@ impl Writer {
                 }) else {
                     continue;
                 };
-                let counter = touched
-                    .entry(name.clone())
-                    .or_insert_with(|| working_copy(state.map.get(name.as_str())));
+                let counter = copy_in(&mut touched, &state.map, &name);
                 let Ok(change) = Change::cancelling(counter, mine, &name, seq + 1) else {
                     continue;
                 };
@@ -1145,6 +1139,15 @@ fn working_copy(counter: Option<&PnCounter>) -> PnCounter {
     counter
         .map(PnCounter::without_registrations)
         .unwrap_or_default()
+}
+
+/// The batch's working copy of `name`, taken from `map` the first time.
+fn copy_in<'a>(
+    touched: &'a mut HashMap<CounterName, PnCounter>,
+    map: &CounterMap,
+    name: &CounterName,
+) -> &'a mut PnCounter {
+    (touched.entry(name.clone())).or_insert_with(|| working_copy(map.get(name.as_str())))
 }
 
 /// True when `counter` has an expiry in force at or before `now_ms`.
