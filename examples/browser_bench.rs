@@ -8,6 +8,11 @@
 //!   browser asks for it) and its stream until the first picture is complete
 //!   (`/ws?limit=2000`, what the page opens: bytes and time to the last
 //!   `Counters` chunk) — against one stream of every counter (`/ws`, no limit);
+//! - the page itself in headless Chromium (`/usr/bin/chromium` driven by
+//!   `/usr/bin/chromedriver`): milliseconds from navigation start until its
+//!   list shows counters, the bytes of its HTTP resources as Chromium counts
+//!   them, and how long typing a filter takes to narrow the list (its 300 ms
+//!   debounce included) — skipped with `--no-chromium`;
 //! - the gateway's RSS before and with `--browsers` pages connected while a
 //!   writer keeps `--write-rate` writes/s going, and what each page received.
 //!
@@ -53,6 +58,9 @@ struct Args {
     /// The `tally` binary [default: `tally` in the directory above this example].
     #[arg(long)]
     tally: Option<PathBuf>,
+    /// Skip loading the page in headless Chromium.
+    #[arg(long)]
+    no_chromium: bool,
 }
 
 /// The run's cluster secret (loopback only, thrown away with the run).
@@ -194,6 +202,18 @@ async fn run(args: Args, tally: PathBuf) -> anyhow::Result<()> {
         everything.elapsed.as_secs_f64() * 1000.0
     );
 
+    if !args.no_chromium {
+        let shown = in_chromium(&base).await?;
+        println!(
+            "  in Chromium: {} counters listed {:.0} ms after navigation start; \
+             HTTP resources {:.2} MiB; filter `key-00001` narrowed the list and the stream in {:.0} ms",
+            shown.listed,
+            shown.listed_ms,
+            shown.resource_bytes as f64 / 1048576.0,
+            shown.filter_ms
+        );
+    }
+
     println!(
         "\n{} pages connected, {} writes/s for {} s:",
         args.browsers, args.write_rate, args.seconds
@@ -317,6 +337,110 @@ async fn counted(base: &str, path: &str) -> anyhow::Result<Counted> {
         counters,
         elapsed: started.elapsed(),
     })
+}
+
+/// What loading the page in Chromium took.
+struct BrowserLoad {
+    listed: u64,
+    listed_ms: f64,
+    resource_bytes: u64,
+    filter_ms: f64,
+}
+
+/// Waits (in the page) until its counter list shows rows, then answers
+/// `[ms since navigation start, bytes of HTTP resources, rows]`.
+const LISTED_SCRIPT: &str = r#"
+const done = arguments[arguments.length - 1];
+const check = () => {
+  const rows = document.querySelectorAll('.counters li[data-name]').length;
+  if (rows > 0 && document.querySelector('input.filter')) {
+    let bytes = 0;
+    for (const entry of performance.getEntriesByType('navigation')) bytes += entry.transferSize;
+    for (const entry of performance.getEntriesByType('resource')) bytes += entry.transferSize;
+    done([performance.now(), bytes, rows]);
+  } else {
+    setTimeout(check, 5);
+  }
+};
+check();
+"#;
+
+/// Types `arguments[0]` into the filter box, waits until every listed row
+/// starts with it and the page's log says the gateway streams the new
+/// subscription, and answers the milliseconds that took.
+const FILTER_SCRIPT: &str = r#"
+const wanted = arguments[0];
+const done = arguments[arguments.length - 1];
+const input = document.querySelector('input.filter');
+const started = performance.now();
+input.value = wanted;
+input.dispatchEvent(new Event('input', { bubbles: true }));
+const check = () => {
+  const names = [...document.querySelectorAll('.counters li[data-name]')].map((li) => li.dataset.name);
+  const log = document.querySelector('.log')?.textContent ?? '';
+  const subscribed = log.includes(`following "${wanted}`);
+  if (subscribed && names.length > 0 && names.every((name) => name.startsWith(wanted))) {
+    done(performance.now() - started);
+  } else {
+    setTimeout(check, 5);
+  }
+};
+check();
+"#;
+
+/// Opens the page in headless Chromium and measures it (see the module docs).
+async fn in_chromium(base: &str) -> anyhow::Result<BrowserLoad> {
+    use thirtyfour::prelude::*;
+    let port = free_addr()?
+        .rsplit_once(':')
+        .context("an address")?
+        .1
+        .to_owned();
+    let driver = Proc::spawn(
+        Path::new("/usr/bin/chromedriver"),
+        &[
+            format!("--port={port}"),
+            "--allowed-ips=127.0.0.1".to_owned(),
+        ],
+        &std::env::temp_dir().join("browser_bench-chromedriver.log"),
+    )?;
+    let driver_url = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{driver_url}/status")).await?;
+    let profile = tempfile::tempdir()?;
+    let mut caps = DesiredCapabilities::chrome();
+    caps.set_binary("/usr/bin/chromium")?;
+    let profile_arg = format!("--user-data-dir={}", profile.path().display());
+    for arg in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+    ] {
+        caps.add_arg(arg)?;
+    }
+    caps.add_arg(&profile_arg)?;
+    let browser = WebDriver::new(&driver_url, caps).await?;
+    let measured = async {
+        browser.set_script_timeout(Duration::from_secs(60)).await?;
+        browser.goto(format!("{base}/")).await?;
+        let listed = browser.execute_async(LISTED_SCRIPT, Vec::new()).await?;
+        let [listed_ms, resource_bytes, rows]: [f64; 3] =
+            serde_json::from_value(listed.json().clone())?;
+        let filtered = browser
+            .execute_async(FILTER_SCRIPT, vec![serde_json::json!("key-00001")])
+            .await?;
+        let filter_ms: f64 = serde_json::from_value(filtered.json().clone())?;
+        anyhow::Ok(BrowserLoad {
+            listed: rows as u64,
+            listed_ms,
+            resource_bytes: resource_bytes as u64,
+            filter_ms,
+        })
+    }
+    .await;
+    let _ = browser.quit().await;
+    drop(driver);
+    measured
 }
 
 async fn full_stream_counters(base: &str) -> anyhow::Result<usize> {

@@ -221,9 +221,10 @@ async fn a_deleted_then_recreated_counter_survives_restarts_and_snapshots() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn deleted_counters_are_collected_on_every_node_and_never_come_back() {
+async fn deleted_counters_are_collected_on_every_node_and_the_gateway_and_never_come_back() {
     let mut cluster = Cluster::start(3, &["--gc-interval", "200ms"]).await;
     peers_alive(&cluster, 2).await;
+    let gateway = common::GatewayProcess::start(&cluster.nodes, None).await;
     const COUNTERS: usize = 100;
     for i in 0..COUNTERS {
         let node = &cluster.nodes[i % 3];
@@ -250,6 +251,17 @@ async fn deleted_counters_are_collected_on_every_node_and_never_come_back() {
             node.id
         );
     }
+    // The gateway's merged view drops them too, told by the nodes' streams.
+    let held = wait_until(CONVERGE, || async {
+        gateway.view_counters("g-").await == 0
+    })
+    .await;
+    assert!(
+        held,
+        "the gateway's view still holds {} deleted counters",
+        gateway.view_counters("g-").await
+    );
+    drop(gateway);
     for node in &mut cluster.nodes {
         node.restart();
     }

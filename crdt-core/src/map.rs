@@ -625,15 +625,15 @@ impl CounterMap {
     /// arrive above it. Keys stay for their window: a counter holding a key
     /// registered at or after `keys_before_ms` is left as it is. Looks at
     /// no more than `budget` removed counters (resuming after `after`);
-    /// returns how many counters it dropped and where to resume (`None`
-    /// once it went through all of them). Never changes what a read returns.
+    /// returns the counters it dropped and where to resume (`None` once it
+    /// went through all of them). Never changes what a read returns.
     pub fn drop_removed(
         &mut self,
         seen_by_all: &Watermarks,
         keys_before_ms: u64,
         after: Option<&CounterName>,
         budget: usize,
-    ) -> (usize, Option<CounterName>) {
+    ) -> (Vec<CounterName>, Option<CounterName>) {
         let start = match after {
             Some(after) => Bound::Excluded(after.clone()),
             None => Bound::Unbounded,
@@ -647,7 +647,7 @@ impl CounterMap {
         let resume = (looked.len() == budget)
             .then(|| looked.last().cloned())
             .flatten();
-        let mut dropped = 0;
+        let mut dropped = Vec::new();
         for name in looked {
             let Some(counter) = self.counters.get(&name) else {
                 self.removed.remove(&name);
@@ -667,7 +667,7 @@ impl CounterMap {
             }
             if !counter.is_visible() {
                 self.drop_counter(&name);
-                dropped += 1;
+                dropped.push(name);
             } else {
                 self.compact_counter(&name);
             }
@@ -706,6 +706,22 @@ impl CounterMap {
     /// deleted ones not dropped yet, and ones written again not compacted yet.
     pub fn removed_count(&self) -> usize {
         self.removed.len()
+    }
+
+    /// Drops `name` if it reads as absent (deleted, nothing written above
+    /// the removal): a follower's copy of a counter that a replica reported
+    /// collecting ([`Self::drop_removed`] drops only stable ones, so every
+    /// later write to it starts a new run that owes nothing to this copy).
+    /// True when it was dropped.
+    pub fn drop_collected(&mut self, name: &str) -> bool {
+        match self.counters.get_key_value(name) {
+            Some((known, counter)) if !counter.is_visible() => {
+                let known = known.clone();
+                self.drop_counter(&known);
+                true
+            }
+            _ => false,
+        }
     }
 
     fn drop_counter(&mut self, name: &CounterName) {

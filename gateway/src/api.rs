@@ -16,8 +16,8 @@ use tally_protocol::access::{self, AccessPolicy};
 
 use crate::config::MAX_BODY_BYTES;
 use crate::error::ApiError;
-use crate::replicas::Lag;
 use crate::state::Shared;
+use crate::trail::Lag;
 use crate::{browser, counters, demo, page, proxy};
 use tally_protocol::batch::Direction::{Decrement, Increment};
 

@@ -74,7 +74,8 @@ pub async fn watch(
 }
 
 /// `/ws`'s query: which counters the browser follows (empty: all), and at
-/// most how many of them its snapshot holds (their changes all stream).
+/// most how many of them: with a limit, the browser follows the first
+/// `limit` matching counters by name, and any new one that sorts among them.
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
     #[serde(default)]
@@ -132,7 +133,7 @@ async fn session(
     // two; anything seen twice is harmless (merges are idempotent).
     let mut events = shared.events.subscribe();
     let mut deltas = shared.deltas.subscribe();
-    catch_up(&mut socket, shared, prefix, limit).await?;
+    let mut window_end = catch_up(&mut socket, shared, prefix, limit).await?;
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => break,
@@ -144,17 +145,21 @@ async fn session(
                 Ok(frame) => send(&mut socket, frame).await?,
                 // Too slow to keep up: the missed events are gone, so resend
                 // the whole state instead; the queue never grows per browser.
-                Err(RecvError::Lagged(_)) => catch_up(&mut socket, shared, prefix, limit).await?,
+                Err(RecvError::Lagged(_)) => {
+                    window_end = catch_up(&mut socket, shared, prefix, limit).await?;
+                }
                 Err(RecvError::Closed) => break,
             },
             news = deltas.recv() => match news {
                 // Only the counters this browser follows; none, no frame.
                 Ok(news) => {
-                    if let Some(frame) = news.for_prefix(prefix) {
+                    if let Some(frame) = news.for_window(prefix, window_end.as_deref()) {
                         send(&mut socket, frame).await?;
                     }
                 }
-                Err(RecvError::Lagged(_)) => catch_up(&mut socket, shared, prefix, limit).await?,
+                Err(RecvError::Lagged(_)) => {
+                    window_end = catch_up(&mut socket, shared, prefix, limit).await?;
+                }
                 Err(RecvError::Closed) => break,
             },
         }
@@ -195,12 +200,13 @@ pub fn publish(shared: &Shared, event: &ClusterEvent) {
 /// Each chunk is taken under a short lock and sent before the next is
 /// taken: a browser never holds a copy of the view, no frame grows with the
 /// keyspace, and a browser gets one copy of what it follows, not one per node.
+/// Returns where the browser's window ends when the limit left counters out.
 async fn catch_up(
     socket: &mut WebSocket,
     shared: &Shared,
     prefix: &str,
     limit: Option<usize>,
-) -> Result<(), axum::Error> {
+) -> Result<Option<String>, axum::Error> {
     for event in [
         nodes_event(shared),
         live::summary_event(shared),
@@ -225,7 +231,7 @@ async fn catch_up(
         send(socket, Bytes::from(wire::encode(&event))).await?;
         first = false;
     }
-    Ok(())
+    Ok(chunker.window_end().map(|name| name.as_str().to_owned()))
 }
 
 async fn send(socket: &mut WebSocket, frame: Bytes) -> Result<(), axum::Error> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crdt_core::wire;
 use futures_util::StreamExt;
-use tally_protocol::events::{ClusterEvent, NodeEvent};
+use tally_protocol::events::NodeEvent;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
@@ -130,13 +130,8 @@ fn on_node_event(shared: &Shared, http_addr: &str, event: NodeEvent) {
     // towards its summary (local write or gossip).
     {
         let mut activity = shared.activity();
-        if let Some(ClusterEvent::NodeDelta {
-            node,
-            delta,
-            via_gossip,
-        }) = &shown
-        {
-            activity.node_changed(node, *via_gossip, delta.len());
+        if let Some(seen) = &shown {
+            activity.node_changed(&seen.node, seen.via_gossip, seen.counters);
         }
         activity.merged_changed(&news);
     }
@@ -149,7 +144,9 @@ fn on_node_event(shared: &Shared, http_addr: &str, event: NodeEvent) {
 /// Who sent `event`: its id, and its gossip address when the event says.
 fn identity(event: &NodeEvent) -> (&str, Option<&str>) {
     match event {
-        NodeEvent::Snapshot { node, .. } | NodeEvent::Delta { node, .. } => (node, None),
+        NodeEvent::Snapshot { node, .. }
+        | NodeEvent::Delta { node, .. }
+        | NodeEvent::Collected { node, .. } => (node, None),
         NodeEvent::Members { node, members } => {
             let own = members.iter().find(|member| &member.id == node);
             (node, own.map(|member| member.gossip_addr.as_str()))

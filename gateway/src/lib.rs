@@ -32,6 +32,7 @@ mod page;
 mod proxy;
 mod replicas;
 mod state;
+mod trail;
 mod writes;
 
 use std::future::Future;
@@ -46,7 +47,7 @@ pub use api::NodeView;
 pub use config::{GatewayConfig, MAX_BODY_BYTES};
 pub use demo_controls::DemoControls;
 pub use error::GatewayError;
-pub use replicas::Lag;
+pub use trail::Lag;
 
 use state::Shared;
 

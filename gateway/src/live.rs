@@ -46,12 +46,14 @@ impl News {
         News { delta, frame }
     }
 
-    /// The frame for a browser subscribed to `prefix`: the shared frame when
-    /// every counter matches (no copy), a filtered one when some do, `None`
-    /// when none does.
-    pub fn for_prefix(&self, prefix: &str) -> Option<Bytes> {
+    /// The frame for a browser subscribed to the counters starting with
+    /// `prefix`, up to `window_end` when its snapshot stopped at its limit:
+    /// the shared frame when every counter matches (no copy), a filtered
+    /// one when some do, `None` when none does.
+    pub fn for_window(&self, prefix: &str, window_end: Option<&str>) -> Option<Bytes> {
+        let within = |name: &str| window_end.is_none_or(|end| name <= end);
         let matching = (self.delta.counters())
-            .filter(|(name, _)| name.as_str().starts_with(prefix))
+            .filter(|(name, _)| name.as_str().starts_with(prefix) && within(name.as_str()))
             .count();
         if matching == self.delta.len() {
             return (matching > 0).then(|| self.frame.clone());
@@ -61,7 +63,9 @@ impl News {
         }
         let mut delta = CounterMap::new();
         // Deleted counters too, with their lifecycle: a delete is news.
-        for (name, counter) in self.delta.all_from(prefix, None) {
+        let in_window =
+            (self.delta.all_from(prefix, None)).take_while(|(name, _)| within(name.as_str()));
+        for (name, counter) in in_window {
             for registration in counter.registrations() {
                 delta.merge_registration(name, registration);
             }
@@ -372,17 +376,28 @@ mod tests {
     fn news_is_shared_whole_filtered_or_withheld_by_prefix() {
         let news = News::new(delta(&["page/a", "page/b", "clicks"]));
         // Everything matches: the one shared frame, not a copy.
-        let all = news.for_prefix("").unwrap();
+        let all = news.for_window("", None).unwrap();
         assert_eq!(all.as_ptr(), news.frame.as_ptr());
-        let pages = decoded(&news.for_prefix("page/").unwrap());
+        let pages = decoded(&news.for_window("page/", None).unwrap());
         let names: Vec<&str> = pages.counters().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["page/a", "page/b"]);
         assert_eq!(pages.get("page/a"), news.delta.get("page/a"));
-        assert!(news.for_prefix("nothing").is_none());
+        assert!(news.for_window("nothing", None).is_none());
         let only = News::new(delta(&["page/a"]));
-        let same = only.for_prefix("page").unwrap();
+        let same = only.for_window("page", None).unwrap();
         assert_eq!(same.as_ptr(), only.frame.as_ptr());
-        assert!(News::new(CounterMap::new()).for_prefix("").is_none());
+        assert!(News::new(CounterMap::new()).for_window("", None).is_none());
+    }
+
+    #[test]
+    fn news_past_the_end_of_a_window_is_withheld() {
+        let news = News::new(delta(&["a", "b", "c", "d"]));
+        let window = decoded(&news.for_window("", Some("b")).unwrap());
+        let names: Vec<&str> = window.counters().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(news.for_window("c", Some("b")).is_none());
+        let all = news.for_window("", Some("z")).unwrap();
+        assert_eq!(all.as_ptr(), news.frame.as_ptr());
     }
 
     /// `names` written, then deleted, by the same actor: the delete's news.
@@ -403,7 +418,7 @@ mod tests {
         let mut news = deleted(&["page/a"]);
         news.merge(&delta(&["clicks"]));
         let news = News::new(news);
-        let pages = decoded(&news.for_prefix("page/").expect("page/a matches"));
+        let pages = decoded(&news.for_window("page/", None).expect("page/a matches"));
         let page_a = pages.get("page/a").expect("the deleted counter is sent");
         assert!(page_a.lifecycle().is_some_and(|l| l.mark.is_some()));
         assert_eq!(pages.value("page/a"), None);

@@ -1,5 +1,6 @@
-//! The gateway's copy of the cluster's data: each node's replica, their
-//! merge, and how far each node trails it.
+//! The gateway's copy of the cluster's data: the merge of every node's
+//! stream, and how far each node trails it (`trail`, without a copy of
+//! any node's replica).
 //!
 //! Pure state (no I/O) so the merge rules can be tested directly: the
 //! stream followers feed node events in, `/nodes` and browsers read views out.
@@ -11,16 +12,17 @@
 //! entry at that seq or later (entries only grow, so it then holds the write).
 use std::collections::{HashMap, HashSet};
 
-use crdt_core::{CounterMap, DEFAULT_COUNTER};
-use serde::{Deserialize, Serialize};
-use tally_protocol::events::{ClusterEvent, NodeEvent, NodeSummary, SnapshotChunker};
+use crdt_core::{CounterMap, CounterName, PnCounter};
+use tally_protocol::events::{NodeEvent, NodeSummary, SnapshotChunker};
 use tally_protocol::request_auth::unix_now_ms;
 
-/// Every node's replica, as its stream told us, and the merge of them all.
+use crate::trail::{Lag, Trail};
+
+/// The merge of every node's stream, and each node's trail behind it.
 #[derive(Debug, Default)]
 pub struct Replicas {
-    /// By HTTP address: `(node id, its replica)`.
-    nodes: HashMap<String, (String, CounterMap)>,
+    /// By HTTP address.
+    nodes: HashMap<String, Trail>,
     merged: CounterMap,
     /// Counters whose merged value changed since [`Replicas::take_changed`].
     changed: Vec<String>,
@@ -33,6 +35,17 @@ pub struct Replicas {
     /// Writes this gateway acknowledged that the view did not hold yet:
     /// counter → `(actor, seq)`, the highest per actor.
     acknowledged: HashMap<String, Vec<(String, u64)>>,
+}
+
+/// A node's delta as the picture of the cluster counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaSeen {
+    /// The node's id.
+    pub node: String,
+    /// It learned the change by gossip (else: a write it took).
+    pub via_gossip: bool,
+    /// Counters it touched.
+    pub counters: usize,
 }
 
 /// Most counters with acknowledged writes the view has not shown yet.
@@ -56,8 +69,9 @@ pub enum LocalRead {
 }
 
 impl Replicas {
-    /// Applies a state event from the node at `http_addr`; returns what browsers should see.
-    pub fn apply(&mut self, http_addr: &str, event: NodeEvent) -> Option<ClusterEvent> {
+    /// Applies a state event from the node at `http_addr`; for a delta,
+    /// returns what the picture of the cluster counts of it.
+    pub fn apply(&mut self, http_addr: &str, event: NodeEvent) -> Option<DeltaSeen> {
         match event {
             NodeEvent::Snapshot {
                 node,
@@ -65,72 +79,115 @@ impl Replicas {
                 first,
                 last,
             } => {
-                self.merge_into_view(&state);
-                let (id, replica) = self.nodes.entry(http_addr.to_owned()).or_default();
-                id.clone_from(&node);
-                // The first chunk is "this is all I have" so far; the rest add to it.
                 if first {
-                    replica.clone_from(&state);
-                } else {
-                    replica.merge(&state);
+                    let trail = self.nodes.entry(http_addr.to_owned()).or_default();
+                    trail.starts_snapshot(&node);
                 }
+                self.merge_into_view(http_addr, &state);
+                let trail = self.nodes.entry(http_addr.to_owned()).or_default();
+                trail.receives_chunk(&state, &self.merged, last);
                 if last {
                     self.mark_live(http_addr);
                 }
-                Some(ClusterEvent::NodeState {
-                    node,
-                    state,
-                    first,
-                    last,
-                })
+                None
             }
             NodeEvent::Delta {
                 node,
                 delta,
                 via_gossip,
             } => {
-                self.merge_into_view(&delta);
-                let (id, replica) = self.nodes.entry(http_addr.to_owned()).or_default();
-                id.clone_from(&node);
-                replica.merge(&delta);
-                Some(ClusterEvent::NodeDelta {
+                let trail = self.nodes.entry(http_addr.to_owned()).or_default();
+                node.clone_into(&mut trail.id);
+                self.merge_into_view(http_addr, &delta);
+                Some(DeltaSeen {
                     node,
-                    delta,
                     via_gossip,
+                    counters: delta.len(),
                 })
             }
             NodeEvent::Members { .. } => None,
+            NodeEvent::Collected { names, .. } => {
+                self.collected(&names);
+                None
+            }
         }
     }
 
-    /// Merges a node's news into the merged view, noting the counters
-    /// whose value it changed (for `/watch`).
-    fn merge_into_view(&mut self, news: &CounterMap) {
+    /// Merges the news of the node at `from` into the merged view, noting
+    /// the counters whose value it changed (for `/watch`); every other
+    /// node falls behind on what moved, and `from` catches up on it.
+    fn merge_into_view(&mut self, from: &str, news: &CounterMap) {
         for (name, counter) in news.counters() {
-            let before = self.merged.value(name.as_str());
-            // Registrations first: an entry's duplicate keyed amount is
-            // never counted without the registration that cancels it out.
-            for registration in counter.registrations() {
-                if self.merged.merge_registration(name, registration) {
-                    self.news.merge_registration(name, registration);
+            // The view's copy before the news, cloned only for a node that
+            // holds exactly it: news that changes nothing costs no copy.
+            let needed =
+                (self.nodes.values()).any(|trail| trail.covers(name) && !trail.differs_on(name));
+            let current = self.merged.get(name.as_str());
+            let value_before = current.map(PnCounter::value);
+            let before = current.filter(|_| needed).cloned();
+            if self.merge_counter(name, counter) {
+                for (addr, trail) in &mut self.nodes {
+                    if addr != from {
+                        trail.falls_behind(name, before.as_ref());
+                    }
                 }
             }
-            // Removals and expiry too, before the entries they explain: a
-            // delete is news for browsers and the busiest list.
-            if let Some(lifecycle) = counter.lifecycle() {
-                if self.merged.merge_lifecycle(name, lifecycle) {
-                    self.news.merge_lifecycle(name, lifecycle);
-                }
+            if let (Some(trail), Some(now)) =
+                (self.nodes.get_mut(from), self.merged.get(name.as_str()))
+            {
+                trail.learns(name, counter, before.as_ref(), now);
             }
-            for (actor, entry) in counter.entries() {
-                if let Some(joined) = self.merged.merge_entry(name, actor, *entry) {
-                    self.news.merge_entry(name, actor, joined);
-                }
-            }
-            if self.merged.value(name.as_str()) != before {
+            if self.merged.value(name.as_str()) != value_before {
                 self.changed.push(name.as_str().to_owned());
             }
         }
+    }
+
+    /// Merges one counter's news into the view and the browsers' news;
+    /// whether the view changed.
+    fn merge_counter(&mut self, name: &CounterName, counter: &PnCounter) -> bool {
+        let mut changed = false;
+        // Registrations first: an entry's duplicate keyed amount is
+        // never counted without the registration that cancels it out.
+        for registration in counter.registrations() {
+            if self.merged.merge_registration(name, registration) {
+                self.news.merge_registration(name, registration);
+                changed = true;
+            }
+        }
+        // Removals and expiry too, before the entries they explain: a
+        // delete is news for browsers and the busiest list.
+        if let Some(lifecycle) = counter.lifecycle() {
+            if self.merged.merge_lifecycle(name, lifecycle) {
+                self.news.merge_lifecycle(name, lifecycle);
+                changed = true;
+            }
+        }
+        for (actor, entry) in counter.entries() {
+            if let Some(joined) = self.merged.merge_entry(name, actor, *entry) {
+                self.news.merge_entry(name, actor, joined);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// A node dropped these deleted counters as garbage: so does the view
+    /// (only those it also holds as deleted), and no trail keeps a copy.
+    fn collected(&mut self, names: &[CounterName]) {
+        for name in names {
+            if self.merged.drop_collected(name.as_str()) {
+                for trail in self.nodes.values_mut() {
+                    trail.forget(name);
+                }
+            }
+        }
+    }
+
+    /// Counters in the merged view (deleted ones not collected yet included).
+    #[cfg(test)]
+    fn view_size(&self) -> usize {
+        self.merged.len()
     }
 
     /// The counters whose merged value changed since the last call.
@@ -192,22 +249,22 @@ impl Replicas {
     }
 
     /// The node at `http_addr` summed up for browsers (its change counts
-    /// and `cut_off` left for the caller to fill): O(1) in the keyspace — the default
-    /// counter's lag and a digest comparison, never a walk over every counter.
+    /// and `cut_off` left for the caller to fill): O(counters it differs
+    /// on), never a walk over every counter.
     pub fn node_summary(&self, http_addr: &str) -> Option<NodeSummary> {
-        let (id, replica) = self.nodes.get(http_addr)?;
+        let trail = self.nodes.get(http_addr)?;
         Some(NodeSummary {
-            id: id.clone(),
-            value: replica.value(DEFAULT_COUNTER).unwrap_or(0),
-            behind: default_behind(&self.merged, replica),
-            in_sync: replica.digest() == self.merged.digest(),
+            id: trail.id.clone(),
+            value: trail.default_value(&self.merged).unwrap_or(0),
+            behind: trail.lag(&self.merged).map_or(0, |lag| lag.default),
+            in_sync: trail.is_whole() && trail.differing() == 0,
             local_changes: 0,
             gossip_changes: 0,
             cut_off: false,
         })
     }
 
-    /// Forgets a node's replica (what it contributed to the merge stays: merges only grow).
+    /// Forgets a node's trail (what it contributed to the merge stays: merges only grow).
     pub fn remove(&mut self, http_addr: &str) {
         self.nodes.remove(http_addr);
         self.live.remove(http_addr);
@@ -222,6 +279,9 @@ impl Replicas {
 
     /// The node's stream broke: the view no longer follows it.
     pub fn mark_offline(&mut self, http_addr: &str) {
+        // Its trail stays: a crashed node changes no more, so what the
+        // view learns meanwhile is what it lacks (until the trail grows
+        // too long and gives up, or the node's next snapshot).
         self.live.remove(http_addr);
     }
 
@@ -278,16 +338,15 @@ impl Replicas {
     }
 
     /// The node's value of the default counter (0 when never written),
-    /// `None` before its stream delivered anything.
+    /// `None` while its stream has not delivered it.
     pub fn default_value(&self, http_addr: &str) -> Option<i128> {
-        let (_, replica) = self.nodes.get(http_addr)?;
-        Some(replica.value(DEFAULT_COUNTER).unwrap_or(0))
+        self.nodes.get(http_addr)?.default_value(&self.merged)
     }
 
-    /// How far the node trails the merged view, `None` before its stream delivered anything.
+    /// How far the node trails the merged view, `None` before its whole
+    /// state arrived (or after its stream broke).
     pub fn lag(&self, http_addr: &str) -> Option<Lag> {
-        let (_, replica) = self.nodes.get(http_addr)?;
-        Some(lag(&self.merged, replica))
+        self.nodes.get(http_addr)?.lag(&self.merged)
     }
 }
 
@@ -298,69 +357,6 @@ fn holds(map: &CounterMap, counter: &str, actor: &str, seq: u64) -> bool {
     map.get(counter)
         .and_then(|counter| counter.entry(actor))
         .is_some_and(|entry| entry.seq >= seq)
-}
-
-/// How far a node trails the gateway's merged view.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lag {
-    /// Increments plus decrements of the default counter the node has not seen yet.
-    pub default: u64,
-    /// The same over every counter.
-    pub total: u64,
-    /// `(counter, actor)` entries where the node is behind.
-    pub entries_behind: u64,
-}
-
-/// Increments plus decrements of the default counter the node has not seen.
-fn default_behind(merged: &CounterMap, node: &CounterMap) -> u64 {
-    let Some(ours) = merged.get(DEFAULT_COUNTER) else {
-        return 0;
-    };
-    let theirs = node.get(DEFAULT_COUNTER);
-    (ours.entries())
-        .map(|(actor, ours)| {
-            let seen = (theirs.and_then(|theirs| theirs.entry(actor.as_str())))
-                .copied()
-                .unwrap_or_default();
-            let missing = (ours.inc.saturating_sub(seen.inc))
-                .saturating_add(ours.dec.saturating_sub(seen.dec));
-            u64::try_from(missing).unwrap_or(u64::MAX)
-        })
-        .fold(0, u64::saturating_add)
-}
-
-/// Compares a node's replica with the merged view, entry by entry.
-///
-/// Counters whose digests match are skipped, so an up-to-date node costs
-/// one comparison per counter.
-pub fn lag(merged: &CounterMap, node: &CounterMap) -> Lag {
-    let mut lag = Lag::default();
-    for (name, counter) in merged.counters() {
-        let theirs = node.get(name.as_str());
-        if theirs.is_some_and(|theirs| theirs.digest() == counter.digest()) {
-            continue;
-        }
-        for (actor, ours) in counter.entries() {
-            let seen = theirs
-                .and_then(|theirs| theirs.entry(actor.as_str()))
-                .copied()
-                .unwrap_or_default();
-            let missing = ours
-                .inc
-                .saturating_sub(seen.inc)
-                .saturating_add(ours.dec.saturating_sub(seen.dec));
-            // Totals are u128; the lag saturates like the sums below.
-            let missing = u64::try_from(missing).unwrap_or(u64::MAX);
-            if missing > 0 || ours.seq > seen.seq {
-                lag.entries_behind += 1;
-            }
-            lag.total = lag.total.saturating_add(missing);
-            if name.as_str() == DEFAULT_COUNTER {
-                lag.default = lag.default.saturating_add(missing);
-            }
-        }
-    }
-    lag
 }
 
 #[cfg(test)]
@@ -374,67 +370,128 @@ mod tests {
             .unwrap()
     }
 
+    /// The part of `map` that is counter `name` (entries only).
+    fn only(map: &CounterMap, name: &str) -> CounterMap {
+        let mut part = CounterMap::new();
+        let counter = CounterName::new(name).unwrap();
+        for (actor, entry) in map.get(name).unwrap().entries() {
+            part.merge_entry(&counter, actor, *entry);
+        }
+        part
+    }
+
+    fn delta(node: &str, delta: CounterMap) -> NodeEvent {
+        NodeEvent::Delta {
+            node: node.into(),
+            delta,
+            via_gossip: false,
+        }
+    }
+
     #[test]
     fn an_up_to_date_node_has_no_lag() {
-        let mut merged = CounterMap::new();
-        write(&mut merged, "a", "default", Op::Increment(3));
-        assert_eq!(lag(&merged, &merged.clone()), Lag::default());
+        let mut state = CounterMap::new();
+        write(&mut state, "a", "default", Op::Increment(3));
+        let mut replicas = Replicas::default();
+        replicas.apply("h:1", snapshot("n1", state, true));
+        assert_eq!(replicas.lag("h:1"), Some(Lag::default()));
+        assert_eq!(replicas.nodes["h:1"].differing(), 0);
     }
 
     #[test]
     fn lag_counts_unseen_increments_and_decrements_per_counter() {
         let mut node = CounterMap::new();
         write(&mut node, "a", "default", Op::Increment(2));
-        let mut merged = node.clone();
-        write(&mut merged, "a", "default", Op::Increment(5));
-        write(&mut merged, "b", "default", Op::Decrement(1));
-        write(&mut merged, "b", "other", Op::Increment(4));
-        let lag = lag(&merged, &node);
-        assert_eq!(
-            lag,
-            Lag {
-                default: 5 + 1,
-                total: 5 + 1 + 4,
-                entries_behind: 3
-            }
-        );
+        let mut replicas = Replicas::default();
+        replicas.apply("h:1", snapshot("n1", node.clone(), true));
+        let mut other = node.clone();
+        let news = [
+            write(&mut other, "a", "default", Op::Increment(5)),
+            write(&mut other, "b", "default", Op::Decrement(1)),
+            write(&mut other, "b", "other", Op::Increment(4)),
+        ];
+        for news in news {
+            replicas.apply("h:2", delta("n2", news));
+        }
+        let expected = Lag {
+            default: 5 + 1,
+            total: 5 + 1 + 4,
+            entries_behind: 3,
+        };
+        assert_eq!(replicas.lag("h:1"), Some(expected));
+        // n2 streamed only its news, never a whole state: it has no lag to tell.
+        assert_eq!(replicas.lag("h:2"), None);
+        // n1 catches up on one counter: only the other is left.
+        replicas.apply("h:1", delta("n1", only(&other, "default")));
+        let left = Lag {
+            default: 0,
+            total: 4,
+            entries_behind: 1,
+        };
+        assert_eq!(replicas.lag("h:1"), Some(left));
+        assert_eq!(replicas.default_value("h:1"), Some(6));
     }
 
     #[test]
-    fn replicas_replace_on_snapshot_and_merge_deltas() {
-        let mut state = CounterMap::new();
-        write(&mut state, "a", "default", Op::Increment(2));
+    fn a_trail_holds_only_what_is_in_flight() {
         let mut replicas = Replicas::default();
-        let snapshot = NodeEvent::Snapshot {
-            node: "n1".into(),
-            state: state.clone(),
-            first: true,
-            last: true,
+        let mut state = many_counters("a", 200);
+        for addr in ["h:1", "h:2", "h:3"] {
+            for event in chunked(addr, &state) {
+                replicas.apply(addr, event);
+            }
+        }
+        let news = write(&mut state, "a", "counter-7", Op::Increment(1));
+        replicas.apply("h:1", delta("n1", news.clone()));
+        let differing = |replicas: &Replicas| -> Vec<usize> {
+            let addrs = ["h:1", "h:2", "h:3"];
+            addrs
+                .iter()
+                .map(|a| replicas.nodes[*a].differing())
+                .collect()
         };
-        let shown = replicas.apply("h:1", snapshot);
-        assert!(matches!(shown, Some(ClusterEvent::NodeState { .. })));
-        let delta = write(&mut state, "b", "default", Op::Increment(1));
-        let event = NodeEvent::Delta {
-            node: "n2".into(),
-            delta,
-            via_gossip: false,
-        };
-        replicas.apply("h:2", event);
-        assert_eq!(replicas.default_value("h:1"), Some(2));
-        assert_eq!(replicas.default_value("h:2"), Some(1));
-        assert_eq!(replicas.lag("h:1").map(|l| l.default), Some(1));
-        assert_eq!(replicas.lag("h:2").map(|l| l.default), Some(2));
+        assert_eq!(differing(&replicas), [0, 1, 1]);
+        replicas.apply("h:2", delta("n2", news.clone()));
+        replicas.apply("h:3", delta("n3", news));
+        assert_eq!(differing(&replicas), [0, 0, 0]);
+        let summaries: Vec<bool> = ["h:1", "h:2", "h:3"]
+            .iter()
+            .map(|addr| replicas.node_summary(addr).unwrap().in_sync)
+            .collect();
+        assert_eq!(summaries, [true, true, true]);
+    }
+
+    #[test]
+    fn a_snapshot_missing_counters_the_view_holds_trails_by_them() {
+        let mut replicas = Replicas::default();
+        let full = many_counters("a", 300);
+        for event in chunked("n1", &full) {
+            replicas.apply("h:1", event);
+        }
+        // n2 restarted from a copy holding every other counter.
+        let mut half = CounterMap::new();
+        for (name, _) in full.counters().step_by(2) {
+            half.merge(&only(&full, name.as_str()));
+        }
+        let events = chunked("n2", &half);
+        assert!(events.len() > 3, "{} chunks", events.len());
+        for event in events {
+            replicas.apply("h:2", event);
+        }
+        let lag = replicas.lag("h:2").unwrap();
+        assert_eq!(lag.entries_behind, (full.len() - half.len()) as u64);
+        assert_eq!(lag.total, lag.entries_behind);
+        assert_eq!(replicas.lag("h:1"), Some(Lag::default()));
+        // Its stream breaks: what the view learns meanwhile, it lacks.
+        replicas.mark_offline("h:2");
+        let mut more = full.clone();
         replicas.apply(
             "h:1",
-            NodeEvent::Snapshot {
-                node: "n1".into(),
-                state,
-                first: true,
-                last: true,
-            },
+            delta("n1", write(&mut more, "b", "default", Op::Increment(2))),
         );
-        assert_eq!(replicas.lag("h:1"), Some(Lag::default()));
-        assert_eq!(replicas.nodes.len(), 2);
+        let after = replicas.lag("h:2").unwrap();
+        assert_eq!(after.default, lag.default + 2);
+        assert_eq!(after.entries_behind, lag.entries_behind + 1);
     }
 
     #[test]
@@ -442,6 +499,9 @@ mod tests {
         let mut n1 = CounterMap::new();
         let first = write(&mut n1, "a", "default", Op::Increment(2));
         let mut replicas = Replicas::default();
+        for (addr, node) in [("h:1", "n1"), ("h:2", "n2")] {
+            replicas.apply(addr, snapshot(node, CounterMap::new(), true));
+        }
         for (addr, node) in [("h:1", "n1"), ("h:2", "n2")] {
             let event = NodeEvent::Delta {
                 node: node.into(),
@@ -514,6 +574,33 @@ mod tests {
         assert_eq!(replicas.merged_present_value("brief", 5_000), None);
     }
 
+    #[test]
+    fn a_counter_a_node_collected_leaves_the_view_only_if_deleted_there() {
+        let mut n1 = CounterMap::new();
+        let actor = ActorId::new("a").unwrap();
+        let mut replicas = Replicas::default();
+        replicas.apply("h:1", snapshot("n1", CounterMap::new(), true));
+        for name in ["gone", "kept"] {
+            replicas.apply(
+                "h:1",
+                delta("n1", write(&mut n1, "a", name, Op::Increment(3))),
+            );
+        }
+        let gone = CounterName::new("gone").unwrap();
+        let removal = n1.remove(&actor, &gone, RemovalKind::Delete, 1).unwrap();
+        replicas.apply("h:1", delta("n1", removal.unwrap()));
+        assert_eq!(replicas.view_size(), 2);
+        let collected = NodeEvent::Collected {
+            node: "n1".into(),
+            names: vec![gone, CounterName::new("kept").unwrap()],
+        };
+        assert_eq!(replicas.apply("h:1", collected), None);
+        // "kept" reads as present in the view: a node cannot have collected it.
+        assert_eq!(replicas.view_size(), 1);
+        assert_eq!(replicas.merged_value("kept"), Some(3));
+        assert_eq!(replicas.lag("h:1"), Some(Lag::default()));
+    }
+
     fn many_counters(actor: &str, count: usize) -> CounterMap {
         let mut map = CounterMap::new();
         for i in 0..count {
@@ -537,7 +624,7 @@ mod tests {
     }
 
     #[test]
-    fn a_chunked_snapshot_replaces_at_its_first_chunk_and_merges_the_rest() {
+    fn a_chunked_snapshot_starts_over_at_its_first_chunk() {
         let mut replicas = Replicas::default();
         // What the node held before it restarted from an older copy.
         let before = many_counters("old~1", 50);
@@ -546,23 +633,14 @@ mod tests {
         }
         assert_eq!(replicas.default_value("h:1"), Some(7));
         let now = many_counters("new~2", 300);
-        let events = chunked("n1", &now);
-        assert!(events.len() > 3, "{} chunks", events.len());
-        let mut events = events.into_iter();
-        replicas.apply("h:1", events.next().unwrap());
-        // The first chunk replaced the old state: none of "old~1" is left.
-        let partial = &replicas.nodes["h:1"].1;
-        assert!(partial.counters().all(|(_, c)| c.entry("old~1").is_none()));
-        for event in events {
-            let shown = replicas.apply("h:1", event);
-            assert!(matches!(
-                shown,
-                Some(ClusterEvent::NodeState { first: false, .. })
-            ));
+        for event in chunked("n1", &now) {
+            replicas.apply("h:1", event);
         }
-        assert_eq!(replicas.nodes["h:1"].1, now);
-        // The merged view keeps both.
+        // The merged view keeps both; the node lacks what "old~1" wrote.
         assert_eq!(replicas.merged.value("default"), Some(14));
+        assert_eq!(replicas.default_value("h:1"), Some(7));
+        let lag = replicas.lag("h:1").unwrap();
+        assert_eq!((lag.default, lag.entries_behind), (7, 51));
         // A browser catching up gets the merged view back in chunks.
         let mut chunker = SnapshotChunker::new();
         let mut caught_up = CounterMap::new();

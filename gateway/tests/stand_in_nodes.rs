@@ -399,10 +399,7 @@ async fn a_browser_that_falls_behind_still_converges() {
                 ClusterEvent::CountersDelta { delta } => {
                     replica.merge(&delta);
                 }
-                ClusterEvent::NodeState { .. }
-                | ClusterEvent::NodeDelta { .. }
-                | ClusterEvent::Summary { .. }
-                | ClusterEvent::Busiest { .. } => {}
+                ClusterEvent::Summary { .. } | ClusterEvent::Busiest { .. } => {}
             }
         }
     };

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tally_protocol::access::{self, AccessPolicy};
 use tally_protocol::batch::{self, BatchAnswer, BatchRequest, Direction, ItemResult};
 use tally_protocol::cluster_key::ClusterKeys;
-use tally_protocol::events::{MemberInfo, NodeEvent, SnapshotChunker};
+use tally_protocol::events::{MemberInfo, NodeEvent, SnapshotChunker, MAX_COLLECTED_NAMES};
 use tally_protocol::http_error::{ApiError, MAX_BODY_BYTES};
 use tally_protocol::http_server::{IpSlot, PerIpLimit};
 use tally_protocol::idempotency::{self, IDEMPOTENCY_KEY_HEADER};
@@ -1133,6 +1133,7 @@ async fn stream_changes(state: ApiState, mut socket: WebSocket) -> Result<(), ax
     // Subscribed before the snapshot is taken: a change the snapshot
     // misses (a counter created behind the chunker) arrives as a delta.
     let mut changes = state.replica.subscribe();
+    let mut collections = state.replica.subscribe_collections();
     let mut member_changes = state.gossip.member_changes();
     let members = |state: &ApiState| NodeEvent::Members {
         node: state.node.clone(),
@@ -1157,6 +1158,21 @@ async fn stream_changes(state: ApiState, mut socket: WebSocket) -> Result<(), ax
             changed = member_changes.changed() => match changed {
                 Ok(()) => members(&state),
                 Err(_) => return Ok(()),
+            },
+            collected = collections.recv() => match collected {
+                Ok(names) => {
+                    for names in names.chunks(MAX_COLLECTED_NAMES) {
+                        let event = NodeEvent::Collected {
+                            node: state.node.clone(),
+                            names: names.to_vec(),
+                        };
+                        send_event(&mut socket, &event).await?;
+                    }
+                    continue;
+                }
+                // Missed names only leave deleted copies at the follower.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return Ok(()),
             },
             incoming = socket.recv() => match incoming {
                 Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return Ok(()),

@@ -130,11 +130,13 @@ pub fn spawn(
                     GC_BUDGET,
                 );
                 cursor = resume;
-                if dropped > 0 {
-                    metrics.garbage_collected.fetch_add(dropped as u64, Relaxed);
-                    tracing::debug!(dropped, "removed counters collected");
+                let count = dropped.len();
+                if count > 0 {
+                    metrics.garbage_collected.fetch_add(count as u64, Relaxed);
+                    tracing::debug!(dropped = count, "removed counters collected");
                 }
-                if dropped >= RELEASE_AFTER_DROPPING {
+                replica.publish_collected(dropped);
+                if count >= RELEASE_AFTER_DROPPING {
                     release_freed_memory();
                 }
             }

@@ -5,12 +5,17 @@
 //! after they are durable; gossip merges remote changes directly.
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crdt_core::{ActorId, CounterMap, Watermarks};
+use crdt_core::{ActorId, CounterMap, CounterName, Watermarks};
 use tokio::sync::broadcast;
 
 /// How many change events a slow follower may fall behind before it must
 /// resynchronise from a snapshot.
 const CHANGE_BACKLOG: usize = 4096;
+
+/// How many garbage rounds' worth of dropped names a follower may fall
+/// behind; one that falls further keeps stale deleted copies (harmless:
+/// they read as absent) until it resynchronises.
+const COLLECTION_BACKLOG: usize = 64;
 
 /// A set of entries that changed, and how.
 #[derive(Debug, Clone)]
@@ -37,16 +42,20 @@ pub struct Replica {
     actor: RwLock<ActorId>,
     state: RwLock<ReplicaState>,
     changes: broadcast::Sender<Arc<ChangeEvent>>,
+    /// Deleted counters garbage collection dropped, for followers' copies.
+    collections: broadcast::Sender<Arc<Vec<CounterName>>>,
 }
 
 impl Replica {
     /// A replica acting as `actor`, starting from recovered `state`.
     pub fn new(actor: ActorId, state: ReplicaState) -> Self {
         let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
+        let (collections, _) = broadcast::channel(COLLECTION_BACKLOG);
         Self {
             actor: RwLock::new(actor),
             state: RwLock::new(state),
             changes,
+            collections,
         }
     }
 
@@ -86,6 +95,19 @@ impl Replica {
     /// Follows every change from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChangeEvent>> {
         self.changes.subscribe()
+    }
+
+    /// Follows the deleted counters garbage collection drops from now on.
+    pub fn subscribe_collections(&self) -> broadcast::Receiver<Arc<Vec<CounterName>>> {
+        self.collections.subscribe()
+    }
+
+    /// Tells followers that garbage collection dropped these deleted counters.
+    pub fn publish_collected(&self, names: Vec<CounterName>) {
+        if !names.is_empty() {
+            // An error only means nobody is listening.
+            let _ = self.collections.send(Arc::new(names));
+        }
     }
 
     /// Tells followers about a change (no-op for an empty delta).

@@ -7,7 +7,7 @@
 //! crosses the wire per change.
 //!
 //! A whole state travels in chunks ([`NodeEvent::Snapshot`],
-//! [`ClusterEvent::NodeState`]), each at most [`SNAPSHOT_CHUNK_BYTES`]
+//! [`ClusterEvent::Counters`]), each at most [`SNAPSHOT_CHUNK_BYTES`]
 //! encoded (see [`SnapshotChunker`]), never as one frame: a node with a
 //! million counters would otherwise send one frame of tens of MiB, over any
 //! sane WebSocket frame limit. The first chunk replaces the receiver's copy
@@ -17,7 +17,7 @@
 use crdt_core::{ActorId, CounterMap, CounterName, Entry, Lifecycle, PnCounter, Registration};
 
 /// Default size of one snapshot chunk: the encoded counter map of one
-/// `Snapshot`/`NodeState` event is at most this many bytes (the event adds
+/// `Snapshot`/`Counters` event is at most this many bytes (the event adds
 /// at most [`CHUNK_ENVELOPE_BYTES`]).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
@@ -25,7 +25,7 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// name, a 128-byte actor and three varints) always fits.
 pub const MIN_SNAPSHOT_CHUNK_BYTES: usize = 1024;
 
-/// What a `Snapshot`/`NodeState` event adds around its chunk: variant tag,
+/// What a `Snapshot`/`Counters` event adds around its chunk: variant tag,
 /// node id (at most 64 bytes) and the two flags.
 pub const CHUNK_ENVELOPE_BYTES: usize = 128;
 
@@ -74,7 +74,21 @@ pub enum NodeEvent {
         /// Every member it knows, itself included.
         members: Vec<MemberInfo>,
     },
+    /// Deleted counters the node's garbage collection dropped (at most
+    /// [`MAX_COLLECTED_NAMES`] per event). They were stable: every member
+    /// held all of each, removal included, so a follower may drop its copy
+    /// too, and any later write starts them afresh.
+    Collected {
+        /// The node's id.
+        node: String,
+        /// The dropped counters.
+        names: Vec<CounterName>,
+    },
 }
+
+/// Most counter names one [`NodeEvent::Collected`] carries (~1 MiB at
+/// the longest names).
+pub const MAX_COLLECTED_NAMES: usize = 8192;
 
 /// Health of a node as the gateway sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -92,28 +106,6 @@ pub struct NodeHealth {
 /// Events on the gateway's `/ws`, for browsers.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ClusterEvent {
-    /// One chunk of a node's whole replica (on browser connect, and when a
-    /// node reconnects or resends its snapshot).
-    NodeState {
-        /// Which node.
-        node: String,
-        /// Part of its state (at most the sender's chunk size, encoded).
-        state: CounterMap,
-        /// The first chunk: replaces the browser's view of this node; later
-        /// chunks merge into it.
-        first: bool,
-        /// The last chunk: the whole state has arrived.
-        last: bool,
-    },
-    /// Entries that changed at one node.
-    NodeDelta {
-        /// Which node.
-        node: String,
-        /// The changed entries.
-        delta: CounterMap,
-        /// True when the node learned them by gossip.
-        via_gossip: bool,
-    },
     /// The set of nodes and their health (on connect and on every change).
     Nodes {
         /// Every node the gateway knows.
@@ -214,6 +206,8 @@ pub struct SnapshotChunker {
     prefix: String,
     /// Counters still to hand out before the pass ends early (None: all).
     left: Option<usize>,
+    /// The pass ended at its limit with counters left over.
+    cut: bool,
 }
 
 impl SnapshotChunker {
@@ -243,6 +237,14 @@ impl SnapshotChunker {
         self.done
     }
 
+    /// The last counter handed out when the pass stopped at its limit with
+    /// more matching counters left: the subscriber's window ends there, so
+    /// the changes it is sent stop there too. `None`: nothing was left out.
+    pub fn window_end(&self) -> Option<&CounterName> {
+        let (name, _) = self.cursor.as_ref().filter(|_| self.cut)?;
+        Some(name)
+    }
+
     /// The next chunk of `map`, at most `max_bytes` encoded (at least
     /// [`MIN_SNAPSHOT_CHUNK_BYTES`]), and whether it is the last. An empty
     /// map gives one empty, last chunk.
@@ -267,6 +269,7 @@ impl SnapshotChunker {
         for (name, counter, after) in current.into_iter().chain(later) {
             // A counter begun in an earlier chunk was already counted.
             if after.is_none() && self.left == Some(0) {
+                self.cut = true;
                 break;
             }
             let entries = (counter.entries())
@@ -435,19 +438,12 @@ mod tests {
                     status: "alive".into(),
                 }],
             },
+            NodeEvent::Collected {
+                node: node.clone(),
+                names: vec![CounterName::new("gone").unwrap()],
+            },
         ];
         let cluster_events = vec![
-            ClusterEvent::NodeState {
-                node: node.clone(),
-                state: map.clone(),
-                first: false,
-                last: true,
-            },
-            ClusterEvent::NodeDelta {
-                node: node.clone(),
-                delta: map.clone(),
-                via_gossip: false,
-            },
             ClusterEvent::Nodes {
                 nodes: vec![NodeHealth {
                     id: node.clone(),
@@ -644,6 +640,13 @@ mod tests {
         for (name, counter) in merged.counters() {
             assert_eq!(map.get(name.as_str()), Some(counter), "{name} cut short");
         }
+        assert_eq!(limited.window_end().map(|n| n.as_str()), Some("counter-11"));
+        // A limit that leaves nothing out leaves the window open.
+        let mut roomy = SnapshotChunker::with_prefix("counter-1").limit(12);
+        while !roomy.is_done() {
+            roomy.next_chunk(&map, 1024);
+        }
+        assert_eq!(roomy.window_end(), None);
         // Nothing matches: one empty, last chunk.
         let (chunk, last) = SnapshotChunker::with_prefix("zzz").next_chunk(&map, 1024);
         assert!(chunk.is_empty() && last);

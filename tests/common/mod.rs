@@ -675,6 +675,39 @@ impl GatewayApi {
     pub async fn node_view(&self, id: &str) -> Option<NodeView> {
         self.nodes().await.into_iter().find(|view| view.id == id)
     }
+
+    /// How many counters under `prefix` the gateway's merged view holds,
+    /// deleted ones not collected yet included: the `Counters` chunks of
+    /// its `/ws?prefix=`, counted to the last.
+    pub async fn view_counters(&self, prefix: &str) -> usize {
+        use futures_util::StreamExt;
+        use tally_protocol::events::ClusterEvent;
+        use tokio_tungstenite::tungstenite::Message;
+        let url = format!("ws://{}/ws?prefix={prefix}", self.addr);
+        let (mut socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("gateway /ws");
+        let mut counters = 0;
+        let read = async {
+            while let Some(Ok(frame)) = socket.next().await {
+                let Message::Binary(bytes) = frame else {
+                    continue;
+                };
+                if let Ok(ClusterEvent::Counters { state, last, .. }) =
+                    crdt_core::wire::decode(&bytes)
+                {
+                    counters += state.len();
+                    if last {
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("the gateway's snapshot");
+        counters
+    }
 }
 
 /// One `tally gateway` process; it derefs to its [`GatewayApi`], and Drop kills it.

@@ -61,24 +61,18 @@ pub fn count(n: usize, one: &str, many: &str) -> String {
     }
 }
 
-/// How far a node is behind the observer, for its card: the selected
-/// counter's value difference and the operations it has not seen yet.
-pub fn lag(value_behind: i128, ops_behind: u64, in_sync: bool) -> String {
+/// How far a node is behind the gateway's merged view, for its card: the
+/// default counter's increments and decrements it has not seen yet.
+pub fn lag(value_behind: i128, in_sync: bool) -> String {
     if in_sync {
         return "in sync".to_owned();
     }
-    if value_behind == 0 && ops_behind == 0 {
-        // Same value and same latest operations, yet a different digest:
-        // an older entry of some counter is still on its way.
+    if value_behind == 0 {
+        // The default counter is current, some other counter is not.
         return "catching up".to_owned();
     }
-    let ops = match ops_behind {
-        0 => String::new(),
-        1 => " · 1 op behind".to_owned(),
-        n => format!(" · {n} ops behind"),
-    };
     let sign = if value_behind > 0 { "+" } else { "" };
-    format!("Δ {sign}{}{ops}", value(value_behind))
+    format!("Δ {sign}{}", value(value_behind))
 }
 
 #[cfg(test)]
@@ -124,10 +118,9 @@ mod tests {
 
     #[test]
     fn lag_reads_naturally() {
-        assert_eq!(lag(0, 0, true), "in sync");
-        assert_eq!(lag(0, 0, false), "catching up");
-        assert_eq!(lag(3, 2, false), "Δ +3 · 2 ops behind");
-        assert_eq!(lag(0, 1, false), "Δ 0 · 1 op behind");
-        assert_eq!(lag(-2, 1, false), "Δ −2 · 1 op behind");
+        assert_eq!(lag(0, true), "in sync");
+        assert_eq!(lag(0, false), "catching up");
+        assert_eq!(lag(3, false), "Δ +3");
+        assert_eq!(lag(-2, false), "Δ −2");
     }
 }

@@ -3,22 +3,19 @@
 //!
 //! The gateway sends the page its merged view of the counters it follows
 //! (`Counters` chunks for its `/ws?prefix=`, then `CountersDelta`s), a
-//! `Summary` of every node (default-counter value, lag, change counts) and
-//! the `Busiest` counters of the whole keyspace. Older streams sent every
-//! node's replica (`NodeState`/`NodeDelta`); the page still understands them,
-//! and a node with a summary is judged by it rather than by its replica.
+//! `Summary` of every node (default-counter value, lag, whether it holds
+//! the whole merged view, change counts) and the `Busiest` counters of the
+//! whole keyspace. No node's replica crosses the wire: the gateway judges
+//! each node against its merged view and sends the verdict.
 //!
 //! ## Invariants
-//! - `merged` is the join of every state and delta received from any node.
-//!   Merging is idempotent and order-free, so duplicates, reordering and a
-//!   node's fresh state after a reconnect never lose anything; it only grows.
-//! - A node's view is its latest `NodeState` joined with every `NodeDelta`
-//!   since. A state travels in chunks: its first chunk *replaces* the view
-//!   (the node says "this is all I have"), its later chunks and every delta
-//!   *merge* into it.
-//! - The cluster is converged when every healthy node's digest equals the
-//!   observer's. Digests are equal exactly for equal states (up to 64-bit
-//!   hash collisions), so this costs O(nodes), not O(keyspace).
+//! - `merged` is the join of every `Counters` chunk and `CountersDelta` of
+//!   the current subscription. A subscription's first chunk *replaces* it
+//!   (a narrowed filter must drop what no longer matches); everything
+//!   else merges, and merging is idempotent and order-free, so duplicates
+//!   and reordering never lose anything.
+//! - The cluster is converged when every healthy node's summary says it
+//!   holds the gateway's merged view: O(nodes), not O(keyspace).
 //! - A counter is listed while it reads as present at the page's clock
 //!   (the latest `now_ms` it was given): visible, and not past its expiry.
 //!   One that stops being present fades out ([`Departures`]) and is listed
@@ -79,8 +76,6 @@ impl Health {
 /// How a node's view last changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Update {
-    /// A whole state replaced it.
-    Snapshot,
     /// A client wrote to the node.
     LocalWrite,
     /// The node learned entries from a peer.
@@ -96,7 +91,6 @@ pub struct NodeView {
     /// The health the gateway's node table gives it; `health` also says
     /// partitioned when the summary says its peers lost it.
     listed: Health,
-    state: CounterMap,
     summary: Option<NodeSummary>,
     last_update: Option<Update>,
     updates: u64,
@@ -109,7 +103,6 @@ impl NodeView {
             http_addr: String::new(),
             health: Health::Unknown,
             listed: Health::Unknown,
-            state: CounterMap::new(),
             summary: None,
             last_update: None,
             updates: 0,
@@ -151,24 +144,18 @@ impl NodeView {
         self.health
     }
 
-    /// Its own replica, as far as the page has heard.
-    pub fn state(&self) -> &CounterMap {
-        &self.state
-    }
-
-    /// Its own value of `counter` (0 when it never saw a write). The
-    /// gateway's summary gives the default counter's; other counters are
-    /// known only from a node's replica, which newer gateways do not send.
+    /// Its own value of `counter` (0 when unknown): the gateway's summary
+    /// gives the default counter's; no other counter of a node is sent.
     pub fn value(&self, counter: &str) -> i128 {
         match &self.summary {
             Some(summary) if counter == DEFAULT_COUNTER => summary.value,
-            _ => self.state.value(counter).unwrap_or(0),
+            _ => 0,
         }
     }
 
     /// Whether [`NodeView::value`] of `counter` is known.
     pub fn knows(&self, counter: &str) -> bool {
-        self.summary.is_none() || counter == DEFAULT_COUNTER
+        self.summary.is_some() && counter == DEFAULT_COUNTER
     }
 
     /// The gateway's latest summary of this node.
@@ -191,12 +178,10 @@ impl NodeView {
 /// How far one node is behind the observer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lag {
-    /// Observer's value of the counter minus the node's.
+    /// Increments and decrements of the counter the node has not seen
+    /// (known for the default counter only).
     pub value_behind: i128,
-    /// Operations, across all counters, the observer has seen and the node has not
-    /// (per actor: the observer's latest seq minus the node's).
-    pub ops_behind: u64,
-    /// The node holds exactly the observer's state.
+    /// The node holds the gateway's whole merged view.
     pub in_sync: bool,
 }
 
@@ -272,22 +257,8 @@ impl Observer {
         self.now_ms = now_ms;
         // States arrive in a burst on connect; the divergence between the
         // first and the last is the page catching up, not the cluster.
-        let is_change = !matches!(
-            event,
-            ClusterEvent::NodeState { .. } | ClusterEvent::Counters { .. }
-        );
+        let is_change = !matches!(event, ClusterEvent::Counters { .. });
         match event {
-            ClusterEvent::NodeState {
-                node,
-                state,
-                first,
-                last,
-            } => self.node_state(&node, state, first, last, now_ms),
-            ClusterEvent::NodeDelta {
-                node,
-                delta,
-                via_gossip,
-            } => self.node_delta(&node, delta, via_gossip, now_ms),
             ClusterEvent::Nodes { nodes, controls } => self.set_nodes(&nodes, controls, now_ms),
             ClusterEvent::Counters {
                 prefix,
@@ -397,54 +368,6 @@ impl Observer {
     pub fn note(&mut self, now_ms: f64, kind: LogKind) {
         self.log.push(now_ms, kind);
         self.revision += 1;
-    }
-
-    fn node_state(&mut self, node: &str, state: CounterMap, first: bool, last: bool, now_ms: f64) {
-        // A state's news is not "recent activity": on connect it is the whole history.
-        self.merge_counters(&state, now_ms);
-        let view = self.view_mut(node);
-        if first {
-            view.state = state;
-        } else {
-            view.state.merge(&state);
-        }
-        if !last {
-            return; // more chunks follow: one log line and one flash per state
-        }
-        view.touched(Update::Snapshot);
-        let counters = view.state.page("", None).count();
-        let entries = view.state.entry_count();
-        self.log.push(
-            now_ms,
-            LogKind::Snapshot {
-                node: node.to_owned(),
-                counters,
-                entries,
-            },
-        );
-    }
-
-    fn node_delta(&mut self, node: &str, delta: CounterMap, via_gossip: bool, now_ms: f64) {
-        let news = self.merge_counters(&delta, now_ms);
-        for (name, _) in news.counters() {
-            self.activity.record(name);
-        }
-        let view = self.view_mut(node);
-        let learned = view.state.merge_changed(delta.all_changes());
-        if learned.is_empty() {
-            return; // a duplicate: nothing to show
-        }
-        let (update, kind) = {
-            let counters = CounterList::from_names(learned.counters().map(|(n, _)| n.as_str()));
-            let node = node.to_owned();
-            if via_gossip {
-                (Update::Gossip, LogKind::Gossip { node, counters })
-            } else {
-                (Update::LocalWrite, LogKind::LocalWrite { node, counters })
-            }
-        };
-        view.touched(update);
-        self.log.push(now_ms, kind);
     }
 
     fn counters(
@@ -660,42 +583,27 @@ impl Observer {
     /// With a gateway summary, the default counter's lag and the digest
     /// comparison the gateway made against its full merged view.
     pub fn lag(&self, node: &NodeView, counter: &str) -> Lag {
-        if let Some(summary) = &node.summary {
-            let behind = i128::from(summary.behind);
-            return Lag {
-                value_behind: if counter == DEFAULT_COUNTER {
-                    behind
-                } else {
-                    0
-                },
-                ops_behind: 0,
-                in_sync: summary.in_sync,
-            };
-        }
-        let ops_behind = self
-            .merged
-            .summary()
-            .iter()
-            .map(|(actor, seq)| seq.saturating_sub(node.state.last_seq(actor.as_str())))
-            .fold(0u64, u64::saturating_add);
+        let summary = node.summary.as_ref();
+        let behind = summary.map_or(0, |summary| i128::from(summary.behind));
         Lag {
-            value_behind: self.value(counter).saturating_sub(node.value(counter)),
-            ops_behind,
-            in_sync: node.state.digest() == self.merged.digest(),
+            value_behind: if counter == DEFAULT_COUNTER {
+                behind
+            } else {
+                0
+            },
+            in_sync: summary.is_some_and(|summary| summary.in_sync),
         }
     }
 
     /// Whether every healthy node holds the observer's state.
     pub fn convergence(&self) -> Convergence {
-        let digest = self.merged.digest();
-        let healthy = self.nodes.values().filter(|n| n.health == Health::Healthy);
-        let (count, behind) = healthy.fold((0, 0), |(count, behind), node| {
-            let in_sync = match &node.summary {
-                // The page holds only its prefix: the gateway compared the whole view.
-                Some(summary) => summary.in_sync,
-                None => node.state.digest() == digest,
-            };
-            (count + 1, behind + usize::from(!in_sync))
+        // The page holds only its prefix: the gateway compared each node
+        // with its whole view, and a node without a summary yet is not judged.
+        let judged = (self.nodes.values())
+            .filter(|n| n.health == Health::Healthy)
+            .filter_map(|n| n.summary.as_ref());
+        let (count, behind) = judged.fold((0, 0), |(count, behind), summary| {
+            (count + 1, behind + usize::from(!summary.in_sync))
         });
         match (count, behind) {
             (0, _) => Convergence::NoHealthyNodes,
@@ -810,25 +718,6 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_delta_neither_flashes_nor_logs() {
-        let mut node = CounterMap::new();
-        let delta = write(&mut node, "n1", "default", Op::Increment(2));
-        let mut observer = Observer::new();
-        let event = ClusterEvent::NodeDelta {
-            node: "n1".into(),
-            delta,
-            via_gossip: false,
-        };
-        observer.apply(event.clone(), 1.0);
-        observer.apply(event, 2.0);
-        let view = observer.node("n1").expect("known");
-        assert_eq!(view.updates(), 1);
-        assert_eq!(view.last_update(), Some(Update::LocalWrite));
-        assert_eq!(observer.log().len(), 1);
-        assert_eq!(observer.busiest("", 5)[0].recent_changes, 1);
-    }
-
-    #[test]
     fn nodes_event_sets_health_and_drops_unlisted_nodes() {
         let mut observer = Observer::new();
         let nodes = vec![health("a", true, false), health("b", true, true)];
@@ -873,14 +762,26 @@ mod tests {
             },
             0.0,
         );
+        let summary = |id: &str, in_sync: bool| NodeSummary {
+            id: id.to_owned(),
+            value: 1,
+            behind: u64::from(!in_sync),
+            in_sync,
+            local_changes: 0,
+            gossip_changes: 0,
+            cut_off: false,
+        };
         let mut a = CounterMap::new();
         let delta = write(&mut a, "a", "default", Op::Increment(1));
-        for (node, at, via_gossip) in [("a", 100.0, false), ("b", 350.0, true)] {
+        observer.apply(ClusterEvent::CountersDelta { delta }, 100.0);
+        let summaries = [
+            (100.0, [summary("a", true), summary("b", false)]),
+            (350.0, [summary("a", true), summary("b", true)]),
+        ];
+        for (at, nodes) in summaries {
             observer.apply(
-                ClusterEvent::NodeDelta {
-                    node: node.into(),
-                    delta: delta.clone(),
-                    via_gossip,
+                ClusterEvent::Summary {
+                    nodes: nodes.to_vec(),
                 },
                 at,
             );

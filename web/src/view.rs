@@ -463,10 +463,7 @@ impl Card {
         };
         set_text(&self.value, &value);
         let lag = observer.lag(node, counter);
-        set_text(
-            &self.lag,
-            &format::lag(lag.value_behind, lag.ops_behind, lag.in_sync),
-        );
+        set_text(&self.lag, &format::lag(lag.value_behind, lag.in_sync));
         set_class(
             &self.lag,
             if lag.in_sync {
@@ -475,7 +472,6 @@ impl Card {
                 "node-lag behind"
             },
         );
-        let state = node.state();
         let addr = if node.http_addr().is_empty() {
             "?"
         } else {
@@ -486,11 +482,7 @@ impl Card {
                 "{addr} · {} from clients · {} by gossip",
                 summary.local_changes, summary.gossip_changes
             ),
-            None => format!(
-                "{addr} · {} · digest {:08x}",
-                format::count(state.len(), "counter", "counters"),
-                state.digest() >> 32
-            ),
+            None => addr.to_owned(),
         };
         set_text(&self.meta, &meta);
         self.controls.set_hidden(!observer.controls());
@@ -499,7 +491,7 @@ impl Card {
             let flash = match node.last_update() {
                 Some(Update::Gossip) => "flash-gossip",
                 Some(Update::LocalWrite) => "flash-local",
-                Some(Update::Snapshot) | None => "flash-state",
+                None => "flash-state",
             };
             for class in ["flash-gossip", "flash-local", "flash-state"] {
                 self.root.class_list().remove_1(class)?;

@@ -20,29 +20,6 @@ pub struct LogEntry {
 /// What a log line reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogKind {
-    /// A node's whole replica arrived (browser connect or node reconnect).
-    Snapshot {
-        /// Which node.
-        node: String,
-        /// How many counters it holds.
-        counters: usize,
-        /// How many `(counter, actor)` entries it holds.
-        entries: usize,
-    },
-    /// A node changed because a client wrote to it.
-    LocalWrite {
-        /// Which node.
-        node: String,
-        /// The counters that changed.
-        counters: CounterList,
-    },
-    /// A node caught up with a peer through gossip.
-    Gossip {
-        /// Which node.
-        node: String,
-        /// The counters that changed.
-        counters: CounterList,
-    },
     /// A node appeared, disappeared or changed health.
     Health {
         /// Which node.
@@ -110,13 +87,9 @@ impl LogKind {
     /// The tone the view should draw this line in.
     pub fn tone(&self) -> Tone {
         match self {
-            LogKind::Snapshot { .. } | LogKind::Connection(_) | LogKind::Subscribed { .. } => {
-                Tone::Info
-            }
+            LogKind::Connection(_) | LogKind::Subscribed { .. } => Tone::Info,
             LogKind::NodeChanges { gossip: false, .. } => Tone::Local,
             LogKind::NodeChanges { gossip: true, .. } => Tone::Gossip,
-            LogKind::LocalWrite { .. } => Tone::Local,
-            LogKind::Gossip { .. } => Tone::Gossip,
             LogKind::Converged { .. } => Tone::Good,
             LogKind::Health { now, .. } => match now {
                 Some(super::Health::Healthy) => Tone::Good,
@@ -134,18 +107,6 @@ impl LogKind {
 impl fmt::Display for LogKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LogKind::Snapshot {
-                node,
-                counters,
-                entries,
-            } => write!(
-                f,
-                "{node} sent its state: {}, {}",
-                crate::format::count(*counters, "counter", "counters"),
-                crate::format::count(*entries, "entry", "entries")
-            ),
-            LogKind::LocalWrite { node, counters } => write!(f, "{node} wrote {counters}"),
-            LogKind::Gossip { node, counters } => write!(f, "{node} learned {counters} by gossip"),
             LogKind::Health { node, now: Some(h) } => write!(f, "{node} is {}", h.label()),
             LogKind::Health { node, now: None } => write!(f, "{node} left the cluster"),
             LogKind::Converged { after_ms } => {
