@@ -337,6 +337,36 @@ mod tests {
     }
 
     #[test]
+    fn the_least_survivor_wins_and_a_takeover_moves_its_base_out_of_the_departed_run() {
+        let base = entry(1, 8, 4);
+        let takeover = |into: &str, at: u64| ((actor("gone"), actor(into)), Takeover { at, base });
+        let mut lifecycle = Lifecycle {
+            takeovers: alloc::vec![takeover("n2", 9)],
+            ..Lifecycle::default()
+        };
+        let other = Lifecycle {
+            takeovers: alloc::vec![takeover("n1", 7)],
+            ..Lifecycle::default()
+        };
+        assert!(lifecycle.join(&other));
+        assert!(!lifecycle.join(&other), "idempotent");
+        let (winner, _) = lifecycle.takeover_of("gone").unwrap();
+        assert_eq!(winner.as_str(), "n1");
+        let wins: Vec<bool> = lifecycle
+            .takeovers_by("n2")
+            .map(|(_, _, wins)| wins)
+            .collect();
+        assert_eq!(wins, [false]);
+        assert_eq!(lifecycle.baseline_of("gone", 1), Some(base));
+        assert_eq!(
+            lifecycle.baseline_of("gone", 5),
+            None,
+            "another run owes it nothing"
+        );
+        assert!(lifecycle.travels_with("n2", 100) && lifecycle.travels_with("gone", 100));
+    }
+
+    #[test]
     fn join_is_commutative_associative_and_idempotent() {
         let a = Lifecycle {
             removed: alloc::vec![(actor("n1"), entry(1, 5, 5))],

@@ -646,7 +646,12 @@ mod tests {
             .map(|(name, counter)| {
                 let entries: Vec<_> = counter.entries().collect();
                 let registrations: Vec<&Registration> = counter.registrations().collect();
-                (name, entries, registrations, counter.lifecycle().map(without_takeovers))
+                (
+                    name,
+                    entries,
+                    registrations,
+                    counter.lifecycle().map(without_takeovers),
+                )
             })
             .collect();
         let watermarks = watermarks(2);
