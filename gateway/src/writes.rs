@@ -9,10 +9,13 @@
 //! the next one, and a busy gateway sends few, large upstream requests.
 //! A write that finds no lane at work starts one at once (it never waits
 //! for a timer); while one is at work, another starts only once a full
-//! batch waits ([`starts_lane`]): every batch costs the cluster a commit
+//! batch waits, or once the batch in flight has taken longer than
+//! [`SLOW_BATCH`] ([`starts_lane`]): every batch costs the cluster a commit
 //! (an fsync, gossip to every peer, a delta on every node's stream), so
 //! one batch filling while another is in flight is cheaper than two
-//! half-full ones, on a machine short of CPU above all.
+//! half-full ones, on a machine short of CPU above all; and a node that
+//! hangs without failing holds the writes behind it for `SLOW_BATCH`, not
+//! for the request timeout (the next lane goes to the next node).
 //!
 //! Safety is the proxy's: a batch moves to the next node only when it
 //! certainly never left (`failover`); once it may have reached a node,
@@ -25,6 +28,7 @@
 //! for and is told how many held its write (`x-tally-replicas`).
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -51,13 +55,18 @@ pub const MAX_WAITING: usize = 16_384;
 /// batch's worth (a batch holds at most this many items).
 pub const WAITING_FOR_ANOTHER_LANE: usize = MAX_BATCH_ITEMS;
 
+/// A batch in flight for longer than this (a round trip takes a few ms)
+/// lets the writes waiting behind it start another lane.
+pub const SLOW_BATCH: Duration = Duration::from_millis(100);
+
 /// Whether a lane starts now, with `busy` lanes at work (at most `most`)
 /// and `waiting` writes queued: always when none is at work, so a write
 /// never waits for a timer; otherwise only once a full batch waits, so
 /// under load one batch fills while another is in flight instead of many
-/// small ones each costing the cluster a commit.
-fn starts_lane(busy: usize, waiting: usize, most: usize) -> bool {
-    busy == 0 || (busy < most && waiting >= WAITING_FOR_ANOTHER_LANE)
+/// small ones each costing the cluster a commit; or, when a lane's batch
+/// is `slow`, for any write waiting (its node may hang).
+fn starts_lane(busy: usize, waiting: usize, most: usize, slow: bool) -> bool {
+    busy == 0 || (busy < most && (waiting >= WAITING_FOR_ANOTHER_LANE || (slow && waiting > 0)))
 }
 
 /// A durable write, as its client is told.
@@ -129,7 +138,7 @@ pub async fn submit(
             level,
             write,
         });
-        let start = starts_lane(queue.lanes_busy, queue.waiting.len(), lanes);
+        let start = starts_lane(queue.lanes_busy, queue.waiting.len(), lanes, false);
         if start {
             queue.lanes_busy += 1;
         }
@@ -172,7 +181,7 @@ async fn run_lane(shared: Arc<Shared>) {
                 Some(next) => {
                     // What a batch could not take (other groups, more
                     // counters than a batch holds) may be a full batch.
-                    let another = starts_lane(queue.lanes_busy, queue.waiting.len(), lanes);
+                    let another = starts_lane(queue.lanes_busy, queue.waiting.len(), lanes, false);
                     if another {
                         queue.lanes_busy += 1;
                     }
@@ -191,7 +200,27 @@ async fn run_lane(shared: Arc<Shared>) {
             spawn_lane(&lane.shared);
         }
         let (group, batch) = next;
-        send(&lane.shared, group, batch).await;
+        let sending = send(&lane.shared, group, batch);
+        tokio::pin!(sending);
+        if tokio::time::timeout(SLOW_BATCH, &mut sending)
+            .await
+            .is_err()
+        {
+            // Slow: its node may hang. What waits behind it goes on by
+            // another lane (to the next node), not after the timeout.
+            let another = {
+                let mut queue = lane.shared.combiner.queue();
+                let start = starts_lane(queue.lanes_busy, queue.waiting.len(), lanes, true);
+                if start {
+                    queue.lanes_busy += 1;
+                }
+                start
+            };
+            if another {
+                spawn_lane(&lane.shared);
+            }
+            sending.await;
+        }
     }
 }
 
@@ -413,22 +442,29 @@ mod tests {
 
     #[test]
     fn a_write_that_finds_no_lane_at_work_starts_one_at_once() {
-        assert!(starts_lane(0, 1, 3));
+        assert!(starts_lane(0, 1, 3, false));
         // Even with every node out of the rotation (1 lane at least).
-        assert!(starts_lane(0, 1, 1));
+        assert!(starts_lane(0, 1, 1, false));
     }
 
     #[test]
     fn while_a_lane_is_at_work_another_starts_only_once_a_full_batch_waits() {
-        assert!(!starts_lane(1, 1, 3));
-        assert!(!starts_lane(1, FULL - 1, 3));
-        assert!(starts_lane(1, FULL, 3));
-        assert!(starts_lane(2, FULL + 10, 3));
+        assert!(!starts_lane(1, 1, 3, false));
+        assert!(!starts_lane(1, FULL - 1, 3, false));
+        assert!(starts_lane(1, FULL, 3, false));
+        assert!(starts_lane(2, FULL + 10, 3, false));
+    }
+
+    #[test]
+    fn a_slow_batch_lets_any_waiting_write_start_another_lane() {
+        assert!(starts_lane(1, 1, 3, true));
+        assert!(!starts_lane(1, 0, 3, true), "nothing waits");
+        assert!(!starts_lane(3, 1, 3, true), "no lane left");
     }
 
     #[test]
     fn never_more_lanes_than_allowed() {
-        assert!(!starts_lane(3, FULL * 4, 3));
-        assert!(!starts_lane(1, FULL, 1));
+        assert!(!starts_lane(3, FULL * 4, 3, false));
+        assert!(!starts_lane(1, FULL, 1, false));
     }
 }
