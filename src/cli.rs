@@ -352,8 +352,10 @@ pub struct GatewayArgs {
     /// proxy's address: raise it there.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_browsers_per_ip: u64,
-    /// Combined write batches in flight at once per healthy node: writes
-    /// arriving meanwhile wait and travel together in the next batch.
+    /// Most combined write batches in flight at once per healthy node:
+    /// writes arriving while one is in flight travel together in the next;
+    /// another starts only once a full batch (256 writes) waits, or the
+    /// batch in flight has taken over 100 ms (its node may hang).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub write_lanes_per_node: u64,
     /// How long a read answered from the gateway's merged view waits for a

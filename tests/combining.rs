@@ -1,6 +1,7 @@
 //! The gateway's combined writes and local reads against real `tally node`
 //! processes: many clients counted exactly once, a batch that fails after
-//! it was sent answered with errors and never resent, reads that see the
+//! it was sent answered with errors and never resent, writes behind a batch
+//! stuck at a hung node going on by another node, reads that see the
 //! reader's own writes, and tokens judged per client.
 mod common;
 
@@ -152,6 +153,56 @@ async fn a_batch_that_fails_after_it_was_sent_answers_every_client_with_an_error
             0,
             "landed {landed:#b}, sent {sent:#b}: a write that was never sent, or one applied twice"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_behind_a_batch_stuck_at_a_hung_node_go_on_by_another_node() {
+    const WRITES: usize = 30;
+    within(TEST_LIMIT, async {
+        let cluster = Cluster::start(3, &[]).await;
+        let gateway = GatewayProcess::start(&cluster.nodes, None).await;
+        let url = gateway.url("/counters/hung/increment");
+        assert_eq!(write(&http(), &url, 1, None).await.0, 200);
+        // Hung, not dead: a batch sent to it hears nothing until the
+        // gateway's request timeout (5 s).
+        signal(&cluster.nodes[1], "STOP");
+        let started = std::time::Instant::now();
+        // One write every 20 ms: round robin sends the first batches to
+        // each node in turn, so one of them sticks at the hung node while
+        // the rest arrive behind it.
+        let writes = (0..WRITES).map(|i| {
+            let url = url.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+                let sent = started.elapsed();
+                let (status, body) = write(&http(), &url, 1, None).await;
+                (sent, started.elapsed(), status, body)
+            }
+        });
+        let answers = join_all(writes).await;
+        signal(&cluster.nodes[1], "CONT");
+        let stuck: Vec<_> = (answers.iter())
+            .filter(|(_, _, status, _)| matches!(status, 502 | 504))
+            .collect();
+        let Some(&&(stuck_sent, stuck_answered, _, _)) = stuck.first() else {
+            panic!("no batch went to the hung node: {answers:?}");
+        };
+        // A write sent after the stuck batch left and answered before it:
+        // it did not wait for the hung node's timeout behind it.
+        let went_on = (answers.iter())
+            .filter(|(sent, answered, status, _)| {
+                *status == 200 && *sent > stuck_sent && *answered < stuck_answered
+            })
+            .count();
+        assert!(
+            went_on > 0,
+            "every write behind the stuck batch waited for its timeout: {answers:?}"
+        );
+        for (_, _, status, body) in &answers {
+            assert!(matches!(status, 200 | 502 | 503 | 504), "{status} {body}");
+        }
     })
     .await;
 }

@@ -50,11 +50,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/counter", get(counters::read_default))
         .route(
             "/increment",
-            post(|s, m, u, h, b| counters::write_default(s, m, u, h, b, Increment)),
+            post(|s, r| counters::write_default(s, r, Increment)),
         )
         .route(
             "/decrement",
-            post(|s, m, u, h, b| counters::write_default(s, m, u, h, b, Decrement)),
+            post(|s, r| counters::write_default(s, r, Decrement)),
         )
         .route("/counters", get(proxy::forward))
         .route(
@@ -67,11 +67,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/counters/{name}/ttl", put(proxy::forward))
         .route(
             "/counters/{name}/increment",
-            post(|s, m, u, h, p, b| counters::write_named(s, m, u, h, p, b, Increment)),
+            post(|s, p, r| counters::write_named(s, p, r, Increment)),
         )
         .route(
             "/counters/{name}/decrement",
-            post(|s, m, u, h, p, b| counters::write_named(s, m, u, h, p, b, Decrement)),
+            post(|s, p, r| counters::write_named(s, p, r, Decrement)),
         )
         .route("/nodes", get(nodes))
         .route("/health", get(health))

@@ -54,8 +54,9 @@ pub struct GatewayConfig {
     pub api_tokens: Option<ApiTokens>,
     /// Origins allowed to write and open streams; empty = same origin.
     pub allowed_origins: Vec<String>,
-    /// Combined write batches in flight at once, per healthy node
-    /// (`writes`): more lanes mean smaller batches, fewer mean longer waits.
+    /// Most combined write batches in flight at once, per healthy node
+    /// (`writes`): beyond the first, a lane starts only once a full batch
+    /// waits.
     pub lanes_per_node: usize,
     /// How long a read answered from the merged view waits for a write this
     /// gateway acknowledged to show there before a node is asked instead.

@@ -11,8 +11,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
@@ -75,76 +74,62 @@ fn write_query(query: Option<&str>) -> WriteQuery {
 /// `POST /increment`, `/decrement`.
 pub async fn write_default(
     State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
     direction: Direction,
 ) -> Response {
-    write(shared, method, uri, headers, body, None, direction).await
+    write(shared, request, None, direction).await
 }
 
 /// `POST /counters/{name}/increment`, `/decrement`.
 pub async fn write_named(
     State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
     direction: Direction,
 ) -> Response {
-    write(shared, method, uri, headers, body, Some(name), direction).await
+    write(shared, request, Some(name), direction).await
 }
 
+/// The request taken whole (the hot path of the gateway: its headers are
+/// looked at, never copied), its body read under the route's size limit.
 async fn write(
     shared: Arc<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
     name: Option<String>,
     direction: Direction,
 ) -> Response {
-    let level = match write_query(uri.query()) {
-        WriteQuery::Combine(level) if !headers.contains_key(IDEMPOTENCY_KEY) => level,
-        _ => return proxy::forward(State(shared), method, uri, headers, body).await,
+    let level = match write_query(request.uri().query()) {
+        WriteQuery::Combine(level) if !request.headers().contains_key(IDEMPOTENCY_KEY) => level,
+        _ => return forward_whole(shared, request).await,
     };
+    let authorization = request.headers().get(AUTHORIZATION).cloned();
     // The node's checks, in the node's order, with its messages: the
     // answer is the same whether the write is combined or not.
-    let body = match body {
+    let body = match Bytes::from_request(request, &()).await {
         Ok(body) => body,
         Err(rejection) => {
             return ApiError::new(rejection.status(), rejection.body_text()).into_response()
         }
     };
-    let counter = match &name {
-        Some(name) => match CounterName::new(name) {
-            Ok(counter) => counter,
-            Err(error) => return ApiError::bad_request(error.to_string()).into_response(),
-        },
-        None => match CounterName::new(DEFAULT_COUNTER) {
-            Ok(counter) => counter,
-            Err(error) => return ApiError::bad_request(error.to_string()).into_response(),
-        },
-    };
+    let counter = name.as_deref().unwrap_or(DEFAULT_COUNTER);
+    if let Err(error) = CounterName::new(counter) {
+        return ApiError::bad_request(error.to_string()).into_response();
+    }
     let amount = match batch::parse_amount(&body) {
         Ok(amount) => amount,
         Err(error) => return ApiError::bad_request(error.to_string()).into_response(),
     };
-    let authorization = headers.get(AUTHORIZATION).cloned();
-    let counter = counter.as_str().to_owned();
     let submitted = writes::submit(
         &shared,
         authorization,
         level,
-        counter.clone(),
+        counter.to_owned(),
         direction,
         amount,
     );
     match submitted.await {
         Ok(done) => Json(Answer {
-            name: name.is_some().then_some(counter.as_str()),
+            name: name.as_deref(),
             value: done.value,
             node: &done.node,
             replicas: Some(done.replicas),
@@ -152,6 +137,17 @@ async fn write(
         .into_response(),
         Err(error) => error.into_response(),
     }
+}
+
+/// A write the gateway does not combine: to a node unchanged.
+async fn forward_whole(shared: Arc<Shared>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
+    // The body limit travels in the extensions.
+    let mut rest = Request::new(body);
+    *rest.extensions_mut() = parts.extensions;
+    let body = Bytes::from_request(rest, &()).await;
+    proxy::forward(State(shared), method, uri, headers, body).await
 }
 
 /// `GET /counter`.

@@ -7,6 +7,15 @@
 //! node of the rotation, answers every client of the batch, and goes on
 //! while writes wait; so while a batch is in flight, new writes gather for
 //! the next one, and a busy gateway sends few, large upstream requests.
+//! A write that finds no lane at work starts one at once (it never waits
+//! for a timer); while one is at work, another starts only once a full
+//! batch waits, or once the batch in flight has taken longer than
+//! [`SLOW_BATCH`] ([`starts_lane`]): every batch costs the cluster a commit
+//! (an fsync, gossip to every peer, a delta on every node's stream), so
+//! one batch filling while another is in flight is cheaper than two
+//! half-full ones, on a machine short of CPU above all; and a node that
+//! hangs without failing holds the writes behind it for `SLOW_BATCH`, not
+//! for the request timeout (the next lane goes to the next node).
 //!
 //! Safety is the proxy's: a batch moves to the next node only when it
 //! certainly never left (`failover`); once it may have reached a node,
@@ -19,6 +28,7 @@
 //! for and is told how many held its write (`x-tally-replicas`).
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -26,7 +36,7 @@ use axum::http::uri::{Authority, Scheme};
 use axum::http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use tally_protocol::batch::{
-    BatchAnswer, Direction, BATCH_CONTENT_TYPE, BATCH_PATH, REPLICAS_HEADER,
+    BatchAnswer, Direction, BATCH_CONTENT_TYPE, BATCH_PATH, MAX_BATCH_ITEMS, REPLICAS_HEADER,
 };
 use tally_protocol::probes;
 use tokio::sync::oneshot;
@@ -41,12 +51,30 @@ use crate::state::Shared;
 /// queue's memory is bounded whatever clients do).
 pub const MAX_WAITING: usize = 16_384;
 
+/// Writes waiting that start another lane while one is at work: a full
+/// batch's worth (a batch holds at most this many items).
+pub const WAITING_FOR_ANOTHER_LANE: usize = MAX_BATCH_ITEMS;
+
+/// A batch in flight for longer than this (a round trip takes a few ms)
+/// lets the writes waiting behind it start another lane.
+pub const SLOW_BATCH: Duration = Duration::from_millis(100);
+
+/// Whether a lane starts now, with `busy` lanes at work (at most `most`)
+/// and `waiting` writes queued: always when none is at work, so a write
+/// never waits for a timer; otherwise only once a full batch waits, so
+/// under load one batch fills while another is in flight instead of many
+/// small ones each costing the cluster a commit; or, when a lane's batch
+/// is `slow`, for any write waiting (its node may hang).
+fn starts_lane(busy: usize, waiting: usize, most: usize, slow: bool) -> bool {
+    busy == 0 || (busy < most && (waiting >= WAITING_FOR_ANOTHER_LANE || (slow && waiting > 0)))
+}
+
 /// A durable write, as its client is told.
 #[derive(Debug, Clone)]
 pub struct Done {
     pub value: i128,
-    /// The node that made it durable.
-    pub node: String,
+    /// The node that made it durable (shared by every client of the batch).
+    pub node: Arc<str>,
     /// Replicas holding it (the node's `x-tally-replicas`; 1 by default).
     pub replicas: usize,
 }
@@ -110,16 +138,14 @@ pub async fn submit(
             level,
             write,
         });
-        let start = queue.lanes_busy < lanes;
+        let start = starts_lane(queue.lanes_busy, queue.waiting.len(), lanes, false);
         if start {
             queue.lanes_busy += 1;
         }
         start
     };
     if start_lane {
-        // A task of its own: a client that goes away must not cancel a
-        // batch carrying other clients' writes.
-        tokio::spawn(run_lane(Arc::clone(shared)));
+        spawn_lane(shared);
     }
     answer.await.unwrap_or_else(|_| {
         Err(ApiError::new(
@@ -129,10 +155,16 @@ pub async fn submit(
     })
 }
 
-/// Lanes (batches in flight at once): `lanes_per_node` per healthy node.
+/// Most lanes (batches in flight at once): `lanes_per_node` per healthy node.
 fn lanes_wanted(shared: &Shared) -> usize {
     let healthy = shared.balancer().healthy_count().max(1);
     healthy.saturating_mul(shared.config.lanes_per_node.max(1))
+}
+
+/// A task of its own: a client that goes away must not cancel a batch
+/// carrying other clients' writes. (Its slot in `lanes_busy` is taken.)
+fn spawn_lane(shared: &Arc<Shared>) {
+    tokio::spawn(run_lane(Arc::clone(shared)));
 }
 
 /// Sends batches while writes wait, then retires.
@@ -142,10 +174,19 @@ async fn run_lane(shared: Arc<Shared>) {
         retired: false,
     };
     loop {
-        let next = {
+        let lanes = lanes_wanted(&lane.shared);
+        let (next, another) = {
             let mut queue = lane.shared.combiner.queue();
             match take_batch(&mut queue.waiting) {
-                Some(next) => next,
+                Some(next) => {
+                    // What a batch could not take (other groups, more
+                    // counters than a batch holds) may be a full batch.
+                    let another = starts_lane(queue.lanes_busy, queue.waiting.len(), lanes, false);
+                    if another {
+                        queue.lanes_busy += 1;
+                    }
+                    (next, another)
+                }
                 None => {
                     // Under the lock that `submit` checks: a write queued
                     // after this sees the lane gone and starts another.
@@ -155,8 +196,31 @@ async fn run_lane(shared: Arc<Shared>) {
                 }
             }
         };
+        if another {
+            spawn_lane(&lane.shared);
+        }
         let (group, batch) = next;
-        send(&lane.shared, group, batch).await;
+        let sending = send(&lane.shared, group, batch);
+        tokio::pin!(sending);
+        if tokio::time::timeout(SLOW_BATCH, &mut sending)
+            .await
+            .is_err()
+        {
+            // Slow: its node may hang. What waits behind it goes on by
+            // another lane (to the next node), not after the timeout.
+            let another = {
+                let mut queue = lane.shared.combiner.queue();
+                let start = starts_lane(queue.lanes_busy, queue.waiting.len(), lanes, true);
+                if start {
+                    queue.lanes_busy += 1;
+                }
+                start
+            };
+            if another {
+                spawn_lane(&lane.shared);
+            }
+            sending.await;
+        }
     }
 }
 
@@ -284,11 +348,12 @@ fn answer(shared: &Shared, batch: Batch<Reply>, reply: NodeReply) {
             }
         }
     }
+    let node: Arc<str> = Arc::from(answer.node.as_str());
     for (_, tickets, outcome) in answered {
         let result = match outcome {
             Outcome::Applied { value, .. } => Ok(Done {
                 value,
-                node: answer.node.clone(),
+                node: Arc::clone(&node),
                 replicas,
             }),
             Outcome::Refused { status, error } => Err(ApiError::new(
@@ -369,4 +434,37 @@ async fn post_batch(
     let answer = crdt_core::wire::decode::<BatchAnswer>(&body)
         .map_err(|error| Failure::Broken(format!("unreadable batch answer: {error}")))?;
     Ok((NodeReply::Answer(answer, replicas), draining))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{starts_lane, WAITING_FOR_ANOTHER_LANE as FULL};
+
+    #[test]
+    fn a_write_that_finds_no_lane_at_work_starts_one_at_once() {
+        assert!(starts_lane(0, 1, 3, false));
+        // Even with every node out of the rotation (1 lane at least).
+        assert!(starts_lane(0, 1, 1, false));
+    }
+
+    #[test]
+    fn while_a_lane_is_at_work_another_starts_only_once_a_full_batch_waits() {
+        assert!(!starts_lane(1, 1, 3, false));
+        assert!(!starts_lane(1, FULL - 1, 3, false));
+        assert!(starts_lane(1, FULL, 3, false));
+        assert!(starts_lane(2, FULL + 10, 3, false));
+    }
+
+    #[test]
+    fn a_slow_batch_lets_any_waiting_write_start_another_lane() {
+        assert!(starts_lane(1, 1, 3, true));
+        assert!(!starts_lane(1, 0, 3, true), "nothing waits");
+        assert!(!starts_lane(3, 1, 3, true), "no lane left");
+    }
+
+    #[test]
+    fn never_more_lanes_than_allowed() {
+        assert!(!starts_lane(3, FULL * 4, 3, false));
+        assert!(!starts_lane(1, FULL, 1, false));
+    }
 }
