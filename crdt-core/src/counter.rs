@@ -212,6 +212,23 @@ impl PnCounter {
         self.lifecycle.as_deref()
     }
 
+    /// Whether departed actor `from` can be taken over here now: `None`
+    /// when there is nothing to take over (no entry, or already taken
+    /// over), `Some(false)` when it must wait (it owes a key's
+    /// cancellation, or it is the survivor of a takeover still recorded,
+    /// which only its own record explains), `Some(true)` when it can.
+    pub fn takeover_ready(&self, from: &ActorId) -> Option<bool> {
+        self.entry(from.as_str())?;
+        let lifecycle = self.lifecycle.as_deref();
+        if lifecycle.is_some_and(|l| l.takeover_of(from.as_str()).is_some()) {
+            return None;
+        }
+        let survivor =
+            lifecycle.is_some_and(|l| l.takeovers.iter().any(|((_, into), _)| into == from));
+        let owes_keys = self.registrations().any(|r| &r.origin == from);
+        Some(!survivor && !owes_keys)
+    }
+
     /// Through which seq of `actor` its operations on this counter are removed.
     pub fn removed_through(&self, actor: &str) -> u64 {
         let entry = self.entry(actor);

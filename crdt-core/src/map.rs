@@ -627,6 +627,14 @@ impl CounterMap {
         Ok(Some(core::iter::once(change).collect()))
     }
 
+    /// The counters holding an entry of `actor` (from the per-actor index:
+    /// O(its entries), not O(counters)).
+    pub fn counters_of(&self, actor: &ActorId) -> Vec<CounterName> {
+        (self.changes_by_actor.get(actor.as_str()))
+            .map(|changes| changes.iter().map(|(_, name)| name.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Retires departed actor `from` into `into` (the caller's own actor):
     /// every counter holding `from`'s entry and no takeover of it yet is
     /// taken over ([`Change::taking_over`]), each change stamped with
@@ -639,29 +647,17 @@ impl CounterMap {
     ) -> Result<(CounterMap, usize), CrdtError> {
         let mut delta = CounterMap::new();
         let mut left = 0;
-        let names: Vec<CounterName> = (self.counters.iter())
-            .filter(|(_, counter)| counter.entry(from.as_str()).is_some())
-            .filter(|(_, counter)| {
-                counter
-                    .lifecycle()
-                    .is_none_or(|l| l.takeover_of(from.as_str()).is_none())
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in names {
+        for name in self.counters_of(from) {
             let Some(counter) = self.counters.get(&name) else {
                 continue;
             };
-            // A departed actor that owes a key's cancellation, or that took
-            // over another actor here (its entry holds that fold, which only
-            // its own takeover record explains), is folded later: after its
-            // keys' window, or once collection found that record no longer
-            // needed.
-            let took_over = (counter.lifecycle())
-                .is_some_and(|l| l.takeovers.iter().any(|((_, into), _)| into == from));
-            if counter.registrations().any(|r| &r.origin == from) || took_over {
-                left += 1;
-                continue;
+            match counter.takeover_ready(from) {
+                None => continue,
+                Some(false) => {
+                    left += 1;
+                    continue;
+                }
+                Some(true) => {}
             }
             let seq = self.next_seq(into)?;
             let change = Change::taking_over(counter, &name, from, into, seq)?;
