@@ -1,4 +1,5 @@
 //! The `tally` binary: parses the command line and runs the chosen part.
+mod admin;
 mod bench;
 mod cli;
 mod compare;
@@ -52,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(Command::Gateway(args)) => run_gateway(args).await,
             Some(Command::Bench(args)) => bench::run(args).await,
             Some(Command::Probe(args)) => probe(args).await,
+            Some(Command::Admin(command)) => admin::run(command).await,
             Some(Command::Dev(args)) => dev::run(args).await,
             None => dev::run(dev::default_args()).await,
         }

@@ -1327,6 +1327,25 @@ mod tests {
     }
 
     #[test]
+    fn a_taken_over_entry_is_collected_once_stable_and_the_value_stays() {
+        let (gone, new, survivor) = (actor("n3~old"), actor("n3~new"), actor("n1~x"));
+        let mut map = CounterMap::new();
+        map.apply(&gone, &name("default"), Op::Increment(5))
+            .unwrap();
+        map.apply(&new, &name("default"), Op::Increment(1)).unwrap();
+        let (_, left) = map.take_over(&gone, &survivor).unwrap();
+        assert_eq!(left, 0);
+        let counter = map.get("default").unwrap();
+        assert_eq!(counter.value(), 6);
+        assert!(map.removed_count() > 0);
+        let all: Watermarks = map.summary().into_iter().collect();
+        map.drop_removed(&all, u64::MAX, None, 100);
+        let counter = map.get("default").unwrap();
+        assert_eq!(counter.value(), 6);
+        assert_eq!(counter.entry("n3~old"), None);
+    }
+
+    #[test]
     fn digest_follows_state_not_history() {
         let (a, b) = (actor("a"), actor("b"));
         let mut left = CounterMap::new();
