@@ -427,6 +427,10 @@ async fn retiring_a_replaced_node_keeps_every_value_drops_its_old_entries_and_re
         let answer: Value = serde_json::from_str(last.trim()).expect("a JSON answer");
         assert_eq!(answer["retired"], serde_json::json!(old_actor), "{answer}");
         assert!(answer["taken_over"].as_u64() >= Some(2), "{answer}");
+        assert_eq!(
+            answer["replicas"], 3,
+            "answered before the fold spread: {answer}"
+        );
 
         // Every value stays; every node drops the old actor's entries.
         assert!(cluster.converge(None, 6, CONVERGE).await);

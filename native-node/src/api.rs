@@ -1044,6 +1044,8 @@ async fn heal_partition(
 /// they hold before answering 409.
 const RETIRE_PATIENCE: Duration = Duration::from_secs(5);
 const RETIRE_POLL: Duration = Duration::from_millis(100);
+/// How long it then waits for every reachable member to hold the fold.
+const RETIRE_SPREAD_PATIENCE: Duration = Duration::from_secs(15);
 
 /// `POST /admin/retire/{node}`.
 #[derive(Serialize)]
@@ -1062,6 +1064,11 @@ struct RetiredAnswer {
     /// cancellation there, or is itself a survivor of a recorded
     /// takeover); run the command again later.
     left: usize,
+    /// Nodes holding the fold when answered, this one included.
+    replicas: usize,
+    /// Reachable members, this node included: once `replicas` reaches it,
+    /// the node that answered may be replaced.
+    members: usize,
 }
 
 /// Retires the departed actors of `node` ([`crate::retirement`]): every
@@ -1120,8 +1127,17 @@ async fn retire_node(
             }
         }
     }
-    let held = state.replica.read().map.summary();
-    let departed = crate::retirement::departed_actors(&node, held.keys(), current.as_deref());
+    let (held, departed) = {
+        let state = state.replica.read();
+        let held = state.map.summary();
+        let mut departed =
+            crate::retirement::departed_actors(&node, held.keys(), current.as_deref());
+        // Retired before and collected since: nothing left to do.
+        departed.retain(|actor| {
+            !retirement.is_retired(actor.as_str()) || !state.map.counters_of(actor).is_empty()
+        });
+        (held, departed)
+    };
     // The departed actors write no more, and this node now holds every
     // write of theirs that any reachable member holds: it holds them up to
     // their highest seq. Saying so (watermarks, journaled like a pull's)
@@ -1141,6 +1157,8 @@ async fn retire_node(
         into: into.to_string(),
         taken_over: 0,
         left: 0,
+        replicas: 1,
+        members: 1,
     };
     for actor in departed {
         let done = state.writer.retire(actor.clone()).await?;
@@ -1151,10 +1169,31 @@ async fn retire_node(
         retirement.learn([(actor.to_string(), now_ms())]);
         answer.retired.push(actor.to_string());
     }
+    // Answered once every reachable member holds the fold, or after
+    // RETIRE_SPREAD_PATIENCE: a node replaced right after it folded would
+    // otherwise take the only copy with it. A member's pull reports what it
+    // holds of this node's seqs (members with takeovers waiting for
+    // garbage collection pull every round).
+    let through = state.replica.read().map.last_seq(into.as_str());
+    let mut waited = Duration::ZERO;
+    loop {
+        let reports: Vec<_> = (state.gossip.member_reports().into_iter())
+            .filter(|(id, _)| state.gossip.members().status_of(id) != Some(Status::Dead))
+            .collect();
+        let holding = crate::retirement::holding(&into, through, &reports);
+        (answer.replicas, answer.members) = (1 + holding, 1 + reports.len());
+        let spread = holding == reports.len() || answer.taken_over == 0;
+        if spread || waited >= RETIRE_SPREAD_PATIENCE {
+            break;
+        }
+        tokio::time::sleep(RETIRE_POLL).await;
+        waited += RETIRE_POLL;
+    }
     tracing::info!(
         retired = ?answer.retired,
         taken_over = answer.taken_over,
         left = answer.left,
+        replicas = answer.replicas,
         "retired the departed actors of node {}",
         answer.retired_node
     );

@@ -44,8 +44,8 @@ use crate::writer::now_ms;
 const FILE: &str = "retired.json";
 
 /// Retired actors a `Hello` carries (the newest): a Noise handshake message
-/// holds at most 64 KiB.
-pub const HELLO_RETIRED_LIMIT: usize = 1_000;
+/// holds at most 64 KiB, and an actor takes up to ~90 bytes.
+pub const HELLO_RETIRED_LIMIT: usize = 400;
 
 /// Retired actors with when this node learnt of each (ms since the epoch).
 pub type RetiredSet = BTreeMap<String, u64>;
@@ -97,6 +97,22 @@ pub fn pulled_from_all(pulled: &[(String, bool)]) -> Result<(), RetireError> {
         Some((member, _)) => Err(RetireError::Unanswered(member.clone())),
         None => Ok(()),
     }
+}
+
+/// How many members' `reports` (what each holds everything up to) hold
+/// `actor`'s writes through `seq`.
+pub fn holding(
+    actor: &ActorId,
+    seq: u64,
+    reports: &[(String, Option<crdt_core::Watermarks>)],
+) -> usize {
+    (reports.iter())
+        .filter(|(_, report)| {
+            report
+                .as_ref()
+                .is_some_and(|r| r.get(actor.as_str()) >= seq)
+        })
+        .count()
 }
 
 /// Why a handshake is refused.
@@ -345,6 +361,19 @@ mod tests {
             pulled_from_all(&[("n2".into(), true), ("n4".into(), false)]),
             Err(RetireError::Unanswered("n4".into()))
         );
+    }
+
+    #[test]
+    fn holding_counts_the_members_whose_reports_reach_the_seq() {
+        let me = actor("n1~now");
+        let at = |seq| Some([(me.clone(), seq)].into_iter().collect());
+        let reports = [
+            ("n2".into(), at(7)),
+            ("n3".into(), at(6)),
+            ("n4".into(), None),
+        ];
+        assert_eq!(holding(&me, 7, &reports), 1);
+        assert_eq!(holding(&me, 6, &reports), 2);
     }
 
     fn replica() -> Arc<Replica> {

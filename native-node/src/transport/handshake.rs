@@ -200,6 +200,18 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_hello_with_the_most_retired_actors_of_the_longest_ids_fits_a_noise_message() {
+        let me = identity(&"n".repeat(64), "the-test-cluster-secret");
+        let incarnation = "z".repeat(12);
+        me.retirement.learn((0..1_000u64).map(|i| {
+            let id = format!("{i:0>64}");
+            (format!("{id}~{incarnation}"), u64::MAX - i)
+        }));
+        let bytes = encode(&hello(&me, Some("r".repeat(300))));
+        assert!(bytes.len() < 60_000, "{} bytes", bytes.len());
+    }
+
     #[tokio::test]
     async fn the_copy_of_a_retired_actor_is_refused_and_told_why() {
         let (left, right) = tokio::io::duplex(1 << 16);
