@@ -37,7 +37,9 @@ use crate::readiness::Readiness;
 use crate::replica::Replica;
 use crate::retirement::RetireError;
 use crate::transport::Tcp;
-use crate::writer::{now_ms, LifecycleOp, LocalWrite, WriteError, WriterHandle, Written};
+use crate::writer::{
+    now_ms, LifecycleChanged, LifecycleOp, LocalWrite, WriteError, WriterHandle, Written,
+};
 
 /// Largest page of `GET /counters`.
 const MAX_PAGE: usize = 1000;
@@ -542,6 +544,21 @@ fn not_found(name: &CounterName) -> ApiError {
     )
 }
 
+/// Applies a delete, reset or expiry to `name` and waits for `wanted`
+/// replicas of it: 404 when the counter does not read as present here.
+async fn change_lifecycle(
+    state: &ApiState,
+    name: &CounterName,
+    op: LifecycleOp,
+    wanted: usize,
+) -> Result<(LifecycleChanged, usize), ApiError> {
+    let Some(changed) = state.writer.change_lifecycle(name.clone(), op).await? else {
+        return Err(not_found(name));
+    };
+    let replicas = replicate_written(state, &[(name.clone(), None)], wanted).await?;
+    Ok((changed, replicas))
+}
+
 /// `DELETE /counters/{name}`: removes what this node holds of the counter
 /// (observed-remove: an increment it has not seen yet survives).
 async fn delete_named(
@@ -552,15 +569,7 @@ async fn delete_named(
     let name = counter_name(&name)?;
     let wanted = wanted_replicas(&state, params, "w")?;
     let delete = LifecycleOp::Remove(RemovalKind::Delete);
-    if state
-        .writer
-        .change_lifecycle(name.clone(), delete)
-        .await?
-        .is_none()
-    {
-        return Err(not_found(&name));
-    }
-    let replicas = replicate_written(&state, &[(name.clone(), None)], wanted).await?;
+    let (_, replicas) = change_lifecycle(&state, &name, delete, wanted).await?;
     Ok(Json(DeletedAnswer {
         name: name.to_string(),
         deleted: true,
@@ -578,10 +587,7 @@ async fn reset_named(
     let name = counter_name(&name)?;
     let wanted = wanted_replicas(&state, params, "w")?;
     let reset = LifecycleOp::Remove(RemovalKind::Reset);
-    let Some(changed) = state.writer.change_lifecycle(name.clone(), reset).await? else {
-        return Err(not_found(&name));
-    };
-    let replicas = replicate_written(&state, &[(name.clone(), None)], wanted).await?;
+    let (changed, replicas) = change_lifecycle(&state, &name, reset, wanted).await?;
     Ok(Json(NamedAnswer {
         name: name.to_string(),
         value: changed.value.unwrap_or(0),
@@ -609,10 +615,7 @@ async fn set_ttl(
         tally_protocol::ttl::parse_ttl(&ttl).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let wanted = wanted_replicas(&state, params, "w")?;
     let expire = LifecycleOp::ExpireIn(ttl);
-    let Some(changed) = state.writer.change_lifecycle(name.clone(), expire).await? else {
-        return Err(not_found(&name));
-    };
-    let replicas = replicate_written(&state, &[(name.clone(), None)], wanted).await?;
+    let (changed, replicas) = change_lifecycle(&state, &name, expire, wanted).await?;
     Ok(Json(ExpiryAnswer {
         name: name.to_string(),
         expires_at_ms: changed.expires_at_ms.unwrap_or(0),
