@@ -58,6 +58,52 @@ pub enum Command {
     /// GET a URL; exit 0 on a 2xx answer, 1 otherwise (a container's
     /// health check, where there is no curl).
     Probe(ProbeArgs),
+    /// Operate a running cluster (signed with the cluster secret, or an
+    /// admin API token).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `tally admin …`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Fold the departed actors of node NODE (a replaced pod's old disks,
+    /// unclean restarts) into the actor of the node asked, so counters stop
+    /// keeping an entry per incarnation. A node running as NODE keeps its
+    /// current actor. Old copies of the retired actors are refused by the
+    /// cluster from then on (wipe their data directory to rejoin). Run it
+    /// once the node's writes have spread: the node asked must hold
+    /// everything the members hold of those actors, or it answers 409.
+    Retire(RetireArgs),
+}
+
+/// `tally admin retire`.
+#[derive(Debug, Args)]
+pub struct RetireArgs {
+    /// The node id whose departed actors to retire.
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    /// The node that does it (its HTTP address).
+    #[arg(
+        long = "via",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8010"
+    )]
+    pub via: String,
+    /// An admin API token, for nodes started with --api-tokens-file
+    /// (otherwise the request is signed with the cluster secret).
+    #[arg(
+        long,
+        env = "TALLY_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Give up after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 /// `tally probe`.

@@ -356,3 +356,187 @@ async fn a_watcher_sees_a_deleted_counter_as_a_deleted_event() {
     let event = &text[text.find("event: deleted\n").unwrap_or(0)..];
     assert!(event.contains(r#"data: {"name":"w"}"#), "{event}");
 }
+
+/// Every actor of node `id` in a node's `/state` (the default counter).
+async fn actors_of(node: &NodeProcess, id: &str) -> Vec<String> {
+    let state = node.get_json("/state").await;
+    let actors = common::incarnations(&state, id);
+    actors.into_iter().map(|(actor, _)| actor).collect()
+}
+
+/// `tally admin retire NODE --via URL`; its exit status and output.
+fn retire(node_id: &str, via: &NodeProcess) -> (bool, String) {
+    let log = common::ChildLog::new("admin");
+    let output = common::tally_command(&log)
+        .env("TALLY_CLUSTER_KEY", common::CLUSTER_KEY)
+        .args(["admin", "retire", node_id, "--via", &via.url("")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run tally admin retire");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retiring_a_replaced_node_keeps_every_value_drops_its_old_entries_and_refuses_its_old_copy()
+{
+    common::within(Duration::from_secs(120), async {
+        let mut cluster = Cluster::start(3, &["--gc-interval", "200ms"]).await;
+        peers_alive(&cluster, 2).await;
+        let n3 = &mut cluster.nodes[2];
+        assert_eq!(n3.post("/increment", r#"{"amount": 5}"#).await.0, 200);
+        assert_eq!(increment(n3, "r", 2).await.0, 200);
+        assert!(cluster.converge(None, 5, CONVERGE).await);
+        assert!(cluster.converge(Some("r"), 2, CONVERGE).await);
+
+        // n3's pod is replaced: a clean stop, its disk kept aside, a fresh one.
+        let n3 = &mut cluster.nodes[2];
+        let old_actor = actors_of(n3, "n3").await;
+        assert_eq!(old_actor.len(), 1, "{old_actor:?}");
+        assert!(n3.stop_gracefully().is_some_and(|status| status.success()));
+        let old_copy = cluster.dir.path().join("n3-old");
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&n3.data_dir)
+            .arg(&old_copy)
+            .status()
+            .expect("cp");
+        assert!(copied.success());
+        std::fs::remove_dir_all(&n3.data_dir).expect("wipe n3");
+        n3.restart();
+        n3.wait_ready().await;
+        assert_eq!(n3.post("/increment", r#"{"amount": 1}"#).await.0, 200);
+        assert_eq!(increment(n3, "r", 1).await.0, 200);
+        assert!(cluster.converge(None, 6, CONVERGE).await);
+        assert!(cluster.converge(Some("r"), 3, CONVERGE).await);
+        for node in &cluster.nodes {
+            assert_eq!(actors_of(node, "n3").await.len(), 2, "{}", node.id);
+        }
+
+        // Retire n3's departed actor into n1 (409 until every member reported).
+        let mut last = String::new();
+        let retired = wait_until(CONVERGE, || {
+            let (ok, text) = retire("n3", &cluster.nodes[0]);
+            last = text;
+            async move { ok }
+        })
+        .await;
+        assert!(retired, "tally admin retire failed: {last}");
+        let answer: Value = serde_json::from_str(last.trim()).expect("a JSON answer");
+        assert_eq!(answer["retired"], serde_json::json!(old_actor), "{answer}");
+        assert!(answer["taken_over"].as_u64() >= Some(2), "{answer}");
+        assert_eq!(
+            answer["replicas"], 3,
+            "answered before the fold spread: {answer}"
+        );
+
+        // Every value stays; every node drops the old actor's entries.
+        assert!(cluster.converge(None, 6, CONVERGE).await);
+        assert!(cluster.converge(Some("r"), 3, CONVERGE).await);
+        for node in &cluster.nodes {
+            let folded = wait_until(CONVERGE, || async {
+                actors_of(node, "n3").await.len() == 1
+            })
+            .await;
+            assert!(
+                folded,
+                "{} still holds {:?}; removed {} collected {} state {}",
+                node.id,
+                actors_of(node, "n3").await,
+                node.metric("tally_removed_counters", "").await,
+                node.metric("tally_garbage_collected_total", "").await,
+                node.get_json("/state").await
+            );
+            assert_eq!(node.value().await, 6, "{}", node.id);
+        }
+
+        // The old disk comes back: refused, it says why and stops.
+        let n3 = &mut cluster.nodes[2];
+        assert!(n3.stop_gracefully().is_some());
+        let seed = cluster.nodes[0].gossip_addr.clone();
+        let mut stale = NodeProcess::start("n3", &old_copy, &["--seed".into(), seed]);
+        let stopped = wait_until(CONVERGE, || {
+            let exited = stale.has_exited();
+            async move { exited }
+        })
+        .await;
+        assert!(stopped, "the retired copy kept running");
+        let said = stale.log_contents();
+        assert!(
+            said.contains("was retired") && said.contains("wipe"),
+            "no reason given: {said}"
+        );
+        for node in &cluster.nodes[..2] {
+            assert_eq!(node.value().await, 6, "{}", node.id);
+            assert_eq!(node.named("r").await, Some(3), "{}", node.id);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_away_while_a_retired_actor_was_folded_and_collected_is_refused_until_wiped() {
+    common::within(Duration::from_secs(120), async {
+        let args = ["--gc-interval", "200ms", "--forget-dead-after", "3s"];
+        let mut cluster = Cluster::start(3, &args).await;
+        peers_alive(&cluster, 2).await;
+        assert_eq!(
+            cluster.nodes[2]
+                .post("/increment", r#"{"amount": 5}"#)
+                .await
+                .0,
+            200
+        );
+        assert!(cluster.converge(None, 5, CONVERGE).await);
+
+        // n2 goes away holding n3's first actor; n3 is replaced meanwhile.
+        assert!(cluster.nodes[1].stop_gracefully().is_some());
+        let n3 = &mut cluster.nodes[2];
+        assert!(n3.stop_gracefully().is_some());
+        std::fs::remove_dir_all(&n3.data_dir).expect("wipe n3");
+        n3.restart();
+        n3.wait_ready().await;
+        assert_eq!(n3.post("/increment", r#"{"amount": 1}"#).await.0, 200);
+        let staying = [&cluster.nodes[0], &cluster.nodes[2]];
+        for node in staying {
+            let seen = wait_until(CONVERGE, || async { node.value().await == 6 }).await;
+            assert!(seen, "{} never read 6", node.id);
+        }
+
+        // Retired and, once n2 is forgotten, collected on the nodes that stayed.
+        let retired = wait_until(CONVERGE, || {
+            let (ok, _) = retire("n3", &cluster.nodes[0]);
+            async move { ok }
+        })
+        .await;
+        assert!(retired, "tally admin retire never succeeded");
+        for node in staying {
+            let folded = wait_until(CONVERGE, || async {
+                actors_of(node, "n3").await.len() == 1
+            })
+            .await;
+            assert!(folded, "{} never collected n3's old actor", node.id);
+        }
+
+        // n2 comes back with the old entries: it stops and says why.
+        let n2 = &mut cluster.nodes[1];
+        n2.restart();
+        let stopped = wait_until(CONVERGE, || {
+            let exited = n2.has_exited();
+            async move { exited }
+        })
+        .await;
+        assert!(stopped, "the stale replica kept running");
+        let said = n2.log_contents();
+        assert!(
+            said.contains("older than the cluster's") && said.contains("wipe"),
+            "no reason given: {said}"
+        );
+        for node in [&cluster.nodes[0], &cluster.nodes[2]] {
+            assert_eq!(node.value().await, 6, "{}", node.id);
+        }
+    })
+    .await;
+}

@@ -14,7 +14,7 @@ use crate::{digest, ActorId, CrdtError};
 /// `u64` totals, `+i64::MAX`, `−u64::MAX`, `+2^63` froze both directions).
 /// On the wire (postcard) `u64` and `u128` are both LEB128 varints, so
 /// entries written when the totals were `u64` decode to the same values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Entry {
     /// Sum of every increment this actor made.
@@ -212,10 +212,32 @@ impl PnCounter {
         self.lifecycle.as_deref()
     }
 
+    /// Whether departed actor `from` can be taken over here now: `None`
+    /// when there is nothing to take over (no entry, or already taken
+    /// over), `Some(false)` when it must wait (it owes a key's
+    /// cancellation, or it is the survivor of a takeover still recorded,
+    /// which only its own record explains), `Some(true)` when it can.
+    pub fn takeover_ready(&self, from: &ActorId) -> Option<bool> {
+        self.entry(from.as_str())?;
+        let lifecycle = self.lifecycle.as_deref();
+        if lifecycle.is_some_and(|l| l.takeover_of(from.as_str()).is_some()) {
+            return None;
+        }
+        let survivor =
+            lifecycle.is_some_and(|l| l.takeovers.iter().any(|((_, into), _)| into == from));
+        let owes_keys = self.registrations().any(|r| &r.origin == from);
+        Some(!survivor && !owes_keys)
+    }
+
     /// Through which seq of `actor` its operations on this counter are removed.
     pub fn removed_through(&self, actor: &str) -> u64 {
-        let removed = self.lifecycle.as_ref().and_then(|l| l.removed_of(actor));
-        removed_through(removed, self.entry(actor))
+        let entry = self.entry(actor);
+        let since = entry.map_or(0, |e| e.since);
+        let removed = self
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.baseline_of(actor, since));
+        removed_through(removed.as_ref(), entry)
     }
 
     /// The 64-bit digest of this counter's entries.
@@ -282,7 +304,7 @@ impl PnCounter {
     /// its `entry` was removed, or what is left above the removals holds no
     /// write (re-applications of removed keys, cancellations), so a replica
     /// may have dropped the counter as garbage while this one still holds it.
-    fn run_is_over(&self, actor: &str, entry: &Entry) -> bool {
+    pub(crate) fn run_is_over(&self, actor: &str, entry: &Entry) -> bool {
         if self.removed_through(actor) >= entry.seq {
             return true;
         }
@@ -317,11 +339,13 @@ impl PnCounter {
     /// directions) and how much of it is writes.
     fn tally(&self) -> Tally {
         let lifecycle = self.lifecycle.as_deref();
-        let removed = |actor: &str| lifecycle.and_then(|l| l.removed_of(actor));
         let (mut total_inc, mut total_dec) = (WideSum::default(), WideSum::default());
         let mut live: Vec<u128> = Vec::with_capacity(self.entries.len());
         for (actor, entry) in &self.entries {
-            let (inc, dec) = live_part(entry, removed(actor.as_str()));
+            let (inc, dec) = match lifecycle {
+                Some(lifecycle) => live_with_takeovers(actor.as_str(), entry, lifecycle),
+                None => (entry.inc, entry.dec),
+            };
             total_inc.add(inc);
             total_dec.add(dec);
             live.push(inc.saturating_add(dec));
@@ -403,8 +427,14 @@ impl PnCounter {
         // as it is, it stops differing from replicas that dropped the
         // counter whole.
         let tally = self.tally();
+        // A departed actor's entry a takeover moved is dead by the takeover,
+        // not by a removal: recording it as removed would take its amount
+        // back out of the survivor.
+        let taken_over = |actor: &ActorId| {
+            (self.lifecycle.as_deref()).is_some_and(|l| l.takeover_of(actor.as_str()).is_some())
+        };
         let inert: Vec<(ActorId, Entry)> = (self.entries.iter().enumerate())
-            .filter(|(index, _)| tally.written[*index] == 0)
+            .filter(|(index, (actor, _))| tally.written[*index] == 0 && !taken_over(actor))
             .map(|(_, (actor, entry))| (actor.clone(), *entry))
             .collect();
         if !inert.is_empty() {
@@ -451,14 +481,22 @@ impl PnCounter {
                     .wrapping_sub(digest::entry_hash(actor.as_str(), entry));
             }
         }
-        let still_named: alloc::collections::BTreeSet<&ActorId> = (self.registrations.values())
-            .flatten()
-            .map(|r| &r.origin)
-            .chain(self.entries.iter().map(|(actor, _)| actor))
-            .collect();
         let mut lifecycle = self.lifecycle.take().unwrap_or_default();
+        lifecycle.takeovers = still_needed(&lifecycle, &self.entries);
+        let still_named: alloc::collections::BTreeSet<ActorId> = (self.registrations.values())
+            .flatten()
+            .map(|r| r.origin.clone())
+            .chain(self.entries.iter().map(|(actor, _)| actor.clone()))
+            .chain(
+                lifecycle
+                    .takeovers
+                    .iter()
+                    .map(|((from, _), _)| from.clone()),
+            )
+            .collect();
         (lifecycle.removed).retain(|(actor, _)| still_named.contains(actor));
         let says_something = !lifecycle.removed.is_empty()
+            || !lifecycle.takeovers.is_empty()
             || lifecycle.is_reset()
             || lifecycle.expiry().is_some()
             || (!self.written_since_removal && !self.entries.is_empty());
@@ -647,9 +685,99 @@ fn coverage<'a>(
             .binary_search_by(|(known, _)| known.cmp(origin))
             .ok()
             .map(|index| &entries[index].1);
-        let removed = lifecycle.and_then(|l| l.removed_of(origin.as_str()));
-        seq <= removed_through(removed, entry)
+        let removed =
+            lifecycle.and_then(|l| l.baseline_of(origin.as_str(), entry.map_or(0, |e| e.since)));
+        seq <= removed_through(removed.as_ref(), entry)
     }
+}
+
+/// The takeovers a counter with these (compacted) entries still needs:
+/// a survivor's translation of what removals saw of the departed actor, a
+/// losing takeover's give-back, and the winner of an actor while a loser
+/// or the departed actor's entry remains. The rest say nothing any more
+/// (the departed actor's entry is gone, and its stale copies are kept
+/// out by the map's seq floor).
+fn still_needed(
+    lifecycle: &Lifecycle,
+    entries: &[(ActorId, Entry)],
+) -> Vec<((ActorId, ActorId), crate::lifecycle::Takeover)> {
+    let entry = |actor: &ActorId| {
+        (entries.binary_search_by(|(known, _)| known.cmp(actor)).ok())
+            .map(|index| &entries[index].1)
+    };
+    let active =
+        |from: &ActorId, into: &ActorId, takeover: &crate::lifecycle::Takeover, wins: bool| {
+            let Some(survivor) = entry(into) else {
+                return false;
+            };
+            let holds_fold = takeover.at >= survivor.since && survivor.seq >= takeover.at;
+            let removal_saw_fold = (lifecycle.removed_of(into.as_str()))
+                .is_some_and(|r| r.since == survivor.since && r.seq >= takeover.at);
+            let gives_something = !wins
+                || (lifecycle.removed_of(from.as_str()))
+                    .is_some_and(|r| r.since == takeover.base.since);
+            holds_fold && !removal_saw_fold && gives_something
+        };
+    let losers: Vec<_> = (lifecycle.takeovers.iter())
+        .filter(|((from, into), _)| {
+            lifecycle
+                .takeover_of(from.as_str())
+                .is_some_and(|(winner, _)| winner != into)
+        })
+        .filter(|((from, into), takeover)| active(from, into, takeover, false))
+        .cloned()
+        .collect();
+    let winners = (lifecycle.takeovers.iter())
+        .filter(|((from, into), _)| {
+            lifecycle
+                .takeover_of(from.as_str())
+                .is_some_and(|(winner, _)| winner == into)
+        })
+        .filter(|((from, into), takeover)| {
+            active(from, into, takeover, true)
+                || entry(from).is_some()
+                || losers.iter().any(|((lost, _), _)| lost == from)
+        })
+        .cloned();
+    let mut kept: Vec<_> = losers.iter().cloned().chain(winners).collect();
+    kept.sort();
+    kept
+}
+
+/// The live part of `actor`'s `entry` under `lifecycle`: above what
+/// removals saw of it and what a takeover moved out of it; for a survivor,
+/// less what removals that missed its fold saw of the departed actor, and
+/// less what a losing takeover folded in twice.
+fn live_with_takeovers(actor: &str, entry: &Entry, lifecycle: &Lifecycle) -> (u128, u128) {
+    let baseline = lifecycle.baseline_of(actor, entry.since);
+    let (mut inc, mut dec) = live_part(entry, baseline.as_ref());
+    let removed = lifecycle.removed_of(actor);
+    for (from, takeover, wins) in lifecycle.takeovers_by(actor) {
+        // The fold belongs to this run and this entry holds it.
+        let holds_fold = takeover.at >= entry.since && entry.seq >= takeover.at;
+        // A removal that saw this entry at or past the fold removed the
+        // departed actor's part with it.
+        let removal_saw_fold =
+            removed.is_some_and(|r| r.since == entry.since && r.seq >= takeover.at);
+        if !holds_fold || removal_saw_fold {
+            continue;
+        }
+        let (less_inc, less_dec) = if wins {
+            // What removals saw of the departed actor's folded run.
+            match lifecycle.removed_of(from.as_str()) {
+                Some(saw) if saw.since == takeover.base.since => (
+                    saw.inc.min(takeover.base.inc),
+                    saw.dec.min(takeover.base.dec),
+                ),
+                _ => (0, 0),
+            }
+        } else {
+            (takeover.base.inc, takeover.base.dec)
+        };
+        inc = inc.saturating_sub(less_inc);
+        dec = dec.saturating_sub(less_dec);
+    }
+    (inc, dec)
 }
 
 #[cfg(test)]

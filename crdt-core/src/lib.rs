@@ -59,10 +59,13 @@ pub use actor::ActorId;
 pub use counter::{Entry, Op, PnCounter};
 pub use error::CrdtError;
 pub use keyed::{IdempotencyKey, KeyCheck, Registration};
-pub use lifecycle::{Lifecycle, Mark, RemovalKind};
+pub use lifecycle::{Lifecycle, Mark, RemovalKind, Takeover};
 pub use map::{Change, CounterMap, KeyedWrite, Summary};
 #[cfg(feature = "serde")]
-pub use map::{EntriesOnly, EntryWithoutRun, KeyedOnly, LegacyChange};
+pub use map::{
+    ChangeWithoutTakeovers, EntriesOnly, EntryWithoutRun, KeyedOnly, LegacyChange,
+    LifecycleWithoutTakeovers, WithoutTakeovers,
+};
 pub use name::{CounterName, MAX_NAME_LEN};
 pub use watermarks::Watermarks;
 

@@ -27,6 +27,14 @@
 //!   bumped in its entry), and [`Lifecycle::stamps`] remembers the latest per
 //!   actor, so anti-entropy ships the lifecycle with that actor's bundle.
 //!
+//! - **Takeovers.** A survivor `S` folds a departed actor `R` into its own
+//!   entry ([`Takeover`]): `S`'s entry gains `R`'s totals (`base`) in a
+//!   change that carries the takeover, so no replica sees the grown entry
+//!   without it. `R`'s entry counts only above `base` from then on; a
+//!   removal that saw `R` but not the fold (what it saw of `S` is older than
+//!   the fold) takes what it saw of `R` out of `S`; of two survivors of one
+//!   `R`, the least wins and the other gives `base` back.
+//!
 //! Everything here is a join of per-part joins (per-actor maximum, maximum,
 //! maximum by a total order), so merge stays commutative, associative and
 //! idempotent.
@@ -56,6 +64,18 @@ pub struct Mark {
     pub kind: RemovalKind,
 }
 
+/// Survivor `into` took over departed actor `from`'s entry `base` at its
+/// own seq `at`: its entry from `at` on (in the run `at` belongs to)
+/// includes `base`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Takeover {
+    /// The survivor's seq of the fold.
+    pub at: u64,
+    /// The departed actor's entry it folded in.
+    pub base: Entry,
+}
+
 /// A counter's removals and expiry. Absent from counters that never had one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -70,6 +90,8 @@ pub struct Lifecycle {
     pub expires_at_ms: u64,
     /// The latest expiry a removal acted on: expiries up to it are spent.
     pub spent_expiry_ms: u64,
+    /// Per `(from, into)` (sorted), the takeover of `from` by `into`.
+    pub takeovers: Vec<((ActorId, ActorId), Takeover)>,
 }
 
 impl Lifecycle {
@@ -88,7 +110,46 @@ impl Lifecycle {
         }
         changed |= raise(&mut self.expires_at_ms, other.expires_at_ms);
         changed |= raise(&mut self.spent_expiry_ms, other.spent_expiry_ms);
+        for (pair, takeover) in &other.takeovers {
+            changed |= join_takeover(&mut self.takeovers, pair, *takeover);
+        }
         changed
+    }
+
+    /// The takeover of `from` that counts: the one by the least survivor.
+    pub fn takeover_of(&self, from: &str) -> Option<(&ActorId, &Takeover)> {
+        (self.takeovers.iter())
+            .find(|((known, _), _)| known.as_str() == from)
+            .map(|((_, into), takeover)| (into, takeover))
+    }
+
+    /// The takeovers by `into`, each with its departed actor and whether it
+    /// is the one that counts for that actor.
+    pub fn takeovers_by<'a>(
+        &'a self,
+        into: &'a str,
+    ) -> impl Iterator<Item = (&'a ActorId, &'a Takeover, bool)> + 'a {
+        (self.takeovers.iter())
+            .filter(move |((_, survivor), _)| survivor.as_str() == into)
+            .map(|((from, survivor), takeover)| {
+                let wins = self
+                    .takeover_of(from.as_str())
+                    .is_some_and(|(winner, _)| winner == survivor);
+                (from, takeover, wins)
+            })
+    }
+
+    /// What removals saw of `actor`'s run `since`, joined with what a
+    /// takeover moved out of it (counted by the survivor now).
+    pub fn baseline_of(&self, actor: &str, since: u64) -> Option<Entry> {
+        let removed = self.removed_of(actor).copied();
+        let moved = (self.takeover_of(actor))
+            .map(|(_, takeover)| takeover.base)
+            .filter(|base| base.since == since);
+        match (removed, moved) {
+            (Some(removed), Some(moved)) => Some(removed.join(moved)),
+            (removed, moved) => removed.or(moved),
+        }
     }
 
     /// The entry removals saw of `actor`.
@@ -111,6 +172,8 @@ impl Lifecycle {
         after == 0
             || self.stamp_of(actor) > after
             || self.removed_of(actor).is_some()
+            || (self.takeovers.iter())
+                .any(|((from, into), _)| from.as_str() == actor || into.as_str() == actor)
             || self
                 .mark
                 .as_ref()
@@ -131,7 +194,10 @@ impl Lifecycle {
 
     /// True when it says nothing (no removal, no expiry).
     pub fn is_empty(&self) -> bool {
-        self.removed.is_empty() && self.mark.is_none() && self.expires_at_ms == 0
+        self.removed.is_empty()
+            && self.mark.is_none()
+            && self.expires_at_ms == 0
+            && self.takeovers.is_empty()
     }
 
     /// Forgets what removals saw of a run `actor` has left behind: an entry
@@ -180,6 +246,27 @@ fn find<'a, T>(pairs: &'a [(ActorId, T)], actor: &str) -> Option<&'a T> {
         .binary_search_by(|(known, _)| known.as_str().cmp(actor))
         .ok()
         .map(|index| &pairs[index].1)
+}
+
+/// Joins a takeover into the sorted list: one per `(from, into)`, the
+/// greater on a clash (a survivor folds a departed actor once; a clash is
+/// only a hostile peer's, and any fixed choice keeps the join a join).
+fn join_takeover(
+    takeovers: &mut Vec<((ActorId, ActorId), Takeover)>,
+    pair: &(ActorId, ActorId),
+    takeover: Takeover,
+) -> bool {
+    match takeovers.binary_search_by(|(known, _)| known.cmp(pair)) {
+        Ok(index) if takeovers[index].1 >= takeover => false,
+        Ok(index) => {
+            takeovers[index].1 = takeover;
+            true
+        }
+        Err(index) => {
+            takeovers.insert(index, (pair.clone(), takeover));
+            true
+        }
+    }
 }
 
 /// Joins `value` into `actor`'s place in the sorted `pairs`; true when anything changed.
@@ -250,6 +337,36 @@ mod tests {
     }
 
     #[test]
+    fn the_least_survivor_wins_and_a_takeover_moves_its_base_out_of_the_departed_run() {
+        let base = entry(1, 8, 4);
+        let takeover = |into: &str, at: u64| ((actor("gone"), actor(into)), Takeover { at, base });
+        let mut lifecycle = Lifecycle {
+            takeovers: alloc::vec![takeover("n2", 9)],
+            ..Lifecycle::default()
+        };
+        let other = Lifecycle {
+            takeovers: alloc::vec![takeover("n1", 7)],
+            ..Lifecycle::default()
+        };
+        assert!(lifecycle.join(&other));
+        assert!(!lifecycle.join(&other), "idempotent");
+        let (winner, _) = lifecycle.takeover_of("gone").unwrap();
+        assert_eq!(winner.as_str(), "n1");
+        let wins: Vec<bool> = lifecycle
+            .takeovers_by("n2")
+            .map(|(_, _, wins)| wins)
+            .collect();
+        assert_eq!(wins, [false]);
+        assert_eq!(lifecycle.baseline_of("gone", 1), Some(base));
+        assert_eq!(
+            lifecycle.baseline_of("gone", 5),
+            None,
+            "another run owes it nothing"
+        );
+        assert!(lifecycle.travels_with("n2", 100) && lifecycle.travels_with("gone", 100));
+    }
+
+    #[test]
     fn join_is_commutative_associative_and_idempotent() {
         let a = Lifecycle {
             removed: alloc::vec![(actor("n1"), entry(1, 5, 5))],
@@ -261,6 +378,7 @@ mod tests {
             }),
             expires_at_ms: 0,
             spent_expiry_ms: 0,
+            takeovers: Vec::new(),
         };
         let b = Lifecycle {
             removed: alloc::vec![(actor("n1"), entry(1, 7, 7)), (actor("n2"), entry(2, 1, 2))],
@@ -272,6 +390,7 @@ mod tests {
             }),
             expires_at_ms: 99,
             spent_expiry_ms: 0,
+            takeovers: Vec::new(),
         };
         let c = Lifecycle {
             expires_at_ms: 50,

@@ -4,7 +4,7 @@ use core::ops::Bound;
 use alloc::vec::Vec;
 
 use crate::keyed::{is_duplicate, IdempotencyKey, KeyCheck, Registration};
-use crate::lifecycle::{Lifecycle, Mark, RemovalKind};
+use crate::lifecycle::{Lifecycle, Mark, RemovalKind, Takeover};
 use crate::{digest, ActorId, CounterName, CrdtError, Entry, Op, PnCounter, Watermarks};
 
 /// For each actor, the highest operation number a replica has *seen* — not
@@ -111,6 +111,7 @@ impl Change {
             }),
             expires_at_ms: 0,
             spent_expiry_ms: counter.lifecycle().map_or(0, |l| l.expires_at_ms),
+            takeovers: Vec::new(),
         };
         Change {
             name: name.clone(),
@@ -142,6 +143,53 @@ impl Change {
             registrations: Vec::new(),
             lifecycle: Some(lifecycle),
         }
+    }
+
+    /// `into` takes over departed actor `from`'s entry in `counter`,
+    /// stamped with `into`'s seq `seq`: its entry gains `from`'s totals
+    /// (in its current run, or a new one if that run is over), and the
+    /// change carries the [`Takeover`] that explains it. The caller checks
+    /// `from` has an entry here and no takeover yet.
+    pub fn taking_over(
+        counter: &PnCounter,
+        name: &CounterName,
+        from: &ActorId,
+        into: &ActorId,
+        seq: u64,
+    ) -> Result<Change, CrdtError> {
+        let base = counter.entry(from.as_str()).copied().unwrap_or_default();
+        let entry = match counter.entry(into.as_str()) {
+            Some(current) if !counter.run_is_over(into.as_str(), current) => Entry {
+                inc: current
+                    .inc
+                    .checked_add(base.inc)
+                    .ok_or(CrdtError::Overflow)?,
+                dec: current
+                    .dec
+                    .checked_add(base.dec)
+                    .ok_or(CrdtError::Overflow)?,
+                seq,
+                since: current.since,
+            },
+            _ => Entry {
+                inc: base.inc,
+                dec: base.dec,
+                seq,
+                since: seq,
+            },
+        };
+        let lifecycle = Lifecycle {
+            stamps: alloc::vec![(into.clone(), seq)],
+            takeovers: alloc::vec![((from.clone(), into.clone()), Takeover { at: seq, base })],
+            ..Lifecycle::default()
+        };
+        Ok(Change {
+            name: name.clone(),
+            actor: into.clone(),
+            entry,
+            registrations: Vec::new(),
+            lifecycle: Some(lifecycle),
+        })
     }
 
     /// A change of an entry alone.
@@ -579,6 +627,46 @@ impl CounterMap {
         Ok(Some(core::iter::once(change).collect()))
     }
 
+    /// The counters holding an entry of `actor` (from the per-actor index:
+    /// O(its entries), not O(counters)).
+    pub fn counters_of(&self, actor: &ActorId) -> Vec<CounterName> {
+        (self.changes_by_actor.get(actor.as_str()))
+            .map(|changes| changes.iter().map(|(_, name)| name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Retires departed actor `from` into `into` (the caller's own actor):
+    /// every counter holding `from`'s entry and no takeover of it yet is
+    /// taken over ([`Change::taking_over`]), each change stamped with
+    /// `into`'s next seq. Returns the delta to persist and ship, and how
+    /// many counters it left for a later call (see below).
+    pub fn take_over(
+        &mut self,
+        from: &ActorId,
+        into: &ActorId,
+    ) -> Result<(CounterMap, usize), CrdtError> {
+        let mut delta = CounterMap::new();
+        let mut left = 0;
+        for name in self.counters_of(from) {
+            let Some(counter) = self.counters.get(&name) else {
+                continue;
+            };
+            match counter.takeover_ready(from) {
+                None => continue,
+                Some(false) => {
+                    left += 1;
+                    continue;
+                }
+                Some(true) => {}
+            }
+            let seq = self.next_seq(into)?;
+            let change = Change::taking_over(counter, &name, from, into, seq)?;
+            self.merge_change(&change);
+            delta.merge_change(&change);
+        }
+        Ok((delta, left))
+    }
+
     /// Sets `name` to expire at `expires_at_ms` (the latest expiry set
     /// anywhere wins), as an operation of `actor`. `None` when the counter
     /// does not read as present here.
@@ -812,7 +900,8 @@ impl CounterMap {
                 self.expiries.insert((at, name.clone()));
             }
         }
-        if lifecycle.mark.is_some() {
+        if lifecycle.mark.is_some() || !lifecycle.takeovers.is_empty() {
+            // Garbage collection drops what removals and takeovers left dead.
             self.removed.insert(name);
         }
         true
@@ -978,7 +1067,9 @@ mod serde_impl {
     //! without a run (`since`), and are still read: [`KeyedOnly`] reads the
     //! format of keyed writes, `[(name, [(actor, entry)], [registration])]`,
     //! [`EntriesOnly`] the one of before, `[(name, [(actor, entry)])]`, and
-    //! [`LegacyChange`] a change of keyed writes.
+    //! [`LegacyChange`] a change of keyed writes. Those of before takeovers
+    //! hold lifecycles without them: [`WithoutTakeovers`] reads such a map,
+    //! [`ChangeWithoutTakeovers`] such a change.
     use super::*;
 
     impl serde::Serialize for CounterMap {
@@ -1093,6 +1184,75 @@ mod serde_impl {
         }
     }
 
+    /// A lifecycle as encoded before takeovers.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    pub struct LifecycleWithoutTakeovers {
+        removed: Vec<(ActorId, Entry)>,
+        stamps: Vec<(ActorId, u64)>,
+        mark: Option<Mark>,
+        expires_at_ms: u64,
+        spent_expiry_ms: u64,
+    }
+
+    impl From<LifecycleWithoutTakeovers> for Lifecycle {
+        fn from(old: LifecycleWithoutTakeovers) -> Lifecycle {
+            Lifecycle {
+                removed: old.removed,
+                stamps: old.stamps,
+                mark: old.mark,
+                expires_at_ms: old.expires_at_ms,
+                spent_expiry_ms: old.spent_expiry_ms,
+                takeovers: Vec::new(),
+            }
+        }
+    }
+
+    /// A map in the format of lifecycles, before takeovers.
+    #[derive(Debug, Clone, Default)]
+    pub struct WithoutTakeovers(pub CounterMap);
+
+    impl<'de> serde::Deserialize<'de> for WithoutTakeovers {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            type Wire = Vec<(
+                CounterName,
+                Vec<(ActorId, Entry)>,
+                Vec<Registration>,
+                Option<LifecycleWithoutTakeovers>,
+            )>;
+            let mut map = CounterMap::new();
+            for (name, entries, registrations, lifecycle) in Wire::deserialize(d)? {
+                let lifecycle = lifecycle.map(Lifecycle::from);
+                map.merge_counter(&name, entries, &registrations, lifecycle.as_ref());
+            }
+            Ok(WithoutTakeovers(map))
+        }
+    }
+
+    /// A [`Change`] in the format of lifecycles, before takeovers.
+    #[derive(Debug, Clone)]
+    pub struct ChangeWithoutTakeovers(pub Change);
+
+    impl<'de> serde::Deserialize<'de> for ChangeWithoutTakeovers {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            #[derive(serde::Deserialize)]
+            struct Wire {
+                name: CounterName,
+                actor: ActorId,
+                entry: Entry,
+                registrations: Vec<Registration>,
+                lifecycle: Option<LifecycleWithoutTakeovers>,
+            }
+            let wire = Wire::deserialize(d)?;
+            Ok(ChangeWithoutTakeovers(Change {
+                name: wire.name,
+                actor: wire.actor,
+                entry: wire.entry,
+                registrations: wire.registrations,
+                lifecycle: wire.lifecycle.map(Lifecycle::from),
+            }))
+        }
+    }
+
     /// A [`Change`] in the format of keyed writes, before lifecycle.
     #[derive(Debug, Clone)]
     pub struct LegacyChange(pub Change);
@@ -1118,7 +1278,10 @@ mod serde_impl {
     }
 }
 #[cfg(feature = "serde")]
-pub use serde_impl::{EntriesOnly, EntryWithoutRun, KeyedOnly, LegacyChange};
+pub use serde_impl::{
+    ChangeWithoutTakeovers, EntriesOnly, EntryWithoutRun, KeyedOnly, LegacyChange,
+    LifecycleWithoutTakeovers, WithoutTakeovers,
+};
 
 impl FromIterator<Change> for CounterMap {
     fn from_iter<I: IntoIterator<Item = Change>>(changes: I) -> Self {
@@ -1161,6 +1324,25 @@ mod tests {
             [(name("c8"), 9), (name("c9"), 10), (name("c0"), 11)]
         );
         assert_eq!(map.summary().get("a"), Some(&11));
+    }
+
+    #[test]
+    fn a_taken_over_entry_is_collected_once_stable_and_the_value_stays() {
+        let (gone, new, survivor) = (actor("n3~old"), actor("n3~new"), actor("n1~x"));
+        let mut map = CounterMap::new();
+        map.apply(&gone, &name("default"), Op::Increment(5))
+            .unwrap();
+        map.apply(&new, &name("default"), Op::Increment(1)).unwrap();
+        let (_, left) = map.take_over(&gone, &survivor).unwrap();
+        assert_eq!(left, 0);
+        let counter = map.get("default").unwrap();
+        assert_eq!(counter.value(), 6);
+        assert!(map.removed_count() > 0);
+        let all: Watermarks = map.summary().into_iter().collect();
+        map.drop_removed(&all, u64::MAX, None, 100);
+        let counter = map.get("default").unwrap();
+        assert_eq!(counter.value(), 6);
+        assert_eq!(counter.entry("n3~old"), None);
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::membership::Status;
 use crate::metrics::{Metrics, PeerCounts, StateSize};
 use crate::readiness::Readiness;
 use crate::replica::Replica;
+use crate::retirement::RetireError;
 use crate::transport::Tcp;
 use crate::writer::{
     now_ms, LifecycleChanged, LifecycleOp, LocalWrite, WriteError, WriterHandle, Written,
@@ -191,6 +192,7 @@ pub fn router(state: ApiState) -> Router {
             "/admin/partition",
             post(set_partition).delete(heal_partition),
         )
+        .route("/admin/retire/{node}", post(retire_node))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -1039,6 +1041,166 @@ async fn heal_partition(
     Ok(Json(
         serde_json::json!({ "node": state.node, "partitioned_from": [] }),
     ))
+}
+
+/// How long `POST /admin/retire/{node}` waits for members to report what
+/// they hold before answering 409.
+const RETIRE_PATIENCE: Duration = Duration::from_secs(5);
+const RETIRE_POLL: Duration = Duration::from_millis(100);
+/// How long it then waits for every reachable member to hold the fold.
+const RETIRE_SPREAD_PATIENCE: Duration = Duration::from_secs(15);
+
+/// `POST /admin/retire/{node}`.
+#[derive(Serialize)]
+struct RetiredAnswer {
+    /// The node that did it.
+    node: String,
+    /// Whose departed actors were retired.
+    retired_node: String,
+    /// The actors retired.
+    retired: Vec<String>,
+    /// The actor they were folded into (this node's).
+    into: String,
+    /// Counters whose entry of a retired actor was folded.
+    taken_over: usize,
+    /// Counters left unfolded for now (a retired actor still owes a key's
+    /// cancellation there, or is itself a survivor of a recorded
+    /// takeover); run the command again later.
+    left: usize,
+    /// Nodes holding the fold when answered, this one included.
+    replicas: usize,
+    /// Reachable members, this node included: once `replicas` reaches it,
+    /// the node that answered may be replaced.
+    members: usize,
+}
+
+/// Retires the departed actors of `node` ([`crate::retirement`]): every
+/// actor of that node but the one it writes as now, once a pull from every
+/// reachable member completed (else 409).
+async fn retire_node(
+    State(state): State<ApiState>,
+    Path(node): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Json<RetiredAnswer>, ApiError> {
+    tally_protocol::node_id::validate_node_id(&node)
+        .map_err(|error| ApiError::bad_request(format!("node {node:?}: {error}")))?;
+    // With a tokens file, the access layer already asked for an admin
+    // token or the cluster's signature. Without one it lets every caller
+    // through, so a cluster with a secret asks for the signature here:
+    // retiring refuses nodes, which no anonymous caller may do.
+    if state.access.tokens.is_none() && state.access.internal.is_some() {
+        let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        state.access.check_signed_write(
+            &axum::http::Method::POST,
+            path_and_query,
+            &headers,
+            b"",
+        )?;
+    }
+    let conflict = |error: crate::retirement::RetireError| {
+        ApiError::new(StatusCode::CONFLICT, error.to_string())
+    };
+    let retirement = Arc::clone(state.gossip.retirement());
+    let into = state.replica.actor();
+    let current = if node == state.node {
+        Some(into.to_string())
+    } else {
+        let status = state.gossip.members().status_of(&node);
+        match status {
+            Some(Status::Alive | Status::Suspect) => Some(
+                (retirement.actor_of(&node))
+                    .ok_or_else(|| conflict(RetireError::UnknownActor(node.clone())))?,
+            ),
+            _ => None,
+        }
+    };
+    // Pull from every reachable member, and wait a few seconds for the
+    // answers: then this node holds every write of the departed actors.
+    let asked = tokio::time::Instant::now();
+    state.gossip.refresh_watermarks();
+    let mut waited = Duration::ZERO;
+    loop {
+        match crate::retirement::pulled_from_all(&state.gossip.pulled_since(asked)) {
+            Ok(()) => break,
+            Err(error) if waited >= RETIRE_PATIENCE => return Err(conflict(error)),
+            Err(_) => {
+                tokio::time::sleep(RETIRE_POLL).await;
+                waited += RETIRE_POLL;
+            }
+        }
+    }
+    let (held, departed) = {
+        let state = state.replica.read();
+        let held = state.map.summary();
+        let mut departed =
+            crate::retirement::departed_actors(&node, held.keys(), current.as_deref());
+        // Retired before and collected since: nothing left to do.
+        departed.retain(|actor| {
+            !retirement.is_retired(actor.as_str()) || !state.map.counters_of(actor).is_empty()
+        });
+        (held, departed)
+    };
+    // The departed actors write no more, and this node now holds every
+    // write of theirs that any reachable member holds: it holds them up to
+    // their highest seq. Saying so (watermarks, journaled like a pull's)
+    // lets garbage collection, which drops only what every member holds,
+    // drop the folded entries even if nobody ever pulled from those actors.
+    let through: crdt_core::Watermarks = (departed.iter())
+        .map(|actor| (actor.clone(), held.get(actor).copied().unwrap_or(0)))
+        .collect();
+    state
+        .replica
+        .merge_remote(&CounterMap::new(), Some(&through));
+    crate::gossip::RemoteSink::persist(&state.writer, CounterMap::new(), Some(through)).await;
+    let mut answer = RetiredAnswer {
+        node: state.node.clone(),
+        retired_node: node,
+        retired: Vec::new(),
+        into: into.to_string(),
+        taken_over: 0,
+        left: 0,
+        replicas: 1,
+        members: 1,
+    };
+    for actor in departed {
+        let done = state.writer.retire(actor.clone()).await?;
+        answer.taken_over += done.taken_over;
+        answer.left += done.left;
+        // Only once the takeovers are durable: from now on old copies of
+        // the actor are refused.
+        retirement.learn([(actor.to_string(), now_ms())]);
+        answer.retired.push(actor.to_string());
+    }
+    // Answered once every reachable member holds the fold, or after
+    // RETIRE_SPREAD_PATIENCE: a node replaced right after it folded would
+    // otherwise take the only copy with it. A member's pull reports what it
+    // holds of this node's seqs (members with takeovers waiting for
+    // garbage collection pull every round).
+    let through = state.replica.read().map.last_seq(into.as_str());
+    let mut waited = Duration::ZERO;
+    loop {
+        let reports: Vec<_> = (state.gossip.member_reports().into_iter())
+            .filter(|(id, _)| state.gossip.members().status_of(id) != Some(Status::Dead))
+            .collect();
+        let holding = crate::retirement::holding(&into, through, &reports);
+        (answer.replicas, answer.members) = (1 + holding, 1 + reports.len());
+        let spread = holding == reports.len() || answer.taken_over == 0;
+        if spread || waited >= RETIRE_SPREAD_PATIENCE {
+            break;
+        }
+        tokio::time::sleep(RETIRE_POLL).await;
+        waited += RETIRE_POLL;
+    }
+    tracing::info!(
+        retired = ?answer.retired,
+        taken_over = answer.taken_over,
+        left = answer.left,
+        replicas = answer.replicas,
+        "retired the departed actors of node {}",
+        answer.retired_node
+    );
+    Ok(Json(answer))
 }
 
 fn require_fault_injection(state: &ApiState) -> Result<(), ApiError> {

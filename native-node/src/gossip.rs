@@ -295,6 +295,8 @@ pub struct Gossip<N: Network> {
     sink: Option<Arc<dyn RemoteSink>>,
     metrics: Arc<Metrics>,
     member_changes: watch::Sender<u64>,
+    /// Set once this node may not take part any more (`TransportError::RefusedUs`).
+    refused: watch::Sender<Option<String>>,
     /// Picks gossip partners; seedable so simulations are reproducible.
     rng: Mutex<StdRng>,
     /// Pulls sent so far (every `full_sync_every`-th asks for everything).
@@ -311,6 +313,9 @@ pub struct Gossip<N: Network> {
     /// holds everything up to): garbage collection's view of the cluster
     /// ([`crate::garbage`]).
     reports: Mutex<HashMap<String, Watermarks>>,
+    /// Per member, when its last answer to one of our pulls completed:
+    /// from then on we held everything it held when it answered.
+    answered: Mutex<HashMap<String, Instant>>,
 }
 
 impl<N: Network> Gossip<N> {
@@ -342,6 +347,7 @@ impl<N: Network> Gossip<N> {
             sink,
             metrics,
             member_changes: watch::channel(0).0,
+            refused: watch::channel(None).0,
             rng: Mutex::new(StdRng::from_entropy()),
             pulls: AtomicUsize::new(0),
             pull_budget: AtomicUsize::new(0),
@@ -349,6 +355,7 @@ impl<N: Network> Gossip<N> {
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
             requests: Requests::default(),
             reports: Mutex::default(),
+            answered: Mutex::default(),
         })
     }
 
@@ -378,6 +385,21 @@ impl<N: Network> Gossip<N> {
             .map(|id| {
                 let report = reports.get(&id).cloned();
                 (id, report)
+            })
+            .collect()
+    }
+
+    /// Every reachable member (not dead), each with whether one of our
+    /// pulls from it completed after `since` ([`Self::refresh_watermarks`]).
+    pub fn pulled_since(&self, since: Instant) -> Vec<(String, bool)> {
+        let ids: Vec<String> = (self.members().reachable().into_iter())
+            .map(|record| record.id)
+            .collect();
+        let answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        ids.into_iter()
+            .map(|id| {
+                let done = answered.get(&id).is_some_and(|at| *at >= since);
+                (id, done)
             })
             .collect()
     }
@@ -519,7 +541,37 @@ impl<N: Network> Gossip<N> {
         }
     }
 
+    /// Resolves once this node has been refused (the copy of a retired
+    /// actor, or stale: [`crate::retirement`]), to the reason; the node stops.
+    pub async fn refused(&self) -> String {
+        let mut refused = self.refused.subscribe();
+        loop {
+            if let Some(reason) = refused.borrow_and_update().clone() {
+                return reason;
+            }
+            if refused.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The retired set and the actors peers write as.
+    pub fn retirement(&self) -> &Arc<crate::retirement::Retirement> {
+        &self.me.retirement
+    }
+
     fn reject(&self, from: &str, error: &TransportError) {
+        if let TransportError::RefusedUs(reason) = error {
+            let first = self.refused.send_if_modified(|refused| {
+                let first = refused.is_none();
+                refused.get_or_insert_with(|| reason.clone());
+                first
+            });
+            if first {
+                tracing::error!(%from, "{reason}");
+            }
+            return;
+        }
         // Only what the peer sent counts as a rejection; a handshake that
         // times out or is reset is the network failing, not a bad peer.
         if matches!(
@@ -790,10 +842,15 @@ impl<N: Network> Gossip<N> {
     }
 
     async fn absorb(&self, peer: &str, changes: &CounterMap, done: Option<Watermarks>) {
+        if done.is_some() {
+            (self.answered.lock().unwrap_or_else(|p| p.into_inner()))
+                .insert(peer.to_owned(), Instant::now());
+        }
         let news = self.replica.merge_remote(changes, done.as_ref());
         if news.is_empty() && done.is_none() {
             return;
         }
+        self.me.retirement.learn_from_news(&news);
         if !news.is_empty() {
             self.metrics
                 .merges
@@ -810,6 +867,7 @@ impl<N: Network> Gossip<N> {
     /// fsync succeeded (`None`: no sink, and nothing to answer).
     async fn store_synced(&self, peer: &str, changes: CounterMap) -> Option<Synced> {
         let news = self.replica.merge_remote(&changes, None);
+        self.me.retirement.learn_from_news(&news);
         if !news.is_empty() {
             self.metrics.merges.fetch_add(1, Relaxed);
             self.replica.publish(news, Some(peer.to_owned()));

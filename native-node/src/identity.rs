@@ -326,7 +326,7 @@ fn to_base36(mut n: u128) -> String {
 }
 
 /// Writes via a temporary file, fsync and rename, then fsyncs the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let temp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&temp)?;

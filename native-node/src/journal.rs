@@ -22,8 +22,9 @@
 //! gossip frame) is split into several kind-7 records ([`merge_records`]); only
 //! the last carries the watermarks, so replay adopts them after every entry.
 use crdt_core::{
-    ActorId, Change, CounterMap, CounterName, EntriesOnly, Entry, EntryWithoutRun, KeyedOnly,
-    LegacyChange, Lifecycle, Registration, Watermarks,
+    ActorId, Change, ChangeWithoutTakeovers, CounterMap, CounterName, EntriesOnly, Entry,
+    EntryWithoutRun, KeyedOnly, LegacyChange, Lifecycle, LifecycleWithoutTakeovers, Registration,
+    Watermarks, WithoutTakeovers,
 };
 
 use crate::replica::{Replica, ReplicaState};
@@ -32,10 +33,14 @@ use crate::wal::{RecoveredRecord, WalError};
 /// A local operation's resulting entry.
 pub const KIND_LOCAL: u8 = 5;
 /// A local change with registrations or a lifecycle: a keyed write, a
-/// cancellation, a delete, a reset, an expiry.
-pub const KIND_LOCAL_CHANGE: u8 = 6;
+/// cancellation, a delete, a reset, an expiry, a takeover.
+pub const KIND_LOCAL_CHANGE: u8 = 8;
 /// Changes merged from a peer.
-pub const KIND_MERGE: u8 = 7;
+pub const KIND_MERGE: u8 = 9;
+/// [`KIND_LOCAL_CHANGE`] of before takeovers (read only).
+const KIND_LOCAL_CHANGE_WITHOUT_TAKEOVERS: u8 = 6;
+/// [`KIND_MERGE`] of before takeovers (read only).
+const KIND_MERGE_WITHOUT_TAKEOVERS: u8 = 7;
 /// [`KIND_LOCAL`] of before runs (read only).
 const KIND_LOCAL_WITHOUT_RUNS: u8 = 1;
 /// Changes merged from a peer, in the map format of before keyed writes (read only).
@@ -134,8 +139,11 @@ const CHUNKED_SNAPSHOT_TAG: u64 = u64::MAX - 1;
 /// First value of a chunked snapshot whose chunks hold registrations too
 /// (entries without runs, no lifecycle; still read).
 const KEYED_SNAPSHOT_TAG: u64 = u64::MAX - 2;
-/// First value of a chunked snapshot whose chunks hold lifecycles too.
+/// First value of a chunked snapshot whose chunks hold lifecycles too, of
+/// before takeovers (still read).
 const LIFECYCLE_SNAPSHOT_TAG: u64 = u64::MAX - 3;
+/// First value of a chunked snapshot whose lifecycles hold takeovers too.
+const TAKEOVER_SNAPSHOT_TAG: u64 = u64::MAX - 4;
 /// A snapshot chunk: counters with their entries, registrations and lifecycle.
 type Chunk = Vec<(
     CounterName,
@@ -169,7 +177,7 @@ pub const SNAPSHOT_CHUNK_COUNTERS: usize = 4096;
 /// so every chunk covers it; and what a chunk holds beyond it is replayed
 /// again from later segments, harmlessly (replay is merge).
 pub fn snapshot(replica: &Replica) -> Vec<u8> {
-    let mut payload = crdt_core::wire::encode(&LIFECYCLE_SNAPSHOT_TAG);
+    let mut payload = crdt_core::wire::encode(&TAKEOVER_SNAPSHOT_TAG);
     payload.extend(crdt_core::wire::encode(&replica.read().watermarks));
     let mut after: Option<CounterName> = None;
     loop {
@@ -202,6 +210,7 @@ fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_
         CHUNKED_SNAPSHOT_TAG,
         KEYED_SNAPSHOT_TAG,
         LIFECYCLE_SNAPSHOT_TAG,
+        TAKEOVER_SNAPSHOT_TAG,
     ]
     .contains(&tag)
     {
@@ -220,10 +229,25 @@ fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_
     let (watermarks, mut rest) = crdt_core::wire::take::<Watermarks>(rest)?;
     loop {
         let chunk: Chunk = match tag {
-            LIFECYCLE_SNAPSHOT_TAG => {
+            TAKEOVER_SNAPSHOT_TAG => {
                 let (chunk, after) = crdt_core::wire::take::<Chunk>(rest)?;
                 rest = after;
                 chunk
+            }
+            LIFECYCLE_SNAPSHOT_TAG => {
+                type LifecycleChunk = Vec<(
+                    CounterName,
+                    Vec<(ActorId, Entry)>,
+                    Vec<Registration>,
+                    Option<LifecycleWithoutTakeovers>,
+                )>;
+                let (chunk, after) = crdt_core::wire::take::<LifecycleChunk>(rest)?;
+                rest = after;
+                (chunk.into_iter())
+                    .map(|(name, entries, registrations, lifecycle)| {
+                        (name, entries, registrations, lifecycle.map(Lifecycle::from))
+                    })
+                    .collect()
             }
             KEYED_SNAPSHOT_TAG => {
                 type KeyedChunk = Vec<(
@@ -318,6 +342,14 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
             replay_change(state, change);
         }
         RecoveredRecord::Entry {
+            kind: KIND_LOCAL_CHANGE_WITHOUT_TAKEOVERS,
+            payload,
+        } => {
+            let ChangeWithoutTakeovers(change) =
+                crdt_core::wire::decode(payload).map_err(|e| undecodable("local change", e))?;
+            replay_change(state, change);
+        }
+        RecoveredRecord::Entry {
             kind: KIND_LOCAL_CHANGE_WITHOUT_LIFECYCLE,
             payload,
         } => {
@@ -330,6 +362,14 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
             payload,
         } => {
             let (news, watermarks): (CounterMap, Option<Watermarks>) =
+                crdt_core::wire::decode(payload).map_err(|e| undecodable("merge", e))?;
+            replay_news(state, &news, watermarks);
+        }
+        RecoveredRecord::Entry {
+            kind: KIND_MERGE_WITHOUT_TAKEOVERS,
+            payload,
+        } => {
+            let (WithoutTakeovers(news), watermarks): (WithoutTakeovers, Option<Watermarks>) =
                 crdt_core::wire::decode(payload).map_err(|e| undecodable("merge", e))?;
             replay_news(state, &news, watermarks);
         }
@@ -582,6 +622,66 @@ mod tests {
         replay(&mut state, RecoveredRecord::Entry { kind, payload }).unwrap();
         assert_eq!(state.map.value("k"), Some(4));
         assert_eq!(state.watermarks.get(actor.as_str()), change.entry.seq);
+    }
+
+    /// `lifecycle` as encoded before takeovers.
+    fn without_takeovers(lifecycle: &Lifecycle) -> impl serde::Serialize + '_ {
+        (
+            &lifecycle.removed,
+            &lifecycle.stamps,
+            &lifecycle.mark,
+            lifecycle.expires_at_ms,
+            lifecycle.spent_expiry_ms,
+        )
+    }
+
+    #[test]
+    fn records_and_snapshots_of_lifecycles_before_takeovers_are_still_read() {
+        let mut map = news(30, 2);
+        let actor = ActorId::new("node-0~inc").unwrap();
+        let name = CounterName::new("counter-00003-xxx").unwrap();
+        let kind = crdt_core::RemovalKind::Delete;
+        let removal = map.remove(&actor, &name, kind, 5).unwrap().unwrap();
+        let old_format: Vec<_> = (map.counters())
+            .map(|(name, counter)| {
+                let entries: Vec<_> = counter.entries().collect();
+                let registrations: Vec<&Registration> = counter.registrations().collect();
+                (
+                    name,
+                    entries,
+                    registrations,
+                    counter.lifecycle().map(without_takeovers),
+                )
+            })
+            .collect();
+        let watermarks = watermarks(2);
+        let payload = &crdt_core::wire::encode(&(&old_format, Some(&watermarks)));
+        let mut state = ReplicaState::default();
+        let kind = KIND_MERGE_WITHOUT_TAKEOVERS;
+        replay(&mut state, RecoveredRecord::Entry { kind, payload }).unwrap();
+        assert_eq!(state.map, map);
+        assert_eq!(state.map.value(name.as_str()), None, "the delete holds");
+
+        let mut snapshot = crdt_core::wire::encode(&LIFECYCLE_SNAPSHOT_TAG);
+        snapshot.extend(crdt_core::wire::encode(&watermarks));
+        snapshot.extend(crdt_core::wire::encode(&old_format));
+        snapshot.extend(crdt_core::wire::encode(&Vec::<u8>::new()));
+        assert_eq!(from_snapshot(&snapshot).map, map);
+
+        let change = removal.all_changes().next().unwrap();
+        let lifecycle = change.lifecycle.as_ref().map(without_takeovers);
+        let old_change = (
+            &change.name,
+            &change.actor,
+            change.entry,
+            &change.registrations,
+            lifecycle,
+        );
+        let payload = &crdt_core::wire::encode(&old_change);
+        let mut state = ReplicaState::default();
+        let kind = KIND_LOCAL_CHANGE_WITHOUT_TAKEOVERS;
+        replay(&mut state, RecoveredRecord::Entry { kind, payload }).unwrap();
+        assert_eq!(state.map, removal);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod readiness;
 pub mod registration;
 pub mod replica;
+pub mod retirement;
 pub mod shutdown;
 pub mod transport;
 pub mod wal;

@@ -25,6 +25,7 @@ use crate::protocol::MemberRecord;
 use crate::readiness::Readiness;
 use crate::registration::{self, Registration};
 use crate::replica::{Replica, ReplicaState};
+use crate::retirement::Retirement;
 use crate::transport::{GossipKeys, PeerIdentity, Tcp};
 use crate::wal::{Wal, WalOptions};
 use crate::writer::{self, WriterConfig};
@@ -142,6 +143,10 @@ pub enum NodeError {
         /// The unspecified address.
         addr: SocketAddr,
     },
+    /// Peers refuse this node's data, or it found it older than the
+    /// cluster's ([`crate::retirement`]).
+    #[error("stopped: {0}")]
+    Refused(String),
     /// The graceful stop took longer than `--shutdown-timeout`.
     #[error("graceful shutdown did not finish within {0:?}; stopping anyway (acknowledged writes are on disk)")]
     ShutdownTimedOut(Duration),
@@ -214,6 +219,7 @@ pub async fn run(
         },
         identity_file,
     );
+    let retirement = Arc::new(Retirement::load(&config.data_dir, Arc::clone(&replica))?);
     let keys = match &config.cluster_keys {
         Some(keys) => GossipKeys::from_cluster(keys),
         None => GossipKeys::insecure(),
@@ -229,6 +235,7 @@ pub async fn run(
         },
         max_frame: config.max_frame,
         idle_timeout: Duration::from_secs(30).max(config.gossip.interval * 20),
+        retirement,
     };
     let sink: Arc<dyn RemoteSink> = Arc::new(writer.clone());
     let gossip = Gossip::new(
@@ -241,6 +248,7 @@ pub async fn run(
         Arc::clone(&metrics),
     );
     gossip.start(gossip_listener);
+    let refusing_gossip = Arc::clone(&gossip);
     let dns_seeds = (!config.seed_dns.is_empty()).then(|| {
         let own = vec![
             running.gossip_advertised.to_string(),
@@ -329,6 +337,19 @@ pub async fn run(
     // draining header, and stop sending), then no new connection, requests
     // in flight finish, the WAL is synced and the clean stop recorded.
     let (signalled, deadline_starts) = tokio::sync::oneshot::channel::<()>();
+    // A node refused by its peers stops as if signalled, then says why.
+    let refusal = Arc::new(std::sync::Mutex::new(None::<String>));
+    let shutdown = {
+        let (refusal, gossip) = (Arc::clone(&refusal), Arc::clone(&refusing_gossip));
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                reason = gossip.refused() => {
+                    *refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                }
+            }
+        }
+    };
     let registration = Arc::new(tokio::sync::Mutex::new(registration));
     let stop_serving = {
         let (readiness, registration) = (Arc::clone(&readiness), Arc::clone(&registration));
@@ -376,6 +397,9 @@ pub async fn run(
     }
     if let Some(task) = dns_seeds {
         task.abort();
+    }
+    if let Some(reason) = refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(NodeError::Refused(reason));
     }
     tracing::info!(node = %running.id, "node stopped");
     Ok(())

@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize};
 /// quorum requests (`Replicate`/`Stored`, `Fetch`/`Fetched`).
 /// 4: entries carry their run (`since`); changes and maps carry counters'
 /// lifecycles (delete, reset, expiry).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: lifecycles carry takeovers (retired actors folded into survivors).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// A member as gossiped: its addresses and its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -168,6 +168,17 @@ type Reply = oneshot::Sender<Result<Written, WriteError>>;
 /// `None`: the counter does not read as present here (never written,
 /// deleted, or expired).
 type LifecycleReply = oneshot::Sender<Result<Option<LifecycleChanged>, WriteError>>;
+type RetireReply = oneshot::Sender<Result<Retired, WriteError>>;
+
+/// What retiring an actor did on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retired {
+    /// Counters whose entry of the actor this node took over.
+    pub taken_over: usize,
+    /// Counters left for later: the actor owes a key's cancellation there,
+    /// or took over another actor whose record is still needed.
+    pub left: usize,
+}
 
 enum Request {
     Local {
@@ -182,6 +193,12 @@ enum Request {
         name: CounterName,
         op: LifecycleOp,
         reply: LifecycleReply,
+    },
+    /// Retire departed actor `from`: take over its entry in every counter
+    /// that holds one and is ready ([`crdt_core::PnCounter::takeover_ready`]).
+    Retire {
+        from: ActorId,
+        reply: RetireReply,
     },
     /// Counters the expiry sweep found past their expiry: each still past
     /// it when stamped is deleted.
@@ -292,6 +309,18 @@ impl WriterHandle {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Request::Lifecycle { name, op, reply })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Retires departed actor `from` into this node's actor once the
+    /// takeovers are durable (see [`Retired`]). The caller checks `from` is
+    /// departed and that this node holds everything it wrote.
+    pub async fn retire(&self, from: ActorId) -> Result<Retired, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::Retire { from, reply })
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
         answer.await.map_err(|_| WriteError::ShuttingDown)?
@@ -469,6 +498,9 @@ enum Answer {
     Expiry,
     /// The expiry a write's `?ttl=` set (answered with the write).
     WriteTtl,
+    /// A takeover of a retired actor's entry; the last of a request
+    /// carries its answer.
+    Takeover(Option<(RetireReply, Retired)>),
 }
 
 impl Writer {
@@ -625,6 +657,11 @@ impl Writer {
                         ),
                         // The next sweep finds the counter again.
                         Answer::Expiry | Answer::WriteTtl => {}
+                        Answer::Takeover(answer) => {
+                            if let Some((reply, _)) = answer {
+                                let _ = reply.send(Err(WriteError::Storage(error.clone())));
+                            }
+                        }
                     }
                 }
                 // Refused whole (nothing of it buffered): earlier news waits on.
@@ -831,6 +868,49 @@ impl Writer {
                     let answer = Answer::Lifecycle(reply);
                     stage(counter, change, answer, &mut records, &mut pending);
                 }
+                Request::Retire { from, reply } => {
+                    if let Some(reason) = &refused {
+                        let _ = reply.send(Err(WriteError::Storage(reason.clone())));
+                        continue;
+                    }
+                    let mut retired = Retired {
+                        taken_over: 0,
+                        left: 0,
+                    };
+                    let mut staged = Vec::new();
+                    for name in state.map.counters_of(&from) {
+                        let counter = copy_in(&mut touched, &state.map, &name);
+                        match counter.takeover_ready(&from) {
+                            None => continue,
+                            Some(false) => {
+                                retired.left += 1;
+                                continue;
+                            }
+                            Some(true) => {}
+                        }
+                        let Ok(change) =
+                            Change::taking_over(counter, &name, &from, &actor, seq + 1)
+                        else {
+                            retired.left += 1;
+                            continue;
+                        };
+                        seq += 1;
+                        retired.taken_over += 1;
+                        staged.push((name, change));
+                    }
+                    let count = staged.len();
+                    let mut reply = Some(reply);
+                    for (i, (name, change)) in staged.into_iter().enumerate() {
+                        let counter = copy_in(&mut touched, &state.map, &name);
+                        let last = (i + 1 == count).then(|| reply.take()).flatten();
+                        let answer = Answer::Takeover(last.map(|reply| (reply, retired)));
+                        stage(counter, change, answer, &mut records, &mut pending);
+                    }
+                    if let Some(reply) = reply {
+                        // Nothing taken over: nothing to make durable.
+                        let _ = reply.send(Ok(retired));
+                    }
+                }
                 Request::Expire { names, done } => {
                     expiry_done.push(done);
                     if refused.is_some() {
@@ -988,6 +1068,12 @@ impl Writer {
                 }
                 Answer::Expiry => {
                     self.metrics.expired.fetch_add(1, Relaxed);
+                    continue;
+                }
+                Answer::Takeover(answer) => {
+                    if let Some((reply, retired)) = answer {
+                        let _ = reply.send(Ok(retired));
+                    }
                     continue;
                 }
                 Answer::Cancellation | Answer::WriteTtl => continue,
@@ -1340,6 +1426,45 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         false
+    }
+
+    #[tokio::test]
+    async fn retiring_a_departed_actor_moves_its_entries_durably_and_keeps_every_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let Started {
+            writer, replica, ..
+        } = started(dir.path(), u64::MAX, 64 << 20);
+        // As gossip does: merged into the replica, then journaled.
+        for index in 0..5 {
+            replica.write().map.merge(&news(index));
+            writer.persist(news(index), None).await;
+        }
+        writer
+            .write(name("counter-0"), Op::Increment(10))
+            .await
+            .unwrap();
+        let gone = ActorId::new("node-2~peer").unwrap();
+        assert_eq!(replica.read().map.counters_of(&gone).len(), 5);
+        let before: Vec<_> = (0..5)
+            .map(|i| replica.read().map.value(&format!("counter-{i}")))
+            .collect();
+        let retired = writer.retire(gone.clone()).await.unwrap();
+        assert_eq!((retired.taken_over, retired.left), (5, 0));
+        let after: Vec<_> = (0..5)
+            .map(|i| replica.read().map.value(&format!("counter-{i}")))
+            .collect();
+        assert_eq!(after, before, "a takeover moves no value");
+        let again = writer.retire(gone.clone()).await.unwrap();
+        assert_eq!(again.taken_over, 0, "an actor is taken over once");
+        writer.shutdown().await;
+        let replayed = recovered(dir.path());
+        let values: Vec<_> = (0..5)
+            .map(|i| replayed.map.value(&format!("counter-{i}")))
+            .collect();
+        assert_eq!(values, before, "the takeovers replay from the log");
+        let counter = replayed.map.get("counter-3").unwrap();
+        let survivor = replica.actor();
+        assert_eq!(counter.entry(survivor.as_str()).map(|e| e.inc), Some(4));
     }
 
     #[tokio::test]

@@ -9,10 +9,12 @@
 //! `admin`. Browsers cannot set headers on a WebSocket, so `/ws` and
 //! `/watch` also take `?access_token=TOKEN`. A request signed with the
 //! cluster secret ([`crate::request_auth`]) passes as `admin` when it is a
-//! read (the gateway's health checks and stream followers) or the one write
-//! route built for internal callers, `POST /batch` ([`crate::batch`]): its
-//! signature covers the body, so that body is read and checked here before
-//! the handler sees it. No other write is ever let through by a signature.
+//! read (the gateway's health checks and stream followers), the one write
+//! route built for internal callers, `POST /batch` ([`crate::batch`]), or an
+//! operator's `tally admin retire` (`POST /admin/retire/{node}`, which a node
+//! without a tokens file also refuses unsigned). A signature covers the
+//! body, so that body is read and checked here before the handler sees it.
+//! No other write is ever let through by a signature.
 //!
 //! **Origins**: a request that changes something, or opens a stream, and
 //! carries an `Origin` header (every browser sends one on such requests) is
@@ -34,6 +36,10 @@ use crate::batch::BATCH_PATH;
 use crate::http_error::{ApiError, MAX_BODY_BYTES};
 use crate::request_auth::server::RequestVerifier;
 use crate::request_auth::{RequestParts, SIGNATURE_HEADER};
+
+/// Where `POST /admin/retire/{node}` starts: the admin route an operator's
+/// command signs with the cluster secret.
+pub const RETIRE_PATH_PREFIX: &str = "/admin/retire/";
 
 /// What a token allows, each role including the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -233,15 +239,15 @@ impl AccessPolicy {
         }
     }
 
-    /// Whether this request asks to pass as a signed internal write: the
-    /// batch route, carrying a signature, on a server that checks tokens
+    /// Whether this request asks to pass as a signed write: the batch or
+    /// the retire route, carrying a signature, on a server that checks tokens
     /// and knows the cluster secret. Its fate is then the signature's
     /// alone ([`Self::check_signed_write`]).
     fn wants_signed_write(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
         self.tokens.is_some()
             && self.internal.is_some()
             && method == Method::POST
-            && path == BATCH_PATH
+            && (path == BATCH_PATH || path.starts_with(RETIRE_PATH_PREFIX))
             && headers.contains_key(SIGNATURE_HEADER)
     }
 
@@ -559,6 +565,22 @@ mod tests {
         assert_eq!(check(&other_body, b"other items"), 401);
         let wrong_key = signed("another-cluster-secret", "POST", BATCH_PATH, body);
         assert_eq!(check(&wrong_key, body), 401);
+    }
+
+    #[test]
+    fn a_signed_retire_passes_and_an_admin_token_is_needed_without_one() {
+        let policy = with_secret();
+        let path = "/admin/retire/n3";
+        let good = signed(SECRET, "POST", path, b"");
+        assert!(policy.wants_signed_write(&Method::POST, path, &good));
+        assert_eq!(
+            status(policy.check_signed_write(&Method::POST, path, &good, b"")),
+            200
+        );
+        let as_ = |token: &str| headers(&[(header::AUTHORIZATION, &format!("Bearer {token}"))]);
+        let check = |headers: &HeaderMap| status(policy.check(&Method::POST, path, None, headers));
+        assert_eq!(check(&as_(ADMIN)), 200);
+        assert_eq!(check(&as_(WRITER)), 403);
     }
 
     #[test]

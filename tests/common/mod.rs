@@ -393,6 +393,11 @@ impl NodeProcess {
         self.env.retain(|(set, _)| set != name);
     }
 
+    /// Everything its process wrote so far.
+    pub fn log_contents(&self) -> String {
+        self.log.contents()
+    }
+
     /// Whether its process has exited (by itself or killed); reaps it.
     pub fn has_exited(&mut self) -> bool {
         match self.child.as_mut() {

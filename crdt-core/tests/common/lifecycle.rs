@@ -47,6 +47,8 @@ struct Removal {
 
 pub struct LifecycleRun {
     replicas: Vec<Replica>,
+    /// Actors whose node moved on to a new one, with their last seq.
+    departed: Vec<(ActorId, u64)>,
     writes: Vec<LogicalWrite>,
     removals: Vec<Removal>,
     now_ms: u64,
@@ -203,6 +205,7 @@ pub fn run(seed: u64) -> LifecycleRun {
                 knows: BTreeSet::new(),
             })
             .collect(),
+        departed: Vec::new(),
         writes: Vec::new(),
         removals: Vec::new(),
         now_ms: 1_000,
@@ -214,7 +217,7 @@ pub fn run(seed: u64) -> LifecycleRun {
         let now_ms = run.now_ms;
         let at = rng.below(REPLICAS);
         let name = CounterName::new(NAMES[rng.below(NAMES.len())]).expect("valid name");
-        match rng.below(17) {
+        match rng.below(19) {
             0..=4 => {
                 let amount = 1 + rng.below(9) as u64;
                 let op = if rng.chance(3, 4) {
@@ -277,6 +280,34 @@ pub fn run(seed: u64) -> LifecycleRun {
                 sync(&mut run.replicas, from, at);
             }
             13 => cancel_duplicates(&mut run.replicas[at]),
+            // A node replaced: it writes as a new actor from now on, and
+            // its old one departs.
+            15 => {
+                let replica = &mut run.replicas[at];
+                let old = replica.actor.clone();
+                let last = replica.map.last_seq(old.as_str());
+                let generation = run.departed.len() + 1;
+                replica.actor = ActorId::new(&format!("node-{at}~g{generation}")).expect("valid");
+                run.departed.push((old, last));
+            }
+            // A retirement: a replica folds a departed actor into its own,
+            // once it holds all the departed actor did.
+            16 => {
+                let replica = &mut run.replicas[at];
+                let held = (run.departed.iter())
+                    .filter(|(gone, last)| replica.watermarks.get(gone.as_str()) >= *last)
+                    .map(|(gone, _)| gone.clone())
+                    .collect::<Vec<_>>();
+                if !held.is_empty() {
+                    let gone = &held[rng.below(held.len())];
+                    let survivor = replica.actor.clone();
+                    replica
+                        .map
+                        .take_over(gone, &survivor)
+                        .expect("never overflows here");
+                    replica.own_seq_held();
+                }
+            }
             // A quiet moment: everyone hears everyone, so garbage can go.
             14 => {
                 for from in 0..REPLICAS {
@@ -307,6 +338,7 @@ pub fn merge_laws_hold(run: &LifecycleRun) {
 pub fn removals_are_observed_remove(run: LifecycleRun) {
     let LifecycleRun {
         mut replicas,
+        departed,
         writes,
         mut removals,
         now_ms,
@@ -365,6 +397,56 @@ pub fn removals_are_observed_remove(run: LifecycleRun) {
             "every replica in the same state"
         );
         assert_eq!(replica.map.digest(), replicas[0].map.digest());
+    }
+    // Replica 0 (holding everything) retires every departed actor; once
+    // that is heard and collected everywhere, no counter holds an entry of
+    // one any more (unless it owes a key's cancellation there), and every
+    // read is unchanged.
+    let survivor = replicas[0].actor.clone();
+    // Twice: an actor that took over another is folded once collection
+    // dropped the record of that takeover.
+    for _ in 0..2 {
+        for (gone, _) in &departed {
+            replicas[0]
+                .map
+                .take_over(gone, &survivor)
+                .expect("never overflows here");
+        }
+        replicas[0].own_seq_held();
+        everyone(&mut replicas);
+        for at in 0..REPLICAS {
+            collect(&mut replicas, at, later + KEY_WINDOW_MS);
+        }
+        everyone(&mut replicas);
+        for replica in &replicas {
+            assert_eq!(
+                reads(&replica.map),
+                expected,
+                "after retiring every departed actor"
+            );
+            assert_eq!(
+                replica.map, replicas[0].map,
+                "every replica in the same state"
+            );
+        }
+    }
+    for (gone, _) in &departed {
+        for (name, counter) in replicas[0].map.counters() {
+            // An entry that carries the latest reset stays (with its takeover).
+            let carries_reset = (counter.lifecycle())
+                .is_some_and(|l| l.is_reset() && l.mark.as_ref().is_some_and(|m| &m.actor == gone));
+            // So does one that took over another and must keep giving back
+            // what that losing takeover folded in twice.
+            let still_survivor = (counter.lifecycle())
+                .is_some_and(|l| l.takeovers.iter().any(|((_, into), _)| into == gone));
+            let keyed = counter.registrations().any(|r| &r.origin == gone);
+            if !keyed && !carries_reset && !still_survivor {
+                assert!(
+                    counter.entry(gone.as_str()).is_none(),
+                    "{name}: {gone}'s entry outlived its retirement: {counter:?}"
+                );
+            }
+        }
     }
     for (name, expected) in NAMES.iter().zip(&expected) {
         if expected.is_none() {

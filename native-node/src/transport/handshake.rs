@@ -2,15 +2,21 @@
 //! keyed by the cluster secret ([`super::noise`]).
 //!
 //! ```text
-//! dialer → acceptor   noise msg 1 (e, psk) + encrypted Hello { version, cluster, member }
-//! acceptor → dialer   noise msg 2 (e, ee)  + encrypted Hello { version, cluster, member }
+//! dialer → acceptor   noise msg 1 (e, psk) + encrypted Hello { version, cluster, member, actor, retired }
+//! acceptor → dialer   noise msg 2 (e, ee)  + encrypted Hello { …, refused }
 //! ```
+//!
+//! Each side then judges the other ([`Retirement::judge`]): the copy of a
+//! retired actor is refused (the acceptor tells the dialer why in
+//! `refused`), and a node that finds itself stale stops. Both happen before
+//! any data flows.
 //!
 //! Only a holder of the secret can write a first message the acceptor can
 //! read, or an answer the dialer can read. The `Hello`s are part of the
 //! handshake transcript, so the id and addresses each side announces are the
 //! ones the session is bound to: a member record about the peer itself is
 //! taken only from its own `Hello` or frames of this session.
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +27,7 @@ use super::connection::{Connection, RawFramed};
 use super::noise::{GossipKeys, Initiator, Responder};
 use super::TransportError;
 use crate::protocol::{MemberRecord, PROTOCOL_VERSION};
+use crate::retirement::{PeerWord, Refusal, RetiredActor, Retirement};
 
 /// Time allowed for the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,6 +41,12 @@ pub struct Hello {
     pub cluster: String,
     /// Who the sender is.
     pub member: MemberRecord,
+    /// The CRDT actor the sender writes as.
+    pub actor: String,
+    /// The newest retired actors the sender knows of ([`crate::retirement`]).
+    pub retired: Vec<RetiredActor>,
+    /// Only from an acceptor: why it refuses the dialer.
+    pub refused: Option<String>,
 }
 
 /// What the local side needs to run a handshake.
@@ -49,6 +62,8 @@ pub struct PeerIdentity {
     pub max_frame: usize,
     /// A connection with no frame for this long is closed.
     pub idle_timeout: Duration,
+    /// The actor this node writes as, and the retired set it guards.
+    pub retirement: Arc<Retirement>,
 }
 
 /// Dials done: runs the dialer's side of the handshake over `stream`.
@@ -58,11 +73,22 @@ where
 {
     timed(async {
         let mut raw = RawFramed::new(stream, me.max_frame);
-        let (initiator, first) = Initiator::start(&me.keys, &encode(&hello(me)))?;
+        let (initiator, first) = Initiator::start(&me.keys, &encode(&hello(me, None)))?;
         raw.send_raw(Bytes::from(first)).await?;
         let answer = raw.recv_raw(HANDSHAKE_TIMEOUT).await?;
         let (theirs, session) = initiator.finish(&answer)?;
         let theirs = check_hello(&theirs, me)?;
+        if let Some(reason) = &theirs.refused {
+            return Err(TransportError::RefusedUs(format!(
+                "node {} refuses this node: {reason}",
+                theirs.member.id
+            )));
+        }
+        match me.retirement.judge(word(&theirs)) {
+            Ok(()) => {}
+            Err(Refusal::Peer(reason)) => return Err(TransportError::Incompatible(reason)),
+            Err(Refusal::Us(reason)) => return Err(TransportError::RefusedUs(reason)),
+        }
         Ok((Connection::new(raw, session, me.idle_timeout), theirs))
     })
     .await
@@ -81,9 +107,18 @@ where
         let first = raw.recv_raw(HANDSHAKE_TIMEOUT).await?;
         let (responder, theirs) = Responder::read(&me.keys, &first)?;
         let theirs = check_hello(&theirs, me)?;
-        let (answer, session) = responder.answer(&encode(&hello(me)))?;
+        let judged = me.retirement.judge(word(&theirs));
+        let refused = match &judged {
+            Err(Refusal::Peer(reason)) => Some(reason.clone()),
+            _ => None,
+        };
+        let (answer, session) = responder.answer(&encode(&hello(me, refused)))?;
         raw.send_raw(Bytes::from(answer)).await?;
-        Ok((Connection::new(raw, session, me.idle_timeout), theirs))
+        match judged {
+            Ok(()) => Ok((Connection::new(raw, session, me.idle_timeout), theirs)),
+            Err(Refusal::Peer(reason)) => Err(TransportError::Incompatible(reason)),
+            Err(Refusal::Us(reason)) => Err(TransportError::RefusedUs(reason)),
+        }
     })
     .await
 }
@@ -96,11 +131,22 @@ async fn timed<T>(
         .map_err(|_| TransportError::Timeout("handshake"))?
 }
 
-fn hello(me: &PeerIdentity) -> Hello {
+fn hello(me: &PeerIdentity, refused: Option<String>) -> Hello {
     Hello {
         version: PROTOCOL_VERSION,
         cluster: me.cluster.clone(),
         member: me.member.clone(),
+        actor: me.retirement.actor(),
+        retired: me.retirement.for_hello(),
+        refused,
+    }
+}
+
+fn word(hello: &Hello) -> PeerWord<'_> {
+    PeerWord {
+        id: &hello.member.id,
+        actor: &hello.actor,
+        retired: &hello.retired,
     }
 }
 
@@ -150,7 +196,36 @@ mod tests {
             },
             max_frame: 1 << 16,
             idle_timeout: Duration::from_secs(5),
+            retirement: Retirement::for_actor(&format!("{id}~1")),
         }
+    }
+
+    #[test]
+    fn a_hello_with_the_most_retired_actors_of_the_longest_ids_fits_a_noise_message() {
+        let me = identity(&"n".repeat(64), "the-test-cluster-secret");
+        let incarnation = "z".repeat(12);
+        me.retirement.learn((0..1_000u64).map(|i| {
+            let id = format!("{i:0>64}");
+            (format!("{id}~{incarnation}"), u64::MAX - i)
+        }));
+        let bytes = encode(&hello(&me, Some("r".repeat(300))));
+        assert!(bytes.len() < 60_000, "{} bytes", bytes.len());
+    }
+
+    #[tokio::test]
+    async fn the_copy_of_a_retired_actor_is_refused_and_told_why() {
+        let (left, right) = tokio::io::duplex(1 << 16);
+        let (old, b) = (
+            identity("old", "the-test-cluster-secret"),
+            identity("b", "the-test-cluster-secret"),
+        );
+        b.retirement.learn([("old~1".to_owned(), 7)]);
+        let (dialed, accepted) = tokio::join!(dial(left, &old), accept(right, &b));
+        assert!(matches!(accepted, Err(TransportError::Incompatible(_))));
+        let Err(TransportError::RefusedUs(reason)) = dialed else {
+            panic!("the retired dialer was not told it is refused");
+        };
+        assert!(reason.contains("old~1 of node old was retired"), "{reason}");
     }
 
     #[tokio::test]

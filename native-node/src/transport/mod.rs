@@ -52,6 +52,11 @@ pub enum TransportError {
     /// The peer speaks another protocol version or belongs to another cluster.
     #[error("incompatible peer: {0}")]
     Incompatible(String),
+    /// This node may not take part any more: a peer refused it as the copy
+    /// of a retired actor, or it found its own data older than the
+    /// cluster's ([`crate::retirement`]). The node stops.
+    #[error("{0}")]
+    RefusedUs(String),
 }
 
 /// A way to open and accept byte streams: real TCP, or a simulation.
