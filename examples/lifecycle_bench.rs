@@ -13,6 +13,9 @@
 //! ```
 //! Figures to read, not pass/fail checks; the run fails only when the node
 //! does not do what it must (refuse a write, keep a deleted counter).
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -48,15 +51,7 @@ const BATCH: usize = tally_protocol::batch::MAX_BATCH_ITEMS;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let tally = match &args.tally {
-        Some(path) => path.clone(),
-        None => {
-            let exe = std::env::current_exe()?;
-            let profile = (exe.parent().and_then(Path::parent))
-                .context("cannot locate the target directory")?;
-            profile.join("tally")
-        }
-    };
+    let tally = support::tally_binary(args.tally.as_deref())?;
     tokio::runtime::Runtime::new()?.block_on(run(args, tally))
 }
 
@@ -68,8 +63,8 @@ struct Node {
 
 impl Node {
     fn start(tally: &Path, dir: &Path) -> anyhow::Result<Node> {
-        let http = free_addr()?;
-        let gossip = free_addr()?;
+        let http = support::free_addr()?;
+        let gossip = support::free_addr()?;
         let data = dir.join("b1");
         let log = std::fs::File::create(dir.join("b1.log"))?;
         let child = Command::new(tally)
@@ -106,16 +101,7 @@ impl Node {
     }
 
     async fn metric(&self, client: &reqwest::Client, name: &str) -> anyhow::Result<u64> {
-        let text = client
-            .get(self.url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok((text.lines())
-            .filter(|line| line.split(['{', ' ']).next() == Some(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum())
+        support::metric(client, &self.http, name).await
     }
 
     async fn wait_for(
@@ -320,9 +306,4 @@ fn dir_size(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-fn free_addr() -> anyhow::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.to_string())
 }

@@ -18,6 +18,9 @@
 //! ```
 //! Figures to read, not pass/fail checks; the run fails only when a value
 //! is wrong or a command fails.
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,15 +52,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let tally = match &args.tally {
-        Some(path) => path.clone(),
-        None => {
-            let exe = std::env::current_exe()?;
-            let profile = (exe.parent().and_then(Path::parent))
-                .context("cannot locate the target directory")?;
-            profile.join("tally")
-        }
-    };
+    let tally = support::tally_binary(args.tally.as_deref())?;
     tokio::runtime::Runtime::new()?.block_on(run(args, tally))
 }
 
@@ -99,13 +94,7 @@ impl Slot {
     }
 
     async fn metric(&self, client: &reqwest::Client, name: &str) -> anyhow::Result<u64> {
-        let text = (client.get(self.url("/metrics")).send().await?)
-            .text()
-            .await?;
-        Ok((text.lines())
-            .filter(|line| line.split(['{', ' ']).next() == Some(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum())
+        support::metric(client, &self.http, name).await
     }
 
     async fn value(&self, client: &reqwest::Client, counter: &str) -> Option<i64> {
@@ -180,8 +169,8 @@ async fn run(args: Args, tally: PathBuf) -> anyhow::Result<()> {
         .map(|i| {
             Ok(Slot {
                 id: format!("r{i}"),
-                http: free_addr()?,
-                gossip: free_addr()?,
+                http: support::free_addr()?,
+                gossip: support::free_addr()?,
                 child: None,
             })
         })
@@ -263,9 +252,4 @@ async fn report(
         per_counter.join(" ")
     );
     Ok(())
-}
-
-fn free_addr() -> anyhow::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.to_string())
 }
