@@ -71,9 +71,10 @@ pub enum AdminCommand {
     /// unclean restarts) into the actor of the node asked, so counters stop
     /// keeping an entry per incarnation. A node running as NODE keeps its
     /// current actor. Old copies of the retired actors are refused by the
-    /// cluster from then on (wipe their data directory to rejoin). Run it
-    /// once the node's writes have spread: the node asked must hold
-    /// everything the members hold of those actors, or it answers 409.
+    /// cluster from then on (wipe their data directory to rejoin). The node
+    /// asked first pulls from every reachable member (409 if one does not
+    /// answer), and answers once every reachable member holds the fold
+    /// (`replicas` = `members`); `left` > 0: run it again later.
     Retire(RetireArgs),
 }
 
