@@ -635,6 +635,12 @@ impl CounterMap {
             .unwrap_or_default()
     }
 
+    /// Whether any counter holds an entry of `actor` (O(log actors), where
+    /// [`Self::counters_of`] copies every name).
+    pub fn holds_entries_of(&self, actor: &ActorId) -> bool {
+        (self.changes_by_actor.get(actor.as_str())).is_some_and(|changes| !changes.is_empty())
+    }
+
     /// Retires departed actor `from` into `into` (the caller's own actor):
     /// every counter holding `from`'s entry and no takeover of it yet is
     /// taken over ([`Change::taking_over`]), each change stamped with

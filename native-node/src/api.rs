@@ -1119,17 +1119,12 @@ async fn retire_node(
     // answers: then this node holds every write of the departed actors.
     let asked = tokio::time::Instant::now();
     state.gossip.refresh_watermarks();
-    let mut waited = Duration::ZERO;
-    loop {
-        match crate::retirement::pulled_from_all(&state.gossip.pulled_since(asked)) {
-            Ok(()) => break,
-            Err(error) if waited >= RETIRE_PATIENCE => return Err(conflict(error)),
-            Err(_) => {
-                tokio::time::sleep(RETIRE_POLL).await;
-                waited += RETIRE_POLL;
-            }
-        }
-    }
+    poll_until(RETIRE_PATIENCE, || {
+        let pulled = crate::retirement::pulled_from_all(&state.gossip.pulled_since(asked));
+        (pulled.is_ok(), pulled)
+    })
+    .await
+    .map_err(conflict)?;
     let (held, departed) = {
         let state = state.replica.read();
         let held = state.map.summary();
@@ -1137,7 +1132,7 @@ async fn retire_node(
             crate::retirement::departed_actors(&node, held.keys(), current.as_deref());
         // Retired before and collected since: nothing left to do.
         departed.retain(|actor| {
-            !retirement.is_retired(actor.as_str()) || !state.map.counters_of(actor).is_empty()
+            !retirement.is_retired(actor.as_str()) || state.map.holds_entries_of(actor)
         });
         (held, departed)
     };
@@ -1178,20 +1173,16 @@ async fn retire_node(
     // holds of this node's seqs (members with takeovers waiting for
     // garbage collection pull every round).
     let through = state.replica.read().map.last_seq(into.as_str());
-    let mut waited = Duration::ZERO;
-    loop {
+    let nothing_to_spread = answer.taken_over == 0;
+    (answer.replicas, answer.members) = poll_until(RETIRE_SPREAD_PATIENCE, || {
         let reports: Vec<_> = (state.gossip.member_reports().into_iter())
             .filter(|(id, _)| state.gossip.members().status_of(id) != Some(Status::Dead))
             .collect();
         let holding = crate::retirement::holding(&into, through, &reports);
-        (answer.replicas, answer.members) = (1 + holding, 1 + reports.len());
-        let spread = holding == reports.len() || answer.taken_over == 0;
-        if spread || waited >= RETIRE_SPREAD_PATIENCE {
-            break;
-        }
-        tokio::time::sleep(RETIRE_POLL).await;
-        waited += RETIRE_POLL;
-    }
+        let spread = holding == reports.len() || nothing_to_spread;
+        (spread, (1 + holding, 1 + reports.len()))
+    })
+    .await;
     tracing::info!(
         retired = ?answer.retired,
         taken_over = answer.taken_over,
@@ -1201,6 +1192,20 @@ async fn retire_node(
         answer.retired_node
     );
     Ok(Json(answer))
+}
+
+/// Asks `check` every [`RETIRE_POLL`] until it says it is done or
+/// `patience` has passed; returns its last answer.
+async fn poll_until<T>(patience: Duration, mut check: impl FnMut() -> (bool, T)) -> T {
+    let mut waited = Duration::ZERO;
+    loop {
+        let (done, answer) = check();
+        if done || waited >= patience {
+            return answer;
+        }
+        tokio::time::sleep(RETIRE_POLL).await;
+        waited += RETIRE_POLL;
+    }
 }
 
 fn require_fault_injection(state: &ApiState) -> Result<(), ApiError> {

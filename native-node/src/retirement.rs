@@ -224,8 +224,7 @@ impl Retirement {
         let state = self.replica.read();
         (newest.into_iter())
             .map(|(actor, at_ms)| {
-                let gone =
-                    ActorId::new(&actor).is_ok_and(|id| state.map.counters_of(&id).is_empty());
+                let gone = ActorId::new(&actor).is_ok_and(|id| !state.map.holds_entries_of(&id));
                 RetiredActor { actor, at_ms, gone }
             })
             .collect()
@@ -234,11 +233,6 @@ impl Retirement {
     /// Whether `actor` is retired.
     pub fn is_retired(&self, actor: &str) -> bool {
         self.retired().contains_key(actor)
-    }
-
-    /// Every retired actor.
-    pub fn all(&self) -> RetiredSet {
-        self.retired().clone()
     }
 
     /// The actor node `id` said it writes as, in its last `Hello`.
