@@ -16,6 +16,7 @@ use crate::{digest, ActorId, CrdtError};
 /// entries written when the totals were `u64` decode to the same values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "UncheckedEntry"))]
 pub struct Entry {
     /// Sum of every increment this actor made.
     pub inc: u128,
@@ -29,7 +30,43 @@ pub struct Entry {
     pub since: u64,
 }
 
+/// An entry as it arrives, before [`Entry::checked`].
+#[cfg(feature = "serde")]
+#[derive(serde::Deserialize)]
+struct UncheckedEntry {
+    inc: u128,
+    dec: u128,
+    seq: u64,
+    since: u64,
+}
+
+#[cfg(feature = "serde")]
+impl TryFrom<UncheckedEntry> for Entry {
+    type Error = CrdtError;
+
+    fn try_from(raw: UncheckedEntry) -> Result<Entry, CrdtError> {
+        Entry {
+            inc: raw.inc,
+            dec: raw.dec,
+            seq: raw.seq,
+            since: raw.since,
+        }
+        .checked()
+    }
+}
+
 impl Entry {
+    /// The entry, if some actor could have written it: every write is
+    /// stamped with a seq from 1 on, so only the empty entry has seq 0.
+    /// A held entry at seq 0 would sit below every watermark, where
+    /// anti-entropy (`changes_since`) never reaches it.
+    pub fn checked(self) -> Result<Entry, CrdtError> {
+        if self.seq == 0 && self != Entry::default() {
+            return Err(CrdtError::Decode("entry without a seq"));
+        }
+        Ok(self)
+    }
+
     /// The merge of two views of one actor's entry: the later run, and
     /// within one run the per-field maximum (a run's totals only grow).
     pub fn join(self, other: Entry) -> Entry {

@@ -1131,20 +1131,33 @@ mod serde_impl {
 
     /// An entry as encoded before runs: no `since` (it reads as 0).
     #[derive(Debug, Clone, Copy, serde::Deserialize)]
-    pub struct EntryWithoutRun {
+    #[serde(try_from = "UncheckedEntryWithoutRun")]
+    pub struct EntryWithoutRun(Entry);
+
+    #[derive(serde::Deserialize)]
+    struct UncheckedEntryWithoutRun {
         inc: u128,
         dec: u128,
         seq: u64,
     }
 
-    impl From<EntryWithoutRun> for Entry {
-        fn from(old: EntryWithoutRun) -> Entry {
-            Entry {
+    impl TryFrom<UncheckedEntryWithoutRun> for EntryWithoutRun {
+        type Error = CrdtError;
+
+        fn try_from(old: UncheckedEntryWithoutRun) -> Result<Self, CrdtError> {
+            let entry = Entry {
                 inc: old.inc,
                 dec: old.dec,
                 seq: old.seq,
                 since: 0,
-            }
+            };
+            entry.checked().map(EntryWithoutRun)
+        }
+    }
+
+    impl From<EntryWithoutRun> for Entry {
+        fn from(EntryWithoutRun(entry): EntryWithoutRun) -> Entry {
+            entry
         }
     }
 
@@ -1308,6 +1321,41 @@ mod tests {
     }
     fn actor(text: &str) -> ActorId {
         ActorId::new(text).unwrap()
+    }
+
+    /// Found by `decoding_damaged_encodings_never_panics`: a damaged byte
+    /// turned a seq into 0, and the decoded map held an entry its change
+    /// index could never hand out.
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_decoded_entry_without_a_seq_is_refused() {
+        use crate::wire;
+        let at = |seq| Entry {
+            inc: 5,
+            dec: 0,
+            seq,
+            since: 0,
+        };
+        let map_with = |entry: Entry| {
+            wire::encode(&alloc::vec![(
+                "c1",
+                alloc::vec![("n1~a", entry)],
+                alloc::vec::Vec::<Registration>::new(),
+                Option::<Lifecycle>::None,
+            )])
+        };
+        assert!(wire::decode::<CounterMap>(&map_with(at(1))).is_ok());
+        assert_eq!(
+            wire::decode::<CounterMap>(&map_with(at(0))),
+            Err(CrdtError::Decode("invalid value"))
+        );
+        // The empty entry is what a change of only registrations carries.
+        assert_eq!(
+            wire::decode::<Entry>(&wire::encode(&Entry::default())),
+            Ok(Entry::default())
+        );
+        let legacy = wire::encode(&(5u128, 0u128, 0u64));
+        assert!(wire::decode::<EntryWithoutRun>(&legacy).is_err());
     }
 
     #[test]
