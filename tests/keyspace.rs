@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use common::{wait_until, Cluster, NodeProcess};
@@ -42,31 +43,49 @@ async fn write_all(nodes: &[NodeProcess], writes: Vec<Write>) -> Expected {
     write_all_with(nodes, writes, IN_FLIGHT).await
 }
 
-/// [`write_all`] with `in_flight` requests at a time.
+/// [`write_all`] with `in_flight` requests at a time. Each write carries
+/// its own `Idempotency-Key`, so one whose connection failed (a loaded
+/// machine can stall a node past the client's timeout) is retried the way
+/// a real client would, and still counts once.
 async fn write_all_with(nodes: &[NodeProcess], writes: Vec<Write>, in_flight: usize) -> Expected {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, Relaxed);
     let http = common::http();
     let urls: Vec<String> = nodes.iter().map(|n| n.url("/counters/")).collect();
-    let answers: Vec<(String, i64, Result<u16, String>)> = stream::iter(writes)
-        .map(|(node, name, amount)| {
-            let verb = if amount >= 0 {
-                "increment"
-            } else {
-                "decrement"
-            };
-            let url = format!("{}{}/{verb}", urls[node], encode_segment(&name));
-            let body = format!("{{\"amount\": {}}}", amount.unsigned_abs());
-            let request = http.post(url).body(body).send();
-            async move {
-                let status = request
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .map_err(|e| e.to_string());
-                (name, amount, status)
-            }
-        })
-        .buffer_unordered(in_flight)
-        .collect()
-        .await;
+    let answers: Vec<(String, i64, Result<u16, String>)> =
+        stream::iter(writes.into_iter().enumerate())
+            .map(|(index, (node, name, amount))| {
+                let verb = if amount >= 0 {
+                    "increment"
+                } else {
+                    "decrement"
+                };
+                let url = format!("{}{}/{verb}", urls[node], encode_segment(&name));
+                let body = format!("{{\"amount\": {}}}", amount.unsigned_abs());
+                let key = format!("keyspace-{call}-{index}");
+                let http = http.clone();
+                async move {
+                    let mut status = Err(String::new());
+                    for _attempt in 0..3 {
+                        let request = http
+                            .post(&url)
+                            .header("Idempotency-Key", &key)
+                            .body(body.clone());
+                        status = request
+                            .send()
+                            .await
+                            .map(|r| r.status().as_u16())
+                            .map_err(|e| format!("{e:?}"));
+                        if status.is_ok() {
+                            break;
+                        }
+                    }
+                    (name, amount, status)
+                }
+            })
+            .buffer_unordered(in_flight)
+            .collect()
+            .await;
     let mut expected = Expected::new();
     let mut failures = Vec::new();
     for (name, amount, status) in answers {

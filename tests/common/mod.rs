@@ -67,6 +67,9 @@ where
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        // Below the servers' 10 s keep-alive limit: a connection the server
+        // is closing is never picked for the next request.
+        .pool_idle_timeout(Duration::from_secs(5))
         .no_proxy()
         .build()
         .expect("client")
