@@ -96,7 +96,6 @@ impl<T> Batch<T> {
     }
 
     /// Client writes in the batch.
-    #[cfg(test)]
     pub fn writes(&self) -> usize {
         self.items.iter().map(|c| c.tickets.len()).sum()
     }

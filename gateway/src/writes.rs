@@ -17,6 +17,14 @@
 //! hangs without failing holds the writes behind it for `SLOW_BATCH`, not
 //! for the request timeout (the next lane goes to the next node).
 //!
+//! Under load a lane that has just answered a batch *gathers* before its
+//! next one ([`gather_target`]): it waits until as many writes wait as it
+//! answered, or [`GATHER_WAIT`]. Clients that write again as soon as they
+//! are answered come back within a hop; without the wait, the lane sent
+//! the one or two writes already there, and the rest waited a whole round
+//! trip behind that batch (one batch in six carried a single write at 64
+//! clients).
+//!
 //! Safety is the proxy's: a batch moves to the next node only when it
 //! certainly never left (`failover`); once it may have reached a node,
 //! every client of the batch gets 502/504 and nothing is resent. Writes
@@ -39,7 +47,8 @@ use tally_protocol::batch::{
     BatchAnswer, Direction, BATCH_CONTENT_TYPE, BATCH_PATH, MAX_BATCH_ITEMS, REPLICAS_HEADER,
 };
 use tally_protocol::probes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
 
 use crate::combine::{self, Batch, Outcome, Write};
 use crate::error::{self, ApiError};
@@ -58,6 +67,22 @@ pub const WAITING_FOR_ANOTHER_LANE: usize = MAX_BATCH_ITEMS;
 /// A batch in flight for longer than this (a round trip takes a few ms)
 /// lets the writes waiting behind it start another lane.
 pub const SLOW_BATCH: Duration = Duration::from_millis(100);
+
+/// Under load, the longest a lane waits for the clients of the batch it
+/// just answered (tokio's timer rounds it up to its next millisecond tick).
+pub const GATHER_WAIT: Duration = Duration::from_millis(1);
+
+/// A batch answered with fewer writes than this was light load: the next
+/// batch goes at once, so a lone write never waits.
+pub const GATHER_FROM: usize = 4;
+
+/// How many waiting writes a lane that has just answered `answered`
+/// writes gathers before its next batch (at most [`GATHER_WAIT`]): as
+/// many as it answered, whose clients, if they write again at once, are on
+/// their way; none under light load.
+fn gather_target(answered: usize) -> Option<usize> {
+    (answered >= GATHER_FROM).then_some(answered.min(MAX_WAITING))
+}
 
 /// Whether a lane starts now, with `busy` lanes at work (at most `most`)
 /// and `waiting` writes queued: always when none is at work, so a write
@@ -92,17 +117,49 @@ struct Waiting {
 #[derive(Default)]
 pub struct Combiner {
     state: Mutex<Queue>,
+    /// Woken as writes arrive while some lane gathers.
+    arrived: Notify,
 }
 
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<Waiting>,
     lanes_busy: usize,
+    /// Lanes gathering writes for their next batch.
+    gathering: usize,
 }
 
 impl Combiner {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until `target` writes wait, or `longest` has passed.
+    async fn gather(&self, target: usize, longest: Duration) {
+        let deadline = Instant::now() + longest;
+        self.queue().gathering += 1;
+        let _done = Gathered(self);
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            // Registered before the check, so no arrival slips between them.
+            arrived.as_mut().enable();
+            if self.queue().waiting.len() >= target {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Ends a lane's gathering however it ends (a lane dropped mid-wait too).
+struct Gathered<'a>(&'a Combiner);
+
+impl Drop for Gathered<'_> {
+    fn drop(&mut self) {
+        self.0.queue().gathering -= 1;
     }
 }
 
@@ -125,7 +182,7 @@ pub async fn submit(
         amount,
         ticket: reply,
     };
-    let start_lane = {
+    let (start_lane, someone_gathers) = {
         let mut queue = shared.combiner.queue();
         if queue.waiting.len() >= MAX_WAITING {
             return Err(ApiError::new(
@@ -142,8 +199,11 @@ pub async fn submit(
         if start {
             queue.lanes_busy += 1;
         }
-        start
+        (start, queue.gathering > 0)
     };
+    if someone_gathers {
+        shared.combiner.arrived.notify_waiters();
+    }
     if start_lane {
         spawn_lane(shared);
     }
@@ -173,7 +233,11 @@ async fn run_lane(shared: Arc<Shared>) {
         shared,
         retired: false,
     };
+    let mut answered = 0;
     loop {
+        if let Some(target) = gather_target(answered) {
+            lane.shared.combiner.gather(target, GATHER_WAIT).await;
+        }
         let lanes = lanes_wanted(&lane.shared);
         let (next, another) = {
             let mut queue = lane.shared.combiner.queue();
@@ -200,6 +264,7 @@ async fn run_lane(shared: Arc<Shared>) {
             spawn_lane(&lane.shared);
         }
         let (group, batch) = next;
+        answered = batch.writes();
         let sending = send(&lane.shared, group, batch);
         tokio::pin!(sending);
         if tokio::time::timeout(SLOW_BATCH, &mut sending)
@@ -438,7 +503,73 @@ async fn post_batch(
 
 #[cfg(test)]
 mod tests {
-    use super::{starts_lane, WAITING_FOR_ANOTHER_LANE as FULL};
+    use super::*;
+    use WAITING_FOR_ANOTHER_LANE as FULL;
+
+    #[test]
+    fn a_lane_gathers_only_after_a_batch_of_several_writes() {
+        for light in 0..GATHER_FROM {
+            assert_eq!(gather_target(light), None, "{light} writes");
+        }
+        assert_eq!(gather_target(GATHER_FROM), Some(GATHER_FROM));
+        assert_eq!(gather_target(40), Some(40));
+        assert_eq!(gather_target(MAX_WAITING + 1), Some(MAX_WAITING));
+    }
+
+    fn queue_writes(combiner: &Combiner, count: usize) {
+        let mut queue = combiner.queue();
+        for _ in 0..count {
+            let (ticket, _) = oneshot::channel();
+            queue.waiting.push_back(Waiting {
+                authorization: None,
+                level: None,
+                write: Write {
+                    counter: "c".to_owned(),
+                    direction: Direction::Increment,
+                    amount: 1,
+                    ticket,
+                },
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn gathering_ends_once_enough_writes_wait() {
+        let combiner = Arc::new(Combiner::default());
+        let gathering = tokio::spawn({
+            let combiner = Arc::clone(&combiner);
+            async move { combiner.gather(3, Duration::from_secs(600)).await }
+        });
+        while combiner.queue().gathering == 0 {
+            tokio::task::yield_now().await;
+        }
+        queue_writes(&combiner, 2);
+        combiner.arrived.notify_waiters();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!gathering.is_finished(), "2 of 3 writes ended it");
+        queue_writes(&combiner, 1);
+        combiner.arrived.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(60), gathering)
+            .await
+            .expect("the third write ends the gathering")
+            .expect("no panic");
+        assert_eq!(combiner.queue().gathering, 0);
+    }
+
+    #[tokio::test]
+    async fn gathering_ends_after_its_longest_wait_when_too_few_writes_come() {
+        let combiner = Combiner::default();
+        queue_writes(&combiner, 1);
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            combiner.gather(5, Duration::from_millis(1)),
+        )
+        .await
+        .expect("gathering ended by its deadline");
+        assert_eq!(combiner.queue().gathering, 0);
+    }
 
     #[test]
     fn a_write_that_finds_no_lane_at_work_starts_one_at_once() {
