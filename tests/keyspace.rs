@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::{wait_until, Cluster, NodeProcess};
 use futures_util::{stream, StreamExt};
 use serde_json::Value;
+use tally_protocol::idempotency::IDEMPOTENCY_KEY_HEADER;
 
 /// Requests in flight at once while loading counters.
 const IN_FLIGHT: usize = 32;
@@ -69,7 +70,7 @@ async fn write_all_with(nodes: &[NodeProcess], writes: Vec<Write>, in_flight: us
                     for _attempt in 0..3 {
                         let request = http
                             .post(&url)
-                            .header("Idempotency-Key", &key)
+                            .header(IDEMPOTENCY_KEY_HEADER, &key)
                             .body(body.clone());
                         status = request
                             .send()
