@@ -6,9 +6,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, NodeProcess};
+use common::{wait_until_backing_off, Cluster, NodeProcess};
 use futures_util::{stream, StreamExt};
 use serde_json::Value;
 use tally_protocol::idempotency::IDEMPOTENCY_KEY_HEADER;
@@ -163,26 +163,15 @@ fn difference(expected: &Expected, actual: &Expected) -> String {
 /// Waits until every node lists exactly `expected` under `prefix`; panics with the difference otherwise.
 async fn assert_all_hold(nodes: &[&NodeProcess], prefix: &str, expected: &Expected) {
     let http = common::http();
-    let all_hold = || async {
+    let converged = wait_until_backing_off(CONVERGE, LONGEST_POLL_PAUSE, || async {
         for node in nodes {
             if list_all(&http, node, prefix).await.as_ref() != Some(expected) {
                 return false;
             }
         }
         true
-    };
-    let deadline = Instant::now() + CONVERGE;
-    let mut pause = Duration::from_millis(20);
-    let converged = loop {
-        if all_hold().await {
-            break true;
-        }
-        if Instant::now() >= deadline {
-            break false;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(LONGEST_POLL_PAUSE);
-    };
+    })
+    .await;
     if !converged {
         let mut report = String::new();
         for node in nodes {

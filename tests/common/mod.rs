@@ -48,17 +48,37 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
-pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+pub async fn wait_until<F, Fut>(timeout: Duration, check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_until_backing_off(timeout, POLL_PAUSE, check).await
+}
+
+/// The first pause between two checks of a wait.
+const POLL_PAUSE: Duration = Duration::from_millis(20);
+
+/// Like [`wait_until`], but each pause doubles up to `longest_pause`: for
+/// checks that cost the processes under test real work (listing a large
+/// keyspace), so that waiting does not slow what it waits for.
+pub async fn wait_until_backing_off<F, Fut>(
+    timeout: Duration,
+    longest_pause: Duration,
+    mut check: F,
+) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = Instant::now() + timeout;
+    let mut pause = POLL_PAUSE.min(longest_pause);
     while Instant::now() < deadline {
         if check().await {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(longest_pause);
     }
     false
 }
