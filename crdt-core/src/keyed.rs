@@ -1,36 +1,41 @@
-//! Keyed writes: exactly-once increments under client retries.
+//! Keyed writes: each logical write counted once under client retries.
 //!
 //! A client that does not know whether its write was applied retries it
 //! with the same [`IdempotencyKey`], possibly on another node. A node that
-//! already holds the key answers from its [`Registration`] and applies
-//! nothing. But two nodes may each apply the key before either hears of
-//! the other (the first attempt's node crashed after its fsync, or was cut
-//! off): both totals then hold the amount. The lattice makes that count
-//! once anyway:
+//! holds the key answers from its [`Registration`] and applies nothing; but
+//! two nodes may each apply the key before either hears of the other. The
+//! lattice makes that count once, with no node acting on it afterwards:
 //!
-//! - Every keyed write leaves a [`Registration`] beside its actor's entry,
-//!   in the same bundle `(counter, actor)`, so a replica that holds the
-//!   entry holds the registration too.
-//! - For each key, every registration but the least *uncancelled* one (by
-//!   `(at_ms, origin)`) is a duplicate; the counter's value subtracts the
-//!   duplicates' amounts ([`key_excess`]). A pure function of the state:
-//!   every replica holding the same registrations reads the same value.
-//! - The origin of a duplicate, once it sees a less registration for its key
-//!   (whoever's, cancelled or not), *cancels* it: one local operation that
-//!   takes the amount back out of its own entry and sets `cancelled_seq`,
-//!   in one bundle. A cancelled registration counts for nothing, so it and
-//!   the key can later be dropped without changing any value.
-//!
-//! The least registration of all is never cancelled (no registration is less
-//! than it), so once every registration of a key is everywhere, the key's
-//! amount is counted exactly once: by the least one's entry.
+//! - Every application is an ordinary change of its origin's entry (the
+//!   amount is in the origin's running totals) plus a [`Registration`] in
+//!   the same bundle, so observed-remove covers it like any write.
+//! - **Groups.** The registrations of a key, ordered by `(at_ms, origin,
+//!   seq)`, fall into groups: the first one *heads* a group, which holds
+//!   every registration stamped before `head.at_ms + head.window_ms`; the
+//!   next one heads the next group. One group is one logical write; a
+//!   retry stamped after its window closed is a new one ([`groups`]).
+//! - **Count.** A group counts its head's amount once, unless a removal
+//!   counted some application of it, in which case it counts zero times
+//!   ([`count_key`]). The counter subtracts what its entries hold beyond
+//!   that (the *excess*). A pure function of the state.
+//! - **Leaving.** Registrations are dropped only where that moves no value
+//!   on any replica, whatever happens next: a closed group with a single
+//!   registration, or one whose applications are all removed
+//!   ([`is_inert`]). The caller vouches that the group is *closed*
+//!   everywhere (no replica can still add to it, see `CounterMap::fold_keys`).
+//!   Groups with several live applications stay, and keep subtracting.
 use alloc::sync::Arc;
-use core::{cmp::Ordering, fmt};
+use alloc::vec::Vec;
+use core::fmt;
 
 use crate::{ActorId, CrdtError, Op};
 
 /// Longest idempotency key, in bytes.
 pub const MAX_KEY_LEN: usize = 128;
+
+/// How long a key's group stays open by default (24 h): a retry stamped
+/// within it joins the first attempt.
+pub const DEFAULT_KEY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// A client's name for one logical write: 1–128 visible ASCII bytes
 /// (`!`..`~`), as an HTTP header carries it.
@@ -98,9 +103,10 @@ impl<'de> serde::Deserialize<'de> for IdempotencyKey {
     }
 }
 
-/// That `origin` applied the keyed write `key` to a counter.
+/// That `origin` applied the keyed write `key` to a counter at its seq `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "UncheckedRegistration"))]
 pub struct Registration {
     /// The client's key.
     pub key: IdempotencyKey,
@@ -108,43 +114,103 @@ pub struct Registration {
     pub origin: ActorId,
     /// The write.
     pub op: Op,
-    /// The origin's wall clock when it applied the write (ms since the Unix
-    /// epoch): the earliest attempt is the one kept; also the key's age.
+    /// The origin's clock when it applied the write (ms since the Unix
+    /// epoch, never decreasing on one origin): orders the attempts of a key.
     pub at_ms: u64,
     /// The origin's seq of the operation that applied it.
     pub seq: u64,
     /// The counter's value in the answer to the write: what a replay returns.
     pub value: i128,
-    /// The origin's seq of the operation that cancelled it, 0 while it counts.
+    /// Written by versions ≤ 5 only: the origin's seq of the operation that
+    /// took the amount back out of its entry (0: never). Read, never made.
     pub cancelled_seq: u64,
+    /// How long after `at_ms` a retry still joins this attempt, when it
+    /// heads its group (the origin's `--idempotency-window`).
+    pub window_ms: u64,
+}
+
+/// A registration as it arrives, before it is checked.
+#[cfg(feature = "serde")]
+#[derive(serde::Deserialize)]
+struct UncheckedRegistration {
+    key: IdempotencyKey,
+    origin: ActorId,
+    op: Op,
+    at_ms: u64,
+    seq: u64,
+    value: i128,
+    cancelled_seq: u64,
+    window_ms: u64,
+}
+
+#[cfg(feature = "serde")]
+impl TryFrom<UncheckedRegistration> for Registration {
+    type Error = CrdtError;
+
+    fn try_from(raw: UncheckedRegistration) -> Result<Registration, CrdtError> {
+        Registration {
+            key: raw.key,
+            origin: raw.origin,
+            op: raw.op,
+            at_ms: raw.at_ms,
+            seq: raw.seq,
+            value: raw.value,
+            cancelled_seq: raw.cancelled_seq,
+            window_ms: raw.window_ms,
+        }
+        .checked()
+    }
 }
 
 impl Registration {
-    /// True once the origin has taken the amount back out of its entry.
+    /// The registration, if an origin could have made it: a write has a
+    /// seq (one at 0 would count as removed by every removal), a window,
+    /// and a cancellation comes after the write it cancels.
+    pub fn checked(self) -> Result<Registration, CrdtError> {
+        if self.seq == 0 {
+            return Err(CrdtError::Decode("registration without a seq"));
+        }
+        if self.window_ms == 0 {
+            return Err(CrdtError::Decode("registration without a window"));
+        }
+        if self.cancelled_seq != 0 && self.cancelled_seq <= self.seq {
+            return Err(CrdtError::Decode("cancelled before it was applied"));
+        }
+        if self.op.amount() == 0 {
+            return Err(CrdtError::Decode("registration of a zero amount"));
+        }
+        Ok(self)
+    }
+
+    /// True when a version ≤ 5 origin took the amount back out of its entry.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled_seq != 0
     }
 
-    /// The highest seq of the origin that changed this registration: a peer
-    /// holding the origin's changes up to it holds the registration as is.
+    /// The highest seq of the origin that changed this registration.
     pub fn last_seq(&self) -> u64 {
         self.seq.max(self.cancelled_seq)
     }
 
-    /// Which of two registrations of one key is kept: the earliest, then
-    /// the least origin (a total order on distinct origins).
-    pub fn precedence(&self, other: &Registration) -> Ordering {
-        (self.at_ms, &self.origin).cmp(&(other.at_ms, &other.origin))
+    /// When the group this registration heads closes: retries stamped from
+    /// then on are new writes.
+    pub fn closes_at(&self) -> u64 {
+        self.at_ms.saturating_add(self.window_ms)
     }
 
-    /// The merge of two views of one `(key, origin)` registration.
-    ///
-    /// An origin registers a key once, so the fields agree except the
+    /// The order of the attempts of one key: earliest first, then by origin
+    /// and seq (a total order: `(origin, seq)` names one application).
+    fn order(&self) -> (u64, &ActorId, u64) {
+        (self.at_ms, &self.origin, self.seq)
+    }
+
+    /// The merge of two views of one application `(origin, seq)`. The
+    /// fields agree (an origin applies at one seq once), except the legacy
     /// cancellation, which only grows. Should a damaged peer send two
     /// different ones, the greater by every field wins, so the merge is
     /// still commutative, associative and idempotent.
-    pub fn join(&self, other: &Registration) -> Registration {
-        let order = |r: &Registration| (r.seq, r.at_ms, op_rank(r.op), r.value);
+    fn join(&self, other: &Registration) -> Registration {
+        let order = |r: &Registration| (r.at_ms, r.op.rank(), r.value, r.window_ms);
         let mut joined = if order(other) > order(self) {
             other.clone()
         } else {
@@ -155,106 +221,117 @@ impl Registration {
     }
 }
 
-/// A total order on operations, for [`Registration::join`].
-fn op_rank(op: Op) -> (bool, u64) {
-    match op {
-        Op::Increment(amount) => (true, amount),
-        Op::Decrement(amount) => (false, amount),
+/// Joins `incoming` into the registrations of one key, kept in
+/// [`Registration::order`]; true when anything changed.
+pub(crate) fn join_into(same_key: &mut Vec<Registration>, incoming: &Registration) -> bool {
+    if let Some(index) = (same_key.iter())
+        .position(|r| r.origin == incoming.origin && r.seq == incoming.seq)
+    {
+        let joined = same_key[index].join(incoming);
+        if joined == same_key[index] {
+            return false;
+        }
+        same_key.remove(index);
+        let at = same_key.partition_point(|r| r.order() < joined.order());
+        same_key.insert(at, joined);
+        return true;
     }
+    let at = same_key.partition_point(|r| r.order() < incoming.order());
+    same_key.insert(at, incoming.clone());
+    true
 }
 
-/// What the registrations of one key take off the counter's entries: the
-/// signed amounts of every uncancelled registration but the least one.
-pub fn key_excess<'a>(registrations: impl IntoIterator<Item = &'a Registration>) -> i128 {
-    let mut least: Option<&Registration> = None;
-    let mut sum: i128 = 0;
-    for registration in registrations {
-        if registration.is_cancelled() {
-            continue;
-        }
-        sum = sum.saturating_add(registration.op.signed());
-        if least.is_none_or(|kept| registration.precedence(kept) == Ordering::Less) {
-            least = Some(registration);
-        }
-    }
-    match least {
-        Some(kept) => sum.saturating_sub(kept.op.signed()),
-        None => 0,
-    }
+/// The groups of one key's registrations (given in [`Registration::order`]):
+/// each a logical write, headed by its earliest attempt.
+pub fn groups(same_key: &[Registration]) -> impl Iterator<Item = &[Registration]> {
+    let mut rest = same_key;
+    core::iter::from_fn(move || {
+        let head = rest.first()?;
+        let end = (rest.iter())
+            .position(|r| r.at_ms >= head.closes_at())
+            .unwrap_or(rest.len());
+        let (group, after) = rest.split_at(end);
+        rest = after;
+        Some(group)
+    })
 }
 
-/// What the registrations of one key mean for a counter whose removals
-/// cover some seqs ([`crate::lifecycle`]).
+/// What the registrations of one key mean for a counter, given which of
+/// their origins' operations removals cover (`removed(registration, seq)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyCount<'a> {
-    /// What they add to the live totals beyond counting the key once (or
-    /// not at all, once a removal saw the key).
+    /// What they add to the live totals beyond counting each group once
+    /// (or not at all, once a removal counted it).
     pub excess: i128,
-    /// Per origin, amounts in its live total that are not writes: the
-    /// re-application of a removed key, or a cancellation.
-    pub not_writes: alloc::vec::Vec<(&'a ActorId, u128)>,
+    /// Amounts in live totals that are not writes: applications of a
+    /// group a removal counted, and legacy cancellations.
+    pub not_writes: Vec<(&'a Registration, u128)>,
 }
 
-/// [`key_excess`] for a counter with removals: `covered(origin, seq)`
-/// tells whether an origin's operation is removed.
-///
-/// A key a removal saw (any registration covered) counts zero times from
-/// then on: every registration of it names the same logical write, and
-/// the remover's view counted it. Otherwise it counts once, by its least
-/// uncancelled registration. The live totals hold each registration's
-/// amount while its application is not covered, and take it back out
-/// while its cancellation is not; the excess is the difference.
-pub fn live_key_excess<'a>(
-    registrations: &'a [Registration],
-    covered: impl Fn(&ActorId, u64) -> bool,
+/// Counts one key ([`KeyCount`]). A group is *counted by a removal* when
+/// some removal covered one of its applications without covering that
+/// application's cancellation: the remover's view then counted the logical
+/// write, and the removal took it away. Otherwise the group counts its
+/// first uncancelled attempt once.
+pub fn count_key<'a>(
+    same_key: &'a [Registration],
+    removed: impl Fn(&Registration, u64) -> bool,
 ) -> KeyCount<'a> {
-    let observed = registrations.iter().any(|r| covered(&r.origin, r.seq));
-    let mut live: i128 = 0;
-    let mut least: Option<&Registration> = None;
-    let mut not_writes = alloc::vec::Vec::new();
-    for registration in registrations {
-        let amount = registration.op.signed();
-        if !covered(&registration.origin, registration.seq) {
-            live = live.saturating_add(amount);
-            if observed {
-                not_writes.push((&registration.origin, amount.unsigned_abs()));
+    let mut excess: i128 = 0;
+    let mut not_writes = Vec::new();
+    for group in groups(same_key) {
+        let counted_by_removal = group.iter().any(|r| {
+            removed(r, r.seq) && !(r.is_cancelled() && removed(r, r.cancelled_seq))
+        });
+        let mut live: i128 = 0;
+        for r in group {
+            let amount = r.op.signed();
+            if !removed(r, r.seq) {
+                live = live.saturating_add(amount);
+                if counted_by_removal {
+                    not_writes.push((r, amount.unsigned_abs()));
+                }
             }
-        }
-        if registration.is_cancelled() {
-            if !covered(&registration.origin, registration.cancelled_seq) {
+            if r.is_cancelled() && !removed(r, r.cancelled_seq) {
                 live = live.saturating_sub(amount);
-                not_writes.push((&registration.origin, amount.unsigned_abs()));
+                not_writes.push((r, amount.unsigned_abs()));
             }
-        } else if least.is_none_or(|kept| registration.precedence(kept) == Ordering::Less) {
-            least = Some(registration);
         }
+        let counted = match group.iter().find(|r| !r.is_cancelled()) {
+            Some(kept) if !counted_by_removal => kept.op.signed(),
+            _ => 0,
+        };
+        excess = excess.saturating_add(live.saturating_sub(counted));
     }
-    let counted = match least {
-        Some(kept) if !observed => kept.op.signed(),
-        _ => 0,
-    };
-    KeyCount {
-        excess: live.saturating_sub(counted),
-        not_writes,
-    }
+    KeyCount { excess, not_writes }
 }
 
-/// True when `mine` must be cancelled: some registration of its key, by
-/// anyone and cancelled or not, takes precedence over it.
-pub fn is_duplicate<'a>(
-    mine: &Registration,
-    same_key: impl IntoIterator<Item = &'a Registration>,
-) -> bool {
-    !mine.is_cancelled()
-        && same_key
-            .into_iter()
-            .any(|other| other.precedence(mine) == Ordering::Less)
+/// True when dropping `group` moves no value now or later, provided no
+/// replica can still add to it: a single uncancelled application (it counts
+/// as a plain write would), or applications and cancellations all removed
+/// (they count for nothing, and so does every amount they name).
+pub fn is_inert(group: &[Registration], removed: impl Fn(&Registration, u64) -> bool) -> bool {
+    let single = matches!(group, [only] if !only.is_cancelled());
+    single
+        || group.iter().all(|r| {
+            removed(r, r.seq) && (!r.is_cancelled() || removed(r, r.cancelled_seq))
+        })
+}
+
+/// The attempt a retry of the key answers from, when the key's latest
+/// group is still open at `now_ms`: its first uncancelled attempt (else its
+/// head).
+pub fn open_attempt(same_key: &[Registration], now_ms: u64) -> Option<&Registration> {
+    let latest = groups(same_key).last()?;
+    let head = latest.first()?;
+    (now_ms < head.closes_at())
+        .then(|| latest.iter().find(|r| !r.is_cancelled()).unwrap_or(head))
 }
 
 /// What a keyed write finds in the replica before it is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyCheck {
-    /// The key is new here: apply the write.
+    /// The key is new here (or its window closed): apply the write.
     New,
     /// The same write was applied already: answer with this registration.
     Replay(Registration),
@@ -271,16 +348,25 @@ pub enum KeyCheck {
 mod tests {
     use super::*;
 
-    fn reg(origin: &str, at_ms: u64, amount: u64, cancelled_seq: u64) -> Registration {
+    fn reg(origin: &str, at_ms: u64, amount: u64, seq: u64) -> Registration {
         Registration {
             key: IdempotencyKey::new("k").unwrap(),
             origin: ActorId::new(origin).unwrap(),
             op: Op::Increment(amount),
             at_ms,
-            seq: 1,
+            seq,
             value: 0,
-            cancelled_seq,
+            cancelled_seq: 0,
+            window_ms: 100,
         }
+    }
+
+    fn sorted(regs: &[Registration]) -> Vec<Registration> {
+        let mut out = Vec::new();
+        for r in regs {
+            join_into(&mut out, r);
+        }
+        out
     }
 
     #[test]
@@ -290,47 +376,59 @@ mod tests {
         assert!(IdempotencyKey::new("").is_err());
         assert!(IdempotencyKey::new(&"k".repeat(129)).is_err());
         assert!(IdempotencyKey::new(&"k".repeat(128)).is_ok());
-        assert!(IdempotencyKey::new("order-42/attempt:1").is_ok());
     }
 
     #[test]
-    fn every_uncancelled_registration_but_the_least_is_excess() {
-        let (a, b, c) = (reg("a", 5, 3, 0), reg("b", 4, 3, 0), reg("c", 9, 3, 0));
-        assert_eq!(key_excess([&a]), 0);
-        assert_eq!(key_excess([&a, &b]), 3);
-        assert_eq!(key_excess([&a, &b, &c]), 6);
-        // The least one cancelled (it lost to one not here yet): the rest
-        // still count once.
-        let b_cancelled = reg("b", 4, 3, 7);
-        assert_eq!(key_excess([&a, &b_cancelled, &c]), 3);
-        assert_eq!(key_excess([&b_cancelled]), 0);
+    fn a_retry_after_the_window_heads_a_group_of_its_own() {
+        let regs = sorted(&[reg("b", 150, 3, 1), reg("a", 10, 3, 1), reg("c", 109, 3, 1)]);
+        let sizes: Vec<usize> = groups(&regs).map(<[_]>::len).collect();
+        assert_eq!(sizes, [2, 1], "10 and 109 are one write, 150 another");
+        assert_eq!(count_key(&regs, |_, _| false).excess, 3);
+        assert_eq!(open_attempt(&regs, 200).map(|r| r.at_ms), Some(150));
+        assert_eq!(open_attempt(&regs, 250), None, "every window closed");
     }
 
     #[test]
-    fn only_registrations_with_a_precedent_are_duplicates() {
-        let (a, b) = (reg("a", 5, 3, 0), reg("b", 5, 3, 0));
-        assert!(
-            !is_duplicate(&a, [&a, &b]),
-            "equal times: least origin kept"
-        );
-        assert!(is_duplicate(&b, [&a, &b]));
-        assert!(
-            is_duplicate(&b, [&reg("a", 5, 3, 9)]),
-            "even a cancelled one"
-        );
-        assert!(!is_duplicate(&reg("b", 5, 3, 2), [&a]), "already cancelled");
+    fn a_group_a_removal_counted_counts_nothing_more() {
+        let regs = sorted(&[reg("a", 10, 3, 1), reg("b", 20, 3, 1)]);
+        // The removal saw b's application only.
+        let count = count_key(&regs, |r, _| r.origin.as_str() == "b");
+        assert_eq!(count.excess, 3, "a's live application is taken out");
+        assert_eq!(count.not_writes.len(), 1);
     }
 
     #[test]
-    fn join_is_commutative_and_keeps_the_cancellation() {
-        let plain = reg("a", 5, 3, 0);
-        let cancelled = reg("a", 5, 3, 8);
+    fn a_removal_that_saw_a_cancelled_application_did_not_count_it() {
+        let mut cancelled = reg("b", 20, 3, 1);
+        cancelled.cancelled_seq = 2;
+        let regs = sorted(&[reg("a", 10, 3, 1), cancelled]);
+        // The removal saw b's application and its cancellation, not a's.
+        let count = count_key(&regs, |r, _| r.origin.as_str() == "b");
+        assert_eq!(count.excess, 0, "a's application still counts once");
+    }
+
+    #[test]
+    fn only_single_or_wholly_removed_groups_are_inert() {
+        let one = [reg("a", 10, 3, 1)];
+        let two = sorted(&[reg("a", 10, 3, 1), reg("b", 20, 3, 1)]);
+        assert!(is_inert(&one, |_, _| false));
+        assert!(!is_inert(&two, |_, _| false));
+        assert!(is_inert(&two, |_, _| true));
+    }
+
+    #[test]
+    fn join_is_commutative_and_one_application_is_kept_once() {
+        let plain = reg("a", 5, 3, 1);
+        let mut cancelled = plain.clone();
+        cancelled.cancelled_seq = 8;
         assert_eq!(plain.join(&cancelled), cancelled);
         assert_eq!(cancelled.join(&plain), cancelled);
         let odd = Registration {
-            seq: 2,
-            ..reg("a", 1, 9, 0)
+            at_ms: 9,
+            ..reg("a", 1, 9, 1)
         };
         assert_eq!(plain.join(&odd), odd.join(&plain));
+        assert_eq!(sorted(&[plain.clone(), odd.clone()]).len(), 1);
+        assert_eq!(sorted(&[plain.clone(), reg("a", 5, 3, 2)]).len(), 2);
     }
 }

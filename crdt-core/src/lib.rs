@@ -1,42 +1,20 @@
 //! # crdt-core
 //!
-//! The replicated data at the heart of Tally: a PN-Counter CRDT and a map of
-//! named PN-Counters, shared by the native node (tokio) and the browser's
-//! observer replica (wasm32). It knows nothing of I/O.
+//! The replicated data at the heart of Tally: a map of named PN-Counters
+//! with observed-remove deletes and resets, expiry, keyed (exactly-once)
+//! writes and the retirement of departed actors. Shared by the native node
+//! (tokio) and the browser's observer replica (wasm32); it knows nothing
+//! of I/O or clocks (callers pass times in).
 //!
-//! ## Invariants
-//! - An entry `(counter, actor)` holds that actor's running totals
-//!   `inc` and `dec`, the `seq` of the actor's operation that last changed
-//!   it, and `since`, the seq that began its current run. Only the actor
-//!   itself ever raises its own entry; everyone else learns it by merging.
-//! - Merge of an entry takes the later run, and within a run the per-field
-//!   maximum; registrations of keyed writes ([`keyed`]) and lifecycles
-//!   ([`lifecycle`]) merge part by part the same way. So merge is
-//!   commutative, associative and idempotent; replaying or re-receiving
-//!   anything is harmless.
-//! - A counter is removed (deleted, reset, expired) by recording what the
-//!   remover saw: only what lies above it counts ([`lifecycle`]).
-//! - `value = Σinc − Σdec` over what lies above the removals, minus what
-//!   duplicate keyed writes add, is kept as running sums, so reading it is O(1).
-//!   Per-actor totals are `u128` while one operation's amount is a `u64`,
-//!   so no sequence of accepted operations can exhaust them: a counter
-//!   never freezes. Local operations refuse only to move the value
-//!   (further) outside `i64`. Merged values beyond `i64` read exactly as
-//!   `i128`; sums beyond `i128` (only from damaged or hostile entries, up to
-//!   `u128::MAX` each) are kept exactly and the value saturates at
-//!   `i128::MIN`/`i128::MAX`, still a pure function of the entries. Nothing
-//!   merged can make arithmetic panic or wrap.
-//! - On the wire `u64` and `u128` are both postcard varints: entries written
-//!   when the totals were `u64` decode to the same values.
-//! - The digest is a wrapping sum of per-entry hashes, updated on every
-//!   change, and the same on every platform for equal states. Entries whose
-//!   totals fit in `u64` hash as they did when totals were `u64`.
-//! - Every actor stamps its operations with a strictly increasing `seq`, so
-//!   [`Watermarks`] (actor → seq up to which *everything* is held) describe
-//!   a replica in O(actors), and [`CounterMap::changes_since`] finds what a
-//!   peer lacks in O(changed entries). A [`Summary`] (actor → highest seq
-//!   *seen*) is a different thing: it may hide gaps, so it never stands in
-//!   for watermarks without saying so ([`Watermarks::from_gap_free_summary`]).
+//! The lattice, its join, every derived field and the argument for each
+//! housekeeping step are in ARCHITECTURE.md, "The lattice"; each module
+//! opens with the part it implements:
+//! - [`entry`](Entry): one actor's running totals in one counter, per run;
+//! - [`keyed`]: idempotency keys, their groups and how they count;
+//! - [`lifecycle`]: removals, expiry and takeovers;
+//! - `counter`: one counter's state, join and cached sums;
+//! - `map`: the counters, their indexes, local operations and housekeeping;
+//! - [`Watermarks`]: what a replica holds gap-free, per actor.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -46,6 +24,7 @@ extern crate alloc;
 mod actor;
 mod counter;
 mod digest;
+mod entry;
 mod error;
 pub mod keyed;
 pub mod lifecycle;
@@ -56,18 +35,24 @@ mod watermarks;
 pub mod wire;
 
 pub use actor::ActorId;
-pub use counter::{Entry, Op, PnCounter};
+pub use counter::PnCounter;
+pub use entry::{Entry, Op};
 pub use error::CrdtError;
-pub use keyed::{IdempotencyKey, KeyCheck, Registration};
+pub use keyed::{IdempotencyKey, KeyCheck, Registration, DEFAULT_KEY_WINDOW_MS};
 pub use lifecycle::{Lifecycle, Mark, RemovalKind, Takeover};
 pub use map::{Change, CounterMap, KeyedWrite, Summary};
-#[cfg(feature = "serde")]
-pub use map::{
-    ChangeWithoutTakeovers, EntriesOnly, EntryWithoutRun, KeyedOnly, LegacyChange,
-    LifecycleWithoutTakeovers, WithoutTakeovers,
-};
 pub use name::{CounterName, MAX_NAME_LEN};
 pub use watermarks::Watermarks;
+
+/// Formats of earlier versions, still read from WAL records and snapshots.
+#[cfg(feature = "serde")]
+pub mod legacy {
+    pub use crate::map::serde_impl::{
+        current_registrations, with_runs, ChangeWithoutTakeovers, ChangeWithoutWindows,
+        EntriesOnly, EntryWithoutRun, KeyedOnly, LegacyChange, LegacyRegistration,
+        LifecycleWithoutTakeovers, WithoutTakeovers, WithoutWindows,
+    };
+}
 
 /// The name the single-counter API (`/counter`, `/increment`, `/decrement`) acts on.
 pub const DEFAULT_COUNTER: &str = "default";

@@ -192,11 +192,14 @@ impl Lifecycle {
             .is_some_and(|m| m.kind == RemovalKind::Reset)
     }
 
-    /// True when it says nothing (no removal, no expiry).
+    /// True when it says nothing a reader or a later merge could see: no
+    /// removal, no expiry (in force or spent), no takeover. Such a
+    /// lifecycle is never joined into a counter (its stamps route nothing).
     pub fn is_empty(&self) -> bool {
         self.removed.is_empty()
             && self.mark.is_none()
             && self.expires_at_ms == 0
+            && self.spent_expiry_ms == 0
             && self.takeovers.is_empty()
     }
 

@@ -45,7 +45,8 @@ mod tests {
     use alloc::{string::String, vec, vec::Vec};
 
     use super::*;
-    use crate::{CounterMap, EntriesOnly, Entry};
+    use crate::legacy::{EntriesOnly, EntryWithoutRun};
+    use crate::{CounterMap, Entry};
 
     /// `Entry` as it was encoded while the totals were `u64`.
     #[derive(serde::Serialize)]
@@ -77,7 +78,7 @@ mod tests {
                 seq,
                 since: 0,
             };
-            let decoded = decode::<crate::EntryWithoutRun>(&old).map(Entry::from);
+            let decoded = decode::<EntryWithoutRun>(&old).map(Entry::from);
             assert_eq!(decoded, Ok(expected), "{inc} {dec} {seq}");
         }
 

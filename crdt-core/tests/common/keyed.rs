@@ -7,6 +7,8 @@ use super::xorshift::XorShift;
 
 const REPLICAS: usize = 4;
 const NAMES: [&str; 2] = ["default", "ünïcode ✓"];
+/// Longer than any run: every retry joins its first attempt.
+const KEY_WINDOW_MS: u64 = 100_000;
 
 /// One replica: its state, its actor, and what it holds of every peer.
 #[derive(Clone)]
@@ -54,10 +56,10 @@ fn attempt(replica: &mut Replica, write: &LogicalWrite, now_ms: u64) {
             .map
             .apply(&replica.actor, &write.name, write.op)
             .map(|_| ()),
-        Some(key) => match replica.map.check_key(key, &write.name, write.op) {
+        Some(key) => match replica.map.check_key(key, &write.name, write.op, now_ms) {
             KeyCheck::New => replica
                 .map
-                .apply_keyed(&replica.actor, &write.name, write.op, key, now_ms)
+                .apply_keyed(&replica.actor, &write.name, write.op, key, now_ms, KEY_WINDOW_MS)
                 .map(|_| ()),
             KeyCheck::Replay(registration) => {
                 assert_eq!(registration.op, write.op, "a replay names the same write");
@@ -89,19 +91,26 @@ fn sync(replicas: &mut [Replica], from: usize, to: usize) {
     receiver.watermarks.raise_all(&marks);
 }
 
-/// Cancels every duplicate of the replica's own keyed writes, as a node does
-/// after each merge.
-fn cancel_duplicates(replica: &mut Replica) {
-    let due = replica.map.all_duplicates_of(&replica.actor);
-    for (name, key) in due {
-        replica
-            .map
-            .cancel(&replica.actor, &name, &key)
-            .expect("a cancellation never overflows here");
-    }
-    let seq = replica.map.last_seq(replica.actor.as_str());
-    let own = replica.actor.clone();
-    replica.watermarks.raise(&own, seq);
+/// The latest close a key group may have to be folded at `at` now: every
+/// registration stamped before it anywhere is held at `at`, and every
+/// later one will be stamped at `now_ms` or after (the gate a node derives
+/// from its members' reports and clocks).
+fn fold_horizon(replicas: &[Replica], at: usize, now_ms: u64) -> u64 {
+    let held = |r: &crdt_core::Registration| {
+        replicas[at].map.counters().any(|(_, c)| {
+            c.registrations_of(r.key.as_str())
+                .iter()
+                .any(|mine| mine.origin == r.origin && mine.seq == r.seq)
+        })
+    };
+    let missing = replicas
+        .iter()
+        .flat_map(|replica| replica.map.counters())
+        .flat_map(|(_, counter)| counter.registrations())
+        .filter(|r| !held(r))
+        .map(|r| r.at_ms)
+        .min();
+    missing.unwrap_or(u64::MAX).min(now_ms)
 }
 
 pub fn run(seed: u64) -> KeyedRun {
@@ -150,17 +159,11 @@ pub fn run(seed: u64) -> KeyedRun {
                 let (from, to) = (rng.below(REPLICAS), rng.below(REPLICAS));
                 sync(&mut replicas, from, to);
             }
-            8 => {
-                let at = rng.below(REPLICAS);
-                cancel_duplicates(&mut replicas[at]);
-            }
             _ => {
-                // Dropping old keys must never move a value. (On a copy: a
-                // key dropped here while a duplicate is still on its way is
-                // outside the window's promise, see `each_write_counts_once`.)
+                // Folding closed keys behind the gate never moves a value.
                 let at = rng.below(REPLICAS);
                 let mut housekept = replicas[at].map.clone();
-                housekept.drop_keys_before(now_ms.saturating_sub(rng.below(300) as u64));
+                housekept.fold_keys(fold_horizon(&replicas, at, now_ms));
                 assert_eq!(
                     values(&housekept),
                     values(&replicas[at].map),
@@ -189,10 +192,9 @@ pub fn merge_laws_hold(run: &KeyedRun) {
     super::laws::merge_laws_hold_over(&run.states);
 }
 
-/// Once every replica has heard everything and cancelled its duplicates,
-/// and again after everyone heard the cancellations, each counter reads the
-/// sum of its logical writes, each counted once — however many replicas
-/// applied it. Then keys can be dropped and the value stays.
+/// Once every replica has heard everything, each counter reads the sum of
+/// its logical writes, each counted once — however many replicas applied
+/// it. Then closed keys are folded and the value stays.
 pub fn each_write_counts_once(run: KeyedRun) {
     let KeyedRun {
         mut replicas,
@@ -218,20 +220,11 @@ pub fn each_write_counts_once(run: KeyedRun) {
             assert_eq!(
                 replica.map.value(name).unwrap_or(0),
                 expected,
-                "{name}: converged, before cancelling"
+                "{name}: converged"
             );
         }
         for replica in replicas.iter_mut() {
-            cancel_duplicates(replica);
-        }
-        everyone(&mut replicas);
-        for replica in replicas.iter_mut() {
-            assert_eq!(
-                replica.map.value(name).unwrap_or(0),
-                expected,
-                "{name}: converged, after cancelling"
-            );
-            replica.map.drop_keys_before(u64::MAX);
+            replica.map.fold_keys(u64::MAX);
             assert_eq!(
                 replica.map.value(name).unwrap_or(0),
                 expected,
@@ -240,10 +233,13 @@ pub fn each_write_counts_once(run: KeyedRun) {
         }
     }
     for replica in &replicas {
-        assert_eq!(
-            replica.map.key_count(),
-            0,
-            "every key can go once cancelled"
-        );
+        for (_, counter) in replica.map.counters() {
+            for (key, same_key) in counter.keys() {
+                assert!(
+                    same_key.len() > 1,
+                    "{key}: only keys applied more than once stay after folding"
+                );
+            }
+        }
     }
 }

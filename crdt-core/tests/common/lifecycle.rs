@@ -104,11 +104,18 @@ impl LifecycleRun {
                     .apply(&replica.actor, &write.name, write.op)
                     .expect("small amounts never overflow");
             }
-            Some(key) => match replica.map.check_key(key, &write.name, write.op) {
+            Some(key) => match replica.map.check_key(key, &write.name, write.op, now_ms) {
                 KeyCheck::New => {
                     replica
                         .map
-                        .apply_keyed(&replica.actor, &write.name, write.op, key, now_ms)
+                        .apply_keyed(
+                            &replica.actor,
+                            &write.name,
+                            write.op,
+                            key,
+                            now_ms,
+                            KEY_WINDOW_MS,
+                        )
                         .expect("small amounts never overflow");
                 }
                 KeyCheck::Replay(registration) => {
@@ -143,16 +150,6 @@ fn sync(replicas: &mut [Replica], from: usize, to: usize) {
     receiver.knows.extend(knows);
 }
 
-fn cancel_duplicates(replica: &mut Replica) {
-    for (name, key) in replica.map.all_duplicates_of(&replica.actor) {
-        replica
-            .map
-            .cancel(&replica.actor, &name, &key)
-            .expect("a cancellation never overflows here");
-    }
-    replica.own_seq_held();
-}
-
 /// What every replica reads, deleted counters as `None`.
 fn reads(map: &CounterMap) -> Vec<Option<i128>> {
     NAMES.iter().map(|name| map.value(name)).collect()
@@ -183,10 +180,11 @@ fn collect(replicas: &mut [Replica], at: usize, now_ms: u64) {
         return;
     }
     let before = reads(&replicas[at].map);
-    let keys_before = now_ms.saturating_sub(KEY_WINDOW_MS);
+    let keys_before = now_ms;
     replicas[at]
         .map
         .drop_removed(&seen_by_all, keys_before, None, usize::MAX);
+    replicas[at].map.fold_keys(keys_before);
     assert_eq!(
         reads(&replicas[at].map),
         before,
@@ -279,7 +277,6 @@ pub fn run(seed: u64) -> LifecycleRun {
                 let from = rng.below(REPLICAS);
                 sync(&mut run.replicas, from, at);
             }
-            13 => cancel_duplicates(&mut run.replicas[at]),
             // A node replaced: it writes as a new actor from now on, and
             // its old one departs.
             15 => {
@@ -359,11 +356,6 @@ pub fn removals_are_observed_remove(run: LifecycleRun) {
         for expired in replica.map.expired(later, usize::MAX) {
             removals.extend(replica.remove(&expired, RemovalKind::Delete, later));
         }
-        cancel_duplicates(replica);
-    }
-    everyone(&mut replicas);
-    for replica in replicas.iter_mut() {
-        cancel_duplicates(replica);
     }
     everyone(&mut replicas);
     let expected: Vec<Option<i128>> = NAMES

@@ -1,0 +1,189 @@
+//! Housekeeping on the map: folding closed keys, collecting removed
+//! counters. Each step is value-neutral on every replica whatever the
+//! timing, given what its caller vouches for (written beside each).
+use alloc::vec::Vec;
+use core::ops::Bound;
+
+use super::{contribution, CounterMap};
+use crate::{ActorId, CounterName, IdempotencyKey, Watermarks};
+
+impl CounterMap {
+    /// Drops the registrations of keyed writes that can no longer move a
+    /// value: groups closed by `closed_before_ms` that are inert (a single
+    /// application, or all removed; see [`crate::keyed::is_inert`]).
+    /// Groups with several live applications stay and keep counting once.
+    ///
+    /// The caller vouches that every registration stamped before
+    /// `closed_before_ms` by any replica that may still merge with this one
+    /// is held here, and that none will be stamped again (the node derives
+    /// it from every member's report and clock; see ARCHITECTURE.md,
+    /// "Keys leave through a gate"). Returns the registrations dropped.
+    pub fn fold_keys(&mut self, closed_before_ms: u64) -> usize {
+        let due: Vec<(u64, IdempotencyKey, CounterName)> = self
+            .keys_open
+            .range(..(closed_before_ms.saturating_add(1), IdempotencyKey::lowest(), CounterName::lowest()))
+            .cloned()
+            .collect();
+        let mut dropped = 0;
+        for (latest, key, name) in due {
+            self.keys_open.remove(&(latest, key.clone(), name.clone()));
+            let Some(counter) = self.counters.get_mut(&name) else {
+                self.keys.remove(&(key, name));
+                continue;
+            };
+            let (count, emptied) = counter.fold_keys(Some(&key), closed_before_ms);
+            dropped += count;
+            if !emptied.is_empty() {
+                self.keys.remove(&(key, name.clone()));
+            }
+            self.drop_if_empty(&name);
+        }
+        dropped
+    }
+
+    /// Collects garbage: drops deleted counters (entries, registrations and
+    /// lifecycle), and compacts counters written again (see
+    /// `PnCounter::compact`), among the counters every live replica is
+    /// known to hold as they are here: every seq in them is at most
+    /// `seen_by_all`, and every key group in them closed by
+    /// `closed_before_ms`. The caller also vouches that it holds everything
+    /// those replicas held when they reported it (see ARCHITECTURE.md,
+    /// "Garbage"), so nothing written before a removal can still arrive
+    /// above it. Looks at no more than `budget` removed counters (resuming
+    /// after `after`); returns the counters it dropped and where to resume
+    /// (`None` once it went through all of them). Never changes what a
+    /// read returns.
+    pub fn drop_removed(
+        &mut self,
+        seen_by_all: &Watermarks,
+        closed_before_ms: u64,
+        after: Option<&CounterName>,
+        budget: usize,
+    ) -> (Vec<CounterName>, Option<CounterName>) {
+        let start = match after {
+            Some(after) => Bound::Excluded(after.clone()),
+            None => Bound::Unbounded,
+        };
+        let looked: Vec<CounterName> = self
+            .removed
+            .range((start, Bound::Unbounded))
+            .take(budget)
+            .cloned()
+            .collect();
+        let resume = (looked.len() == budget)
+            .then(|| looked.last().cloned())
+            .flatten();
+        let mut dropped = Vec::new();
+        for name in looked {
+            let Some(counter) = self.counters.get(&name) else {
+                self.removed.remove(&name);
+                continue;
+            };
+            let seen = |actor: &ActorId, seq: u64| seq <= seen_by_all.get(actor.as_str());
+            let stable = counter
+                .entries()
+                .all(|(actor, entry)| seen(actor, entry.seq))
+                && (counter.lifecycle())
+                    .is_some_and(|l| l.stamps.iter().all(|(actor, seq)| seen(actor, *seq)))
+                && counter.registrations().all(|r| {
+                    r.closes_at() <= closed_before_ms && seen(&r.origin, r.last_seq())
+                });
+            if !stable {
+                continue;
+            }
+            if !counter.is_visible() {
+                self.drop_counter(&name);
+                dropped.push(name);
+            } else {
+                self.compact_counter(&name, closed_before_ms);
+            }
+        }
+        (dropped, resume)
+    }
+
+    fn compact_counter(&mut self, name: &CounterName, closed_before_ms: u64) {
+        let Some(counter) = self.counters.get_mut(name) else {
+            return;
+        };
+        let old_contribution = contribution(name, counter);
+        let (entries, keys) = counter.compact(closed_before_ms);
+        let new_contribution = contribution(name, counter);
+        // Compacted while stable: nothing more can go until a new removal
+        // (which puts it back), so garbage rounds stop looking at it (and
+        // stop asking every member for its watermarks).
+        self.removed.remove(name);
+        self.digest = self
+            .digest
+            .wrapping_sub(old_contribution)
+            .wrapping_add(new_contribution);
+        for (actor, entry) in entries {
+            self.dropped.raise(&actor, entry.seq);
+            if let Some(changes) = self.changes_by_actor.get_mut(actor.as_str()) {
+                changes.remove(&(entry.seq, name.clone()));
+            }
+            self.entry_count -= 1;
+        }
+        for key in keys {
+            self.forget_key(key, name.clone());
+        }
+    }
+
+    /// Number of removed counters garbage collection may still act on:
+    /// deleted ones not dropped yet, and ones written again not compacted yet.
+    pub fn removed_count(&self) -> usize {
+        self.removed.len()
+    }
+
+    /// Drops `name` if it reads as absent (deleted, nothing written above
+    /// the removal): a follower's copy of a counter that a replica reported
+    /// collecting ([`Self::drop_removed`] drops only stable ones, so every
+    /// later write to it starts a new run that owes nothing to this copy).
+    /// True when it was dropped.
+    pub fn drop_collected(&mut self, name: &str) -> bool {
+        match self.counters.get_key_value(name) {
+            Some((known, counter)) if !counter.is_visible() => {
+                let known = known.clone();
+                self.drop_counter(&known);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops a counter that housekeeping emptied (no entry, registration or lifecycle).
+    fn drop_if_empty(&mut self, name: &CounterName) {
+        let empty = (self.counters.get(name)).is_some_and(|counter| {
+            counter.actors() == 0 && !counter.has_registrations() && counter.lifecycle().is_none()
+        });
+        if empty {
+            self.counters.remove(name);
+        }
+    }
+
+    fn drop_counter(&mut self, name: &CounterName) {
+        self.removed.remove(name);
+        let Some(counter) = self.counters.remove(name) else {
+            return;
+        };
+        self.digest = self.digest.wrapping_sub(contribution(name, &counter));
+        for (actor, entry) in counter.entries() {
+            self.dropped.raise(actor, entry.seq);
+            if let Some(changes) = self.changes_by_actor.get_mut(actor.as_str()) {
+                changes.remove(&(entry.seq, name.clone()));
+            }
+            self.entry_count -= 1;
+        }
+        if let Some(lifecycle) = counter.lifecycle() {
+            for (actor, seq) in &lifecycle.stamps {
+                self.dropped.raise(actor, *seq);
+            }
+            if let Some(at) = counter.expiry() {
+                self.expiries.remove(&(at, name.clone()));
+            }
+        }
+        for registration in counter.registrations() {
+            self.dropped.raise(&registration.origin, registration.last_seq());
+            self.forget_key(registration.key.clone(), name.clone());
+        }
+    }
+}
