@@ -7,6 +7,7 @@ use std::time::Duration;
 use crdt_core::{ActorId, CounterMap, CounterName, Op};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tally_node::protocol::{MemberRecord, Message};
+use tally_node::forgotten::Forgotten;
 use tally_node::retirement::Retirement;
 use tally_node::transport::{accept, dial, GossipKeys, PeerIdentity};
 use tally_protocol::cluster_key::ClusterKeys;
@@ -25,6 +26,7 @@ fn identity(id: &str) -> PeerIdentity {
         max_frame: 1 << 20,
         idle_timeout: Duration::from_secs(5),
         retirement: Retirement::for_actor(&format!("{id}~1")),
+        forgotten: std::sync::Arc::new(Forgotten::in_memory(id, 1)),
     }
 }
 

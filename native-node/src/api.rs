@@ -37,8 +37,9 @@ use crate::readiness::Readiness;
 use crate::replica::Replica;
 use crate::retirement::RetireError;
 use crate::transport::Tcp;
+use tally_protocol::clock::now_ms;
 use crate::writer::{
-    now_ms, LifecycleChanged, LifecycleOp, LocalWrite, WriteError, WriterHandle, Written,
+    LifecycleChanged, LifecycleOp, LocalWrite, WriteError, WriterHandle, Written,
 };
 
 /// Largest page of `GET /counters`.
@@ -1115,6 +1116,14 @@ async fn retire_node(
             _ => None,
         }
     };
+    // A dead member may hold writes of the departed actors nobody else
+    // does: raising this node's watermarks over them would hide them for
+    // good (a change below the watermarks that is not held is taken for a
+    // collected one).
+    let members: Vec<(String, bool)> = (state.gossip.members().peers().into_iter())
+        .map(|(record, status)| (record.id, status == Status::Dead))
+        .collect();
+    crate::retirement::none_dead(&members).map_err(conflict)?;
     // Pull from every reachable member, and wait a few seconds for the
     // answers: then this node holds every write of the departed actors.
     let asked = tokio::time::Instant::now();
@@ -1177,6 +1186,7 @@ async fn retire_node(
     (answer.replicas, answer.members) = poll_until(RETIRE_SPREAD_PATIENCE, || {
         let reports: Vec<_> = (state.gossip.member_reports().into_iter())
             .filter(|(id, _)| state.gossip.members().status_of(id) != Some(Status::Dead))
+            .map(|(id, report)| (id, report.map(|r| r.watermarks)))
             .collect();
         let holding = crate::retirement::holding(&into, through, &reports);
         let spread = holding == reports.len() || nothing_to_spread;

@@ -1,38 +1,42 @@
-//! Garbage collection of removed counters: a deleted counter (its entries,
-//! registrations and lifecycle) is dropped once every live member is known
-//! to hold its removal, so creating and deleting counters returns memory
-//! and snapshot space.
-//!
-//! The rule ([`crdt_core::CounterMap::drop_removed`] is only sound when the
-//! caller also holds everything every live member held when it reported,
-//! so no write from before a removal can still arrive above it):
+//! Housekeeping behind one gate: collecting removed counters (a deleted
+//! counter, its entries, registrations and lifecycle, dropped once every
+//! live member holds its removal) and folding keyed writes whose window
+//! closed everywhere. Both are sound only when this node knows that
+//! nothing they drop can still arrive from elsewhere; the gate:
 //!
 //! 1. Each member's `Pull` reports its watermarks (what it holds
-//!    everything up to); gossip keeps the highest report per member and
-//!    forgets it when the member is forgotten (`--forget-dead-after`).
-//!    While removed counters wait, each round pulls from every member
-//!    even when states agree ([`Gossip::refresh_watermarks`]): eager
-//!    deltas never advance watermarks, and pulls happen otherwise only
-//!    when states differ.
+//!    everything up to) and its clock; gossip keeps the highest of each per
+//!    member and forgets them when the member is forgotten
+//!    (`--forget-dead-after`; a forgotten member is refused if it returns).
+//!    While there is work, each round pulls from every member even when
+//!    states agree ([`Gossip::refresh_watermarks`]): eager deltas never
+//!    advance watermarks, and pulls happen otherwise only when states differ.
 //! 2. Each round takes `Lo` = the pointwise minimum and `Hi` = the
 //!    pointwise maximum over this node's watermarks and every member's
-//!    report, and remembers them. A member that has not reported yet
-//!    blocks the round: nothing is known of what it holds.
+//!    report, and `clock` = the least clock among them, and remembers
+//!    them. A member that has not reported yet blocks the round.
 //! 3. At the next round, if this node's watermarks reached the previous
-//!    `Hi` (it holds everything any member held then), counters whose
-//!    every seq is within the previous `Lo` (every member held them) are
-//!    dropped, a bounded number per round.
+//!    `Hi` (it holds everything any member held when it reported):
+//!    - keys are folded whose groups closed before `clock − 2·skew`
+//!      ([`closed_before`]): every member stamped those registrations
+//!      before its report (clocks are within [`MAX_CLOCK_SKEW_MS`] of real
+//!      time), so this node holds all of them, and none can be stamped again;
+//!    - counters whose every seq is within the previous `Lo` (every member
+//!      held them) and whose keys closed by then are collected, a bounded
+//!      number per round.
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crdt_core::{CounterName, Watermarks};
+use tally_protocol::clock::MAX_CLOCK_SKEW_MS;
 
 use crate::gossip::Gossip;
 use crate::metrics::Metrics;
+use crate::protocol::Report;
 use crate::replica::Replica;
 use crate::transport::Tcp;
-use crate::writer::now_ms;
+use tally_protocol::clock::now_ms;
 
 /// `--gc-interval` by default: a removal is collected within about two rounds
 /// once every member holds it.
@@ -70,12 +74,29 @@ pub struct Bounds {
     pub lo: Watermarks,
     /// What some member held: what this node must hold before collecting.
     pub hi: Watermarks,
+    /// The least clock among this node's and the members' reports.
+    pub clock_ms: u64,
 }
 
-/// The round's bounds over this node's watermarks and the members'
-/// reports; `None` when a member has not reported yet.
-pub fn bounds(own: &Watermarks, reports: &[Option<Watermarks>]) -> Option<Bounds> {
-    let reports: Vec<&Watermarks> = reports.iter().map(Option::as_ref).collect::<Option<_>>()?;
+/// The round's bounds over this node's watermarks (at its clock
+/// `now_ms`) and the members' reports; `None` when a member has not
+/// reported yet, or has not reported forgetting every member this node
+/// forgot (`agreed`): until then, that member may admit a forgotten
+/// member's old data, and nothing may be collected without it.
+pub fn bounds(
+    own: &Watermarks,
+    now_ms: u64,
+    reports: &[Option<Report>],
+    agreed: impl FnOnce(&[&[crate::forgotten::ForgottenNode]]) -> bool,
+) -> Option<Bounds> {
+    let reports: Vec<&Report> = reports.iter().map(Option::as_ref).collect::<Option<_>>()?;
+    let lists: Vec<&[crate::forgotten::ForgottenNode]> =
+        reports.iter().map(|r| r.forgotten.as_slice()).collect();
+    if !agreed(&lists) {
+        return None;
+    }
+    let clock_ms = (reports.iter()).fold(now_ms, |least, r| least.min(r.clock_ms));
+    let reports: Vec<&Watermarks> = reports.iter().map(|r| &r.watermarks).collect();
     let mut hi = own.clone();
     for report in &reports {
         hi.raise_all(report);
@@ -88,7 +109,16 @@ pub fn bounds(own: &Watermarks, reports: &[Option<Watermarks>]) -> Option<Bounds
         })
         .filter(|(_, seq)| *seq > 0)
         .collect();
-    Some(Bounds { lo, hi })
+    Some(Bounds { lo, hi, clock_ms })
+}
+
+/// Keys whose groups closed before this may be folded, and counters whose
+/// keys did may be collected: the round's least clock, or this node's if
+/// earlier, less twice the skew a node may have. A registration stamped
+/// before it was stamped (real time) before every member reported, so the
+/// reports cover it; and no node stamps below it any more.
+pub fn closed_before(bounds: &Bounds, now_ms: u64) -> u64 {
+    (bounds.clock_ms.min(now_ms)).saturating_sub(2 * MAX_CLOCK_SKEW_MS)
 }
 
 /// True when `own` holds everything up to `hi`, actor by actor.
@@ -96,14 +126,12 @@ pub fn covers(own: &Watermarks, hi: &Watermarks) -> bool {
     hi.iter().all(|(actor, seq)| own.get(actor.as_str()) >= seq)
 }
 
-/// Collects garbage every `interval` until the process ends. Keys within
-/// `key_window` keep their counter (a retry must still find its key).
+/// Collects garbage and folds keys every `interval` until the process ends.
 pub fn spawn(
     replica: Arc<Replica>,
     gossip: Arc<Gossip<Tcp>>,
     metrics: Arc<Metrics>,
     interval: Duration,
-    key_window: Duration,
 ) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
@@ -112,20 +140,33 @@ pub fn spawn(
         let mut cursor: Option<CounterName> = None;
         loop {
             ticks.tick().await;
-            if replica.read().map.removed_count() == 0 {
+            let now = now_ms();
+            let work = {
+                let state = replica.read();
+                state.map.removed_count() > 0
+                    || state
+                        .map
+                        .has_keys_closing_by(now.saturating_sub(2 * MAX_CLOCK_SKEW_MS))
+            };
+            if !work {
                 previous = None;
                 continue;
             }
             gossip.refresh_watermarks();
-            let reports: Vec<Option<Watermarks>> = (gossip.member_reports().into_iter())
+            let reports: Vec<Option<Report>> = (gossip.member_reports().into_iter())
                 .map(|(_, r)| r)
                 .collect();
             let own = replica.read().watermarks.clone();
             if let Some(held) = previous.take().filter(|b| covers(&own, &b.hi)) {
-                let keys_before_ms = now_ms().saturating_sub(duration_ms(key_window));
+                let closed_before_ms = closed_before(&held, now);
+                let folded = replica.write().map.fold_keys(closed_before_ms);
+                if folded > 0 {
+                    metrics.keys_folded.fetch_add(folded as u64, Relaxed);
+                    tracing::debug!(folded, "keyed writes past their window folded");
+                }
                 let (dropped, resume) = replica.write().map.drop_removed(
                     &held.lo,
-                    keys_before_ms,
+                    closed_before_ms,
                     cursor.as_ref(),
                     GC_BUDGET,
                 );
@@ -140,13 +181,10 @@ pub fn spawn(
                     release_freed_memory();
                 }
             }
-            previous = bounds(&own, &reports);
+            let forgotten = Arc::clone(gossip.forgotten());
+            previous = bounds(&own, now, &reports, |lists| forgotten.agreed_by(lists));
         }
     });
-}
-
-fn duration_ms(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -161,23 +199,51 @@ mod tests {
             .collect()
     }
 
+    fn report(pairs: &[(&str, u64)], clock_ms: u64) -> Option<Report> {
+        Some(Report {
+            watermarks: marks(pairs),
+            clock_ms,
+            forgotten: Vec::new(),
+        })
+    }
+
+    fn agreed(_: &[&[crate::forgotten::ForgottenNode]]) -> bool {
+        true
+    }
+
     #[test]
     fn bounds_are_the_pointwise_least_and_greatest_of_every_report() {
         let own = marks(&[("a", 5), ("b", 3)]);
         let reports = [
-            Some(marks(&[("a", 4), ("b", 9)])),
-            Some(marks(&[("a", 7), ("c", 2)])),
+            report(&[("a", 4), ("b", 9)], 1_000),
+            report(&[("a", 7), ("c", 2)], 900),
         ];
-        let bounds = bounds(&own, &reports).unwrap();
+        let bounds = bounds(&own, 2_000, &reports, agreed).unwrap();
         assert_eq!(bounds.lo, marks(&[("a", 4)]));
         assert_eq!(bounds.hi, marks(&[("a", 7), ("b", 9), ("c", 2)]));
+        assert_eq!(bounds.clock_ms, 900, "the least clock");
     }
 
     #[test]
     fn a_member_that_has_not_reported_blocks_the_round() {
         let own = marks(&[("a", 5)]);
-        assert_eq!(bounds(&own, &[Some(own.clone()), None]), None);
-        assert!(bounds(&own, &[]).is_some(), "alone, this node decides");
+        let reports = [report(&[("a", 5)], 10), None];
+        assert_eq!(bounds(&own, 10, &reports, agreed), None);
+        assert!(bounds(&own, 10, &[], agreed).is_some(), "alone, this node decides");
+    }
+
+    #[test]
+    fn a_member_that_has_not_forgotten_what_this_node_forgot_blocks_the_round() {
+        let own = marks(&[("a", 5)]);
+        let reports = [report(&[("a", 5)], 10)];
+        assert_eq!(bounds(&own, 10, &reports, |_| false), None);
+    }
+
+    #[test]
+    fn keys_close_twice_the_skew_before_the_least_clock() {
+        let bounds = bounds(&marks(&[]), 500_000, &[report(&[("a", 1)], 400_000)], agreed).unwrap();
+        assert_eq!(closed_before(&bounds, 500_000), 400_000 - 2 * MAX_CLOCK_SKEW_MS);
+        assert_eq!(closed_before(&bounds, 100), 0, "never below zero");
     }
 
     #[test]

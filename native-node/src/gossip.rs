@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use crate::consistency::{self, Replicas, Requests};
 use crate::membership::{Membership, Source, Timing};
 use crate::metrics::Metrics;
-use crate::protocol::{MemberRecord, MemberUpdate, Message};
+use crate::protocol::{MemberRecord, MemberUpdate, Message, Report};
 use crate::replica::Replica;
 use crate::transport::{self, Connection, Network, PeerIdentity, TransportError};
 
@@ -312,7 +312,7 @@ pub struct Gossip<N: Network> {
     /// Per member, the highest watermarks its `Pull`s reported (what it
     /// holds everything up to): garbage collection's view of the cluster
     /// ([`crate::garbage`]).
-    reports: Mutex<HashMap<String, Watermarks>>,
+    reports: Mutex<HashMap<String, Report>>,
     /// Per member, when its last answer to one of our pulls completed:
     /// from then on we held everything it held when it answered.
     answered: Mutex<HashMap<String, Instant>>,
@@ -359,23 +359,32 @@ impl<N: Network> Gossip<N> {
         })
     }
 
-    /// Records the watermarks `peer` reported in a `Pull`. Joined with its
-    /// earlier reports: a full pull reports none, which says nothing.
-    fn record_report(&self, peer: &str, known: &Watermarks) {
+    /// Records the watermarks `peer` reported in a `Pull` at its clock
+    /// `clock_ms`. Joined with its earlier reports (what it held then it
+    /// still holds): a full pull reports no watermarks, which says nothing.
+    fn record_report(
+        &self,
+        peer: &str,
+        known: &Watermarks,
+        clock_ms: u64,
+        forgotten: Vec<crate::forgotten::ForgottenNode>,
+    ) {
+        if known.is_empty() {
+            return;
+        }
         let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
-        match reports.get_mut(peer) {
-            Some(held) => held.raise_all(known),
-            None if known.is_empty() => {}
-            None => {
-                reports.insert(peer.to_owned(), known.clone());
-            }
+        let held = reports.entry(peer.to_owned()).or_default();
+        held.watermarks.raise_all(known);
+        if clock_ms >= held.clock_ms {
+            held.clock_ms = clock_ms;
+            held.forgotten = forgotten;
         }
     }
 
     /// Every member in the table (whatever its status; forgotten ones are
     /// not) with the watermarks it reported, `None` before its first report.
     /// Reports of forgotten members are dropped here.
-    pub fn member_reports(&self) -> Vec<(String, Option<Watermarks>)> {
+    pub fn member_reports(&self) -> Vec<(String, Option<Report>)> {
         let ids: Vec<String> = (self.members().peers().into_iter())
             .map(|(record, _)| record.id)
             .collect();
@@ -560,6 +569,11 @@ impl<N: Network> Gossip<N> {
         &self.me.retirement
     }
 
+    /// The members this node forgot ([`crate::forgotten`]).
+    pub fn forgotten(&self) -> &Arc<crate::forgotten::Forgotten> {
+        &self.me.forgotten
+    }
+
     fn reject(&self, from: &str, error: &TransportError) {
         if let TransportError::RefusedUs(reason) = error {
             let first = self.refused.send_if_modified(|refused| {
@@ -641,8 +655,14 @@ impl<N: Network> Gossip<N> {
                 }
                 self.metrics.gossip_in.record(message.kind(), size);
                 match message {
-                    Message::Pull { digest, known } => {
-                        self.record_report(peer, &known);
+                    Message::Pull {
+                        digest,
+                        known,
+                        clock_ms,
+                        forgotten,
+                    } => {
+                        self.me.forgotten.learn(forgotten.iter().map(|f| (f.id.clone(), f.at_ms)));
+                        self.record_report(peer, &known, clock_ms, forgotten);
                         let mut answer = self.answer_pull(digest, known);
                         while let Some(reply) = answer.next_message(&self.replica) {
                             if reply_tx.send(reply).await.is_err() {
@@ -902,6 +922,8 @@ impl<N: Network> Gossip<N> {
         Message::Pull {
             digest: state.map.digest(),
             known,
+            clock_ms: tally_protocol::clock::now_ms(),
+            forgotten: self.me.forgotten.listed(),
         }
     }
 
@@ -912,6 +934,11 @@ impl<N: Network> Gossip<N> {
             ticker.tick().await;
             if self.members().tick(Instant::now()) {
                 self.member_changes.send_modify(|v| *v += 1);
+            }
+            let forgotten = self.members().take_forgotten();
+            if !forgotten.is_empty() {
+                let now = tally_protocol::clock::now_ms();
+                self.me.forgotten.learn(forgotten.into_iter().map(|id| (id, now)));
             }
             self.reap_links();
             self.pull_budget.store(self.config.fanout.max(1), Relaxed);
@@ -1087,9 +1114,16 @@ impl<N: Network> Gossip<N> {
                     return true;
                 }
                 let pull = match self.pull(false) {
-                    Message::Pull { digest, known } => Message::Pull {
+                    Message::Pull {
+                        digest,
+                        known,
+                        clock_ms,
+                        forgotten,
+                    } => Message::Pull {
                         digest: !digest,
                         known,
+                        clock_ms,
+                        forgotten,
                     },
                     other => other,
                 };

@@ -12,7 +12,6 @@ use std::time::Duration;
 use crdt_core::IdempotencyKey;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::replica::Replica;
 
 /// How long a retry waits for the attempt in flight before it gets a 409.
 pub const IN_FLIGHT_WAIT: Duration = Duration::from_secs(10);
@@ -94,32 +93,6 @@ impl InFlightKeys {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Drops, every so often, the keys older than `window` whose duplicates are
-/// all cancelled ([`crdt_core::CounterMap::drop_keys_before`]): a retry
-/// after the window is a new write. Housekeeping of this replica alone;
-/// it never changes a value, so nothing is logged or gossiped.
-pub fn spawn_key_expiry(replica: Arc<Replica>, window: Duration) {
-    let period = (window / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let Some(before) = now.checked_sub(window) else {
-                continue;
-            };
-            let before_ms = u64::try_from(before.as_millis()).unwrap_or(u64::MAX);
-            let dropped = replica.write().map.drop_keys_before(before_ms);
-            if dropped > 0 {
-                tracing::debug!(dropped, "idempotency keys past their window dropped");
-            }
-        }
-    });
 }
 
 impl Drop for KeyTurn {

@@ -74,6 +74,11 @@ pub struct Identity {
     pub id: String,
     /// The data directory's incarnation.
     pub incarnation: String,
+    /// When the data directory was created (ms since the epoch); kept
+    /// across incarnations. 0 for directories of before it was recorded,
+    /// which read as older than anything (see [`crate::forgotten`]).
+    #[serde(default)]
+    pub created_ms: u64,
 }
 
 impl Identity {
@@ -129,6 +134,7 @@ impl Identity {
                 let identity = Identity {
                     id,
                     incarnation: new_incarnation(),
+                    created_ms: tally_protocol::clock::now_ms(),
                 };
                 std::fs::create_dir_all(dir).map_err(io)?;
                 write_durably(
@@ -262,6 +268,7 @@ impl IdentityFile {
         let renewed = Identity {
             id: self.identity.id.clone(),
             incarnation: new_incarnation(),
+            created_ms: self.identity.created_ms,
         };
         let path = self.dir.join(FILE);
         let bytes = serde_json::to_vec_pretty(&renewed).unwrap_or_default();
@@ -383,6 +390,7 @@ mod tests {
         let identity = Identity {
             id: "n1".into(),
             incarnation: "abc".into(),
+            created_ms: 1,
         };
         assert_eq!(
             check_clean_stop(&identity, marker("abc", 7), 7, None),

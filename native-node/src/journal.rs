@@ -8,12 +8,14 @@
 //! | kind | payload (postcard)                          | written for                      |
 //! |------|---------------------------------------------|----------------------------------|
 //! | 5    | `(CounterName, ActorId, Entry)`             | one local operation              |
-//! | 6    | `Change` (entry + registrations + lifecycle) | a keyed write, the cancellation of a duplicate, a delete, reset or expiry |
-//! | 7    | `(CounterMap, Option<Watermarks>)`          | news from a peer (+ watermarks)  |
+//! | 10   | `Change` (entry + registrations + lifecycle) | a keyed write, a delete, reset, expiry or takeover |
+//! | 11   | `(CounterMap, Option<Watermarks>)`          | news from a peer (+ watermarks)  |
 //! | snap | `tag ‖ Watermarks ‖ chunk… ‖ []` ([`snapshot`]) | the whole replica, a chunk of counters at a time |
 //!
-//! Written by earlier versions and still read (their entries have no run,
-//! which reads as 0): kinds 1, 3 and 4, as 5, 6 and 7 before lifecycle;
+//! Written by earlier versions and still read: kinds 8 and 9, as 10 and 11
+//! before registrations carried their window (read with the default
+//! window, 24 h); 6 and 7, before takeovers; (entries without a run, which
+//! reads as 0) kinds 1, 3 and 4, as 5, 10 and 11 before lifecycle;
 //! kind 2, news in the map format of before keyed writes (entries only);
 //! snapshots whose chunks hold no lifecycle, or entries only, and whole-map
 //! snapshots `(CounterMap, Watermarks)`.
@@ -21,11 +23,12 @@
 //! News larger than a record may hold (a catch-up chunk can be as large as a
 //! gossip frame) is split into several kind-7 records ([`merge_records`]); only
 //! the last carries the watermarks, so replay adopts them after every entry.
-use crdt_core::{
-    ActorId, Change, ChangeWithoutTakeovers, CounterMap, CounterName, EntriesOnly, Entry,
-    EntryWithoutRun, KeyedOnly, LegacyChange, Lifecycle, LifecycleWithoutTakeovers, Registration,
-    Watermarks, WithoutTakeovers,
+use crdt_core::legacy::{
+    current_registrations, with_runs, ChangeWithoutTakeovers, ChangeWithoutWindows, EntriesOnly,
+    EntryWithoutRun, KeyedOnly, LegacyChange, LegacyRegistration, LifecycleWithoutTakeovers,
+    WithoutTakeovers, WithoutWindows,
 };
+use crdt_core::{ActorId, Change, CounterMap, CounterName, Entry, Lifecycle, Registration, Watermarks};
 
 use crate::replica::{Replica, ReplicaState};
 use crate::wal::{RecoveredRecord, WalError};
@@ -33,10 +36,14 @@ use crate::wal::{RecoveredRecord, WalError};
 /// A local operation's resulting entry.
 pub const KIND_LOCAL: u8 = 5;
 /// A local change with registrations or a lifecycle: a keyed write, a
-/// cancellation, a delete, a reset, an expiry, a takeover.
-pub const KIND_LOCAL_CHANGE: u8 = 8;
+/// delete, a reset, an expiry, a takeover.
+pub const KIND_LOCAL_CHANGE: u8 = 10;
 /// Changes merged from a peer.
-pub const KIND_MERGE: u8 = 9;
+pub const KIND_MERGE: u8 = 11;
+/// [`KIND_LOCAL_CHANGE`] of before registrations carried their window (read only).
+const KIND_LOCAL_CHANGE_WITHOUT_WINDOWS: u8 = 8;
+/// [`KIND_MERGE`] of before registrations carried their window (read only).
+const KIND_MERGE_WITHOUT_WINDOWS: u8 = 9;
 /// [`KIND_LOCAL_CHANGE`] of before takeovers (read only).
 const KIND_LOCAL_CHANGE_WITHOUT_TAKEOVERS: u8 = 6;
 /// [`KIND_MERGE`] of before takeovers (read only).
@@ -142,8 +149,11 @@ const KEYED_SNAPSHOT_TAG: u64 = u64::MAX - 2;
 /// First value of a chunked snapshot whose chunks hold lifecycles too, of
 /// before takeovers (still read).
 const LIFECYCLE_SNAPSHOT_TAG: u64 = u64::MAX - 3;
-/// First value of a chunked snapshot whose lifecycles hold takeovers too.
+/// First value of a chunked snapshot whose lifecycles hold takeovers too,
+/// of before registrations carried their window (still read).
 const TAKEOVER_SNAPSHOT_TAG: u64 = u64::MAX - 4;
+/// First value of a chunked snapshot whose registrations carry their window.
+const WINDOW_SNAPSHOT_TAG: u64 = u64::MAX - 5;
 /// A snapshot chunk: counters with their entries, registrations and lifecycle.
 type Chunk = Vec<(
     CounterName,
@@ -177,7 +187,7 @@ pub const SNAPSHOT_CHUNK_COUNTERS: usize = 4096;
 /// so every chunk covers it; and what a chunk holds beyond it is replayed
 /// again from later segments, harmlessly (replay is merge).
 pub fn snapshot(replica: &Replica) -> Vec<u8> {
-    let mut payload = crdt_core::wire::encode(&TAKEOVER_SNAPSHOT_TAG);
+    let mut payload = crdt_core::wire::encode(&WINDOW_SNAPSHOT_TAG);
     payload.extend(crdt_core::wire::encode(&replica.read().watermarks));
     let mut after: Option<CounterName> = None;
     loop {
@@ -211,6 +221,7 @@ fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_
         KEYED_SNAPSHOT_TAG,
         LIFECYCLE_SNAPSHOT_TAG,
         TAKEOVER_SNAPSHOT_TAG,
+        WINDOW_SNAPSHOT_TAG,
     ]
     .contains(&tag)
     {
@@ -229,22 +240,38 @@ fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_
     let (watermarks, mut rest) = crdt_core::wire::take::<Watermarks>(rest)?;
     loop {
         let chunk: Chunk = match tag {
-            TAKEOVER_SNAPSHOT_TAG => {
+            WINDOW_SNAPSHOT_TAG => {
                 let (chunk, after) = crdt_core::wire::take::<Chunk>(rest)?;
                 rest = after;
                 chunk
+            }
+            TAKEOVER_SNAPSHOT_TAG => {
+                type TakeoverChunk = Vec<(
+                    CounterName,
+                    Vec<(ActorId, Entry)>,
+                    Vec<LegacyRegistration>,
+                    Option<Lifecycle>,
+                )>;
+                let (chunk, after) = crdt_core::wire::take::<TakeoverChunk>(rest)?;
+                rest = after;
+                (chunk.into_iter())
+                    .map(|(name, entries, registrations, lifecycle)| {
+                        (name, entries, current_registrations(registrations), lifecycle)
+                    })
+                    .collect()
             }
             LIFECYCLE_SNAPSHOT_TAG => {
                 type LifecycleChunk = Vec<(
                     CounterName,
                     Vec<(ActorId, Entry)>,
-                    Vec<Registration>,
+                    Vec<LegacyRegistration>,
                     Option<LifecycleWithoutTakeovers>,
                 )>;
                 let (chunk, after) = crdt_core::wire::take::<LifecycleChunk>(rest)?;
                 rest = after;
                 (chunk.into_iter())
                     .map(|(name, entries, registrations, lifecycle)| {
+                        let registrations = current_registrations(registrations);
                         (name, entries, registrations, lifecycle.map(Lifecycle::from))
                     })
                     .collect()
@@ -253,12 +280,13 @@ fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_
                 type KeyedChunk = Vec<(
                     CounterName,
                     Vec<(ActorId, EntryWithoutRun)>,
-                    Vec<Registration>,
+                    Vec<LegacyRegistration>,
                 )>;
                 let (chunk, after) = crdt_core::wire::take::<KeyedChunk>(rest)?;
                 rest = after;
                 (chunk.into_iter())
                     .map(|(name, entries, registrations)| {
+                        let registrations = current_registrations(registrations);
                         (name, with_runs(entries), registrations, None)
                     })
                     .collect()
@@ -300,13 +328,6 @@ fn replay_news(state: &mut ReplicaState, news: &CounterMap, watermarks: Option<W
     }
 }
 
-/// Entries of before runs, with their run read as 0.
-fn with_runs(entries: Vec<(ActorId, EntryWithoutRun)>) -> Vec<(ActorId, Entry)> {
-    (entries.into_iter())
-        .map(|(actor, entry)| (actor, entry.into()))
-        .collect()
-}
-
 /// Applies one recovered record to `state`.
 pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(), JournalError> {
     let undecodable = |kind: &str, e: crdt_core::CrdtError| JournalError::Undecodable {
@@ -342,6 +363,14 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
             replay_change(state, change);
         }
         RecoveredRecord::Entry {
+            kind: KIND_LOCAL_CHANGE_WITHOUT_WINDOWS,
+            payload,
+        } => {
+            let ChangeWithoutWindows(change) =
+                crdt_core::wire::decode(payload).map_err(|e| undecodable("local change", e))?;
+            replay_change(state, change);
+        }
+        RecoveredRecord::Entry {
             kind: KIND_LOCAL_CHANGE_WITHOUT_TAKEOVERS,
             payload,
         } => {
@@ -362,6 +391,14 @@ pub fn replay(state: &mut ReplicaState, record: RecoveredRecord<'_>) -> Result<(
             payload,
         } => {
             let (news, watermarks): (CounterMap, Option<Watermarks>) =
+                crdt_core::wire::decode(payload).map_err(|e| undecodable("merge", e))?;
+            replay_news(state, &news, watermarks);
+        }
+        RecoveredRecord::Entry {
+            kind: KIND_MERGE_WITHOUT_WINDOWS,
+            payload,
+        } => {
+            let (WithoutWindows(news), watermarks): (WithoutWindows, Option<Watermarks>) =
                 crdt_core::wire::decode(payload).map_err(|e| undecodable("merge", e))?;
             replay_news(state, &news, watermarks);
         }
@@ -562,8 +599,66 @@ mod tests {
         let mut map = news(20, 1);
         let name = CounterName::new(name).unwrap();
         let op = crdt_core::Op::Increment(amount);
-        let keyed = map.apply_keyed(&actor, &name, op, &key, at_ms).unwrap();
+        let keyed = map
+            .apply_keyed(&actor, &name, op, &key, at_ms, crdt_core::DEFAULT_KEY_WINDOW_MS)
+            .unwrap();
         (map, actor, keyed)
+    }
+
+    /// `registration` as versions 3–5 encoded it: without its window.
+    fn without_window(registration: &Registration) -> impl serde::Serialize + '_ {
+        (
+            &registration.key,
+            &registration.origin,
+            registration.op,
+            registration.at_ms,
+            registration.seq,
+            registration.value,
+            registration.cancelled_seq,
+        )
+    }
+
+    fn without_windows(registrations: &[Registration]) -> Vec<impl serde::Serialize + '_> {
+        registrations.iter().map(without_window).collect()
+    }
+
+    #[test]
+    fn records_and_snapshots_of_registrations_without_windows_are_still_read() {
+        let (map, actor, keyed) = news_and_a_keyed_write("k", 4, 1);
+        let old_format: Vec<_> = (map.counters())
+            .map(|(name, counter)| {
+                let entries: Vec<_> = counter.entries().collect();
+                let registrations: Vec<_> = counter.registrations().map(without_window).collect();
+                (name, entries, registrations, counter.lifecycle())
+            })
+            .collect();
+        let watermarks = watermarks(1);
+        let payload = &crdt_core::wire::encode(&(&old_format, Some(&watermarks)));
+        let mut state = ReplicaState::default();
+        let kind = KIND_MERGE_WITHOUT_WINDOWS;
+        replay(&mut state, RecoveredRecord::Entry { kind, payload }).unwrap();
+        assert_eq!(state.map, map, "read with the default window");
+
+        let mut snapshot = crdt_core::wire::encode(&TAKEOVER_SNAPSHOT_TAG);
+        snapshot.extend(crdt_core::wire::encode(&watermarks));
+        snapshot.extend(crdt_core::wire::encode(&old_format));
+        snapshot.extend(crdt_core::wire::encode(&Vec::<u8>::new()));
+        assert_eq!(from_snapshot(&snapshot).map, map);
+
+        let change = keyed.delta.all_changes().next().unwrap();
+        let old_change = (
+            &change.name,
+            &change.actor,
+            change.entry,
+            without_windows(&change.registrations),
+            &change.lifecycle,
+        );
+        let payload = &crdt_core::wire::encode(&old_change);
+        let mut state = ReplicaState::default();
+        let kind = KIND_LOCAL_CHANGE_WITHOUT_WINDOWS;
+        replay(&mut state, RecoveredRecord::Entry { kind, payload }).unwrap();
+        assert_eq!(state.map.value("k"), Some(4));
+        assert_eq!(state.watermarks.get(actor.as_str()), change.entry.seq);
     }
 
     #[test]
@@ -585,7 +680,7 @@ mod tests {
                     .entries()
                     .map(|(a, e)| (a, without_run(e)))
                     .collect();
-                let registrations: Vec<&Registration> = counter.registrations().collect();
+                let registrations: Vec<_> = counter.registrations().map(without_window).collect();
                 (name, entries, registrations)
             })
             .collect();
@@ -614,7 +709,7 @@ mod tests {
             &change.name,
             &change.actor,
             without_run(&change.entry),
-            &change.registrations,
+            without_windows(&change.registrations),
         );
         let payload = &crdt_core::wire::encode(&legacy_change);
         let mut state = ReplicaState::default();
@@ -645,7 +740,7 @@ mod tests {
         let old_format: Vec<_> = (map.counters())
             .map(|(name, counter)| {
                 let entries: Vec<_> = counter.entries().collect();
-                let registrations: Vec<&Registration> = counter.registrations().collect();
+                let registrations: Vec<_> = counter.registrations().map(without_window).collect();
                 (
                     name,
                     entries,
@@ -674,7 +769,7 @@ mod tests {
             &change.name,
             &change.actor,
             change.entry,
-            &change.registrations,
+            without_windows(&change.registrations),
             lifecycle,
         );
         let payload = &crdt_core::wire::encode(&old_change);

@@ -4,6 +4,7 @@ pub mod consistency;
 pub mod data_dir;
 pub mod dns_seeds;
 pub mod expiry;
+pub mod forgotten;
 pub mod garbage;
 pub mod gossip;
 pub mod idempotency;

@@ -179,6 +179,8 @@ pub struct Membership {
     suspicions: Suspicions,
     /// Probes to send again over a fresh connection (see [`Membership::take_retries`]).
     retries: Vec<String>,
+    /// Members forgotten since the last [`Membership::take_forgotten`].
+    forgotten: Vec<String>,
 }
 
 impl Membership {
@@ -196,7 +198,14 @@ impl Membership {
             last_tick: None,
             suspicions: Suspicions::default(),
             retries: Vec::new(),
+            forgotten: Vec::new(),
         }
+    }
+
+    /// Members forgotten since the last call (the caller keeps them out
+    /// for good: [`crate::forgotten`]).
+    pub fn take_forgotten(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// This node's own record.
@@ -609,6 +618,7 @@ impl Membership {
                     since: now,
                 };
                 self.tombstones.insert(id.clone(), tombstone);
+                self.forgotten.push(id.clone());
             }
         }
         let lifetime = forget_after * TOMBSTONE_LIFETIMES;

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub expired: AtomicU64,
     /// Removed counters dropped as garbage once every live member held the removal.
     pub garbage_collected: AtomicU64,
+    /// Registrations of keyed writes folded once their window closed everywhere.
+    pub keys_folded: AtomicU64,
     /// The HTTP server's connections (open, refused at the cap).
     pub http_connections: Arc<ConnectionStats>,
 }
@@ -141,7 +143,7 @@ impl Metrics {
                 let _ = writeln!(out, "tally_{name}{{node=\"{node}\"{labels}}} {value}");
             }
         };
-        let totals: [(&str, &str, &AtomicU64); 12] = [
+        let totals: [(&str, &str, &AtomicU64); 13] = [
             (
                 "increments_total",
                 "Local increments acknowledged.",
@@ -189,6 +191,11 @@ impl Metrics {
                 "garbage_collected_total",
                 "Removed counters dropped as garbage once every live member held the removal.",
                 &self.garbage_collected,
+            ),
+            (
+                "keys_folded_total",
+                "Registrations of keyed writes folded once their window closed everywhere.",
+                &self.keys_folded,
             ),
         ];
         for (name, help, value) in totals {

@@ -18,6 +18,7 @@ use crate::api::{self, ApiState};
 use crate::data_dir::{DataDirError, DataDirLock};
 use crate::dns_seeds;
 use crate::gossip::{Gossip, GossipConfig, RemoteSink};
+use crate::forgotten::Forgotten;
 use crate::identity::{Identity, IdentityError, IdentityFile};
 use crate::journal::{self, JournalError};
 use crate::metrics::Metrics;
@@ -216,10 +217,16 @@ pub async fn run(
         Arc::clone(&metrics),
         WriterConfig {
             snapshot_bytes: config.snapshot_bytes,
+            key_window: config.idempotency_window,
         },
         identity_file,
     );
     let retirement = Arc::new(Retirement::load(&config.data_dir, Arc::clone(&replica))?);
+    let forgotten = Arc::new(Forgotten::load(
+        &config.data_dir,
+        &identity.id,
+        identity.created_ms,
+    )?);
     let keys = match &config.cluster_keys {
         Some(keys) => GossipKeys::from_cluster(keys),
         None => GossipKeys::insecure(),
@@ -236,6 +243,7 @@ pub async fn run(
         max_frame: config.max_frame,
         idle_timeout: Duration::from_secs(30).max(config.gossip.interval * 20),
         retirement,
+        forgotten,
     };
     let sink: Arc<dyn RemoteSink> = Arc::new(writer.clone());
     let gossip = Gossip::new(
@@ -286,14 +294,12 @@ pub async fn run(
     let alone_by_config =
         config.seeds.is_empty() && config.seed_dns.is_empty() && config.discovery.is_empty();
     let readiness = Arc::new(Readiness::new(alone_by_config, config.join_timeout));
-    crate::idempotency::spawn_key_expiry(Arc::clone(&replica), config.idempotency_window);
     crate::expiry::spawn(Arc::clone(&replica), writer.clone());
     crate::garbage::spawn(
         Arc::clone(&replica),
         Arc::clone(&gossip),
         Arc::clone(&metrics),
         config.gc_interval,
-        config.idempotency_window,
     );
     let watch = WatchHub::new();
     crate::replica::feed_watch(&replica, Arc::clone(&watch));

@@ -24,6 +24,8 @@
 //!    `Fetch { id, names }` → `Fetched { id, state }` with those counters.
 //!    A receiver that cannot store answers nothing: the asker times out.
 use crdt_core::{CounterMap, Watermarks};
+
+use crate::forgotten::ForgottenNode;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Message`] or the handshake.
@@ -34,7 +36,22 @@ use serde::{Deserialize, Serialize};
 /// 4: entries carry their run (`since`); changes and maps carry counters'
 /// lifecycles (delete, reset, expiry).
 /// 5: lifecycles carry takeovers (retired actors folded into survivors).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 6: registrations carry their window and are never cancelled; `Pull`
+/// carries the sender's clock and the members it forgot; `Hello` carries
+/// when the data directory was created and the members the sender forgot.
+pub const PROTOCOL_VERSION: u16 = 6;
+
+/// What a member's `Pull`s said of it: the watermarks it held everything
+/// up to, and its clock when it said so (the latest of each).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Actor → highest seq the member held everything up to.
+    pub watermarks: Watermarks,
+    /// The member's clock (ms since the Unix epoch) at its latest report.
+    pub clock_ms: u64,
+    /// The members it had forgotten then.
+    pub forgotten: Vec<ForgottenNode>,
+}
 
 /// A member as gossiped: its addresses and its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +110,11 @@ pub enum Message {
         digest: u64,
         /// Actor → highest seq the sender has everything up to.
         known: Watermarks,
+        /// The sender's clock when it sent this (ms since the Unix epoch):
+        /// it held `known` at that time ([`Report`]).
+        clock_ms: u64,
+        /// The newest members the sender forgot ([`crate::forgotten`]).
+        forgotten: Vec<ForgottenNode>,
     },
     /// Answer to a `Pull` whose digest matched: nothing to send.
     Ack,

@@ -147,7 +147,7 @@ impl tally_protocol::watch::CounterSource for Replica {
 
     fn page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(String, i128)> {
         let state = self.read();
-        let now = crate::writer::now_ms();
+        let now = tally_protocol::clock::now_ms();
         (state.map.page(prefix, after))
             .filter(|(_, counter)| counter.expiry().is_none_or(|at| at > now))
             .take(limit)

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crdt_core::{ActorId, CounterMap};
 
 use crate::replica::Replica;
-use crate::writer::now_ms;
+use tally_protocol::clock::now_ms;
 
 /// The file in the data directory that keeps the retired set.
 const FILE: &str = "retired.json";
@@ -56,6 +56,10 @@ pub enum RetireError {
     /// A reachable member did not answer a pull in time.
     #[error("member {0} did not answer a pull in time, so this node may lack writes it holds; try again")]
     Unanswered(String),
+    /// A dead member (not forgotten yet) may hold writes of the departed
+    /// actors that no reachable member holds.
+    #[error("member {0} is dead but not forgotten: it may hold writes of the departed actors that no reachable member holds; retry once it is back, or once it is forgotten (--forget-dead-after: a forgotten member is refused until its data directory is wiped)")]
+    DeadMember(String),
     /// The node is alive and we do not know which actor it writes as.
     #[error("node {0} is a live member but has not introduced itself to this node yet; try again in a few seconds")]
     UnknownActor(String),
@@ -85,6 +89,16 @@ pub fn departed_actors<'a>(
         })
         .cloned()
         .collect()
+}
+
+/// Checks that no member is dead: the fold claims this node holds every
+/// write of the departed actors (up to the highest seq it has seen of
+/// each), and only a pull from every member that may hold one proves it.
+pub fn none_dead(members: &[(String, bool)]) -> Result<(), RetireError> {
+    match members.iter().find(|(_, dead)| *dead) {
+        Some((member, _)) => Err(RetireError::DeadMember(member.clone())),
+        None => Ok(()),
+    }
 }
 
 /// Checks that a pull from every reachable member completed (`pulled`, from
@@ -346,6 +360,19 @@ mod tests {
         let gone = departed_actors("n3", &actors, None);
         assert_eq!(gone.len(), 3);
         assert!(departed_actors("n4", &actors, None).is_empty());
+    }
+
+    /// Finding 7 of issue #30: retiring raised this node's watermarks for
+    /// the departed actors to the highest seq it had seen, while a dead
+    /// member could hold a write of theirs below it, which was then taken
+    /// for a collected change and skipped for good.
+    #[test]
+    fn retiring_is_refused_while_a_member_is_dead() {
+        assert_eq!(none_dead(&[("n2".into(), false)]), Ok(()));
+        assert_eq!(
+            none_dead(&[("n2".into(), false), ("n4".into(), true)]),
+            Err(RetireError::DeadMember("n4".into()))
+        );
     }
 
     #[test]

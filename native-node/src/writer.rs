@@ -31,6 +31,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tally_protocol::clock::now_ms;
 use crdt_core::{
     ActorId, Change, CounterMap, CounterName, CrdtError, IdempotencyKey, KeyCheck, Op, PnCounter,
     Registration, RemovalKind, Watermarks,
@@ -226,6 +227,9 @@ enum Request {
 pub struct WriterConfig {
     /// Snapshot once the log holds this many bytes since the last one.
     pub snapshot_bytes: u64,
+    /// How long a retry stamped after a keyed write still joins it
+    /// (`--idempotency-window`), recorded in each registration.
+    pub key_window: Duration,
 }
 
 /// Why writes are refused right now; shared by the writer and its handles.
@@ -414,8 +418,6 @@ pub fn start(
     let refusal = Arc::new(Refusal::default());
     record_wal_stats(&metrics, &wal);
     let own_seq = replica.read().map.last_seq(replica.actor().as_str());
-    // Lost keys a crash left uncancelled: cancelled with the next batch.
-    let duplicates = replica_duplicates(&replica);
     let writer = Writer {
         wal: Some(wal),
         replica,
@@ -428,7 +430,7 @@ pub fn start(
         snapshot_retry_at: None,
         identity,
         own_seq,
-        duplicates,
+        last_stamp_ms: 0,
     };
     tokio::spawn(writer.run(local_rx, remote_rx));
     WriterHandle {
@@ -460,9 +462,9 @@ struct Writer {
     /// The highest seq this node stamped, durably, as its current actor.
     /// The replica holding a higher one for that actor proves a rollback.
     own_seq: u64,
-    /// This actor's keyed writes found to be duplicates, cancelled by the
-    /// next batch.
-    duplicates: Vec<(CounterName, IdempotencyKey)>,
+    /// The latest clock reading a batch stamped: keyed writes are stamped
+    /// with a clock that never goes back within a run of the process.
+    last_stamp_ms: u64,
 }
 
 /// What the snapshot task hands back: the ticket to finish it with.
@@ -492,8 +494,6 @@ enum Answer {
     Write { op: Op, reply: Reply },
     /// A client's delete, reset or expiry.
     Lifecycle(LifecycleReply),
-    /// The cancellation of a duplicate keyed write (no caller).
-    Cancellation,
     /// The deletion of a counter past its expiry (no caller; counted).
     Expiry,
     /// The expiry a write's `?ttl=` set (answered with the write).
@@ -546,7 +546,7 @@ impl Writer {
                     next = local.try_recv().or_else(|_| remote.try_recv()).ok();
                 }
             }
-            if !batch.is_empty() || !self.duplicates.is_empty() {
+            if !batch.is_empty() {
                 match self.commit(batch).await {
                     Unsynced::Appended => {
                         unsynced_since.get_or_insert_with(Instant::now);
@@ -648,13 +648,6 @@ impl Writer {
                         Answer::Lifecycle(reply) => {
                             let _ = reply.send(Err(WriteError::Storage(error.clone())));
                         }
-                        // A cancellation not made durable is made again.
-                        Answer::Cancellation => self.duplicates.extend(
-                            p.change
-                                .registrations
-                                .into_iter()
-                                .map(|r| (p.change.name.clone(), r.key)),
-                        ),
                         // The next sweep finds the counter again.
                         Answer::Expiry | Answer::WriteTtl => {}
                         Answer::Takeover(answer) => {
@@ -721,7 +714,6 @@ impl Writer {
     /// Validates and stamps local operations against the replica plus this
     /// batch's earlier operations; encodes every record.
     fn prepare(&mut self, batch: Vec<Request>) -> (Vec<Pending>, Vec<(u8, Vec<u8>)>) {
-        let duplicates = std::mem::take(&mut self.duplicates);
         let actor = self.replica.actor();
         let state = self.replica.read();
         // Checked again under the lock that stamping reads: gossip may have
@@ -735,16 +727,16 @@ impl Writer {
             })
         });
         let mut seq = self.own_seq;
-        // One clock reading per batch: what "past its expiry" means here.
-        let now = now_ms();
+        // One clock reading per batch: what "past its expiry" means here,
+        // and the stamp of its keyed writes (never below an earlier batch's).
+        let now = now_ms().max(self.last_stamp_ms);
+        self.last_stamp_ms = now;
+        let key_window_ms = duration_ms(self.config.key_window);
         let mut expiry_done = Vec::new();
         let mut touched: HashMap<CounterName, PnCounter> = HashMap::new();
         let mut keys_in_batch: HashSet<IdempotencyKey> = HashSet::new();
         let mut pending = Vec::new();
         let mut records = Vec::with_capacity(batch.len());
-        // Keys of peers' registrations in the news: this actor's own
-        // registration of one of them may have lost.
-        let mut keyed_news: Vec<(CounterName, IdempotencyKey)> = Vec::new();
         for request in batch {
             match request {
                 Request::Local { write, reply } => {
@@ -753,7 +745,7 @@ impl Writer {
                         continue;
                     }
                     if let Some(key) = &write.key {
-                        let check = state.map.check_key(key, &write.name, write.op);
+                        let check = state.map.check_key(key, &write.name, write.op, now);
                         let answered = match check {
                             KeyCheck::New if !keys_in_batch.insert(key.clone()) => {
                                 Some(Err(WriteError::KeyInFlight(key.to_string())))
@@ -797,10 +789,11 @@ impl Writer {
                                         key: key.clone(),
                                         origin: actor.clone(),
                                         op: write.op,
-                                        at_ms: now_ms(),
+                                        at_ms: now,
                                         seq: entry.seq,
                                         value: counter.value().saturating_add(write.op.signed()),
                                         cancelled_seq: 0,
+                                        window_ms: key_window_ms.max(1),
                                     });
                                     records.push((
                                         journal::KIND_LOCAL_CHANGE,
@@ -940,12 +933,6 @@ impl Writer {
                 Request::Remote {
                     news, watermarks, ..
                 } => {
-                    keyed_news.extend(news.counters().flat_map(|(name, counter)| {
-                        counter
-                            .registrations()
-                            .filter(|r| r.origin != actor)
-                            .map(|r| (name.clone(), r.key.clone()))
-                    }));
                     match journal::merge_records(&news, watermarks.as_ref(), MAX_RECORD_PAYLOAD) {
                         Ok(payloads) => {
                             records.extend(payloads.into_iter().map(|p| (journal::KIND_MERGE, p)))
@@ -957,42 +944,6 @@ impl Writer {
                 }
                 // Flattened into the batch by `run`; nothing else sends these.
                 Request::Locals(_) | Request::Stop { .. } => {}
-            }
-        }
-        if refused.is_none() {
-            let news_keys = keyed_news.iter().map(|(name, key)| (name, key));
-            // A set: one duplicate found twice (left from the last batch and
-            // in this news) must be cancelled once, or its amount is taken
-            // out twice.
-            let lost: std::collections::BTreeSet<_> = duplicates
-                .into_iter()
-                .chain(state.map.duplicates_of(&actor, news_keys))
-                .collect();
-            for (name, key) in lost {
-                let Some(mine) = state.map.get(name.as_str()).and_then(|counter| {
-                    let same_key = counter.registrations_of(key.as_str());
-                    same_key
-                        .iter()
-                        .find(|r| r.origin == actor && !r.is_cancelled())
-                }) else {
-                    continue;
-                };
-                let counter = copy_in(&mut touched, &state.map, &name);
-                let Ok(change) = Change::cancelling(counter, mine, &name, seq + 1) else {
-                    continue;
-                };
-                seq += 1;
-                // The copy's value is not read again in this batch (the
-                // cancellation moves no value); its entry must chain.
-                counter.merge_entry(&actor, change.entry);
-                records.push((
-                    journal::KIND_LOCAL_CHANGE,
-                    journal::local_change_record(&change),
-                ));
-                pending.push(Pending {
-                    change,
-                    answer: Answer::Cancellation,
-                });
             }
         }
         // The sweep waits only for its turn, not for the fsync: it comes
@@ -1017,18 +968,6 @@ impl Writer {
                 state.map.merge_change(&p.change);
                 delta.merge_change(&p.change);
             }
-            // A cancellation travels with what it lost to (the other
-            // registrations of its key, each with its origin's entry): a
-            // replica that hears of the cancellation first would otherwise
-            // count the key zero times until the winner reaches it.
-            let cancellations = pending
-                .iter()
-                .filter(|p| matches!(p.answer, Answer::Cancellation));
-            for p in cancellations {
-                for lost_to in state.map.precedents(&p.change) {
-                    delta.merge_change(&lost_to);
-                }
-            }
             // Every one of this actor's changes up to here is in the map.
             state.watermarks.raise(&actor, self.own_seq);
             for p in &pending {
@@ -1038,19 +977,6 @@ impl Writer {
                     counter.and_then(PnCounter::expiry),
                 ));
             }
-            // A peer's registration of the same key may have come in while
-            // this batch was on its way to disk.
-            let writes = pending
-                .iter()
-                .filter(|p| matches!(p.answer, Answer::Write { .. }));
-            let keyed = writes.flat_map(|p| {
-                p.change
-                    .registrations
-                    .iter()
-                    .map(|r| (&p.change.name, &r.key))
-            });
-            self.duplicates
-                .extend(state.map.duplicates_of(&actor, keyed));
         }
         self.replica.publish(delta, None);
         for (p, (value, expires_at_ms)) in pending.into_iter().zip(values) {
@@ -1076,7 +1002,7 @@ impl Writer {
                     }
                     continue;
                 }
-                Answer::Cancellation | Answer::WriteTtl => continue,
+                Answer::WriteTtl => continue,
             };
             let counter = match op {
                 Op::Increment(_) => &self.metrics.increments,
@@ -1213,12 +1139,6 @@ fn replay(registration: Registration) -> Written {
     }
 }
 
-/// This actor's registrations that lost to another of their key.
-fn replica_duplicates(replica: &Replica) -> Vec<(CounterName, IdempotencyKey)> {
-    let actor = replica.actor();
-    replica.read().map.all_duplicates_of(&actor)
-}
-
 /// The counter as the batch stamps it: its entries and value, without its
 /// registrations (a copy per batch must not copy a day of keys).
 fn working_copy(counter: Option<&PnCounter>) -> PnCounter {
@@ -1293,14 +1213,6 @@ fn stage(
     pending.push(Pending { change, answer });
 }
 
-/// Wall clock in ms since the Unix epoch (0 if the clock is before it).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
-}
 
 /// Copies the WAL's own totals into the metrics: every fsync counts, those
 /// of recovery, rotations and snapshots included.
@@ -1367,7 +1279,10 @@ mod tests {
         .unwrap();
         let faults = wal.faults();
         let metrics = Arc::new(Metrics::default());
-        let config = WriterConfig { snapshot_bytes };
+        let config = WriterConfig {
+            snapshot_bytes,
+            key_window: Duration::from_millis(crdt_core::DEFAULT_KEY_WINDOW_MS),
+        };
         // As a node starts: settle the incarnation (removing the marker) first.
         let mut identity = IdentityFile::new(dir.to_owned(), identity);
         identity.settle(&state.map, wal.truncated_tail()).unwrap();
@@ -1871,7 +1786,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_key_registered_after_a_peers_is_cancelled_and_counts_once() {
+    async fn a_key_a_peer_applied_first_counts_once_with_nothing_to_cancel() {
         let dir = tempfile::tempdir().unwrap();
         let Started {
             writer, replica, ..
@@ -1881,8 +1796,8 @@ mod tests {
             .await
             .unwrap();
         assert!(!mine.replayed);
-        // A peer applied the same write first (its clock says so) and was
-        // not heard from until now: the retry that reached this node.
+        // A peer applied the same write a moment earlier (its clock says
+        // so) and was not heard from until now: the retry reached this node.
         let peer = ActorId::new("node-2~x").unwrap();
         let mut theirs = CounterMap::new();
         theirs
@@ -1891,46 +1806,21 @@ mod tests {
                 &name("c"),
                 Op::Increment(5),
                 &IdempotencyKey::new("k").unwrap(),
-                1,
+                now_ms() - 1_000,
+                crdt_core::DEFAULT_KEY_WINDOW_MS,
             )
             .unwrap();
+        let seq_before = replica.read().map.last_seq(replica.actor().as_str());
         let news = replica.merge_remote(&theirs, None);
-        assert_eq!(
-            replica.read().map.value("c"),
-            Some(5),
-            "counted once on merge"
-        );
+        assert_eq!(replica.read().map.value("c"), Some(5), "counted once on merge");
         writer.persist(news, None).await;
-        let own = replica.actor();
-        let cancelled = wait_for(|| {
-            let state = replica.read();
-            let counter = state.map.get("c").unwrap();
-            counter
-                .registrations_of("k")
-                .iter()
-                .any(|r| r.origin == own && r.is_cancelled())
-        })
-        .await;
-        assert!(cancelled, "this node's duplicate is cancelled");
-        assert_eq!(replica.read().map.value("c"), Some(5));
-        let own_entry = *replica
-            .read()
-            .map
-            .get("c")
-            .unwrap()
-            .entry(own.as_str())
-            .unwrap();
         assert_eq!(
-            own_entry.inc - own_entry.dec,
-            0,
-            "taken back out of its own total"
+            replica.read().map.last_seq(replica.actor().as_str()),
+            seq_before,
+            "this node stamps nothing in answer: the lattice counts the key once"
         );
         writer.shutdown().await;
-        assert_eq!(
-            recovered(dir.path()).map.value("c"),
-            Some(5),
-            "and durably so"
-        );
+        assert_eq!(recovered(dir.path()).map.value("c"), Some(5), "and durably so");
     }
 
     /// Polls `check` for up to 5 s.

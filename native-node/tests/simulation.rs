@@ -38,6 +38,7 @@ use tally_node::membership::Status;
 use tally_node::metrics::Metrics;
 use tally_node::protocol::MemberRecord;
 use tally_node::replica::{Replica, ReplicaState};
+use tally_node::forgotten::Forgotten;
 use tally_node::retirement::Retirement;
 use tally_node::transport::{GossipKeys, Network, PeerIdentity, DEFAULT_MAX_FRAME};
 use tally_protocol::cluster_key::ClusterKeys;
@@ -504,6 +505,7 @@ fn identity(index: usize) -> PeerIdentity {
         max_frame: DEFAULT_MAX_FRAME,
         idle_timeout: Duration::from_secs(30).max(INTERVAL * 20),
         retirement: Retirement::for_actor(&format!("{}~1", host_name(index))),
+        forgotten: std::sync::Arc::new(Forgotten::in_memory(&host_name(index), 1)),
     }
 }
 

@@ -384,6 +384,7 @@ fn registration_len(registration: &Registration) -> usize {
         + varint_len(u128::from(registration.seq))
         + varint_len(zigzag)
         + varint_len(u128::from(registration.cancelled_seq))
+        + varint_len(u128::from(registration.window_ms))
 }
 
 /// Bytes of one counter as a map encodes it (name, its entries, its
@@ -547,7 +548,7 @@ mod tests {
         {
             let key = crdt_core::IdempotencyKey::new(&format!("key-{i}")).unwrap();
             let name = CounterName::new("keyed").unwrap();
-            map.apply_keyed(&actor, &name, op, &key, u64::MAX - i as u64)
+            map.apply_keyed(&actor, &name, op, &key, u64::MAX - i as u64, u64::MAX)
                 .unwrap();
         }
         for registration in map.get("keyed").unwrap().registrations() {

@@ -8,6 +8,7 @@
 //! - [`address`]: `host:port` as processes advertise and dial it (names
 //!   kept, resolved at each dial);
 //! - [`probes`]: `/health`, `/ready` and the draining header;
+//! - [`clock`]: the one wall clock, and the skew nodes must stay within;
 //! - [`node_id`]: what a node id may look like (one rule for every process);
 //! - [`cluster_key`] and [`request_auth`] (feature `auth`): the cluster
 //!   secret, the keys derived from it, and signed requests between processes;
@@ -30,6 +31,7 @@
 pub mod access;
 pub mod address;
 pub mod batch;
+pub mod clock;
 #[cfg(feature = "auth")]
 pub mod cluster_key;
 pub mod events;

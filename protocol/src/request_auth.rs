@@ -305,12 +305,7 @@ mod tests {
     }
 }
 
-/// Unix time in ms from the system clock (0 if it is before 1970).
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
+pub use crate::clock::now_ms as unix_now_ms;
 
 /// The server side for axum: a verifier to share between handlers, and a
 /// middleware that answers 401 (JSON) to any request it refuses.

@@ -26,6 +26,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::connection::{Connection, RawFramed};
 use super::noise::{GossipKeys, Initiator, Responder};
 use super::TransportError;
+use tally_protocol::clock::{now_ms, skew_ms, MAX_CLOCK_SKEW_MS};
+
+use crate::forgotten::{Forgotten, ForgottenNode, PeerData};
 use crate::protocol::{MemberRecord, PROTOCOL_VERSION};
 use crate::retirement::{PeerWord, Refusal, RetiredActor, Retirement};
 
@@ -45,6 +48,13 @@ pub struct Hello {
     pub actor: String,
     /// The newest retired actors the sender knows of ([`crate::retirement`]).
     pub retired: Vec<RetiredActor>,
+    /// When the sender's data directory was created (ms since the epoch).
+    pub created_ms: u64,
+    /// The newest members the sender forgot ([`crate::forgotten`]).
+    pub forgotten: Vec<ForgottenNode>,
+    /// The sender's clock when it sent this (ms since the epoch): peers
+    /// further apart than [`MAX_CLOCK_SKEW_MS`] do not connect.
+    pub clock_ms: u64,
     /// Only from an acceptor: why it refuses the dialer.
     pub refused: Option<String>,
 }
@@ -64,6 +74,8 @@ pub struct PeerIdentity {
     pub idle_timeout: Duration,
     /// The actor this node writes as, and the retired set it guards.
     pub retirement: Arc<Retirement>,
+    /// The members this node forgot, and when its data directory was created.
+    pub forgotten: Arc<Forgotten>,
 }
 
 /// Dials done: runs the dialer's side of the handshake over `stream`.
@@ -78,13 +90,14 @@ where
         let answer = raw.recv_raw(HANDSHAKE_TIMEOUT).await?;
         let (theirs, session) = initiator.finish(&answer)?;
         let theirs = check_hello(&theirs, me)?;
+        check_clock(&theirs)?;
         if let Some(reason) = &theirs.refused {
             return Err(TransportError::RefusedUs(format!(
                 "node {} refuses this node: {reason}",
                 theirs.member.id
             )));
         }
-        match me.retirement.judge(word(&theirs)) {
+        match judge(me, &theirs) {
             Ok(()) => {}
             Err(Refusal::Peer(reason)) => return Err(TransportError::Incompatible(reason)),
             Err(Refusal::Us(reason)) => return Err(TransportError::RefusedUs(reason)),
@@ -107,13 +120,16 @@ where
         let first = raw.recv_raw(HANDSHAKE_TIMEOUT).await?;
         let (responder, theirs) = Responder::read(&me.keys, &first)?;
         let theirs = check_hello(&theirs, me)?;
-        let judged = me.retirement.judge(word(&theirs));
+        let judged = judge(me, &theirs);
         let refused = match &judged {
             Err(Refusal::Peer(reason)) => Some(reason.clone()),
             _ => None,
         };
         let (answer, session) = responder.answer(&encode(&hello(me, refused)))?;
         raw.send_raw(Bytes::from(answer)).await?;
+        // After the answer, which carries our clock: the dialer sees the
+        // skew too and says so on its side.
+        check_clock(&theirs)?;
         match judged {
             Ok(()) => Ok((Connection::new(raw, session, me.idle_timeout), theirs)),
             Err(Refusal::Peer(reason)) => Err(TransportError::Incompatible(reason)),
@@ -138,8 +154,37 @@ fn hello(me: &PeerIdentity, refused: Option<String>) -> Hello {
         member: me.member.clone(),
         actor: me.retirement.actor(),
         retired: me.retirement.for_hello(),
+        created_ms: me.forgotten.created_ms(),
+        forgotten: me.forgotten.listed(),
+        clock_ms: now_ms(),
         refused,
     }
+}
+
+/// Refuses a peer whose clock is further from ours than the cluster
+/// allows: stamps it makes (removal marks, keyed writes, expiries) would
+/// win or age wrongly everywhere. Neither side stops: the one whose clock
+/// is wrong is the one every peer refuses.
+fn check_clock(theirs: &Hello) -> Result<(), TransportError> {
+    let skew = skew_ms(now_ms(), theirs.clock_ms);
+    if skew > MAX_CLOCK_SKEW_MS {
+        return Err(TransportError::Incompatible(format!(
+            "the clock of node {} is {skew} ms away from ours, more than the {MAX_CLOCK_SKEW_MS} ms the cluster allows; fix the clock that is wrong (NTP)",
+            theirs.member.id
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the peer's data may meet ours: neither a forgotten member's old
+/// data nor a retired actor's copy, on either side.
+fn judge(me: &PeerIdentity, theirs: &Hello) -> Result<(), Refusal> {
+    me.forgotten.judge(PeerData {
+        id: &theirs.member.id,
+        created_ms: theirs.created_ms,
+        forgotten: &theirs.forgotten,
+    })?;
+    me.retirement.judge(word(theirs))
 }
 
 fn word(hello: &Hello) -> PeerWord<'_> {
@@ -197,6 +242,7 @@ mod tests {
             max_frame: 1 << 16,
             idle_timeout: Duration::from_secs(5),
             retirement: Retirement::for_actor(&format!("{id}~1")),
+            forgotten: Arc::new(Forgotten::in_memory(id, 1)),
         }
     }
 
@@ -226,6 +272,36 @@ mod tests {
             panic!("the retired dialer was not told it is refused");
         };
         assert!(reason.contains("old~1 of node old was retired"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_members_old_data_is_refused_and_told_why() {
+        let (left, right) = tokio::io::duplex(1 << 16);
+        let (old, b) = (
+            identity("old", "the-test-cluster-secret"),
+            identity("b", "the-test-cluster-secret"),
+        );
+        b.forgotten.learn([("old".to_owned(), 7)]);
+        let (dialed, accepted) = tokio::join!(dial(left, &old), accept(right, &b));
+        assert!(matches!(accepted, Err(TransportError::Incompatible(_))));
+        let Err(TransportError::RefusedUs(reason)) = dialed else {
+            panic!("the forgotten dialer was not told it is refused");
+        };
+        assert!(reason.contains("node old was forgotten") && reason.contains("wipe"), "{reason}");
+    }
+
+    #[test]
+    fn a_peer_whose_clock_is_too_far_off_is_refused() {
+        let me = identity("a", "the-test-cluster-secret");
+        let mut theirs = hello(&me, None);
+        assert!(check_clock(&theirs).is_ok());
+        theirs.clock_ms -= MAX_CLOCK_SKEW_MS + 5_000;
+        let Err(TransportError::Incompatible(reason)) = check_clock(&theirs) else {
+            panic!("a clock 35 s behind was accepted");
+        };
+        assert!(reason.contains("ms away from ours"), "{reason}");
+        theirs.clock_ms += 2 * (MAX_CLOCK_SKEW_MS + 5_000);
+        assert!(check_clock(&theirs).is_err(), "nor one ahead");
     }
 
     #[tokio::test]
