@@ -544,6 +544,17 @@ async fn a_replica_away_while_a_retired_actor_was_folded_and_collected_is_refuse
     .await;
 }
 
+/// Waits until each of `nodes` collected at least `count` counters.
+async fn collected(nodes: &[NodeProcess], count: u64) {
+    for node in nodes {
+        let done = wait_until(Duration::from_secs(30), || async {
+            node.metric("tally_garbage_collected_total", "").await >= count
+        })
+        .await;
+        assert!(done, "{} never collected {count} counters", node.id);
+    }
+}
+
 /// Issue #30, finding 3: three nodes write 5 each to `gone`; n3 stops
 /// cleanly; `gone` is deleted and, once n3 is forgotten, collected. Before,
 /// n3 came back with its old entry, never received the removal, and its
@@ -559,16 +570,17 @@ async fn a_member_forgotten_while_its_counter_was_deleted_and_collected_is_refus
             assert_eq!(increment(node, "gone", 5).await.0, 200);
         }
         assert!(cluster.converge(Some("gone"), 15, CONVERGE).await);
+        // A counter deleted and collected while all three are up: every
+        // node then pulled from every other, so each holds n3's writes
+        // gap-free (what collection needs once n3 is gone).
+        assert_eq!(increment(&cluster.nodes[0], "warm-up", 1).await.0, 200);
+        assert!(cluster.converge(Some("warm-up"), 1, CONVERGE).await);
+        assert_eq!(delete(&cluster.nodes[0], "warm-up").await.0, 200);
+        collected(&cluster.nodes[..2], 1).await;
         assert!(cluster.nodes[2].stop_gracefully().is_some());
         let (status, answer) = delete(&cluster.nodes[0], "gone").await;
         assert_eq!(status, 200, "{answer}");
-        for node in &cluster.nodes[..2] {
-            let collected = wait_until(Duration::from_secs(30), || async {
-                node.metric("tally_garbage_collected_total", "").await >= 1
-            })
-            .await;
-            assert!(collected, "{} never collected `gone`", node.id);
-        }
+        collected(&cluster.nodes[..2], 2).await;
 
         // n3 comes back with its old data: refused, it says why and stops.
         let n3 = &mut cluster.nodes[2];

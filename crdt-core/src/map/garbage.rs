@@ -41,6 +41,14 @@ impl CounterMap {
         dropped
     }
 
+    /// True when some key not folded yet has all its groups closed by
+    /// `closed_before_ms`: work for [`Self::fold_keys`].
+    pub fn has_keys_closing_by(&self, closed_before_ms: u64) -> bool {
+        self.keys_open
+            .first()
+            .is_some_and(|(latest, _, _)| *latest <= closed_before_ms)
+    }
+
     /// Collects garbage: drops deleted counters (entries, registrations and
     /// lifecycle), and compacts counters written again (see
     /// `PnCounter::compact`), among the counters every live replica is

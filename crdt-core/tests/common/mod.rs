@@ -9,6 +9,7 @@ pub mod assertions;
 pub mod keyed;
 pub mod laws;
 pub mod lifecycle;
+pub mod model;
 pub mod pinned;
 pub mod scenario;
 pub mod suite;
@@ -69,6 +70,10 @@ macro_rules! generated_case_tests {
         #[$attr]
         fn each_keyed_write_counts_once_on_generated_cases() {
             common::suite::each_keyed_write_counts_once_on_generated_cases();
+        }
+        #[$attr]
+        fn replicas_agree_with_the_model_on_generated_cases() {
+            common::suite::replicas_agree_with_the_model_on_generated_cases();
         }
         #[$attr]
         fn pinned_digests_and_encodings_match() {

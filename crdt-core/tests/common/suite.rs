@@ -47,6 +47,21 @@ pub fn each_keyed_write_counts_once_on_generated_cases() {
     }
 }
 
+/// How many histories the model-based test plays (see `model.rs`).
+const MODEL_CASES: u64 = 300;
+
+/// Random histories over 3–5 replicas agree with the reference model once
+/// converged, and merge laws hold over every state they pass through.
+pub fn replicas_agree_with_the_model_on_generated_cases() {
+    let mut exercised = super::model::Coverage::default();
+    for seed in 0..MODEL_CASES {
+        let run = super::model::run(seed);
+        super::model::merge_laws_hold(&run);
+        exercised.add(&run.coverage);
+    }
+    exercised.assert_every_step_happened();
+}
+
 /// Maps with many different valid names and actors survive the wire.
 pub fn wire_round_trips_on_generated_cases() {
     const ALPHABET: [char; 8] = ['a', 'Z', '/', ' ', 'é', '✓', '🦀', '~'];
