@@ -49,6 +49,9 @@ struct Scope {
     housekeeping: u8,
 }
 
+/// Per actor, a seq (a summary or watermarks, hashable).
+type Seqs = Vec<(ActorId, u64)>;
+
 #[derive(Clone, Debug)]
 struct Node {
     map: CounterMap,
@@ -75,7 +78,7 @@ impl State {
     /// Everything that decides what happens next: equal fingerprints are
     /// the same state (the map through its encoding and its seq floor).
     fn fingerprint(&self) -> impl Hash + PartialEq + '_ {
-        let nodes: Vec<(Vec<u8>, Vec<(ActorId, u64)>, Vec<(ActorId, u64)>)> = (self.nodes.iter())
+        let nodes: Vec<(Vec<u8>, Seqs, Seqs)> = (self.nodes.iter())
             .map(|node| {
                 (
                     wire::encode(&node.map),
