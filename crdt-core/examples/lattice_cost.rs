@@ -65,5 +65,8 @@ fn main() {
         std::hint::black_box(target);
     }
     times.sort();
-    println!("merge of two counters of 1,000 actors: median {:?}", times[times.len() / 2]);
+    println!(
+        "merge of two counters of 1,000 actors: median {:?}",
+        times[times.len() / 2]
+    );
 }

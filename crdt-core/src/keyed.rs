@@ -224,8 +224,8 @@ impl Registration {
 /// Joins `incoming` into the registrations of one key, kept in
 /// [`Registration::order`]; true when anything changed.
 pub(crate) fn join_into(same_key: &mut Vec<Registration>, incoming: &Registration) -> bool {
-    if let Some(index) = (same_key.iter())
-        .position(|r| r.origin == incoming.origin && r.seq == incoming.seq)
+    if let Some(index) =
+        (same_key.iter()).position(|r| r.origin == incoming.origin && r.seq == incoming.seq)
     {
         let joined = same_key[index].join(incoming);
         if joined == same_key[index] {
@@ -280,9 +280,9 @@ pub fn count_key<'a>(
     let mut excess: i128 = 0;
     let mut not_writes = Vec::new();
     for group in groups(same_key) {
-        let counted_by_removal = group.iter().any(|r| {
-            removed(r, r.seq) && !(r.is_cancelled() && removed(r, r.cancelled_seq))
-        });
+        let counted_by_removal = group
+            .iter()
+            .any(|r| removed(r, r.seq) && !(r.is_cancelled() && removed(r, r.cancelled_seq)));
         let mut live: i128 = 0;
         for r in group {
             let amount = r.op.signed();
@@ -313,9 +313,9 @@ pub fn count_key<'a>(
 pub fn is_inert(group: &[Registration], removed: impl Fn(&Registration, u64) -> bool) -> bool {
     let single = matches!(group, [only] if !only.is_cancelled());
     single
-        || group.iter().all(|r| {
-            removed(r, r.seq) && (!r.is_cancelled() || removed(r, r.cancelled_seq))
-        })
+        || group
+            .iter()
+            .all(|r| removed(r, r.seq) && (!r.is_cancelled() || removed(r, r.cancelled_seq)))
 }
 
 /// The attempt a retry of the key answers from, when the key's latest
@@ -324,8 +324,7 @@ pub fn is_inert(group: &[Registration], removed: impl Fn(&Registration, u64) -> 
 pub fn open_attempt(same_key: &[Registration], now_ms: u64) -> Option<&Registration> {
     let latest = groups(same_key).last()?;
     let head = latest.first()?;
-    (now_ms < head.closes_at())
-        .then(|| latest.iter().find(|r| !r.is_cancelled()).unwrap_or(head))
+    (now_ms < head.closes_at()).then(|| latest.iter().find(|r| !r.is_cancelled()).unwrap_or(head))
 }
 
 /// What a keyed write finds in the replica before it is applied.

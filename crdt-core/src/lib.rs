@@ -40,7 +40,7 @@ pub use entry::{Entry, Op};
 pub use error::CrdtError;
 pub use keyed::{IdempotencyKey, KeyCheck, Registration, DEFAULT_KEY_WINDOW_MS};
 pub use lifecycle::{Lifecycle, Mark, RemovalKind, Takeover};
-pub use map::{Change, CounterMap, KeyedWrite, Summary};
+pub use map::{Change, CounterMap, KeyedWrite, LinkedChange, Summary};
 pub use name::{CounterName, MAX_NAME_LEN};
 pub use watermarks::Watermarks;
 

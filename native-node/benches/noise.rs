@@ -4,10 +4,10 @@
 //! `cargo bench -p tally-node --bench noise`
 use std::time::Duration;
 
-use crdt_core::{ActorId, CounterMap, CounterName, Op};
+use crdt_core::{ActorId, CounterMap, CounterName, LinkedChange, Op};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tally_node::protocol::{MemberRecord, Message};
 use tally_node::forgotten::Forgotten;
+use tally_node::protocol::{MemberRecord, Message};
 use tally_node::retirement::Retirement;
 use tally_node::transport::{accept, dial, GossipKeys, PeerIdentity};
 use tally_protocol::cluster_key::ClusterKeys;
@@ -85,6 +85,12 @@ fn delta_of(counters: usize) -> Message {
         let name = CounterName::new(&format!("counter-{index:06}")).expect("valid name");
         let _ = changes.apply(&actor, &name, Op::Increment(index as u64 + 1));
     }
+    let changes = (changes.all_changes())
+        .map(|change| LinkedChange {
+            prev_seq: change.entry.seq - 1,
+            change,
+        })
+        .collect();
     Message::Delta { changes }
 }
 

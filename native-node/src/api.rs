@@ -37,10 +37,8 @@ use crate::readiness::Readiness;
 use crate::replica::Replica;
 use crate::retirement::RetireError;
 use crate::transport::Tcp;
+use crate::writer::{LifecycleChanged, LifecycleOp, LocalWrite, WriteError, WriterHandle, Written};
 use tally_protocol::clock::now_ms;
-use crate::writer::{
-    LifecycleChanged, LifecycleOp, LocalWrite, WriteError, WriterHandle, Written,
-};
 
 /// Largest page of `GET /counters`.
 const MAX_PAGE: usize = 1000;

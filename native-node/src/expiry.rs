@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::replica::Replica;
+use crate::writer::WriterHandle;
 use tally_protocol::clock::now_ms;
-use crate::writer::{WriterHandle};
 
 /// How often the sweep looks.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);

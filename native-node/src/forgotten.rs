@@ -1,4 +1,4 @@
-//! Members forgotten after being dead too long, kept out until wiped.
+//! Members the cluster collected without, kept out until wiped.
 //!
 //! Garbage collection and key folding wait for every member's report; a
 //! member dead for `--forget-dead-after` leaves the table and stops holding
@@ -8,12 +8,13 @@
 //! the others collected) and never receive the removals. So, as Cassandra
 //! refuses a node down longer than `gc_grace`:
 //!
-//! - A node that forgets member `M` records `(M, when)` here, durably
-//!   (`forgotten.json`), and lists the newest of these in every `Hello` and
-//!   every `Pull` (so they spread to every member).
 //! - Collection proceeds without `M` only once every member reporting to
 //!   this node lists `M` as forgotten too ([`crate::garbage`]): by then no
 //!   live member admits `M`'s old data.
+//! - A node whose round then collects or folds anything records `(M,
+//!   when)` here, durably (`forgotten.json`), and lists the newest of these
+//!   in every `Hello` and every `Pull` (so they spread to every member). A
+//!   member forgotten while nothing was collected may come back as it is.
 //! - In the handshake ([`Forgotten::judge`]), a peer with `M`'s id whose
 //!   data directory was created before `M` was forgotten is refused with
 //!   the reason, and a node that finds itself in a peer's list stops
@@ -173,15 +174,6 @@ impl Forgotten {
             _ => Ok(()),
         }
     }
-
-    /// Whether every one of `reported` (the members' latest lists) holds
-    /// each member this node forgot: collection without them waits for it.
-    pub fn agreed_by(&self, reported: &[&[ForgottenNode]]) -> bool {
-        let mine = self.listed();
-        mine.iter().all(|forgotten| {
-            (reported.iter()).all(|list| list.iter().any(|f| f.id == forgotten.id))
-        })
-    }
 }
 
 #[cfg(test)]
@@ -226,15 +218,5 @@ mod tests {
         assert!(matches!(set.judge(peer), Err(Refusal::Us(_))));
         assert!(set.is_forgotten("n4"), "learnt from the peer");
         assert!(!set.is_forgotten("n3"), "never itself");
-    }
-
-    #[test]
-    fn collection_waits_until_every_member_lists_the_forgotten() {
-        let set = Forgotten::in_memory("n1", 1);
-        assert!(set.agreed_by(&[&[]]), "nothing forgotten, nothing to agree on");
-        set.learn([("n3".to_owned(), 1_000)]);
-        let listed = [node("n3", 1_200)];
-        assert!(set.agreed_by(&[&listed, &listed]));
-        assert!(!set.agreed_by(&[&listed, &[]]));
     }
 }

@@ -76,23 +76,27 @@ pub struct Bounds {
     pub hi: Watermarks,
     /// The least clock among this node's and the members' reports.
     pub clock_ms: u64,
+    /// The members forgotten (by every member): what is collected with
+    /// these bounds is collected without them.
+    pub without: Vec<String>,
 }
 
 /// The round's bounds over this node's watermarks (at its clock
 /// `now_ms`) and the members' reports; `None` when a member has not
 /// reported yet, or has not reported forgetting every member this node
-/// forgot (`agreed`): until then, that member may admit a forgotten
+/// forgot (`forgotten`): until then, that member may admit a forgotten
 /// member's old data, and nothing may be collected without it.
 pub fn bounds(
     own: &Watermarks,
     now_ms: u64,
     reports: &[Option<Report>],
-    agreed: impl FnOnce(&[&[crate::forgotten::ForgottenNode]]) -> bool,
+    forgotten: &[String],
 ) -> Option<Bounds> {
     let reports: Vec<&Report> = reports.iter().map(Option::as_ref).collect::<Option<_>>()?;
-    let lists: Vec<&[crate::forgotten::ForgottenNode]> =
-        reports.iter().map(|r| r.forgotten.as_slice()).collect();
-    if !agreed(&lists) {
+    let agreed = forgotten
+        .iter()
+        .all(|id| reports.iter().all(|r| r.forgotten.contains(id)));
+    if !agreed {
         return None;
     }
     let clock_ms = (reports.iter()).fold(now_ms, |least, r| least.min(r.clock_ms));
@@ -109,7 +113,12 @@ pub fn bounds(
         })
         .filter(|(_, seq)| *seq > 0)
         .collect();
-    Some(Bounds { lo, hi, clock_ms })
+    Some(Bounds {
+        lo,
+        hi,
+        clock_ms,
+        without: forgotten.to_vec(),
+    })
 }
 
 /// Keys whose groups closed before this may be folded, and counters whose
@@ -159,7 +168,8 @@ pub fn spawn(
             let own = replica.read().watermarks.clone();
             if let Some(held) = previous.take().filter(|b| covers(&own, &b.hi)) {
                 let closed_before_ms = closed_before(&held, now);
-                let folded = replica.write().map.fold_keys(closed_before_ms);
+                let removed_before = replica.read().map.removed_count();
+                let folded = replica.write().map.fold_keys(&held.lo, closed_before_ms);
                 if folded > 0 {
                     metrics.keys_folded.fetch_add(folded as u64, Relaxed);
                     tracing::debug!(folded, "keyed writes past their window folded");
@@ -171,6 +181,14 @@ pub fn spawn(
                     GC_BUDGET,
                 );
                 cursor = resume;
+                let compacted = removed_before > replica.read().map.removed_count();
+                if folded > 0 || compacted {
+                    // Collected without them: from now on, what their old
+                    // data holds may bring removed amounts back.
+                    gossip
+                        .forgotten()
+                        .learn(held.without.iter().map(|id| (id.clone(), now)));
+                }
                 let count = dropped.len();
                 if count > 0 {
                     metrics.garbage_collected.fetch_add(count as u64, Relaxed);
@@ -181,8 +199,8 @@ pub fn spawn(
                     release_freed_memory();
                 }
             }
-            let forgotten = Arc::clone(gossip.forgotten());
-            previous = bounds(&own, now, &reports, |lists| forgotten.agreed_by(lists));
+            let forgotten = gossip.members().forgotten_ids();
+            previous = bounds(&own, now, &reports, &forgotten);
         }
     });
 }
@@ -207,9 +225,7 @@ mod tests {
         })
     }
 
-    fn agreed(_: &[&[crate::forgotten::ForgottenNode]]) -> bool {
-        true
-    }
+    const NONE_FORGOTTEN: &[String] = &[];
 
     #[test]
     fn bounds_are_the_pointwise_least_and_greatest_of_every_report() {
@@ -218,7 +234,7 @@ mod tests {
             report(&[("a", 4), ("b", 9)], 1_000),
             report(&[("a", 7), ("c", 2)], 900),
         ];
-        let bounds = bounds(&own, 2_000, &reports, agreed).unwrap();
+        let bounds = bounds(&own, 2_000, &reports, NONE_FORGOTTEN).unwrap();
         assert_eq!(bounds.lo, marks(&[("a", 4)]));
         assert_eq!(bounds.hi, marks(&[("a", 7), ("b", 9), ("c", 2)]));
         assert_eq!(bounds.clock_ms, 900, "the least clock");
@@ -228,21 +244,36 @@ mod tests {
     fn a_member_that_has_not_reported_blocks_the_round() {
         let own = marks(&[("a", 5)]);
         let reports = [report(&[("a", 5)], 10), None];
-        assert_eq!(bounds(&own, 10, &reports, agreed), None);
-        assert!(bounds(&own, 10, &[], agreed).is_some(), "alone, this node decides");
+        assert_eq!(bounds(&own, 10, &reports, NONE_FORGOTTEN), None);
+        assert!(
+            bounds(&own, 10, &[], NONE_FORGOTTEN).is_some(),
+            "alone, this node decides"
+        );
     }
 
     #[test]
     fn a_member_that_has_not_forgotten_what_this_node_forgot_blocks_the_round() {
         let own = marks(&[("a", 5)]);
         let reports = [report(&[("a", 5)], 10)];
-        assert_eq!(bounds(&own, 10, &reports, |_| false), None);
+        assert_eq!(bounds(&own, 10, &reports, &["n3".to_owned()]), None);
+        let mut agreeing = reports[0].clone().unwrap();
+        agreeing.forgotten.push("n3".to_owned());
+        assert!(bounds(&own, 10, &[Some(agreeing)], &["n3".to_owned()]).is_some());
     }
 
     #[test]
     fn keys_close_twice_the_skew_before_the_least_clock() {
-        let bounds = bounds(&marks(&[]), 500_000, &[report(&[("a", 1)], 400_000)], agreed).unwrap();
-        assert_eq!(closed_before(&bounds, 500_000), 400_000 - 2 * MAX_CLOCK_SKEW_MS);
+        let bounds = bounds(
+            &marks(&[]),
+            500_000,
+            &[report(&[("a", 1)], 400_000)],
+            NONE_FORGOTTEN,
+        )
+        .unwrap();
+        assert_eq!(
+            closed_before(&bounds, 500_000),
+            400_000 - 2 * MAX_CLOCK_SKEW_MS
+        );
         assert_eq!(closed_before(&bounds, 100), 0, "never below zero");
     }
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use std::iter::Peekable;
 
-use crdt_core::{Change, CounterMap, Watermarks};
+use crdt_core::{Change, CounterMap, LinkedChange, Watermarks};
 use futures_util::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -42,7 +42,7 @@ use crate::consistency::{self, Replicas, Requests};
 use crate::membership::{Membership, Source, Timing};
 use crate::metrics::Metrics;
 use crate::protocol::{MemberRecord, MemberUpdate, Message, Report};
-use crate::replica::Replica;
+use crate::replica::{ChangeEvent, Replica};
 use crate::transport::{self, Connection, Network, PeerIdentity, TransportError};
 
 /// Messages queued per outbound link before new ones are dropped.
@@ -271,11 +271,40 @@ fn take_chunk<I: Iterator<Item = Change>>(changes: &mut Peekable<I>, budget: usi
 }
 
 /// Splits a delta into maps of at most `budget` estimated bytes each.
-fn split(delta: &CounterMap, budget: usize) -> Vec<CounterMap> {
+/// The changes an event of the change stream has for eager pushes: a
+/// local one's linked changes (a local event without them, as simulations
+/// publish, goes unlinked: merged wherever it lands).
+fn local_changes(event: &ChangeEvent) -> Vec<LinkedChange> {
+    if event.from_peer.is_some() {
+        return Vec::new();
+    }
+    if !event.linked.is_empty() {
+        return event.linked.clone();
+    }
+    (event.delta.all_changes())
+        .map(|change| LinkedChange {
+            prev_seq: 0,
+            change,
+        })
+        .collect()
+}
+
+/// Cuts `linked` into runs of at most `budget` bytes (by size hint), in order.
+fn split_linked(linked: Vec<LinkedChange>, budget: usize) -> Vec<Vec<LinkedChange>> {
     let mut chunks = Vec::new();
-    let mut changes = delta.all_changes().peekable();
-    while changes.peek().is_some() {
-        chunks.push(take_chunk(&mut changes, budget));
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for change in linked {
+        let size = change.change.size_hint() + 10;
+        if !chunk.is_empty() && bytes + size > budget {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(change);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
     }
     chunks
 }
@@ -362,13 +391,7 @@ impl<N: Network> Gossip<N> {
     /// Records the watermarks `peer` reported in a `Pull` at its clock
     /// `clock_ms`. Joined with its earlier reports (what it held then it
     /// still holds): a full pull reports no watermarks, which says nothing.
-    fn record_report(
-        &self,
-        peer: &str,
-        known: &Watermarks,
-        clock_ms: u64,
-        forgotten: Vec<crate::forgotten::ForgottenNode>,
-    ) {
+    fn record_report(&self, peer: &str, known: &Watermarks, clock_ms: u64, forgotten: Vec<String>) {
         if known.is_empty() {
             return;
         }
@@ -660,8 +683,11 @@ impl<N: Network> Gossip<N> {
                         known,
                         clock_ms,
                         forgotten,
+                        refused,
                     } => {
-                        self.me.forgotten.learn(forgotten.iter().map(|f| (f.id.clone(), f.at_ms)));
+                        self.me
+                            .forgotten
+                            .learn(refused.iter().map(|f| (f.id.clone(), f.at_ms)));
                         self.record_report(peer, &known, clock_ms, forgotten);
                         let mut answer = self.answer_pull(digest, known);
                         while let Some(reply) = answer.next_message(&self.replica) {
@@ -815,7 +841,7 @@ impl<N: Network> Gossip<N> {
             Message::Members { records } => self.merge_members(&records, Source::Peer(peer), true),
             Message::News { updates } => self.merge_members(&updates, Source::Peer(peer), false),
             Message::Push { changes, done } => self.absorb(peer, &changes, done).await,
-            Message::Delta { changes } => self.absorb(peer, &changes, None).await,
+            Message::Delta { changes } => self.absorb_linked(peer, changes).await,
         }
     }
 
@@ -882,6 +908,27 @@ impl<N: Network> Gossip<N> {
         }
     }
 
+    /// A peer's eager changes: merged in order, each on top of the entry it
+    /// follows; a change whose predecessor is missing here is skipped, and a
+    /// pull from the peer brings it with everything after it.
+    async fn absorb_linked(self: &Arc<Self>, peer: &str, changes: Vec<LinkedChange>) {
+        let (news, skipped) = self.replica.merge_linked(changes);
+        if skipped {
+            if let Some(addr) = self.addr_of(peer) {
+                self.send_pull(&addr, false);
+            }
+        }
+        if news.is_empty() {
+            return;
+        }
+        self.me.retirement.learn_from_news(&news);
+        self.metrics.merges.fetch_add(1, Relaxed);
+        self.replica.publish(news.clone(), Some(peer.to_owned()));
+        if let Some(sink) = &self.sink {
+            sink.persist(news, None).await;
+        }
+    }
+
     /// A peer's `Replicate`: merges `changes` and hands all of them to the
     /// sink to sync; resolves once handed over, to what says whether the
     /// fsync succeeded (`None`: no sink, and nothing to answer).
@@ -923,7 +970,8 @@ impl<N: Network> Gossip<N> {
             digest: state.map.digest(),
             known,
             clock_ms: tally_protocol::clock::now_ms(),
-            forgotten: self.me.forgotten.listed(),
+            forgotten: self.members().forgotten_ids(),
+            refused: self.me.forgotten.listed(),
         }
     }
 
@@ -934,11 +982,6 @@ impl<N: Network> Gossip<N> {
             ticker.tick().await;
             if self.members().tick(Instant::now()) {
                 self.member_changes.send_modify(|v| *v += 1);
-            }
-            let forgotten = self.members().take_forgotten();
-            if !forgotten.is_empty() {
-                let now = tally_protocol::clock::now_ms();
-                self.me.forgotten.learn(forgotten.into_iter().map(|id| (id, now)));
             }
             self.reap_links();
             self.pull_budget.store(self.config.fanout.max(1), Relaxed);
@@ -1034,20 +1077,15 @@ impl<N: Network> Gossip<N> {
             };
             // Everything waiting goes as one delta (the writer's group
             // commit already batches; this batches what piled up since).
-            let mut delta = CounterMap::new();
-            if event.from_peer.is_none() {
-                delta.merge(&event.delta);
-            }
+            let mut linked = local_changes(&event);
             while let Ok(more) = changes.try_recv() {
-                if more.from_peer.is_none() {
-                    delta.merge(&more.delta);
-                }
+                linked.extend(local_changes(&more));
             }
-            if delta.is_empty() || delta.entry_count() > MAX_EAGER_ENTRIES {
+            if linked.is_empty() || linked.len() > MAX_EAGER_ENTRIES {
                 continue;
             }
             let targets = self.members().reachable();
-            let messages: Vec<Outgoing> = split(&delta, self.me.max_frame / 2)
+            let messages: Vec<Outgoing> = split_linked(linked, self.me.max_frame / 2)
                 .into_iter()
                 .map(|changes| Outgoing::encode(&Message::Delta { changes }))
                 .collect();
@@ -1119,11 +1157,13 @@ impl<N: Network> Gossip<N> {
                         known,
                         clock_ms,
                         forgotten,
+                        refused,
                     } => Message::Pull {
                         digest: !digest,
                         known,
                         clock_ms,
                         forgotten,
+                        refused,
                     },
                     other => other,
                 };

@@ -12,7 +12,6 @@ use std::time::Duration;
 use crdt_core::IdempotencyKey;
 use tokio::sync::OwnedMutexGuard;
 
-
 /// How long a retry waits for the attempt in flight before it gets a 409.
 pub const IN_FLIGHT_WAIT: Duration = Duration::from_secs(10);
 

@@ -28,7 +28,9 @@ use crdt_core::legacy::{
     EntryWithoutRun, KeyedOnly, LegacyChange, LegacyRegistration, LifecycleWithoutTakeovers,
     WithoutTakeovers, WithoutWindows,
 };
-use crdt_core::{ActorId, Change, CounterMap, CounterName, Entry, Lifecycle, Registration, Watermarks};
+use crdt_core::{
+    ActorId, Change, CounterMap, CounterName, Entry, Lifecycle, Registration, Watermarks,
+};
 
 use crate::replica::{Replica, ReplicaState};
 use crate::wal::{RecoveredRecord, WalError};
@@ -256,7 +258,12 @@ fn replay_snapshot(state: &mut ReplicaState, payload: &[u8]) -> Result<(), crdt_
                 rest = after;
                 (chunk.into_iter())
                     .map(|(name, entries, registrations, lifecycle)| {
-                        (name, entries, current_registrations(registrations), lifecycle)
+                        (
+                            name,
+                            entries,
+                            current_registrations(registrations),
+                            lifecycle,
+                        )
                     })
                     .collect()
             }
@@ -600,7 +607,14 @@ mod tests {
         let name = CounterName::new(name).unwrap();
         let op = crdt_core::Op::Increment(amount);
         let keyed = map
-            .apply_keyed(&actor, &name, op, &key, at_ms, crdt_core::DEFAULT_KEY_WINDOW_MS)
+            .apply_keyed(
+                &actor,
+                &name,
+                op,
+                &key,
+                at_ms,
+                crdt_core::DEFAULT_KEY_WINDOW_MS,
+            )
             .unwrap();
         (map, actor, keyed)
     }

@@ -179,8 +179,6 @@ pub struct Membership {
     suspicions: Suspicions,
     /// Probes to send again over a fresh connection (see [`Membership::take_retries`]).
     retries: Vec<String>,
-    /// Members forgotten since the last [`Membership::take_forgotten`].
-    forgotten: Vec<String>,
 }
 
 impl Membership {
@@ -198,14 +196,7 @@ impl Membership {
             last_tick: None,
             suspicions: Suspicions::default(),
             retries: Vec::new(),
-            forgotten: Vec::new(),
         }
-    }
-
-    /// Members forgotten since the last call (the caller keeps them out
-    /// for good: [`crate::forgotten`]).
-    pub fn take_forgotten(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.forgotten)
     }
 
     /// This node's own record.
@@ -618,7 +609,6 @@ impl Membership {
                     since: now,
                 };
                 self.tombstones.insert(id.clone(), tombstone);
-                self.forgotten.push(id.clone());
             }
         }
         let lifetime = forget_after * TOMBSTONE_LIFETIMES;
@@ -655,6 +645,11 @@ impl Membership {
     /// Members forgotten recently, still guarded against revival by old records.
     pub fn tombstones(&self) -> usize {
         self.tombstones.len()
+    }
+
+    /// The ids of members forgotten recently (those with a tombstone).
+    pub fn forgotten_ids(&self) -> Vec<String> {
+        self.tombstones.keys().cloned().collect()
     }
 
     /// Members known (not us), whatever their status.

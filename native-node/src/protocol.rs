@@ -23,7 +23,7 @@
 //!    `Stored { id }` once the receiver's WAL fsync holds `changes`;
 //!    `Fetch { id, names }` → `Fetched { id, state }` with those counters.
 //!    A receiver that cannot store answers nothing: the asker times out.
-use crdt_core::{CounterMap, Watermarks};
+use crdt_core::{CounterMap, LinkedChange, Watermarks};
 
 use crate::forgotten::ForgottenNode;
 use serde::{Deserialize, Serialize};
@@ -38,7 +38,8 @@ use serde::{Deserialize, Serialize};
 /// 5: lifecycles carry takeovers (retired actors folded into survivors).
 /// 6: registrations carry their window and are never cancelled; `Pull`
 /// carries the sender's clock and the members it forgot; `Hello` carries
-/// when the data directory was created and the members the sender forgot.
+/// when the data directory was created and the members the sender forgot;
+/// `Delta` carries linked changes.
 pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a member's `Pull`s said of it: the watermarks it held everything
@@ -49,8 +50,8 @@ pub struct Report {
     pub watermarks: Watermarks,
     /// The member's clock (ms since the Unix epoch) at its latest report.
     pub clock_ms: u64,
-    /// The members it had forgotten then.
-    pub forgotten: Vec<ForgottenNode>,
+    /// The members it had forgotten then (left its table, not yet back).
+    pub forgotten: Vec<String>,
 }
 
 /// A member as gossiped: its addresses and its version.
@@ -113,8 +114,12 @@ pub enum Message {
         /// The sender's clock when it sent this (ms since the Unix epoch):
         /// it held `known` at that time ([`Report`]).
         clock_ms: u64,
-        /// The newest members the sender forgot ([`crate::forgotten`]).
-        forgotten: Vec<ForgottenNode>,
+        /// The members the sender forgot recently (its membership
+        /// tombstones): collection waits until every member lists them.
+        forgotten: Vec<String>,
+        /// The newest members the cluster collected without, refused until
+        /// wiped ([`crate::forgotten`]).
+        refused: Vec<ForgottenNode>,
     },
     /// Answer to a `Pull` whose digest matched: nothing to send.
     Ack,
@@ -125,10 +130,12 @@ pub enum Message {
         /// Set on the last chunk: the responder's watermarks.
         done: Option<Watermarks>,
     },
-    /// A fresh local change, sent once to every live member by its origin.
+    /// Fresh local changes, sent once to every live member by their
+    /// origin, in the order they were made; each is merged only on top of
+    /// the entry it follows ([`crdt_core::LinkedChange`]).
     Delta {
-        /// The entries that changed.
-        changes: CounterMap,
+        /// The changes.
+        changes: Vec<LinkedChange>,
     },
     /// A failure-detector probe, also comparing states and member tables.
     Ping {

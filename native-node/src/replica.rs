@@ -5,7 +5,7 @@
 //! after they are durable; gossip merges remote changes directly.
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crdt_core::{ActorId, CounterMap, CounterName, Watermarks};
+use crdt_core::{ActorId, CounterMap, CounterName, LinkedChange, Watermarks};
 use tokio::sync::broadcast;
 
 /// How many change events a slow follower may fall behind before it must
@@ -24,6 +24,9 @@ pub struct ChangeEvent {
     pub delta: CounterMap,
     /// The peer it came from, `None` for local writes.
     pub from_peer: Option<String>,
+    /// For local writes, the same changes in the order they were made,
+    /// each with the seq its entry had before: what eager pushes carry.
+    pub linked: Vec<LinkedChange>,
 }
 
 /// What the lock protects: the map and the watermarks must be read together,
@@ -112,12 +115,36 @@ impl Replica {
 
     /// Tells followers about a change (no-op for an empty delta).
     pub fn publish(&self, delta: CounterMap, from_peer: Option<String>) {
-        if !delta.is_empty() {
+        self.publish_event(ChangeEvent {
+            delta,
+            from_peer,
+            linked: Vec::new(),
+        });
+    }
+
+    /// Tells followers about local changes made in this order.
+    pub fn publish_local(&self, delta: CounterMap, linked: Vec<LinkedChange>) {
+        self.publish_event(ChangeEvent {
+            delta,
+            from_peer: None,
+            linked,
+        });
+    }
+
+    fn publish_event(&self, event: ChangeEvent) {
+        if !event.delta.is_empty() {
             // An error only means nobody is listening yet.
-            let _ = self
-                .changes
-                .send(Arc::new(ChangeEvent { delta, from_peer }));
+            let _ = self.changes.send(Arc::new(event));
         }
+    }
+
+    /// Merges eager changes from `peer` in order, each only on top of the
+    /// entry it follows; returns the news and whether some were skipped
+    /// (an earlier change of theirs is missing: a pull brings it).
+    pub fn merge_linked(&self, linked: Vec<LinkedChange>) -> (CounterMap, bool) {
+        let mut state = self.write();
+        let ReplicaState { map, watermarks } = &mut *state;
+        map.merge_linked(linked, watermarks)
     }
 
     /// Merges changes learned from `peer`; returns what was news here.

@@ -31,12 +31,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tally_protocol::clock::now_ms;
 use crdt_core::{
-    ActorId, Change, CounterMap, CounterName, CrdtError, IdempotencyKey, KeyCheck, Op, PnCounter,
-    Registration, RemovalKind, Watermarks,
+    ActorId, Change, CounterMap, CounterName, CrdtError, IdempotencyKey, KeyCheck, LinkedChange,
+    Op, PnCounter, Registration, RemovalKind, Watermarks,
 };
 use futures_util::future::BoxFuture;
+use tally_protocol::clock::now_ms;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
@@ -962,11 +962,18 @@ impl Writer {
         if let Some(last) = pending.last() {
             self.own_seq = self.own_seq.max(last.change.entry.seq);
         }
+        let mut linked = Vec::with_capacity(pending.len());
         {
             let mut state = self.replica.write();
             for p in &pending {
+                let name = p.change.name.as_str();
+                let prev_seq = state.map.entry_seq(name, p.change.actor.as_str());
                 state.map.merge_change(&p.change);
                 delta.merge_change(&p.change);
+                linked.push(LinkedChange {
+                    prev_seq,
+                    change: p.change.clone(),
+                });
             }
             // Every one of this actor's changes up to here is in the map.
             state.watermarks.raise(&actor, self.own_seq);
@@ -978,7 +985,7 @@ impl Writer {
                 ));
             }
         }
-        self.replica.publish(delta, None);
+        self.replica.publish_local(delta, linked);
         for (p, (value, expires_at_ms)) in pending.into_iter().zip(values) {
             let (op, reply) = match p.answer {
                 Answer::Write { op, reply } => (op, reply),
@@ -1212,7 +1219,6 @@ fn stage(
     ));
     pending.push(Pending { change, answer });
 }
-
 
 /// Copies the WAL's own totals into the metrics: every fsync counts, those
 /// of recovery, rotations and snapshots included.
@@ -1812,7 +1818,11 @@ mod tests {
             .unwrap();
         let seq_before = replica.read().map.last_seq(replica.actor().as_str());
         let news = replica.merge_remote(&theirs, None);
-        assert_eq!(replica.read().map.value("c"), Some(5), "counted once on merge");
+        assert_eq!(
+            replica.read().map.value("c"),
+            Some(5),
+            "counted once on merge"
+        );
         writer.persist(news, None).await;
         assert_eq!(
             replica.read().map.last_seq(replica.actor().as_str()),
@@ -1820,7 +1830,11 @@ mod tests {
             "this node stamps nothing in answer: the lattice counts the key once"
         );
         writer.shutdown().await;
-        assert_eq!(recovered(dir.path()).map.value("c"), Some(5), "and durably so");
+        assert_eq!(
+            recovered(dir.path()).map.value("c"),
+            Some(5),
+            "and durably so"
+        );
     }
 
     /// Polls `check` for up to 5 s.

@@ -11,16 +11,19 @@ use crate::{digest, ActorId, Entry, IdempotencyKey};
 
 impl PnCounter {
     /// Drops the key groups that are closed (headed before
-    /// `closed_before_ms` by at least their window) and inert
+    /// `closed_before_ms` by at least their window), held by every replica
+    /// (`everywhere(origin, seq)` for each application) and inert
     /// ([`is_inert`]). The caller vouches that every registration stamped
     /// before `closed_before_ms` anywhere is held here, and that none will
-    /// be stamped again: so no group can grow, and dropping an inert one
-    /// moves no value, now or after any later merge. Returns how many
-    /// registrations went and the keys left with none.
+    /// be stamped again: so no group can grow, no replica holds a part of
+    /// one it could group otherwise, and dropping an inert one moves no
+    /// value, now or after any later merge. Returns how many registrations
+    /// went and the keys left with none.
     pub(crate) fn fold_keys(
         &mut self,
         only: Option<&IdempotencyKey>,
         closed_before_ms: u64,
+        everywhere: impl Fn(&ActorId, u64) -> bool,
     ) -> (usize, Vec<IdempotencyKey>) {
         let coverage = self.coverage();
         let removes = |r: &Registration, seq| coverage.removes_application(r, seq);
@@ -32,6 +35,7 @@ impl PnCounter {
         for (key, same_key) in looked {
             let going: Vec<(ActorId, u64)> = groups(same_key)
                 .filter(|group| group[0].closes_at() <= closed_before_ms)
+                .filter(|group| group.iter().all(|r| everywhere(&r.origin, r.last_seq())))
                 .filter(|group| is_inert(group, removes))
                 .flatten()
                 .map(|r| (r.origin.clone(), r.seq))
@@ -81,16 +85,18 @@ impl PnCounter {
         &mut self,
         closed_before_ms: u64,
     ) -> (Vec<(ActorId, Entry)>, Vec<IdempotencyKey>) {
+        // The caller checked that every replica holds all of it.
+        let everywhere = |_: &ActorId, _: u64| true;
         if self.lifecycle.is_none() {
-            let (_, keys) = self.fold_keys(None, closed_before_ms);
+            let (_, keys) = self.fold_keys(None, closed_before_ms, everywhere);
             return (Vec::new(), keys);
         }
         self.record_inert_entries_as_removed();
-        let (_, dead_keys) = self.fold_keys(None, closed_before_ms);
+        let (_, dead_keys) = self.fold_keys(None, closed_before_ms, everywhere);
         let Some(lifecycle) = self.lifecycle.as_deref() else {
             return (Vec::new(), dead_keys);
         };
-        let named_by_keys: BTreeSet<&ActorId> = self.registrations().map(|r| &r.origin).collect();
+        let named_by_keys = self.named_by_keys();
         // The latest remover's entry carries a reset to replicas that join later.
         let carrier = (lifecycle.mark.as_ref())
             .filter(|m| m.kind == crate::RemovalKind::Reset)
@@ -114,11 +120,14 @@ impl PnCounter {
         }
         let mut lifecycle = self.lifecycle.take().unwrap_or_default();
         lifecycle.takeovers = still_needed(&lifecycle, &self.entries);
-        let still_named: BTreeSet<ActorId> = (self.registrations.values())
-            .flatten()
-            .map(|r| r.origin.clone())
+        let still_named: BTreeSet<ActorId> = (self.named_by_keys().into_iter())
             .chain(self.entries.iter().map(|(actor, _)| actor.clone()))
-            .chain(lifecycle.takeovers.iter().map(|((from, _), _)| from.clone()))
+            .chain(
+                lifecycle
+                    .takeovers
+                    .iter()
+                    .map(|((from, _), _)| from.clone()),
+            )
             .collect();
         (lifecycle.removed).retain(|(actor, _)| still_named.contains(actor));
         self.recount();
@@ -139,6 +148,31 @@ impl PnCounter {
         }
         self.recount();
         (dead_entries, dead_keys)
+    }
+
+    /// Whether `key` has an inert group left (one that folds once every
+    /// replica holds it).
+    pub(crate) fn has_inert_group(&self, key: &IdempotencyKey) -> bool {
+        let coverage = self.coverage();
+        let removes = |r: &Registration, seq| coverage.removes_application(r, seq);
+        groups(self.registrations_of(key.as_str())).any(|group| is_inert(group, removes))
+    }
+
+    /// Actors a registration needs: its origin, and the survivors whose
+    /// entries hold its amount now ([`super::tally::Coverage::holder`]).
+    /// Their entries, and what removals saw of them, stay while it does.
+    fn named_by_keys(&self) -> BTreeSet<ActorId> {
+        let coverage = self.coverage();
+        let mut named = BTreeSet::new();
+        for registration in self.registrations() {
+            named.insert(registration.origin.clone());
+            named.insert(
+                coverage
+                    .holder(&registration.origin, registration.seq)
+                    .clone(),
+            );
+        }
+        named
     }
 
     /// Step 1 of [`Self::compact`]: an entry whose live part holds no write

@@ -22,8 +22,11 @@ pub(crate) struct Coverage<'a> {
 
 impl<'a> Coverage<'a> {
     fn entry(&self, actor: &str) -> Option<&'a Entry> {
-        (self.entries.binary_search_by(|(known, _)| known.as_str().cmp(actor)).ok())
-            .map(|index| &self.entries[index].1)
+        (self
+            .entries
+            .binary_search_by(|(known, _)| known.as_str().cmp(actor))
+            .ok())
+        .map(|index| &self.entries[index].1)
     }
 
     /// Through which seq `actor`'s entry is covered: what removals saw of

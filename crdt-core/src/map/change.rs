@@ -174,6 +174,22 @@ impl Change {
     }
 }
 
+/// A local change as eager delivery carries it: with `prev_seq`, the seq
+/// of its actor's entry in the counter before it (0 for none). A replica
+/// merges it only on top of that entry ([`CounterMap::merge_linked`]), so a
+/// replica that holds an actor's entry at seq `s` holds every registration
+/// of that actor in the counter up to `s` (they travel only in that actor's
+/// changes): equal entries, equal registrations, and the digest over
+/// entries shows every difference a reader could see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct LinkedChange {
+    /// The seq of the actor's entry in the counter before this change.
+    pub prev_seq: u64,
+    /// The change.
+    pub change: Change,
+}
+
 /// A keyed write that was applied: the delta to persist and ship, and the
 /// counter's value in its answer.
 #[derive(Debug, Clone)]

@@ -9,7 +9,8 @@ use crate::{ActorId, CounterName, IdempotencyKey, Watermarks};
 
 impl CounterMap {
     /// Drops the registrations of keyed writes that can no longer move a
-    /// value: groups closed by `closed_before_ms` that are inert (a single
+    /// value: groups closed by `closed_before_ms`, held by every replica
+    /// (every application within `seen_by_all`) and inert (a single
     /// application, or all removed; see [`crate::keyed::is_inert`]).
     /// Groups with several live applications stay and keep counting once.
     ///
@@ -17,11 +18,17 @@ impl CounterMap {
     /// `closed_before_ms` by any replica that may still merge with this one
     /// is held here, and that none will be stamped again (the node derives
     /// it from every member's report and clock; see ARCHITECTURE.md,
-    /// "Keys leave through a gate"). Returns the registrations dropped.
-    pub fn fold_keys(&mut self, closed_before_ms: u64) -> usize {
+    /// "The gate"). Returns the registrations dropped.
+    pub fn fold_keys(&mut self, seen_by_all: &Watermarks, closed_before_ms: u64) -> usize {
         let due: Vec<(u64, IdempotencyKey, CounterName)> = self
             .keys_open
-            .range(..(closed_before_ms.saturating_add(1), IdempotencyKey::lowest(), CounterName::lowest()))
+            .range(
+                ..(
+                    closed_before_ms.saturating_add(1),
+                    IdempotencyKey::lowest(),
+                    CounterName::lowest(),
+                ),
+            )
             .cloned()
             .collect();
         let mut dropped = 0;
@@ -31,10 +38,16 @@ impl CounterMap {
                 self.keys.remove(&(key, name));
                 continue;
             };
-            let (count, emptied) = counter.fold_keys(Some(&key), closed_before_ms);
+            let everywhere = |origin: &ActorId, seq: u64| seq <= seen_by_all.get(origin.as_str());
+            let (count, emptied) = counter.fold_keys(Some(&key), closed_before_ms, everywhere);
             dropped += count;
             if !emptied.is_empty() {
                 self.keys.remove(&(key, name.clone()));
+            } else if counter.has_inert_group(&key) {
+                // Not held everywhere yet: looked at again next time. (A
+                // group with several live applications is not: it stays
+                // until a removal covers it, and compaction folds it then.)
+                self.keys_open.insert((latest, key, name.clone()));
             }
             self.drop_if_empty(&name);
         }
@@ -93,9 +106,9 @@ impl CounterMap {
                 .all(|(actor, entry)| seen(actor, entry.seq))
                 && (counter.lifecycle())
                     .is_some_and(|l| l.stamps.iter().all(|(actor, seq)| seen(actor, *seq)))
-                && counter.registrations().all(|r| {
-                    r.closes_at() <= closed_before_ms && seen(&r.origin, r.last_seq())
-                });
+                && counter
+                    .registrations()
+                    .all(|r| r.closes_at() <= closed_before_ms && seen(&r.origin, r.last_seq()));
             if !stable {
                 continue;
             }
@@ -190,7 +203,8 @@ impl CounterMap {
             }
         }
         for registration in counter.registrations() {
-            self.dropped.raise(&registration.origin, registration.last_seq());
+            self.dropped
+                .raise(&registration.origin, registration.last_seq());
             self.forget_key(registration.key.clone(), name.clone());
         }
     }

@@ -24,8 +24,8 @@ mod local;
 #[cfg(feature = "serde")]
 pub(crate) mod serde_impl;
 
-pub use change::{Change, KeyedWrite};
 use change::bundle;
+pub use change::{Change, KeyedWrite, LinkedChange};
 
 /// For each actor, the highest operation number a replica has *seen* — not
 /// necessarily everything below it (see [`Watermarks`]).
@@ -380,6 +380,35 @@ impl CounterMap {
             changed |= self.merge_entry(name, &actor, entry).is_some();
         }
         changed
+    }
+
+    /// The seq of `actor`'s entry in counter `name` (0 when none).
+    pub fn entry_seq(&self, name: &str, actor: &str) -> u64 {
+        (self.counters.get(name))
+            .and_then(|counter| counter.entry(actor))
+            .map_or(0, |entry| entry.seq)
+    }
+
+    /// Merges eager changes in order, each only on top of the entry it
+    /// follows ([`LinkedChange`]); returns the news, and whether some were
+    /// skipped because an earlier change of theirs is missing here (a pull
+    /// brings it, with everything after it).
+    pub fn merge_linked(
+        &mut self,
+        linked: impl IntoIterator<Item = LinkedChange>,
+        seen: &Watermarks,
+    ) -> (CounterMap, bool) {
+        let mut news = CounterMap::new();
+        let mut skipped = false;
+        for LinkedChange { prev_seq, change } in linked {
+            let held = self.entry_seq(change.name.as_str(), change.actor.as_str());
+            if held < prev_seq {
+                skipped = true;
+                continue;
+            }
+            news.merge(&self.merge_news([change], seen));
+        }
+        (news, skipped)
     }
 
     /// Merges changes and returns the ones that were news here, as a delta.

@@ -186,7 +186,12 @@ impl<'de> Deserialize<'de> for WithoutWindows {
             Option<Lifecycle>,
         );
         decode_map(d, |(name, entries, registrations, lifecycle): Counter| {
-            (name, entries, current_registrations(registrations), lifecycle)
+            (
+                name,
+                entries,
+                current_registrations(registrations),
+                lifecycle,
+            )
         })
         .map(WithoutWindows)
     }
@@ -206,7 +211,12 @@ impl<'de> Deserialize<'de> for WithoutTakeovers {
         );
         decode_map(d, |(name, entries, registrations, lifecycle): Counter| {
             let lifecycle = lifecycle.map(Lifecycle::from);
-            (name, entries, current_registrations(registrations), lifecycle)
+            (
+                name,
+                entries,
+                current_registrations(registrations),
+                lifecycle,
+            )
         })
         .map(WithoutTakeovers)
     }
@@ -224,7 +234,12 @@ impl<'de> Deserialize<'de> for KeyedOnly {
             Vec<LegacyRegistration>,
         );
         decode_map(d, |(name, entries, registrations): Counter| {
-            (name, with_runs(entries), current_registrations(registrations), None)
+            (
+                name,
+                with_runs(entries),
+                current_registrations(registrations),
+                None,
+            )
         })
         .map(KeyedOnly)
     }

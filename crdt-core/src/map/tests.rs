@@ -115,3 +115,27 @@ fn page_respects_prefix_and_cursor() {
     assert_eq!(names(&mut map.page("", Some("a/3"))), ["b/1"]);
 }
 
+#[test]
+fn a_linked_change_merges_only_on_top_of_the_entry_it_follows() {
+    let (a, n) = (actor("a"), name("c"));
+    let mut origin = CounterMap::new();
+    let key = crate::IdempotencyKey::new("k").unwrap();
+    let first = origin
+        .apply_keyed(&a, &n, Op::Increment(3), &key, 10, 100)
+        .unwrap();
+    let second = origin.apply(&a, &n, Op::Increment(1)).unwrap();
+    let link = |prev_seq, delta: &CounterMap| {
+        let change = delta.all_changes().next().unwrap();
+        LinkedChange { prev_seq, change }
+    };
+    let mut late = CounterMap::new();
+    // The keyed write's delta was lost: the next one is not merged alone.
+    let (news, skipped) = late.merge_linked([link(1, &second)], &Watermarks::new());
+    assert!(skipped && news.is_empty());
+    let (_, skipped) = late.merge_linked(
+        [link(0, &first.delta), link(1, &second)],
+        &Watermarks::new(),
+    );
+    assert!(!skipped);
+    assert_eq!(late, origin, "entry and registration alike");
+}

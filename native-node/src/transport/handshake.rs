@@ -287,7 +287,10 @@ mod tests {
         let Err(TransportError::RefusedUs(reason)) = dialed else {
             panic!("the forgotten dialer was not told it is refused");
         };
-        assert!(reason.contains("node old was forgotten") && reason.contains("wipe"), "{reason}");
+        assert!(
+            reason.contains("node old was forgotten") && reason.contains("wipe"),
+            "{reason}"
+        );
     }
 
     #[test]
