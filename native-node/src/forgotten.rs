@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+pub use crate::protocol::ForgottenNode;
 use crate::retirement::Refusal;
 
 /// The file in the data directory that keeps the forgotten set.
@@ -32,15 +33,6 @@ const FILE: &str = "forgotten.json";
 
 /// Forgotten members a `Hello` or a `Pull` carries (the newest).
 pub const LISTED_LIMIT: usize = 200;
-
-/// A forgotten member as a `Hello` or a `Pull` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ForgottenNode {
-    /// The node id.
-    pub id: String,
-    /// When it was forgotten (ms since the epoch, earliest known).
-    pub at_ms: u64,
-}
 
 /// What a peer said of itself and of the members it forgot.
 #[derive(Debug, Clone, Copy)]

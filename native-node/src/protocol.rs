@@ -25,7 +25,6 @@
 //!    A receiver that cannot store answers nothing: the asker times out.
 use crdt_core::{CounterMap, LinkedChange, Watermarks};
 
-use crate::forgotten::ForgottenNode;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Message`] or the handshake.
@@ -67,6 +66,16 @@ pub struct MemberRecord {
     /// across restarts, raised by one each time the member refutes a
     /// suspicion about itself. Only the member itself raises it.
     pub heartbeat: u64,
+}
+
+/// A member the cluster collected without, as a `Hello` or a `Pull` lists
+/// it ([`crate::forgotten`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgottenNode {
+    /// The node id.
+    pub id: String,
+    /// When it was first collected without (ms since the epoch).
+    pub at_ms: u64,
 }
 
 /// How a member seems: gossiped with a record, and the status a node shows.
