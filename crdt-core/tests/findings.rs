@@ -37,7 +37,10 @@ impl Node {
     }
 
     fn write(&mut self, counter: &str, amount: i64) -> CounterMap {
-        let delta = self.map.apply(&self.actor, &name(counter), op(amount)).unwrap();
+        let delta = self
+            .map
+            .apply(&self.actor, &name(counter), op(amount))
+            .unwrap();
         self.own_seq_held();
         delta
     }
@@ -49,7 +52,14 @@ impl Node {
         match self.map.check_key(&key, &name(counter), op(amount), now_ms) {
             KeyCheck::New => {
                 let write = (self.map)
-                    .apply_keyed(&self.actor, &name(counter), op(amount), &key, now_ms, WINDOW)
+                    .apply_keyed(
+                        &self.actor,
+                        &name(counter),
+                        op(amount),
+                        &key,
+                        now_ms,
+                        WINDOW,
+                    )
                     .unwrap();
                 self.own_seq_held();
                 Some(write.delta)
@@ -113,16 +123,20 @@ fn sync_all(nodes: &mut [&mut Node]) {
 fn housekeep(node: &mut Node, others: &[&Node], least_clock_ms: u64) {
     for other in others {
         for (actor, seq) in other.watermarks.iter() {
-            assert!(node.watermarks.get(actor.as_str()) >= seq, "the gate is open");
+            assert!(
+                node.watermarks.get(actor.as_str()) >= seq,
+                "the gate is open"
+            );
         }
     }
     let seen_by_all: Watermarks = (node.watermarks.iter())
         .map(|(actor, seq)| {
-            let least = (others.iter()).fold(seq, |least, o| least.min(o.watermarks.get(actor.as_str())));
+            let least =
+                (others.iter()).fold(seq, |least, o| least.min(o.watermarks.get(actor.as_str())));
             (actor.clone(), least)
         })
         .collect();
-    node.map.fold_keys(least_clock_ms);
+    node.map.fold_keys(&seen_by_all, least_clock_ms);
     node.map
         .drop_removed(&seen_by_all, least_clock_ms, None, usize::MAX);
 }
@@ -183,7 +197,12 @@ fn finding_2_a_late_retry_counts_alike_on_a_replica_that_folded_and_one_that_did
     assert!(f.keyed("c", 3, "k", closed + 5).is_some());
     // ...and on S too, had it landed there.
     assert!(matches!(
-        s.map.check_key(&IdempotencyKey::new("k").unwrap(), &name("c"), op(3), closed + 5),
+        s.map.check_key(
+            &IdempotencyKey::new("k").unwrap(),
+            &name("c"),
+            op(3),
+            closed + 5
+        ),
         KeyCheck::New
     ));
     sync_all(&mut [&mut f, &mut s]);
@@ -256,7 +275,11 @@ fn finding_5_a_key_applied_twice_counts_once_through_windows_and_full_pulls() {
     sync_all(&mut [&mut n1, &mut n2, &mut n3]);
     let closed = 106 + WINDOW + 1;
     housekeep(&mut n1, &[&n2, &n3], closed);
-    assert_eq!(n1.map.key_count(), 1, "the single application of `solo` folded, not k");
+    assert_eq!(
+        n1.map.key_count(),
+        1,
+        "the single application of `solo` folded, not k"
+    );
     // A full pull (from nothing) hands n1 everything n3 holds again.
     let everything: CounterMap = n3.map.changes_since(&Watermarks::new()).collect();
     n1.hear(&everything);
@@ -338,12 +361,22 @@ fn finding_9_decoding_refuses_states_no_actor_could_make() {
         since: 9,
     };
     assert!(wire::decode::<CounterMap>(&counter(later_run)).is_err());
-    let fine = Entry { since: 3, ..later_run };
+    let fine = Entry {
+        since: 3,
+        ..later_run
+    };
     assert!(wire::decode::<CounterMap>(&counter(fine)).is_ok());
 
     let mut keyed = Node::new("a~1");
     keyed.keyed("c", 1, "k", 10);
-    let mut registration = keyed.map.get("c").unwrap().registrations().next().unwrap().clone();
+    let mut registration = keyed
+        .map
+        .get("c")
+        .unwrap()
+        .registrations()
+        .next()
+        .unwrap()
+        .clone();
     registration.seq = 0;
     assert!(wire::decode::<crdt_core::Registration>(&wire::encode(&registration)).is_err());
 

@@ -388,7 +388,7 @@ impl Model for Race {
                 }
                 let node = &mut state.nodes[at];
                 let before = Race::reads(node);
-                node.map.fold_keys(horizon);
+                node.map.fold_keys(&seen_by_all, horizon);
                 node.map
                     .drop_removed(&seen_by_all, horizon, None, usize::MAX);
                 if Race::reads(node) != before {

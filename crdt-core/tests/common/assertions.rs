@@ -20,8 +20,10 @@ pub fn assert_maps_same(left: &CounterMap, right: &CounterMap, context: &str) {
     for (name, counter) in left.counters() {
         assert_eq!(
             (counter.value(), counter.is_visible(), counter.expiry()),
-            (right.get(name.as_str()).map(|c| (c.value(), c.is_visible(), c.expiry())))
-                .unwrap_or_default(),
+            (right
+                .get(name.as_str())
+                .map(|c| (c.value(), c.is_visible(), c.expiry())))
+            .unwrap_or_default(),
             "{context}: {name:?}"
         );
         assert!(counter.cache_is_fresh(), "{context}: {name:?}: stale sums");

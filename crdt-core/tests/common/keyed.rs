@@ -59,7 +59,14 @@ fn attempt(replica: &mut Replica, write: &LogicalWrite, now_ms: u64) {
         Some(key) => match replica.map.check_key(key, &write.name, write.op, now_ms) {
             KeyCheck::New => replica
                 .map
-                .apply_keyed(&replica.actor, &write.name, write.op, key, now_ms, KEY_WINDOW_MS)
+                .apply_keyed(
+                    &replica.actor,
+                    &write.name,
+                    write.op,
+                    key,
+                    now_ms,
+                    KEY_WINDOW_MS,
+                )
                 .map(|_| ()),
             KeyCheck::Replay(registration) => {
                 assert_eq!(registration.op, write.op, "a replay names the same write");
@@ -89,6 +96,23 @@ fn sync(replicas: &mut [Replica], from: usize, to: usize) {
     let decoded: CounterMap = wire::decode(&encoded).expect("a delta round-trips");
     receiver.map.merge(&decoded);
     receiver.watermarks.raise_all(&marks);
+}
+
+/// What every replica holds, per actor.
+fn seen_by_all(replicas: &[Replica]) -> Watermarks {
+    let mut all = Watermarks::new();
+    for replica in replicas {
+        all.raise_all(&replica.watermarks);
+    }
+    (all.iter())
+        .map(|(actor, _)| {
+            let least = (replicas.iter())
+                .map(|r| r.watermarks.get(actor.as_str()))
+                .min()
+                .unwrap_or(0);
+            (actor.clone(), least)
+        })
+        .collect()
 }
 
 /// The latest close a key group may have to be folded at `at` now: every
@@ -163,7 +187,7 @@ pub fn run(seed: u64) -> KeyedRun {
                 // Folding closed keys behind the gate never moves a value.
                 let at = rng.below(REPLICAS);
                 let mut housekept = replicas[at].map.clone();
-                housekept.fold_keys(fold_horizon(&replicas, at, now_ms));
+                housekept.fold_keys(&seen_by_all(&replicas), fold_horizon(&replicas, at, now_ms));
                 assert_eq!(
                     values(&housekept),
                     values(&replicas[at].map),
@@ -224,7 +248,8 @@ pub fn each_write_counts_once(run: KeyedRun) {
             );
         }
         for replica in replicas.iter_mut() {
-            replica.map.fold_keys(u64::MAX);
+            let everyone_holds = replica.watermarks.clone();
+            replica.map.fold_keys(&everyone_holds, u64::MAX);
             assert_eq!(
                 replica.map.value(name).unwrap_or(0),
                 expected,

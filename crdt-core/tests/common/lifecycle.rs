@@ -184,7 +184,7 @@ fn collect(replicas: &mut [Replica], at: usize, now_ms: u64) {
     replicas[at]
         .map
         .drop_removed(&seen_by_all, keys_before, None, usize::MAX);
-    replicas[at].map.fold_keys(keys_before);
+    replicas[at].map.fold_keys(&seen_by_all, keys_before);
     assert_eq!(
         reads(&replicas[at].map),
         before,
