@@ -524,8 +524,7 @@ fn a_key_group_folds_only_once_every_replica_holds_it() {
 /// after replica 0 retires n0~0 (entry since 1, record since 7), seed
 /// 4516 [18, -8] for [13, -8] once converged.
 #[test]
-#[ignore = "finding: a takeover of a departed actor's run that only a later run's removal record shows over counts it again"]
-fn finding_a_takeover_of_a_run_shown_over_only_by_a_later_record_resurrects_it() {
+fn a_takeover_of_a_run_a_later_removal_covered_counts_nothing() {
     let (a, r, s, d) = (actor("n1~0"), actor("n1~g2"), actor("n3~0"), actor("n0~0"));
     let (mut n0, mut n1, mut n3) = (Peer::default(), Peer::default(), Peer::default());
     n1.write(&a, "a", 5);

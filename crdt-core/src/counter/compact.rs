@@ -226,7 +226,7 @@ fn still_needed(
             .is_some_and(|r| r.since == survivor.since && r.seq >= takeover.at);
         let gives_something = !wins
             || (lifecycle.removed_of(from.as_str()))
-                .is_some_and(|r| r.since == takeover.base.since);
+                .is_some_and(|r| r.since >= takeover.base.since);
         holds_fold && !removal_saw_fold && gives_something
     };
     let wins = |from: &ActorId, into: &ActorId| {

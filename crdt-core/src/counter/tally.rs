@@ -172,12 +172,17 @@ pub(crate) fn live_with_takeovers(
             continue;
         }
         let (less_inc, less_dec) = if wins {
-            // What removals saw of the departed actor's folded run.
+            // What removals saw of the departed actor's folded run: all of
+            // it when a removal saw a later run (the folded one was wholly
+            // removed before that one began).
             match lifecycle.removed_of(from.as_str()) {
                 Some(saw) if saw.since == takeover.base.since => (
                     saw.inc.min(takeover.base.inc),
                     saw.dec.min(takeover.base.dec),
                 ),
+                Some(saw) if saw.since > takeover.base.since => {
+                    (takeover.base.inc, takeover.base.dec)
+                }
                 _ => (0, 0),
             }
         } else {
