@@ -70,18 +70,14 @@ impl PnCounter {
     }
 
     /// True when `actor`'s next write must start a new run: everything in
-    /// its `entry` was removed, or what is left above the removals holds no
-    /// write (re-applications of removed keys), so a replica may have
-    /// dropped the counter as garbage while this one still holds it.
+    /// its `entry` was removed (by a removal, an earlier run's end, or a
+    /// takeover). Only what every replica agrees on decides it: whether the
+    /// live part holds a write depends on which applications of a key a
+    /// replica holds, and a run restarted on a partial view would drop a
+    /// write for good. (A counter is collected whole only once every entry
+    /// in it is so removed: `CounterMap::drop_removed`.)
     pub(crate) fn run_is_over(&self, actor: &str, entry: &Entry) -> bool {
-        if self.removed_through(actor) >= entry.seq {
-            return true;
-        }
-        if self.lifecycle.is_none() && self.keys_plain {
-            return false;
-        }
-        let tally = self.tally();
-        (self.position(actor)).is_ok_and(|index| tally.written[index] == 0)
+        self.removed_through(actor) >= entry.seq
     }
 
     /// Whether departed actor `from` can be taken over here now: `None`

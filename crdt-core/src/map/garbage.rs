@@ -112,14 +112,27 @@ impl CounterMap {
             if !stable {
                 continue;
             }
-            if !counter.is_visible() {
+            // Dropped whole only once every entry is wholly removed: a writer
+            // whose entry still holds a live amount (the re-application of a
+            // removed key) continues its run, which a replica that dropped
+            // the counter would count from zero. Compaction records such
+            // entries as removed first (every replica holds them now).
+            if !Self::droppable(counter) {
+                self.compact_counter(&name, closed_before_ms);
+            }
+            if self.counters.get(&name).is_some_and(Self::droppable) {
                 self.drop_counter(&name);
                 dropped.push(name);
-            } else {
-                self.compact_counter(&name, closed_before_ms);
             }
         }
         (dropped, resume)
+    }
+
+    /// Reads as absent and every entry is wholly removed.
+    fn droppable(counter: &crate::PnCounter) -> bool {
+        !counter.is_visible()
+            && (counter.entries())
+                .all(|(actor, entry)| counter.removed_through(actor.as_str()) >= entry.seq)
     }
 
     fn compact_counter(&mut self, name: &CounterName, closed_before_ms: u64) {
