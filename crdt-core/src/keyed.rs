@@ -247,9 +247,11 @@ pub fn groups(same_key: &[Registration]) -> impl Iterator<Item = &[Registration]
     let mut rest = same_key;
     core::iter::from_fn(move || {
         let head = rest.first()?;
-        let end = (rest.iter())
+        // From the second on: a group holds at least its head, even one
+        // whose window saturates (`at_ms` near `u64::MAX`).
+        let end = (rest.iter().skip(1))
             .position(|r| r.at_ms >= head.closes_at())
-            .unwrap_or(rest.len());
+            .map_or(rest.len(), |index| index + 1);
         let (group, after) = rest.split_at(end);
         rest = after;
         Some(group)

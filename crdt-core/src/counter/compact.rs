@@ -77,7 +77,8 @@ impl PnCounter {
     ///    the entry carries the latest reset to replicas that join later;
     /// 4. takeovers that explain nothing any more, what removals saw of
     ///    actors no longer named, and the lifecycle once it says nothing a
-    ///    counter without one would not.
+    ///    counter without one would not (a mark or an expiry, even spent,
+    ///    keeps it: later joins are judged against them).
     ///
     /// Returns the dropped entries (with the actor) and the keys left with
     /// no registration, for the map's indexes.
@@ -131,17 +132,27 @@ impl PnCounter {
             .collect();
         (lifecycle.removed).retain(|(actor, _)| still_named.contains(actor));
         self.recount();
+        // A mark or an expiry (spent or not) stamped at or after
+        // `closed_before_ms` stays: a removal or a ttl stamped later may
+        // still compare below it on some clock, and a replica that dropped
+        // it would then read otherwise than one that did not. One stamped
+        // before it compares below everything stamped from now on.
+        let recent = |at_ms: u64| at_ms >= closed_before_ms;
+        let mark_matters = (lifecycle.mark.as_ref()).is_some_and(|m| recent(m.at_ms));
+        let expiry_matters = recent(lifecycle.expires_at_ms) || recent(lifecycle.spent_expiry_ms);
         let says_something = !lifecycle.removed.is_empty()
             || !lifecycle.takeovers.is_empty()
             || lifecycle.is_reset()
             || lifecycle.expiry().is_some()
+            || mark_matters
+            || expiry_matters
             || (!self.written && !self.entries.is_empty());
         if says_something {
             // Every live replica holds it: the stamps that route it to
             // peers lagging behind have nobody left to route it to.
             lifecycle.stamps.clear();
-            if lifecycle.expiry().is_none() {
-                // A spent expiry says nothing either.
+            if lifecycle.expiry().is_none() && !expiry_matters {
+                // A spent expiry says nothing either, once old enough.
                 (lifecycle.expires_at_ms, lifecycle.spent_expiry_ms) = (0, 0);
             }
             self.lifecycle = Some(lifecycle);

@@ -69,7 +69,7 @@ impl CounterMap {
     /// `seen_by_all`, and every key group in them closed by
     /// `closed_before_ms`. The caller also vouches that it holds everything
     /// those replicas held when they reported it (see ARCHITECTURE.md,
-    /// "Garbage"), so nothing written before a removal can still arrive
+    /// "The gate"), so nothing written before a removal can still arrive
     /// above it. Looks at no more than `budget` removed counters (resuming
     /// after `after`); returns the counters it dropped and where to resume
     /// (`None` once it went through all of them). Never changes what a
@@ -117,10 +117,11 @@ impl CounterMap {
             // removed key) continues its run, which a replica that dropped
             // the counter would count from zero. Compaction records such
             // entries as removed first (every replica holds them now).
-            if !Self::droppable(counter) {
+            if !Self::droppable(counter, closed_before_ms) {
                 self.compact_counter(&name, closed_before_ms);
             }
-            if self.counters.get(&name).is_some_and(Self::droppable) {
+            let droppable = |counter: &crate::PnCounter| Self::droppable(counter, closed_before_ms);
+            if self.counters.get(&name).is_some_and(droppable) {
                 self.drop_counter(&name);
                 dropped.push(name);
             }
@@ -128,9 +129,18 @@ impl CounterMap {
         (dropped, resume)
     }
 
-    /// Reads as absent and every entry is wholly removed.
-    fn droppable(counter: &crate::PnCounter) -> bool {
+    /// Reads as absent, every entry is wholly removed, and its mark and
+    /// expiry were stamped before `closed_before_ms` (anything stamped
+    /// from now on compares above them, held or not).
+    fn droppable(counter: &crate::PnCounter, closed_before_ms: u64) -> bool {
+        let old = |at_ms: u64| at_ms < closed_before_ms;
+        let stamps_old = counter.lifecycle().is_none_or(|l| {
+            l.mark.as_ref().is_none_or(|m| old(m.at_ms))
+                && old(l.expires_at_ms)
+                && old(l.spent_expiry_ms)
+        });
         !counter.is_visible()
+            && stamps_old
             && (counter.entries())
                 .all(|(actor, entry)| counter.removed_through(actor.as_str()) >= entry.seq)
     }
