@@ -74,7 +74,14 @@ impl Node {
             .args(["--gossip-addr", &gossip, "--data-dir"])
             .arg(&data)
             // Snapshots often, so the data directory's size follows the state.
-            .args(["--snapshot-bytes", "4194304", "--gc-interval", "200ms"])
+            .args([
+                "--snapshot-bytes",
+                "4194304",
+                "--gc-interval",
+                "200ms",
+                "--max-clock-skew",
+                "1s",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

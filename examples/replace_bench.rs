@@ -72,7 +72,15 @@ impl Slot {
             .env("TALLY_CLUSTER_KEY", CLUSTER_KEY)
             .args(["node", "--id", &self.id, "--http-addr", &self.http])
             .args(["--gossip-addr", &self.gossip, "--seed", seed])
-            .args(["--gc-interval", "200ms", "--log", "warn", "--data-dir"])
+            .args([
+                "--gc-interval",
+                "200ms",
+                "--max-clock-skew",
+                "1s",
+                "--log",
+                "warn",
+                "--data-dir",
+            ])
             .arg(&data)
             .stdout(Stdio::null())
             .stderr(log)

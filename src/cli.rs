@@ -208,9 +208,15 @@ pub struct NodeArgs {
     pub forget_dead_after: Duration,
     /// Time between garbage-collection rounds: a deleted counter is dropped
     /// (memory, snapshot) about two rounds after every member holds the
-    /// delete.
+    /// delete and twice --max-clock-skew has passed.
     #[arg(long, default_value = "2s", value_parser = humantime_duration)]
     pub gc_interval: Duration,
+    /// How far apart nodes' clocks may be: a peer further off is refused
+    /// (both sides log why). Deletes are collected and idempotency keys
+    /// leave memory no sooner than twice this after they were stamped.
+    /// Give every node of a cluster the same value.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    pub max_clock_skew: Duration,
     /// Discovery heartbeat period.
     #[arg(long, default_value = "1s", value_parser = humantime_duration)]
     pub heartbeat: Duration,

@@ -98,6 +98,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         drain_period: args.drain_period,
         idempotency_window: args.idempotency_window,
         gc_interval: args.gc_interval,
+        max_clock_skew: args.max_clock_skew,
         shutdown_timeout: args.shutdown_timeout,
         data_dir,
         gossip: GossipConfig {

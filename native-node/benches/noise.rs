@@ -27,6 +27,7 @@ fn identity(id: &str) -> PeerIdentity {
         idle_timeout: Duration::from_secs(5),
         retirement: Retirement::for_actor(&format!("{id}~1")),
         forgotten: std::sync::Arc::new(Forgotten::in_memory(id, 1)),
+        max_clock_skew_ms: tally_protocol::clock::MAX_CLOCK_SKEW_MS,
     }
 }
 

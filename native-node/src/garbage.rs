@@ -19,8 +19,8 @@
 //!    `Hi` (it holds everything any member held when it reported):
 //!    - keys are folded whose groups closed before `clock − 2·skew`
 //!      ([`closed_before`]): every member stamped those registrations
-//!      before its report (clocks are within [`MAX_CLOCK_SKEW_MS`] of real
-//!      time), so this node holds all of them, and none can be stamped again;
+//!      before its report (clocks are within `--max-clock-skew` of each
+//!      other), so this node holds all of them, and none can be stamped again;
 //!    - counters whose every seq is within the previous `Lo` (every member
 //!      held them) and whose keys closed by then are collected, a bounded
 //!      number per round.
@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crdt_core::{CounterName, Watermarks};
-use tally_protocol::clock::MAX_CLOCK_SKEW_MS;
 
 use crate::gossip::Gossip;
 use crate::metrics::Metrics;
@@ -126,8 +125,8 @@ pub fn bounds(
 /// earlier, less twice the skew a node may have. A registration stamped
 /// before it was stamped (real time) before every member reported, so the
 /// reports cover it; and no node stamps below it any more.
-pub fn closed_before(bounds: &Bounds, now_ms: u64) -> u64 {
-    (bounds.clock_ms.min(now_ms)).saturating_sub(2 * MAX_CLOCK_SKEW_MS)
+pub fn closed_before(bounds: &Bounds, now_ms: u64, max_skew_ms: u64) -> u64 {
+    (bounds.clock_ms.min(now_ms)).saturating_sub(max_skew_ms.saturating_mul(2))
 }
 
 /// True when `own` holds everything up to `hi`, actor by actor.
@@ -141,7 +140,9 @@ pub fn spawn(
     gossip: Arc<Gossip<Tcp>>,
     metrics: Arc<Metrics>,
     interval: Duration,
+    max_skew: Duration,
 ) {
+    let max_skew_ms = u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -155,7 +156,7 @@ pub fn spawn(
                 state.map.removed_count() > 0
                     || state
                         .map
-                        .has_keys_closing_by(now.saturating_sub(2 * MAX_CLOCK_SKEW_MS))
+                        .has_keys_closing_by(now.saturating_sub(max_skew_ms.saturating_mul(2)))
             };
             if !work {
                 previous = None;
@@ -167,7 +168,7 @@ pub fn spawn(
                 .collect();
             let own = replica.read().watermarks.clone();
             if let Some(held) = previous.take().filter(|b| covers(&own, &b.hi)) {
-                let closed_before_ms = closed_before(&held, now);
+                let closed_before_ms = closed_before(&held, now, max_skew_ms);
                 let removed_before = replica.read().map.removed_count();
                 let folded = replica.write().map.fold_keys(&held.lo, closed_before_ms);
                 if folded > 0 {
@@ -216,6 +217,8 @@ mod tests {
             .map(|(actor, seq)| (ActorId::new(actor).unwrap(), *seq))
             .collect()
     }
+
+    use tally_protocol::clock::MAX_CLOCK_SKEW_MS;
 
     fn report(pairs: &[(&str, u64)], clock_ms: u64) -> Option<Report> {
         Some(Report {
@@ -271,10 +274,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            closed_before(&bounds, 500_000),
+            closed_before(&bounds, 500_000, MAX_CLOCK_SKEW_MS),
             400_000 - 2 * MAX_CLOCK_SKEW_MS
         );
-        assert_eq!(closed_before(&bounds, 100), 0, "never below zero");
+        assert_eq!(
+            closed_before(&bounds, 100, MAX_CLOCK_SKEW_MS),
+            0,
+            "never below zero"
+        );
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct NodeConfig {
     /// Time between garbage-collection rounds of removed counters
     /// ([`crate::garbage`]).
     pub gc_interval: Duration,
+    /// How far apart nodes' clocks may be (`--max-clock-skew`): peers
+    /// further off are refused, and housekeeping waits twice this.
+    pub max_clock_skew: Duration,
     /// The whole graceful stop (drain, in-flight requests, deregistration,
     /// final sync) must finish within this long, else the node gives up
     /// with an error (acknowledged writes are on disk either way).
@@ -244,6 +247,7 @@ pub async fn run(
         idle_timeout: Duration::from_secs(30).max(config.gossip.interval * 20),
         retirement,
         forgotten,
+        max_clock_skew_ms: u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
     };
     let sink: Arc<dyn RemoteSink> = Arc::new(writer.clone());
     let gossip = Gossip::new(
@@ -300,6 +304,7 @@ pub async fn run(
         Arc::clone(&gossip),
         Arc::clone(&metrics),
         config.gc_interval,
+        config.max_clock_skew,
     );
     let watch = WatchHub::new();
     crate::replica::feed_watch(&replica, Arc::clone(&watch));

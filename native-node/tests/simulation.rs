@@ -506,6 +506,7 @@ fn identity(index: usize) -> PeerIdentity {
         idle_timeout: Duration::from_secs(30).max(INTERVAL * 20),
         retirement: Retirement::for_actor(&format!("{}~1", host_name(index))),
         forgotten: std::sync::Arc::new(Forgotten::in_memory(&host_name(index), 1)),
+        max_clock_skew_ms: tally_protocol::clock::MAX_CLOCK_SKEW_MS,
     }
 }
 

@@ -154,8 +154,18 @@ impl CounterMap {
         let new_contribution = contribution(name, counter);
         // Compacted while stable: nothing more can go until a new removal
         // (which puts it back), so garbage rounds stop looking at it (and
-        // stop asking every member for its watermarks).
-        self.removed.remove(name);
+        // stop asking every member for its watermarks) — unless what is
+        // left waits for time: a mark or an expiry stamped too recently to
+        // go, or a deleted counter to drop once they are old.
+        // (An expiry in force is not waited for: when it passes, the
+        // sweep's delete puts the counter back.)
+        let waits = counter.lifecycle().is_some_and(|l| {
+            l.mark.as_ref().is_some_and(|m| m.at_ms >= closed_before_ms)
+                || l.spent_expiry_ms >= closed_before_ms
+        });
+        if !waits {
+            self.removed.remove(name);
+        }
         self.digest = self
             .digest
             .wrapping_sub(old_contribution)

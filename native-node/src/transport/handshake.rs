@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::connection::{Connection, RawFramed};
 use super::noise::{GossipKeys, Initiator, Responder};
 use super::TransportError;
-use tally_protocol::clock::{now_ms, skew_ms, MAX_CLOCK_SKEW_MS};
+use tally_protocol::clock::{now_ms, skew_ms};
 
 use crate::forgotten::{Forgotten, ForgottenNode, PeerData};
 use crate::protocol::{MemberRecord, PROTOCOL_VERSION};
@@ -53,7 +53,7 @@ pub struct Hello {
     /// The newest members the sender forgot ([`crate::forgotten`]).
     pub forgotten: Vec<ForgottenNode>,
     /// The sender's clock when it sent this (ms since the epoch): peers
-    /// further apart than [`MAX_CLOCK_SKEW_MS`] do not connect.
+    /// further apart than `--max-clock-skew` do not connect.
     pub clock_ms: u64,
     /// Only from an acceptor: why it refuses the dialer.
     pub refused: Option<String>,
@@ -76,6 +76,8 @@ pub struct PeerIdentity {
     pub retirement: Arc<Retirement>,
     /// The members this node forgot, and when its data directory was created.
     pub forgotten: Arc<Forgotten>,
+    /// How far a peer's clock may be from ours (`--max-clock-skew`).
+    pub max_clock_skew_ms: u64,
 }
 
 /// Dials done: runs the dialer's side of the handshake over `stream`.
@@ -90,7 +92,7 @@ where
         let answer = raw.recv_raw(HANDSHAKE_TIMEOUT).await?;
         let (theirs, session) = initiator.finish(&answer)?;
         let theirs = check_hello(&theirs, me)?;
-        check_clock(&theirs)?;
+        check_clock(&theirs, me.max_clock_skew_ms)?;
         if let Some(reason) = &theirs.refused {
             return Err(TransportError::RefusedUs(format!(
                 "node {} refuses this node: {reason}",
@@ -129,7 +131,7 @@ where
         raw.send_raw(Bytes::from(answer)).await?;
         // After the answer, which carries our clock: the dialer sees the
         // skew too and says so on its side.
-        check_clock(&theirs)?;
+        check_clock(&theirs, me.max_clock_skew_ms)?;
         match judged {
             Ok(()) => Ok((Connection::new(raw, session, me.idle_timeout), theirs)),
             Err(Refusal::Peer(reason)) => Err(TransportError::Incompatible(reason)),
@@ -165,11 +167,11 @@ fn hello(me: &PeerIdentity, refused: Option<String>) -> Hello {
 /// allows: stamps it makes (removal marks, keyed writes, expiries) would
 /// win or age wrongly everywhere. Neither side stops: the one whose clock
 /// is wrong is the one every peer refuses.
-fn check_clock(theirs: &Hello) -> Result<(), TransportError> {
+fn check_clock(theirs: &Hello, max_skew_ms: u64) -> Result<(), TransportError> {
     let skew = skew_ms(now_ms(), theirs.clock_ms);
-    if skew > MAX_CLOCK_SKEW_MS {
+    if skew > max_skew_ms {
         return Err(TransportError::Incompatible(format!(
-            "the clock of node {} is {skew} ms away from ours, more than the {MAX_CLOCK_SKEW_MS} ms the cluster allows; fix the clock that is wrong (NTP)",
+            "the clock of node {} is {skew} ms away from ours, more than the {max_skew_ms} ms the cluster allows (--max-clock-skew); fix the clock that is wrong (NTP)",
             theirs.member.id
         )));
     }
@@ -227,6 +229,7 @@ fn check_hello(bytes: &[u8], me: &PeerIdentity) -> Result<Hello, TransportError>
 mod tests {
     use super::*;
     use crate::protocol::Message;
+    use tally_protocol::clock::MAX_CLOCK_SKEW_MS;
 
     fn identity(id: &str, secret: &str) -> PeerIdentity {
         let keys = tally_protocol::cluster_key::ClusterKeys::parse(secret).unwrap();
@@ -243,6 +246,7 @@ mod tests {
             idle_timeout: Duration::from_secs(5),
             retirement: Retirement::for_actor(&format!("{id}~1")),
             forgotten: Arc::new(Forgotten::in_memory(id, 1)),
+            max_clock_skew_ms: MAX_CLOCK_SKEW_MS,
         }
     }
 
@@ -297,14 +301,18 @@ mod tests {
     fn a_peer_whose_clock_is_too_far_off_is_refused() {
         let me = identity("a", "the-test-cluster-secret");
         let mut theirs = hello(&me, None);
-        assert!(check_clock(&theirs).is_ok());
+        assert!(check_clock(&theirs, MAX_CLOCK_SKEW_MS).is_ok());
         theirs.clock_ms -= MAX_CLOCK_SKEW_MS + 5_000;
-        let Err(TransportError::Incompatible(reason)) = check_clock(&theirs) else {
+        let Err(TransportError::Incompatible(reason)) = check_clock(&theirs, MAX_CLOCK_SKEW_MS)
+        else {
             panic!("a clock 35 s behind was accepted");
         };
         assert!(reason.contains("ms away from ours"), "{reason}");
         theirs.clock_ms += 2 * (MAX_CLOCK_SKEW_MS + 5_000);
-        assert!(check_clock(&theirs).is_err(), "nor one ahead");
+        assert!(
+            check_clock(&theirs, MAX_CLOCK_SKEW_MS).is_err(),
+            "nor one ahead"
+        );
     }
 
     #[tokio::test]
