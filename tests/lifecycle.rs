@@ -11,6 +11,10 @@ use serde_json::Value;
 /// Generous for loopback gossip at 100 ms rounds.
 const CONVERGE: Duration = Duration::from_secs(15);
 
+/// Generous for collection, which waits twice `--max-clock-skew` (2 s in
+/// tests) after a delete.
+const COLLECT: Duration = Duration::from_secs(40);
+
 async fn delete(node: &NodeProcess, name: &str) -> (u16, Value) {
     let response = http()
         .delete(node.url(&format!("/counters/{name}")))
@@ -240,7 +244,8 @@ async fn deleted_counters_are_collected_on_every_node_and_the_gateway_and_never_
         assert_eq!(status, 200, "{answer}");
     }
     for node in &cluster.nodes {
-        let collected = wait_until(CONVERGE, || async {
+        // Collection waits twice --max-clock-skew (2 s here) after the deletes.
+        let collected = wait_until(COLLECT, || async {
             node.metric("tally_garbage_collected_total", "").await >= COUNTERS as u64
                 && node.metric("tally_removed_counters", "").await == 0
         })
@@ -436,10 +441,8 @@ async fn retiring_a_replaced_node_keeps_every_value_drops_its_old_entries_and_re
         assert!(cluster.converge(None, 6, CONVERGE).await);
         assert!(cluster.converge(Some("r"), 3, CONVERGE).await);
         for node in &cluster.nodes {
-            let folded = wait_until(CONVERGE, || async {
-                actors_of(node, "n3").await.len() == 1
-            })
-            .await;
+            let folded =
+                wait_until(COLLECT, || async { actors_of(node, "n3").await.len() == 1 }).await;
             assert!(
                 folded,
                 "{} still holds {:?}; removed {} collected {} state {}",
@@ -513,10 +516,8 @@ async fn a_replica_away_while_a_retired_actor_was_folded_and_collected_is_refuse
         .await;
         assert!(retired, "tally admin retire never succeeded");
         for node in staying {
-            let folded = wait_until(CONVERGE, || async {
-                actors_of(node, "n3").await.len() == 1
-            })
-            .await;
+            let folded =
+                wait_until(COLLECT, || async { actors_of(node, "n3").await.len() == 1 }).await;
             assert!(folded, "{} never collected n3's old actor", node.id);
         }
 
@@ -547,7 +548,7 @@ async fn a_replica_away_while_a_retired_actor_was_folded_and_collected_is_refuse
 /// Waits until each of `nodes` collected at least `count` counters.
 async fn collected(nodes: &[NodeProcess], count: u64) {
     for node in nodes {
-        let done = wait_until(Duration::from_secs(30), || async {
+        let done = wait_until(COLLECT, || async {
             node.metric("tally_garbage_collected_total", "").await >= count
         })
         .await;

@@ -88,11 +88,13 @@ where
     timed(async {
         let mut raw = RawFramed::new(stream, me.max_frame);
         let (initiator, first) = Initiator::start(&me.keys, &encode(&hello(me, None)))?;
+        let sent_ms = now_ms();
         raw.send_raw(Bytes::from(first)).await?;
         let answer = raw.recv_raw(HANDSHAKE_TIMEOUT).await?;
+        let answered_ms = now_ms();
         let (theirs, session) = initiator.finish(&answer)?;
         let theirs = check_hello(&theirs, me)?;
-        check_clock(&theirs, me.max_clock_skew_ms)?;
+        check_clock(&theirs, me.max_clock_skew_ms, sent_ms..=answered_ms)?;
         if let Some(reason) = &theirs.refused {
             return Err(TransportError::RefusedUs(format!(
                 "node {} refuses this node: {reason}",
@@ -129,9 +131,8 @@ where
         };
         let (answer, session) = responder.answer(&encode(&hello(me, refused)))?;
         raw.send_raw(Bytes::from(answer)).await?;
-        // After the answer, which carries our clock: the dialer sees the
-        // skew too and says so on its side.
-        check_clock(&theirs, me.max_clock_skew_ms)?;
+        // The clock is judged by the dialer, which alone can bound the
+        // delay of the exchange (the answer carries our clock).
         match judged {
             Ok(()) => Ok((Connection::new(raw, session, me.idle_timeout), theirs)),
             Err(Refusal::Peer(reason)) => Err(TransportError::Incompatible(reason)),
@@ -163,12 +164,20 @@ fn hello(me: &PeerIdentity, refused: Option<String>) -> Hello {
     }
 }
 
-/// Refuses a peer whose clock is further from ours than the cluster
-/// allows: stamps it makes (removal marks, keyed writes, expiries) would
-/// win or age wrongly everywhere. Neither side stops: the one whose clock
-/// is wrong is the one every peer refuses.
-fn check_clock(theirs: &Hello, max_skew_ms: u64) -> Result<(), TransportError> {
-    let skew = skew_ms(now_ms(), theirs.clock_ms);
+/// Refuses (as the dialer) a peer whose clock is further from ours than
+/// the cluster allows: stamps it makes (removal marks, keyed writes,
+/// expiries) would win or age wrongly everywhere. The peer read its clock
+/// between our sending and our receiving its answer (`exchange`, on our
+/// clock), so only its distance from that span counts: a slow exchange
+/// (a busy node) is not taken for skew. Neither side stops: the node whose
+/// clock is wrong is refused by every peer it dials and that dials it.
+fn check_clock(
+    theirs: &Hello,
+    max_skew_ms: u64,
+    exchange: std::ops::RangeInclusive<u64>,
+) -> Result<(), TransportError> {
+    let nearest = theirs.clock_ms.clamp(*exchange.start(), *exchange.end());
+    let skew = skew_ms(nearest, theirs.clock_ms);
     if skew > max_skew_ms {
         return Err(TransportError::Incompatible(format!(
             "the clock of node {} is {skew} ms away from ours, more than the {max_skew_ms} ms the cluster allows (--max-clock-skew); fix the clock that is wrong (NTP)",
@@ -301,16 +310,25 @@ mod tests {
     fn a_peer_whose_clock_is_too_far_off_is_refused() {
         let me = identity("a", "the-test-cluster-secret");
         let mut theirs = hello(&me, None);
-        assert!(check_clock(&theirs, MAX_CLOCK_SKEW_MS).is_ok());
-        theirs.clock_ms -= MAX_CLOCK_SKEW_MS + 5_000;
-        let Err(TransportError::Incompatible(reason)) = check_clock(&theirs, MAX_CLOCK_SKEW_MS)
+        let now = now_ms();
+        let exchange = || now - 10..=now + 10;
+        theirs.clock_ms = now;
+        assert!(check_clock(&theirs, MAX_CLOCK_SKEW_MS, exchange()).is_ok());
+        theirs.clock_ms = now + 60_000;
+        assert!(
+            check_clock(&theirs, MAX_CLOCK_SKEW_MS, now..=now + 59_000).is_ok(),
+            "read during a slow exchange: no skew"
+        );
+        theirs.clock_ms = now - MAX_CLOCK_SKEW_MS - 5_000;
+        let Err(TransportError::Incompatible(reason)) =
+            check_clock(&theirs, MAX_CLOCK_SKEW_MS, exchange())
         else {
             panic!("a clock 35 s behind was accepted");
         };
         assert!(reason.contains("ms away from ours"), "{reason}");
-        theirs.clock_ms += 2 * (MAX_CLOCK_SKEW_MS + 5_000);
+        theirs.clock_ms = now + MAX_CLOCK_SKEW_MS + 5_000;
         assert!(
-            check_clock(&theirs, MAX_CLOCK_SKEW_MS).is_err(),
+            check_clock(&theirs, MAX_CLOCK_SKEW_MS, exchange()).is_err(),
             "nor one ahead"
         );
     }
